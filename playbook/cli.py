@@ -1,0 +1,119 @@
+"""The `playbook` command: a thin layer that parses arguments and calls the functions notebooks call."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable
+
+from pipeline.config import ConfigError
+from pipeline.migrations import MigrationError
+
+from playbook.local.processes import StackError
+
+Command = Callable[[argparse.Namespace], int]
+
+
+def _print_json(data) -> None:
+    print(json.dumps(data, indent=2, sort_keys=True, default=str))
+
+
+# -- local stack ------------------------------------------------------------------------------------
+def cmd_local_up(args: argparse.Namespace) -> int:
+    from playbook.local.stack import current, redact
+
+    status = current().up()
+    print(f"local stack is up (state: {status['state_file']})")
+    print(f"  AWS endpoint : {status['aws_endpoint_url']}  ({status['moto'].get('version', '')})")
+    print(f"  database     : {redact(status['database_url'])}  ({status['postgres'].get('version', 'external')})")
+    return 0
+
+
+def cmd_local_status(args: argparse.Namespace) -> int:
+    from playbook.local.stack import current, redact
+
+    status = current().status()
+    if args.json:
+        _print_json(status)
+    else:
+        print(f"moto server : {'healthy' if status['moto']['healthy'] else 'down'}  {status['aws_endpoint_url']}")
+        print(f"postgres    : {'healthy' if status['postgres']['healthy'] else 'down'}  "
+              f"{redact(status['database_url'])}")
+        print(f"state file  : {status['state_file']}")
+    return 0 if status["healthy"] else 3
+
+
+def cmd_local_down(args: argparse.Namespace) -> int:
+    from playbook.local.stack import current
+
+    stopped = current().down(force=args.force)
+    print(f"stopped: {', '.join(stopped) if stopped else 'nothing was running'}")
+    return 0
+
+
+# -- warehouse and configuration --------------------------------------------------------------------
+def cmd_migrate(args: argparse.Namespace) -> int:
+    from playbook.database import migrate
+
+    applied = migrate()
+    print(f"applied: {', '.join(applied)}" if applied else "database is up to date")
+    return 0
+
+
+def cmd_config_check(args: argparse.Namespace) -> int:
+    from playbook.config import load_config
+
+    config = load_config(args.config)
+    print(f"{config.company.name}: {len(config.sources)} sources ({', '.join(config.sources)}) - valid")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    """The main job on the local default: stack up, then the whole pipeline on the demo company."""
+    from playbook.main_job import run_demo
+
+    return run_demo()
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="playbook", description="SME Analytics Playbook: own your analytics "
+                                     "pipeline on AWS, or fully offline on the local stack.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    local = sub.add_parser("local", help="the local stack: moto server + embedded PostgreSQL")
+    local_sub = local.add_subparsers(dest="action", required=True, metavar="ACTION")
+    p = local_sub.add_parser("up", help="start (or reuse) the local stack")
+    p.set_defaults(func=cmd_local_up)
+    p = local_sub.add_parser("status", help="endpoints and health of the local stack")
+    p.add_argument("--json", action="store_true", help="machine-readable (database_url, aws_endpoint_url, ...)")
+    p.set_defaults(func=cmd_local_status)
+    p = local_sub.add_parser("down", help="stop exactly the processes `up` started")
+    p.add_argument("--force", action="store_true", help="also clear an unreadable state file")
+    p.set_defaults(func=cmd_local_down)
+
+    p = sub.add_parser("demo", help="the main job: local stack up, whole pipeline on the demo company")
+    p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("migrate", help="apply pending database migrations")
+    p.set_defaults(func=cmd_migrate)
+
+    config = sub.add_parser("config", help="the company configuration")
+    config_sub = config.add_subparsers(dest="action", required=True, metavar="ACTION")
+    p = config_sub.add_parser("check", help="validate a configuration file")
+    p.add_argument("--config", help="configuration file (default: $PLAYBOOK_CONFIG or playbook.yaml)")
+    p.set_defaults(func=cmd_config_check)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except (StackError, ConfigError, MigrationError) as exc:
+        print(f"playbook: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,47 @@
+"""The warehouse as the playbook sees it: which URL, a connection, and the migrations."""
+
+from __future__ import annotations
+
+import os
+
+import psycopg2
+from pipeline.migrations import apply_migrations
+
+from playbook.settings import ENV_DATABASE_URL
+
+
+def database_url() -> str:
+    """$PLAYBOOK_DATABASE_URL when set, else the running local stack's database."""
+    url = os.environ.get(ENV_DATABASE_URL)
+    if url:
+        return url
+    from playbook.local.stack import current
+
+    url = current().status()["database_url"]
+    if not url:
+        from playbook.local.processes import StackError
+
+        raise StackError("no database: run `playbook local up` or set PLAYBOOK_DATABASE_URL")
+    return url
+
+
+def sqlalchemy_url(url: str | None = None) -> str:
+    """SQLAlchemy 2.1 maps postgresql:// to psycopg 3; this project speaks psycopg2."""
+    url = url or database_url()
+    for prefix in ("postgresql://", "postgres://"):
+        if url.startswith(prefix):
+            return "postgresql+psycopg2://" + url[len(prefix):]
+    return url
+
+
+def connect(url: str | None = None):
+    return psycopg2.connect(url or database_url(), connect_timeout=10,
+                            application_name="playbook")
+
+
+def migrate(url: str | None = None) -> list[str]:
+    conn = connect(url)
+    try:
+        return apply_migrations(conn)
+    finally:
+        conn.close()

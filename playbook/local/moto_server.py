@@ -1,0 +1,126 @@
+"""moto in server mode: every AWS API the pipeline uses, over HTTP on 127.0.0.1.
+
+moto keeps its state in memory. To survive `down`/`up`, the server records every request it receives
+(moto's own recorder) into the state directory, with its random ids seeded; on the next start the
+playbook seeds it the same way and replays the state-changing requests, so buckets, objects, secrets,
+stacks and functions come back with the same names and ids.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+import requests
+
+from playbook.local.processes import StackError, require_free_port, wait_until
+
+SEED = 20240601
+# Requests that only read state need no replay.
+_READ_PREFIXES = ("Get", "List", "Describe", "Head", "BatchGet", "Lookup", "Query", "Scan", "Validate",
+                  "Estimate", "Search")
+
+
+def version() -> str:
+    from importlib.metadata import version as dist_version
+
+    return f"moto {dist_version('moto')}"
+
+
+@dataclass
+class MotoServer:
+    root: Path  # <state>/moto
+    port: int
+
+    @property
+    def endpoint(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def recording(self) -> Path:
+        return self.root / "recording.jsonl"
+
+    @property
+    def log_file(self) -> Path:
+        return self.root / "moto.log"
+
+    def start(self) -> int:
+        require_free_port(self.port, "the moto server", "PLAYBOOK_MOTO_PORT")
+        self.root.mkdir(parents=True, exist_ok=True)
+        env = {**os.environ, "MOTO_RECORDER_FILEPATH": str(self.recording)}
+        env.pop("MOTO_ENABLE_RECORDING", None)
+        with open(self.log_file, "ab") as log:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(self.port)],
+                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
+                start_new_session=True,
+            )
+        try:
+            wait_until(lambda: proc.poll() is None and self.healthy(), 30, "the moto server")
+        except StackError:
+            proc.kill()
+            tail = self.log_file.read_text(errors="replace").splitlines()[-5:]
+            raise StackError(f"the moto server did not start on port {self.port}: {' | '.join(tail)}") from None
+        self._restore()
+        return proc.pid
+
+    def healthy(self) -> bool:
+        try:
+            return requests.get(f"{self.endpoint}/moto-api/data.json", timeout=2).ok
+        except requests.RequestException:
+            return False
+
+    def _post(self, path: str) -> None:
+        requests.post(f"{self.endpoint}{path}", timeout=10).raise_for_status()
+
+    def _restore(self) -> None:
+        """Seed moto's ids, replay what was recorded before, then keep recording."""
+        self._post(f"/moto-api/seed?a={SEED}")
+        if self.recording.exists():
+            replayed = replay(self.recording, self.endpoint)
+            (self.root / "last_replay.json").write_text(json.dumps({"requests": replayed}))
+        self._post("/moto-api/recorder/start-recording")
+
+
+def _is_read(entry: dict) -> bool:
+    if entry.get("method") in ("GET", "HEAD", "OPTIONS"):
+        return True
+    headers = {k.lower(): v for k, v in (entry.get("headers") or {}).items()}
+    target = headers.get("x-amz-target", "")
+    if target:
+        return target.rsplit(".", 1)[-1].startswith(_READ_PREFIXES)
+    body = entry.get("body") or ""
+    if not entry.get("body_encoded") and isinstance(body, str) and body.startswith("Action="):
+        action = body.split("&", 1)[0].removeprefix("Action=")
+        return action.startswith(_READ_PREFIXES)
+    return False
+
+
+def replay(recording: Path, endpoint: str) -> int:
+    """Send every state-changing request of a recording to the server at `endpoint`, in order."""
+    target = urlsplit(endpoint)
+    count = 0
+    with requests.Session() as session, open(recording, encoding="utf-8") as fh:
+        for line in fh:
+            if not line.strip():
+                continue
+            entry = json.loads(line)
+            if _is_read(entry):
+                continue
+            body = entry.get("body") or b""
+            if entry.get("body_encoded"):
+                body = base64.b64decode(body)
+            parts = urlsplit(entry["url"])
+            url = urlunsplit((target.scheme, target.netloc, parts.path, parts.query, ""))
+            headers = {k: v for k, v in (entry.get("headers") or {}).items()
+                       if k.lower() not in ("host", "transfer-encoding", "content-length")}
+            headers["Host"] = target.netloc
+            session.request(entry["method"], url, headers=headers, data=body, timeout=60)
+            count += 1
+    return count

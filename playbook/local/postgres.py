@@ -1,0 +1,223 @@
+"""The embedded PostgreSQL: pgserver's bundled binaries, a project-local data directory, loopback TCP.
+
+pgserver ships a full PostgreSQL build as a wheel, so a laptop with only Python gets a real server. We
+drive its initdb and pg_ctl ourselves to choose the port, the authentication (scram on 127.0.0.1 only,
+no Unix socket) and the pg_hba rules the warehouse's roles need.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import shutil
+import subprocess
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import quote
+
+import psycopg2
+
+from playbook.local.processes import StackError, create_time_of, require_free_port, wait_until
+
+DATABASE = "playbook"
+OWNER_ROLE = "playbook_owner"
+SUPERUSER = "postgres"
+# pgserver refuses nothing as root, but PostgreSQL does: as root we run it as this system user.
+SYSTEM_USER = "pgserver"
+
+
+def binaries() -> Path:
+    try:
+        with warnings.catch_warnings():  # pgserver's import asks platformdirs for a runtime dir we never use
+            warnings.simplefilter("ignore")
+            from pgserver._commands import POSTGRES_BIN_PATH
+    except ImportError as exc:  # pragma: no cover - depends on the install
+        raise StackError("pgserver is not installed: run `make install` (or pip install pgserver)") from exc
+    if not (POSTGRES_BIN_PATH / "pg_ctl").exists():
+        raise StackError(f"PostgreSQL binaries are missing under {POSTGRES_BIN_PATH}: reinstall pgserver")
+    return POSTGRES_BIN_PATH
+
+
+def version() -> str:
+    out = subprocess.run([str(binaries() / "postgres"), "--version"], capture_output=True, text=True, check=True)
+    return out.stdout.strip()
+
+
+@dataclass
+class EmbeddedPostgres:
+    root: Path  # <state>/pg
+    port: int
+
+    @property
+    def data_dir(self) -> Path:
+        return self.root / "data"
+
+    @property
+    def log_file(self) -> Path:
+        return self.root / "log" / "postgres.log"
+
+    @property
+    def secret_file(self) -> Path:
+        return self.root / "credentials.json"
+
+    # -- credentials kept beside the data, readable by this user only -------------------------------
+    def credentials(self) -> dict[str, str]:
+        import json
+
+        if not self.secret_file.exists():
+            creds = {"superuser": secrets.token_urlsafe(24), "owner": secrets.token_urlsafe(24)}
+            self.secret_file.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(self.secret_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "w") as fh:
+                json.dump(creds, fh)
+            return creds
+        return json.loads(self.secret_file.read_text())
+
+    def url(self, role: str = OWNER_ROLE, password: str | None = None, database: str = DATABASE) -> str:
+        creds = self.credentials()
+        if password is None:
+            password = creds["owner"] if role == OWNER_ROLE else creds["superuser"]
+        return f"postgresql://{quote(role)}:{quote(password, safe='')}@127.0.0.1:{self.port}/{database}"
+
+    # -- lifecycle ----------------------------------------------------------------------------------
+    def _run_as(self) -> dict:
+        if os.geteuid() != 0:
+            return {}
+        binaries()  # imports pgserver quietly
+        from pgserver.utils import ensure_user_exists
+
+        ensure_user_exists(SYSTEM_USER)
+        # its own group only: root's group would shadow the "other" bits that let it traverse parents
+        return {"user": SYSTEM_USER, "group": SYSTEM_USER, "extra_groups": []}
+
+    def _chown(self, path: Path) -> None:
+        if os.geteuid() == 0:
+            shutil.chown(path, SYSTEM_USER, SYSTEM_USER)
+
+    def _make_traversable(self) -> None:
+        """As root, the server's system user must reach the data directory through every parent."""
+        if os.geteuid() != 0:
+            return
+        for parent in self.root.parents:
+            mode = parent.stat().st_mode
+            if mode & 0o001 == 0:
+                parent.chmod(mode | 0o001)
+
+    def initialised(self) -> bool:
+        return (self.data_dir / "PG_VERSION").exists()
+
+    def init(self) -> None:
+        creds = self.credentials()
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.log_file.parent.mkdir(parents=True, exist_ok=True)
+        run_as = self._run_as()
+        self._make_traversable()
+        self._chown(self.root)
+        self._chown(self.log_file.parent)
+        pwfile = self.root / "pwfile"
+        fd = os.open(pwfile, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            fh.write(creds["superuser"])
+        self._chown(pwfile)
+        try:
+            subprocess.run(
+                [str(binaries() / "initdb"), "-D", str(self.data_dir), "-U", SUPERUSER, f"--pwfile={pwfile}",
+                 "--auth-host=scram-sha-256", "--auth-local=reject", "--encoding=UTF8", "--locale=C"],
+                check=True, capture_output=True, text=True, **run_as,
+            )
+        except subprocess.CalledProcessError as exc:
+            raise StackError(f"initdb failed for {self.data_dir}: {exc.stderr.strip()}") from exc
+        finally:
+            pwfile.unlink(missing_ok=True)
+        self.write_hba()
+
+    def write_hba(self, extra_rules: list[str] | None = None) -> None:
+        """pg_hba: loopback TCP with scram only; later rules (reporting through the proxy) are added here."""
+        rules = [
+            "# Managed by the playbook: loopback only, scram passwords, no Unix socket.",
+            *(extra_rules or []),
+            "host all all 127.0.0.1/32 scram-sha-256",
+        ]
+        hba = self.data_dir / "pg_hba.conf"
+        hba.write_text("\n".join(rules) + "\n")
+        self._chown(hba)
+
+    def pid(self) -> int | None:
+        pidfile = self.data_dir / "postmaster.pid"
+        try:
+            return int(pidfile.read_text().splitlines()[0])
+        except (OSError, ValueError, IndexError):
+            return None
+
+    def start(self) -> int:
+        require_free_port(self.port, "the embedded PostgreSQL", "PLAYBOOK_PG_PORT")
+        options = f"-p {self.port} -c listen_addresses=127.0.0.1 -c unix_socket_directories='' " \
+                  "-c max_connections=60 -c shared_buffers=128MB -c fsync=on"
+        try:
+            subprocess.run(
+                [str(binaries() / "pg_ctl"), "-D", str(self.data_dir), "-l", str(self.log_file),
+                 "-w", "-t", "60", "-o", options, "start"],
+                check=True, capture_output=True, text=True, **self._run_as(),
+            )
+        except subprocess.CalledProcessError as exc:
+            tail = self.log_file.read_text().splitlines()[-5:] if self.log_file.exists() else []
+            raise StackError(
+                f"PostgreSQL did not start on port {self.port}: {exc.stderr.strip() or exc.stdout.strip()} "
+                f"{' | '.join(tail)} (log: {self.log_file})"
+            ) from exc
+        wait_until(self.healthy_superuser, 30, "PostgreSQL")
+        self.ensure_database()
+        pid = self.pid()
+        assert pid is not None
+        return pid
+
+    def stop(self) -> None:
+        if not self.initialised():
+            return
+        subprocess.run(
+            [str(binaries() / "pg_ctl"), "-D", str(self.data_dir), "-m", "fast", "-w", "-t", "60", "stop"],
+            capture_output=True, text=True, **self._run_as(),
+        )
+
+    def reload(self) -> None:
+        subprocess.run([str(binaries() / "pg_ctl"), "-D", str(self.data_dir), "reload"],
+                       check=True, capture_output=True, text=True, **self._run_as())
+
+    def healthy_superuser(self) -> bool:
+        with psycopg2.connect(self.url(SUPERUSER, database="postgres"), connect_timeout=3) as conn, \
+                conn.cursor() as cur:
+            cur.execute("select 1")
+            return cur.fetchone() == (1,)
+
+    def healthy(self) -> bool:
+        try:
+            with psycopg2.connect(self.url(), connect_timeout=3) as conn, conn.cursor() as cur:
+                cur.execute("select 1")
+                return True
+        except psycopg2.Error:
+            return False
+
+    def ensure_database(self) -> None:
+        """The project database and its owner role, created once."""
+        from psycopg2 import sql
+
+        conn = psycopg2.connect(self.url(SUPERUSER, database="postgres"), connect_timeout=5)
+        conn.autocommit = True
+        try:
+            with conn.cursor() as cur:
+                cur.execute("select 1 from pg_roles where rolname = %s", (OWNER_ROLE,))
+                if cur.fetchone() is None:
+                    cur.execute(sql.SQL("create role {} login createrole password %s").format(
+                        sql.Identifier(OWNER_ROLE)), (self.credentials()["owner"],))
+                cur.execute("select 1 from pg_database where datname = %s", (DATABASE,))
+                if cur.fetchone() is None:
+                    cur.execute(sql.SQL("create database {} owner {}").format(
+                        sql.Identifier(DATABASE), sql.Identifier(OWNER_ROLE)))
+                cur.execute(sql.SQL("revoke all on database {} from public").format(sql.Identifier(DATABASE)))
+        finally:
+            conn.close()
+
+
+def started_at(pid: int) -> float:
+    return create_time_of(pid)

@@ -1,0 +1,91 @@
+"""Small process and port facts shared by the parts of the local stack."""
+
+from __future__ import annotations
+
+import contextlib
+import signal
+import socket
+import time
+
+import psutil
+
+
+class StackError(RuntimeError):
+    """A local stack problem, worded so the reader knows what to do next."""
+
+
+def port_is_free(port: int, host: str = "127.0.0.1") -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
+def who_listens(port: int) -> str:
+    """A short description of the process listening on a port, when the OS lets us see it."""
+    with contextlib.suppress(psutil.Error, OSError):
+        for conn in psutil.net_connections(kind="tcp"):
+            if conn.laddr and conn.laddr.port == port and conn.status == psutil.CONN_LISTEN and conn.pid:
+                proc = psutil.Process(conn.pid)
+                return f"pid {conn.pid} ({' '.join(proc.cmdline()[:3])})"
+    return "another process"
+
+
+def require_free_port(port: int, what: str, env_var: str) -> None:
+    if not port_is_free(port):
+        raise StackError(
+            f"port {port} for {what} is already in use by {who_listens(port)}. "
+            f"Stop that process, or choose another port with {env_var}=<port>."
+        )
+
+
+def process_matches(pid: int | None, create_time: float | None) -> bool:
+    """True when pid is alive and is the very process we started (not a recycled pid)."""
+    if not pid:
+        return False
+    try:
+        proc = psutil.Process(pid)
+        if proc.status() == psutil.STATUS_ZOMBIE:
+            return False
+        return create_time is None or abs(proc.create_time() - create_time) < 1.0
+    except psutil.Error:
+        return False
+
+
+def create_time_of(pid: int) -> float:
+    return psutil.Process(pid).create_time()
+
+
+def terminate(pid: int, create_time: float | None, timeout: float = 10.0) -> bool:
+    """Stop the process we started (and only it); True when something was stopped."""
+    if not process_matches(pid, create_time):
+        return False
+    proc = psutil.Process(pid)
+    children = proc.children(recursive=True)
+    for p in [proc, *children]:
+        with contextlib.suppress(psutil.Error):
+            p.send_signal(signal.SIGTERM)
+    _, alive = psutil.wait_procs([proc, *children], timeout=timeout)
+    for p in alive:
+        with contextlib.suppress(psutil.Error):
+            p.kill()
+    psutil.wait_procs(alive, timeout=5)
+    return True
+
+
+def wait_until(check, timeout: float, what: str, interval: float = 0.1) -> None:
+    deadline = time.monotonic() + timeout
+    last_error: Exception | None = None
+    while time.monotonic() < deadline:
+        try:
+            if check():
+                return
+        except Exception as exc:  # noqa: BLE001 - retried until the deadline, reported below
+            last_error = exc
+        time.sleep(interval)
+    detail = f": {last_error}" if last_error else ""
+    raise StackError(f"{what} did not become ready within {timeout:.0f}s{detail}")
+

@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# Installs the Debian packages the local BI proxy and the dashboard's browser test need, when missing.
+# Needs root (or sudo); on a machine without apt-get it says what to install instead.
+set -euo pipefail
+need=()
+command -v nginx >/dev/null 2>&1 || need+=(nginx)
+ls /usr/lib/nginx/modules/ngx_stream_module.so >/dev/null 2>&1 || need+=(libnginx-mod-stream)
+
+[ ${#need[@]} -eq 0 ] && exit 0
+if ! command -v apt-get >/dev/null 2>&1; then
+  echo "system-deps: please install ${need[*]} with your package manager" >&2
+  exit 1
+fi
+SUDO=""
+[ "$(id -u)" -eq 0 ] || SUDO="sudo"
+echo "system-deps: installing ${need[*]}"
+$SUDO apt-get update -qq
+DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null

@@ -1,0 +1,59 @@
+"""Migrations apply in order, re-run as a no-op, and a failing file rolls back whole, named."""
+
+from pathlib import Path
+
+import psycopg2
+import pytest
+from pipeline.migrations import MIGRATIONS_DIR, MigrationError, apply_migrations, discover
+from pipeline.model import TABLES
+
+
+def test_rerun_is_a_no_op(stack, db):
+    assert apply_migrations(db) == []
+    with db.cursor() as cur:
+        cur.execute("select filename from meta.schema_migrations order by version")
+        assert [r[0] for r in cur.fetchall()] == [m.path.name for m in discover()]
+
+
+def test_core_tables_match_the_canonical_model(stack, db):
+    with db.cursor() as cur:
+        for table in TABLES.values():
+            cur.execute("select column_name from information_schema.columns "
+                        "where table_schema = 'core' and table_name = %s order by ordinal_position", (table.name,))
+            columns = [r[0] for r in cur.fetchall()]
+            assert columns[: len(table.columns)] == list(table.column_names)
+            assert {"_batch_id", "_row_hash", "_source_row", "_loaded_at", "_updated_at"} <= set(columns)
+
+
+def test_failing_migration_rolls_back_and_names_the_file(stack, tmp_path: Path):
+    for m in discover():
+        (tmp_path / m.path.name).write_bytes(m.path.read_bytes())
+    bad = tmp_path / "900_half_done.sql"
+    bad.write_text("create table meta.half_done (n int);\nselect no_such_function();\n")
+    conn = psycopg2.connect(stack["database_url"])
+    try:
+        with pytest.raises(MigrationError, match=r"900_half_done.sql: .*no_such_function.*rolled back"):
+            apply_migrations(conn, tmp_path)
+        with conn.cursor() as cur:
+            cur.execute("select to_regclass('meta.half_done'), "
+                        "(select count(*) from meta.schema_migrations where version = 900)")
+            assert cur.fetchone() == (None, 0)
+    finally:
+        conn.close()
+
+
+def test_an_edited_applied_migration_is_refused(stack, tmp_path: Path):
+    for m in discover():
+        (tmp_path / m.path.name).write_bytes(m.path.read_bytes())
+    first = sorted(tmp_path.glob("*.sql"))[0]
+    first.write_text(first.read_text() + "\n-- edited\n")
+    conn = psycopg2.connect(stack["database_url"])
+    try:
+        with pytest.raises(MigrationError, match="content changed"):
+            apply_migrations(conn, tmp_path)
+    finally:
+        conn.close()
+
+
+def test_migration_files_are_numbered():
+    assert [m.version for m in discover(MIGRATIONS_DIR)] == sorted(m.version for m in discover(MIGRATIONS_DIR))

@@ -1,0 +1,133 @@
+"""`playbook local up | status | down` as a consultant uses it: through the CLI, on its own ports."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+
+import boto3
+import psutil
+import psycopg2
+import pytest
+
+from tests.conftest import stack_env
+
+
+def playbook(env: dict, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+    result = subprocess.run([sys.executable, "-m", "playbook", *args], env={**os.environ, **env},
+                            capture_output=True, text=True, timeout=180)
+    if check and result.returncode != 0:
+        raise AssertionError(f"playbook {' '.join(args)} failed: {result.stdout}\n{result.stderr}")
+    return result
+
+
+def status(env: dict) -> dict:
+    return json.loads(playbook(env, "local", "status", "--json", check=False).stdout)
+
+
+@pytest.fixture()
+def own_env(tmp_path):
+    env = stack_env(tmp_path / "state")
+    env.pop("PLAYBOOK_DATABASE_URL", None)
+    yield env
+    playbook(env, "local", "down", "--force", check=False)
+
+
+def pids_of(st: dict) -> set[int]:
+    return {p for p in (st["moto"].get("pid"), st["postgres"].get("pid")) if p}
+
+
+def test_up_twice_is_one_stack_and_down_stops_it_and_data_persists(own_env):
+    playbook(own_env, "local", "up")
+    first = status(own_env)
+    playbook(own_env, "local", "up")
+    second = status(own_env)
+    assert first["healthy"] and second["healthy"]
+    assert pids_of(first) == pids_of(second), "a second up must reuse the healthy stack"
+
+    # the printed endpoints work: psql reads the database, boto3 lists buckets
+    out = subprocess.run(["psql", second["database_url"], "-Atc", "select 1"], capture_output=True, text=True)
+    assert out.stdout.strip() == "1", out.stderr
+    aws = dict(endpoint_url=second["aws_endpoint_url"], region_name="eu-west-2",
+               aws_access_key_id="testing", aws_secret_access_key="testing")
+    s3 = boto3.client("s3", **aws)
+    s3.create_bucket(Bucket="landing", CreateBucketConfiguration={"LocationConstraint": "eu-west-2"})
+    s3.put_object(Bucket="landing", Key="landing/sales/day 1.csv", Body=b"a,b\n1,2\n")
+    secret_arn = boto3.client("secretsmanager", **aws).create_secret(Name="db", SecretString="{}")["ARN"]
+    with psycopg2.connect(second["database_url"]) as conn, conn.cursor() as cur:
+        cur.execute("create table kept (n int); insert into kept values (42)")
+
+    playbook(own_env, "local", "down")
+    for pid in pids_of(second):
+        assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    assert not status(own_env)["healthy"]
+
+    playbook(own_env, "local", "up")
+    third = status(own_env)
+    assert third["healthy"] and pids_of(third).isdisjoint(pids_of(second))
+    with psycopg2.connect(third["database_url"]) as conn, conn.cursor() as cur:
+        cur.execute("select n from kept")
+        assert cur.fetchall() == [(42,)]
+    s3 = boto3.client("s3", **aws)
+    assert s3.get_object(Bucket="landing", Key="landing/sales/day 1.csv")["Body"].read() == b"a,b\n1,2\n"
+    assert boto3.client("secretsmanager", **aws).describe_secret(SecretId="db")["ARN"] == secret_arn
+
+
+def test_a_dead_part_is_restarted(own_env):
+    playbook(own_env, "local", "up")
+    before = status(own_env)
+    psutil.Process(before["moto"]["pid"]).kill()
+    playbook(own_env, "local", "up")
+    after = status(own_env)
+    assert after["healthy"]
+    assert after["moto"]["pid"] != before["moto"]["pid"]
+    assert after["postgres"]["pid"] == before["postgres"]["pid"]
+
+
+def test_busy_port_is_a_clear_error(own_env):
+    with socket.socket() as squatter:
+        squatter.bind(("127.0.0.1", int(own_env["PLAYBOOK_MOTO_PORT"])))
+        squatter.listen()
+        result = playbook(own_env, "local", "up", check=False)
+    assert result.returncode == 2
+    assert f"port {own_env['PLAYBOOK_MOTO_PORT']}" in result.stderr
+    assert "PLAYBOOK_MOTO_PORT" in result.stderr
+
+
+def test_unreadable_state_file_says_what_to_do(own_env, tmp_path):
+    state = tmp_path / "state" / "stack.json"
+    state.parent.mkdir(parents=True)
+    state.write_text("{not json")
+    result = playbook(own_env, "local", "up", check=False)
+    assert result.returncode == 2
+    assert str(state) in result.stderr and "playbook local down --force" in result.stderr
+    playbook(own_env, "local", "down", "--force")
+    playbook(own_env, "local", "up")
+    assert status(own_env)["healthy"]
+
+
+def test_stale_state_naming_a_foreign_process_is_not_killed(own_env, tmp_path):
+    """A state file left by a crash may name a pid now used by someone else: never kill it."""
+    bystander = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        state = tmp_path / "state" / "stack.json"
+        state.parent.mkdir(parents=True)
+        state.write_text(json.dumps({"version": 1, "parts": {
+            "moto": {"pid": bystander.pid, "create_time": 1.0, "port": int(own_env["PLAYBOOK_MOTO_PORT"])},
+            "postgres": {"pid": bystander.pid, "create_time": 1.0, "port": int(own_env["PLAYBOOK_PG_PORT"])},
+        }}))
+        assert not status(own_env)["healthy"]
+        playbook(own_env, "local", "up")
+        assert status(own_env)["healthy"]
+        playbook(own_env, "local", "down")
+        assert bystander.poll() is None, "down must stop only the processes it started"
+    finally:
+        bystander.kill()
+
+
+def test_status_json_has_the_contract_keys(stack):
+    assert stack["database_url"].startswith("postgresql://")
+    assert stack["aws_endpoint_url"].startswith("http://127.0.0.1:")
