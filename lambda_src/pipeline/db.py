@@ -1,0 +1,47 @@
+"""Database connections for the handlers: credentials come from Secrets Manager, never from code.
+
+`DB_SECRET_ARN` names the secret. It holds either a `url` (the local stack's DSN) or the fields RDS and
+Aurora use (`username`, `password`, and optionally `host`, `port`, `dbname`); missing fields come from
+`DB_HOST`, `DB_PORT`, `DB_NAME`. The secret is read once per container and cached.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from functools import lru_cache
+
+import boto3
+import psycopg2
+
+ENV_SECRET_ARN = "DB_SECRET_ARN"
+
+
+@lru_cache(maxsize=4)
+def _secret(arn: str) -> dict:
+    value = boto3.client("secretsmanager").get_secret_value(SecretId=arn)["SecretString"]
+    return json.loads(value)
+
+
+def connection_kwargs(secret_arn: str | None = None) -> dict:
+    arn = secret_arn or os.environ.get(ENV_SECRET_ARN)
+    if not arn:
+        raise RuntimeError(f"{ENV_SECRET_ARN} is not set: the function does not know its database secret")
+    secret = _secret(arn)
+    if secret.get("url") or secret.get("dsn"):
+        return {"dsn": secret.get("url") or secret["dsn"]}
+    return {
+        "host": secret.get("host") or os.environ["DB_HOST"],
+        "port": int(secret.get("port") or os.environ.get("DB_PORT", 5432)),
+        "dbname": secret.get("dbname") or os.environ.get("DB_NAME", "playbook"),
+        "user": secret["username"],
+        "password": secret["password"],
+        "sslmode": os.environ.get("DB_SSLMODE", "require"),
+    }
+
+
+def connect(secret_arn: str | None = None, application_name: str | None = None):
+    """A new psycopg2 connection (autocommit off): one transaction per batch is the caller's to manage."""
+    kwargs = connection_kwargs(secret_arn)
+    name = application_name or os.environ.get("AWS_LAMBDA_FUNCTION_NAME", "pipeline")
+    return psycopg2.connect(**kwargs, connect_timeout=10, application_name=name[:60])
