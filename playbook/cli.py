@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import sys
 from collections.abc import Callable
@@ -10,9 +11,14 @@ from collections.abc import Callable
 from pipeline.config import ConfigError
 from pipeline.migrations import MigrationError
 
+from playbook.errors import PlaybookError
 from playbook.local.processes import StackError
 
 Command = Callable[[argparse.Namespace], int]
+
+# Modules that add their own subcommands: each defines `register_commands(subparsers)` and keeps its heavy
+# imports inside the command functions, so `playbook --help` stays fast.
+COMMAND_MODULES: list[str] = []
 
 
 def _print_json(data) -> None:
@@ -103,6 +109,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = config_sub.add_parser("check", help="validate a configuration file")
     p.add_argument("--config", help="configuration file (default: $PLAYBOOK_CONFIG or playbook.yaml)")
     p.set_defaults(func=cmd_config_check)
+
+    for name in COMMAND_MODULES:
+        importlib.import_module(name).register_commands(sub)
     return parser
 
 
@@ -110,7 +119,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (StackError, ConfigError, MigrationError) as exc:
+    except (StackError, ConfigError, MigrationError, PlaybookError) as exc:
         print(f"playbook: {exc}", file=sys.stderr)
         return 2
 

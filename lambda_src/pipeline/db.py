@@ -14,7 +14,7 @@ from functools import lru_cache
 import boto3
 import psycopg2
 
-ENV_SECRET_ARN = "DB_SECRET_ARN"
+ENV_SECRET_ARN = "DB_SECRET_ARN"  # noqa: S105 - the name of a variable, not a secret
 
 
 @lru_cache(maxsize=4)
