@@ -5,6 +5,7 @@ set -euo pipefail
 need=()
 command -v nginx >/dev/null 2>&1 || need+=(nginx)
 ls /usr/lib/nginx/modules/ngx_stream_module.so >/dev/null 2>&1 || need+=(libnginx-mod-stream)
+command -v chromium >/dev/null 2>&1 || need+=(chromium)
 
 [ ${#need[@]} -eq 0 ] && exit 0
 if ! command -v apt-get >/dev/null 2>&1; then
