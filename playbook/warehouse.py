@@ -1,0 +1,213 @@
+"""The warehouse's roles and refreshes as the consultant drives them: `playbook roles`, `playbook refresh`.
+
+The migrations create the roles without a login; here each gets a random password, set on the server
+as a SCRAM verifier (the password itself never reaches the server or its logs) and kept as a secret
+in Secrets Manager in the shape `pipeline.db` reads: {"url": "postgresql://role:pw@host:port/db"}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import contextlib
+import hashlib
+import hmac
+import ipaddress
+import json
+import os
+import secrets
+import time
+from typing import Any
+from urllib.parse import quote, unquote, urlsplit
+
+INGEST_ROLE = "pipeline_ingest"
+REPORTING_ROLE = "pipeline_reporting"
+SECRET_NAMES = {INGEST_ROLE: "playbook/db/ingest", REPORTING_ROLE: "playbook/db/reporting"}
+# Where BI tools come from: the proxy. Locally the proxy runs on loopback.
+DEFAULT_REPORTING_SOURCES = ("127.0.0.1/32",)
+_SCRAM_ITERATIONS = 4096
+
+
+def scram_verifier(password: str, salt: bytes | None = None, iterations: int = _SCRAM_ITERATIONS) -> str:
+    """PostgreSQL's SCRAM-SHA-256 verifier for a password, as `ALTER ROLE ... PASSWORD` accepts it."""
+    salt = salt or secrets.token_bytes(16)
+    salted = hashlib.pbkdf2_hmac("sha256", password.encode(), salt, iterations)
+    client_key = hmac.new(salted, b"Client Key", hashlib.sha256).digest()
+    server_key = hmac.new(salted, b"Server Key", hashlib.sha256).digest()
+    b64 = base64.b64encode
+    return (f"SCRAM-SHA-256${iterations}:{b64(salt).decode()}"
+            f"${b64(hashlib.sha256(client_key).digest()).decode()}:{b64(server_key).decode()}")
+
+
+def _role_url(database_url: str, role: str, password: str) -> str:
+    parts = urlsplit(database_url)
+    host = parts.hostname or "127.0.0.1"
+    port = f":{parts.port}" if parts.port else ""
+    query = f"?{parts.query}" if parts.query else ""
+    return f"postgresql://{quote(role)}:{quote(password, safe='')}@{host}{port}{parts.path}{query}"
+
+
+def _password_of(url: str) -> str | None:
+    password = urlsplit(url).password
+    return unquote(password) if password else None
+
+
+def _secrets_client():
+    import boto3
+
+    return boto3.client("secretsmanager")
+
+
+def secret_arn(role: str) -> str:
+    """The ARN of a role's database secret (what a function's DB_SECRET_ARN holds)."""
+    return _secrets_client().describe_secret(SecretId=SECRET_NAMES[role])["ARN"]
+
+
+def ensure_role_logins(database_url: str | None = None) -> dict[str, str]:
+    """Give the ingest and reporting roles a login and a password kept in Secrets Manager.
+
+    Idempotent: an existing secret's password is reused (and re-applied, so the database and the secret
+    agree); its URL is rewritten only when the database's address changed. Returns {role: url}; the
+    URLs carry passwords, so callers must not print them.
+    """
+    import psycopg2
+    from psycopg2 import sql
+
+    from playbook.database import database_url as current_database_url
+
+    database_url = database_url or current_database_url()
+    client = _secrets_client()
+    urls: dict[str, str] = {}
+    conn = psycopg2.connect(database_url, connect_timeout=10, application_name="playbook")
+    try:
+        with conn, conn.cursor() as cur:
+            for role, name in SECRET_NAMES.items():
+                cur.execute("select 1 from pg_roles where rolname = %s", (role,))
+                if cur.fetchone() is None:
+                    from playbook.errors import PlaybookError
+
+                    raise PlaybookError(f"role {role} does not exist: run `playbook migrate` first")
+                existing = None
+                with contextlib.suppress(client.exceptions.ResourceNotFoundException):
+                    existing = json.loads(client.get_secret_value(SecretId=name)["SecretString"]).get("url")
+                password = (existing and _password_of(existing)) or secrets.token_urlsafe(32)
+                url = _role_url(database_url, role, password)
+                cur.execute(sql.SQL("alter role {} login password %s").format(sql.Identifier(role)),
+                            (scram_verifier(password),))
+                value = json.dumps({"url": url})
+                if existing is None:
+                    client.create_secret(Name=name, SecretString=value,
+                                         Description=f"database login of {role}")
+                elif existing != url:
+                    client.put_secret_value(SecretId=name, SecretString=value)
+                urls[role] = url
+    finally:
+        conn.close()
+    return urls
+
+
+def reporting_hba_rules(sources: tuple[str, ...] | list[str] = DEFAULT_REPORTING_SOURCES) -> list[str]:
+    """pg_hba lines: the reporting role from the proxy's addresses only, rejected from anywhere else."""
+    rules = [f"host all {REPORTING_ROLE} {ipaddress.ip_network(s, strict=True)} scram-sha-256" for s in sources]
+    return [
+        f"# {REPORTING_ROLE}: only through the BI proxy",
+        *rules,
+        f"host all {REPORTING_ROLE} 0.0.0.0/0 reject",
+        f"host all {REPORTING_ROLE} ::/0 reject",
+    ]
+
+
+def apply_reporting_allow_list(sources: tuple[str, ...] | list[str] = DEFAULT_REPORTING_SOURCES,
+                               pg=None) -> list[str]:
+    """Write the reporting role's rules into the embedded PostgreSQL's pg_hba and reload it.
+
+    Waits until the server has loaded the new file, so the next connection is judged by it.
+    """
+    import psycopg2
+
+    from playbook.local.stack import current
+
+    pg = pg or current().pg
+    rules = reporting_hba_rules(sources)
+
+    def load_time():
+        with psycopg2.connect(pg.url(), connect_timeout=5) as conn, conn.cursor() as cur:
+            cur.execute("select pg_conf_load_time()")
+            return cur.fetchone()[0]
+
+    before = load_time()
+    pg.write_hba(rules)
+    pg.reload()
+    deadline = time.monotonic() + 10
+    while load_time() == before:
+        if time.monotonic() > deadline:
+            from playbook.local.processes import StackError
+
+            raise StackError(f"PostgreSQL did not reload {pg.data_dir / 'pg_hba.conf'} (see {pg.log_file})")
+        time.sleep(0.05)
+    return rules
+
+
+def refresh(database_url: str | None = None) -> list[dict[str, Any]]:
+    """CALL marts.refresh() as the owner; per mart: status, rows, seconds (raises MartRefreshError)."""
+    from pipeline.marts import refresh_marts
+
+    from playbook.database import connect
+
+    conn = connect(database_url)
+    try:
+        return refresh_marts(conn)
+    finally:
+        conn.close()
+
+
+# -- CLI --------------------------------------------------------------------------------------------
+def _print_marts(rows: list[dict[str, Any]]) -> None:
+    for r in rows:
+        rows_text = "-" if r["rows"] is None else str(r["rows"])
+        seconds = "-" if r["seconds"] is None else f"{r['seconds']:.3f}s"
+        line = f"  {r['mart']:<26} {r['status']:<8} {rows_text:>9} rows  {seconds:>9}"
+        print(line + (f"  {r['error']}" if r["error"] else ""))
+
+
+def cmd_refresh(args: argparse.Namespace) -> int:
+    from pipeline.marts import MartRefreshError
+
+    try:
+        rows = refresh()
+    except MartRefreshError as exc:
+        print(f"refresh run {exc.run_id} failed:")
+        _print_marts(exc.marts)
+        return 1
+    print(f"refresh run {rows[0]['run_id'] if rows else '-'}:")
+    _print_marts(rows)
+    return 0
+
+
+def cmd_roles(args: argparse.Namespace) -> int:
+    from playbook.local.stack import activate, redact
+    from playbook.settings import ENV_DATABASE_URL
+
+    activate()
+    urls = ensure_role_logins()
+    for role, url in urls.items():
+        print(f"{role:<20} {redact(url)}  (secret {SECRET_NAMES[role]})")
+    if os.environ.get(ENV_DATABASE_URL):
+        print("external database: set the reporting role's network allow-list on the server itself")
+        return 0
+    rules = apply_reporting_allow_list(args.reporting_from or DEFAULT_REPORTING_SOURCES)
+    print("pg_hba rules applied and reloaded:")
+    for rule in rules:
+        print(f"  {rule}")
+    return 0
+
+
+def register_commands(subparsers) -> None:
+    p = subparsers.add_parser("refresh", help="refresh every mart (CALL marts.refresh()), rows and seconds each")
+    p.set_defaults(func=cmd_refresh)
+    p = subparsers.add_parser("roles", help="logins for the ingest and reporting roles (Secrets Manager), "
+                              "and the reporting role's allow-list")
+    p.add_argument("--reporting-from", action="append", metavar="CIDR",
+                   help="address the reporting role may connect from (the proxy's); repeatable, "
+                        "default 127.0.0.1/32")
+    p.set_defaults(func=cmd_roles)
