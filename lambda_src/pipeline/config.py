@@ -45,7 +45,9 @@ class ReadOptions(Strict):
     sheet_pattern: str | None = Field(None, description="regular expression on sheet names (Excel)")
     header_row: int = Field(0, ge=0, description="0-based row of the header")
     skip_rows_matching: str | None = Field(
-        r"(?i)^\s*(grand\s+)?totals?\b", description="rows whose first cell matches are footers, not data")
+        r"(?i)^\s*(grand\s+)?totals?(\s|:|$)",
+        description="rows whose first non-empty cell matches are footers, not data (a regular expression that "
+                    "PostgreSQL and Python read alike: no \\b, \\d; use [0-9], (\\s|$))")
     encoding: Literal["utf-8", "utf-8-sig", "cp1252", "latin-1"] = "utf-8"
     delimiter: str = Field(",", min_length=1, max_length=1)
     quotechar: str = Field('"', min_length=1, max_length=1)

@@ -17,6 +17,7 @@ class Column:
     name: str
     type: ColumnType
     required: bool = True
+    non_negative: bool = False
 
 
 @dataclass(frozen=True)
@@ -43,33 +44,87 @@ class Table:
 TABLES: dict[str, Table] = {
     t.name: t
     for t in (
-        Table("clients", (
-            Column("client_id", "text"), Column("name", "text"), Column("segment", "text", False),
-            Column("country", "text", False), Column("created_on", "date", False),
-        ), ("client_id",), date="created_on"),
-        Table("sales", (
-            Column("order_id", "text"), Column("line_no", "integer"), Column("order_date", "date"),
-            Column("client_id", "text"), Column("product", "text", False), Column("quantity", "integer"),
-            Column("unit_price", "money"), Column("amount", "money"), Column("currency", "text", False),
-        ), ("order_id", "line_no"), amount="amount", date="order_date"),
-        Table("payments", (
-            Column("payment_id", "text"), Column("payment_date", "date"), Column("client_id", "text"),
-            Column("invoice_ref", "text", False), Column("method", "text", False), Column("amount", "money"),
-        ), ("payment_id",), amount="amount", date="payment_date"),
-        Table("operating_costs", (
-            Column("cost_id", "text"), Column("cost_date", "date"), Column("category", "text"),
-            Column("vendor", "text", False), Column("amount", "money"),
-        ), ("cost_id",), amount="amount", date="cost_date"),
-        Table("tax", (
-            Column("period", "date"), Column("tax_type", "text"), Column("amount", "money"),
-            Column("due_date", "date", False),
-        ), ("period", "tax_type"), amount="amount", date="period"),
-        Table("interactions", (
-            Column("interaction_id", "text"), Column("occurred_at", "timestamp"), Column("client_id", "text"),
-            Column("channel", "text", False), Column("outcome", "text", False),
-        ), ("interaction_id",), date="occurred_at"),
+        Table(
+            "clients",
+            (
+                Column("client_id", "text"),
+                Column("name", "text"),
+                Column("segment", "text", False),
+                Column("country", "text", False),
+                Column("created_on", "date", False),
+            ),
+            ("client_id",),
+            date="created_on",
+        ),
+        Table(
+            "sales",
+            (
+                Column("order_id", "text"),
+                Column("line_no", "integer"),
+                Column("order_date", "date"),
+                Column("client_id", "text"),
+                Column("product", "text", False),
+                Column("quantity", "integer", non_negative=True),
+                Column("unit_price", "money", non_negative=True),
+                Column("amount", "money", non_negative=True),
+                Column("currency", "text", False),
+            ),
+            ("order_id", "line_no"),
+            amount="amount",
+            date="order_date",
+        ),
+        Table(
+            "payments",
+            (
+                Column("payment_id", "text"),
+                Column("payment_date", "date"),
+                Column("client_id", "text"),
+                Column("invoice_ref", "text", False),
+                Column("method", "text", False),
+                Column("amount", "money", non_negative=True),
+            ),
+            ("payment_id",),
+            amount="amount",
+            date="payment_date",
+        ),
+        Table(
+            "operating_costs",
+            (
+                Column("cost_id", "text"),
+                Column("cost_date", "date"),
+                Column("category", "text"),
+                Column("vendor", "text", False),
+                Column("amount", "money", non_negative=True),
+            ),
+            ("cost_id",),
+            amount="amount",
+            date="cost_date",
+        ),
+        Table(
+            "tax",
+            (
+                Column("period", "date"),
+                Column("tax_type", "text"),
+                Column("amount", "money", non_negative=True),
+                Column("due_date", "date", False),
+            ),
+            ("period", "tax_type"),
+            amount="amount",
+            date="period",
+        ),
+        Table(
+            "interactions",
+            (
+                Column("interaction_id", "text"),
+                Column("occurred_at", "timestamp"),
+                Column("client_id", "text"),
+                Column("channel", "text", False),
+                Column("outcome", "text", False),
+            ),
+            ("interaction_id",),
+            date="occurred_at",
+        ),
     )
 }
 
-METADATA_COLUMNS = ("_batch_id", "_source", "_source_ref", "_source_row", "_row_hash", "_loaded_at",
-                    "_updated_at")
+METADATA_COLUMNS = ("_batch_id", "_source", "_source_ref", "_source_row", "_row_hash", "_loaded_at", "_updated_at")

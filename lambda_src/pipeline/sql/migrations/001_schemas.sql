@@ -28,6 +28,7 @@ create table meta.batches (
     amount_in          numeric,
     amount_loaded      numeric,
     amount_quarantined numeric,
+    amount_duplicate   numeric,
     started_at         timestamptz not null default clock_timestamp(),
     finished_at        timestamptz,
     status             text        not null check (status in ('running', 'committed', 'failed')),

@@ -1,0 +1,277 @@
+"""The one loader every source goes through: raw COPY, set-wise validation, dedupe, merge, ledger.
+
+One transaction per batch. The ledger row, the quarantine rows and the merged core rows commit
+together or not at all, so a failure (bad input, a killed process, a lost connection, a time budget
+running out) leaves nothing of the batch behind, and a rerun converges to the same totals.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import psycopg2
+import psycopg2.extras
+from psycopg2 import sql
+
+from pipeline.config import SourceConfig
+from pipeline.model import TABLES, Table
+from pipeline.sources import LoadError, RawSheet, Reader
+from pipeline.typing_sql import Mapped, typed_select
+
+
+class TimeBudgetExceeded(RuntimeError):
+    """Not enough time left to commit safely: the batch was rolled back instead of being cut mid-commit."""
+
+
+@dataclass
+class Delivery:
+    source: str
+    config: SourceConfig
+    kind: str
+    ref: str  # s3://bucket/key?versionId=..., or the API URL and window
+    display: str  # what a person calls it: the file name
+    object_key: str | None = None
+    etag: str | None = None
+    version: str | None = None
+    sha256: str | None = None
+    window: tuple | None = None
+
+
+def already_loaded(cur, source: str, object_key: str, sha256: str | None = None, etag: str | None = None):
+    """The committed batch that already holds this object (same key and content), if any."""
+    if sha256:
+        cur.execute("select batch_id from meta.batches where status = 'committed' and source = %s "
+                    "and object_key = %s and content_sha256 = %s", (source, object_key, sha256))
+    else:
+        cur.execute("select batch_id from meta.batches where status = 'committed' and source = %s "
+                    "and object_key = %s and object_etag = %s", (source, object_key, etag))
+    row = cur.fetchone()
+    return row[0] if row else None
+
+
+def _ident_list(names) -> sql.Composed:
+    return sql.SQL(", ").join(sql.Identifier(n) for n in names)
+
+
+class BatchLoad:
+    """Loads one delivery inside the caller's open transaction; `run()` commits."""
+
+    def __init__(self, conn, delivery: Delivery, reader: Reader, timezone: str,
+                 deadline: Callable[[], float] | None = None, request_id: str | None = None):
+        self.conn, self.delivery, self.reader = conn, delivery, reader
+        self.table: Table = TABLES[delivery.config.table]
+        self.timezone, self.request_id = timezone, request_id
+        self.remaining = deadline or (lambda: float("inf"))
+        self.batch_id: int | None = None
+        self.rejects = 0
+        self.reject_amount = 0
+
+    # -- the batch ----------------------------------------------------------------------------------
+    def run(self, commit_margin_s: float = 5.0) -> dict:
+        d = self.delivery
+        started = time.time()
+        with self.conn.cursor() as cur:
+            cur.execute("set local timezone = %s", (self.timezone,))
+            if d.object_key:
+                cur.execute("select pg_advisory_xact_lock(hashtextextended(%s, 0))",
+                            (f"{d.source}|{d.object_key}|{d.sha256}",))
+                existing = already_loaded(cur, d.source, d.object_key, d.sha256)
+                if existing:
+                    self.conn.rollback()
+                    return {"status": "already_loaded", "batch_id": existing, "source": d.source, "ref": d.ref}
+            cur.execute(
+                "insert into meta.batches (source, source_kind, target_table, source_ref, object_key, object_etag,"
+                " object_version, content_sha256, status, request_id, window_from, window_to)"
+                " values (%s, %s, %s, %s, %s, %s, %s, %s, 'running', %s, %s, %s) returning batch_id",
+                (d.source, d.kind, self.table.name, d.ref, d.object_key, d.etag, d.version, d.sha256,
+                 self.request_id, *(d.window or (None, None))))
+            self.batch_id = cur.fetchone()[0]
+            self._create_typed(cur)
+            for sheet in self.reader.sheets():
+                self._load_sheet(cur, sheet)
+                self._check_time(commit_margin_s)
+            summary = self._merge(cur)
+            self._check_time(commit_margin_s)
+            cur.execute(
+                "update meta.batches set status = 'committed', finished_at = clock_timestamp(),"
+                " rows_read = %(rows_read)s, rows_inserted = %(rows_inserted)s, rows_updated = %(rows_updated)s,"
+                " rows_unchanged = %(rows_unchanged)s, rows_duplicate = %(rows_duplicate)s,"
+                " rows_quarantined = %(rows_quarantined)s, rows_skipped = %(rows_skipped)s,"
+                " amount_in = %(amount_in)s, amount_loaded = %(amount_loaded)s,"
+                " amount_quarantined = %(amount_quarantined)s, amount_duplicate = %(amount_duplicate)s"
+                " where batch_id = %(batch_id)s", {**summary, "batch_id": self.batch_id})
+        self.conn.commit()
+        return {"status": "committed", "source": d.source, "ref": d.ref, "batch_id": self.batch_id,
+                "seconds": round(time.time() - started, 3), **summary}
+
+    def _check_time(self, margin: float) -> None:
+        if self.remaining() < margin:
+            raise TimeBudgetExceeded(f"{self.delivery.display}: less than {margin:.0f}s left before the function's "
+                                     "timeout; rolled back so a retry can load it whole")
+
+    # -- per sheet: raw COPY, typing, quarantine ----------------------------------------------------
+    def _create_typed(self, cur) -> None:
+        types = {"text": "text", "integer": "bigint", "money": "numeric", "date": "date", "timestamp": "timestamptz"}
+        cols = sql.SQL(", ").join(sql.SQL("{} {}").format(sql.Identifier(c.name), sql.SQL(types[c.type]))
+                                  for c in self.table.columns)
+        cur.execute(sql.SQL("create temp table typed (_sheet text, _row bigint, {}, _reasons text[], _skip boolean)"
+                            " on commit drop").format(cols))
+
+    def _create_raw(self, cur, sheet: RawSheet) -> None:
+        cur.execute("drop table if exists raw; drop sequence if exists raw_row")
+        cur.execute("create temp sequence raw_row start with %s minvalue 0", (sheet.first_row,))
+        cols = sql.SQL(", ").join(sql.SQL("{} text").format(sql.Identifier(f"c{i}")) for i in range(len(sheet.header)))
+        cur.execute(sql.SQL("create temp table raw (_sheet text, _row bigint default nextval('raw_row'), {})"
+                            " on commit drop").format(cols))
+
+    def _copy(self, cur, sheet: RawSheet) -> RawSheet:
+        self._create_raw(cur, sheet)
+        if not sheet.raw_rows_copy:
+            sheet.copy(cur, "raw")
+            return sheet
+        cur.execute("savepoint raw_copy")
+        try:
+            sheet.copy(cur, "raw")
+            cur.execute("release savepoint raw_copy")
+            return sheet
+        except psycopg2.errors.BadCopyFileFormat:
+            # ragged rows or a quote never closed: re-read it record by record to say which rows
+            cur.execute("rollback to savepoint raw_copy")
+        except (psycopg2.errors.CharacterNotInRepertoire, psycopg2.errors.UntranslatableCharacter) as exc:
+            cur.execute("rollback to savepoint raw_copy")
+            line = (exc.diag.context or "").rsplit("line ", 1)[-1].split(",")[0].strip()
+            raise LoadError(f"{self.delivery.display}: line {line}: not {self.delivery.config.read.encoding} text "
+                            f"({exc.diag.message_primary}); set read.encoding for this source") from None
+        parsed = self.reader.parsed_sheet()  # type: ignore[attr-defined]
+        self._create_raw(cur, parsed)
+        parsed.copy(cur, "raw")
+        return parsed
+
+    def _load_sheet(self, cur, sheet: RawSheet) -> None:
+        sheet = self._copy(cur, sheet)
+        mapped = [Mapped(self.table.column(c), f"c{pos}", sheet.header[pos]) for c, pos in sheet.mapping.items()]
+        opts = self.delivery.config.read
+        select = typed_select(self.table, mapped, opts, len(sheet.header))
+        names = [m.column.name for m in mapped]
+        cur.execute(sql.SQL("insert into typed (_sheet, _row, {cols}, _reasons, _skip) "
+                            "select {sheet}, s._row, {scols}, s._reasons, s._skip from ({select}) s").format(
+            cols=_ident_list(names), sheet=sql.Literal(sheet.name),
+            scols=sql.SQL(", ").join(sql.SQL("s.{}").format(sql.Identifier(n)) for n in names), select=select))
+        ref = self._ref(sheet.name)
+        raw_json = sql.SQL(", ").join(
+            sql.SQL("{}, r.{}").format(sql.Literal(m.header), sql.Identifier(m.raw)) for m in mapped)
+        cur.execute(sql.SQL(
+            "insert into meta.quarantine (batch_id, source, source_ref, source_row, raw, reason, reason_code) "
+            "select %s, %s, %s, t._row, jsonb_build_object({raw}), "
+            "'row ' || t._row || ': ' || array_to_string(t._reasons, '; '), 'invalid_value' "
+            "from typed t join raw r on r._row = t._row "
+            "where t._sheet is not distinct from %s and not t._skip and cardinality(t._reasons) > 0"
+        ).format(raw=raw_json), (self.batch_id, self.delivery.source, ref, sheet.name))
+        for row, raw, reason, code in sheet.rejects:
+            cur.execute("insert into meta.quarantine (batch_id, source, source_ref, source_row, raw, reason,"
+                        " reason_code) values (%s, %s, %s, %s, %s, %s, %s)",
+                        (self.batch_id, self.delivery.source, ref, row, psycopg2.extras.Json(raw), reason, code))
+        self.rejects += len(sheet.rejects)
+
+    def _ref(self, sheet: str | None) -> str:
+        return f"{self.delivery.ref}#{sheet}" if sheet else self.delivery.ref
+
+    # -- dedupe and merge ---------------------------------------------------------------------------
+    def _merge(self, cur) -> dict:
+        t = self.table
+        cols = list(t.column_names)
+        key = list(self.delivery.config.key)
+        amount = sql.Identifier(t.amount) if t.amount else None
+        amt = (lambda where: sql.SQL("sum({}) filter (where {})").format(amount, sql.SQL(where))) if amount else \
+            (lambda where: sql.SQL("null::numeric"))
+        cur.execute(sql.SQL(
+            "select count(*) filter (where _skip), count(*) filter (where not _skip),"
+            " count(*) filter (where not _skip and cardinality(_reasons) > 0), {}, {} from typed").format(
+            amt("not _skip"), amt("not _skip and cardinality(_reasons) > 0")))
+        skipped, read, quarantined, amount_in, amount_q = cur.fetchone()
+
+        # money hashed by value, not by how many decimals the source wrote (10.5 and 10.50 are one amount)
+        row_hash = sql.SQL("md5(row({})::text)").format(sql.SQL(", ").join(
+            sql.SQL("trim_scale({})" if t.column(c).type == "money" else "{}").format(sql.Identifier(c)) for c in cols))
+        cur.execute(sql.SQL("create temp table accepted on commit drop as select _sheet, _row, {cols}, {hash} as "
+                            "_row_hash from typed where not _skip and cardinality(_reasons) = 0").format(
+            cols=_ident_list(cols), hash=row_hash))
+        duplicates, amount_dup = 0, 0
+        cur.execute(sql.SQL("select exists (select 1 from accepted group by {} having count(*) > 1)").format(
+            _ident_list(key)))
+        if cur.fetchone()[0]:
+            duplicates, amount_dup, conflicts, amount_conflicts = self._collapse(cur, key, amount)
+            quarantined += conflicts
+            amount_q = (amount_q or 0) + amount_conflicts
+        inserted, updated = self._upsert(cur, cols, key)
+        cur.execute(sql.SQL("select count(*), {} from accepted").format(
+            sql.SQL("sum({})").format(amount) if amount else sql.SQL("null::numeric")))
+        accepted, amount_loaded = cur.fetchone()
+        read += self.rejects
+        quarantined += self.rejects
+        return {"rows_read": read, "rows_inserted": inserted, "rows_updated": updated,
+                "rows_unchanged": accepted - inserted - updated, "rows_duplicate": duplicates,
+                "rows_quarantined": quarantined, "rows_skipped": skipped,
+                "amount_in": amount_in, "amount_loaded": amount_loaded,
+                "amount_quarantined": amount_q if amount else None,
+                "amount_duplicate": amount_dup if amount else None}
+
+    def _collapse(self, cur, key: list[str], amount) -> tuple[int, object, int, object]:
+        """Exact copies within the batch count as duplicates; a key repeated with other values keeps its last row."""
+        amount_sum = sql.SQL("coalesce(sum({}), 0)").format(amount) if amount else sql.SQL("0")
+        keys = _ident_list(key)
+        cur.execute(sql.SQL(
+            "with gone as (delete from accepted a using (select ctid, row_number() over (partition by {k}, _row_hash "
+            "order by _sheet, _row) as n from accepted) d where a.ctid = d.ctid and d.n > 1 returning a.*) "
+            "select count(*), {s} from gone").format(k=keys, s=amount_sum))
+        duplicates, amount_dup = cur.fetchone()
+        key_text = sql.SQL(" || ', ' || ").join(
+            sql.SQL("{} || '=' || a.{}::text").format(sql.Literal(k), sql.Identifier(k)) for k in key)
+        cur.execute(sql.SQL(
+            "with ranked as (select ctid, first_value(_row) over w as kept_row, row_number() over w as n "
+            "from accepted window w as (partition by {k} order by _sheet desc, _row desc)), "
+            "gone as (delete from accepted a using ranked r where a.ctid = r.ctid and r.n > 1 "
+            "returning a.*, r.kept_row), "
+            "q as (insert into meta.quarantine (batch_id, source, source_ref, source_row, raw, reason, reason_code) "
+            "select %s, %s, %s || coalesce('#' || a._sheet, ''), a._row, to_jsonb(a) - '_row_hash' - 'kept_row', "
+            "'row ' || a._row || ': ' || {kt} || ' appears again at row ' || a.kept_row || "
+            "' with different values; the later row is loaded', 'conflicting_duplicate' from gone a returning 1) "
+            "select count(*), {s} from gone").format(k=keys, kt=key_text, s=amount_sum),
+            (self.batch_id, self.delivery.source, self.delivery.ref))
+        conflicts, amount_conflicts = cur.fetchone()
+        return duplicates, amount_dup, conflicts, amount_conflicts
+
+    def _upsert(self, cur, cols: list[str], key: list[str]) -> tuple[int, int]:
+        t = self.table
+        target = sql.Identifier("core", t.name)
+        updates = [c for c in cols if c not in key]
+        set_list = sql.SQL(", ").join(
+            [sql.SQL("{} = excluded.{}").format(sql.Identifier(c), sql.Identifier(c)) for c in updates]
+            + [sql.SQL("{} = excluded.{}").format(sql.Identifier(c), sql.Identifier(c))
+               for c in ("_batch_id", "_source", "_source_ref", "_source_row", "_row_hash")]
+            + [sql.SQL("_updated_at = now()")])
+        cur.execute(sql.SQL(
+            "with up as (insert into {target} as c ({cols}, _batch_id, _source, _source_ref, _source_row, _row_hash) "
+            "select {cols}, %s, %s, %s || coalesce('#' || _sheet, ''), _row, _row_hash from accepted "
+            "on conflict ({key}) do update set {sets} where c._row_hash is distinct from excluded._row_hash "
+            "returning (xmax = 0) as inserted) "
+            "select count(*) filter (where inserted), count(*) filter (where not inserted) from up").format(
+            target=target, cols=_ident_list(cols), key=_ident_list(key), sets=set_list),
+            (self.batch_id, self.delivery.source, self.delivery.ref))
+        return cur.fetchone()
+
+
+def record_failure(conn, delivery: Delivery, error: str, request_id: str | None = None) -> int:
+    """After a rollback: a failed ledger row with the reason, in its own transaction (no data)."""
+    with conn.cursor() as cur:
+        cur.execute(
+            "insert into meta.batches (source, source_kind, target_table, source_ref, object_key, object_etag,"
+            " object_version, content_sha256, status, error, request_id, finished_at)"
+            " values (%s, %s, %s, %s, %s, %s, %s, %s, 'failed', %s, %s, clock_timestamp()) returning batch_id",
+            (delivery.source, delivery.kind, delivery.config.table, delivery.ref, delivery.object_key, delivery.etag,
+             delivery.version, delivery.sha256, error[:4000], request_id))
+        batch_id = cur.fetchone()[0]
+    conn.commit()
+    return batch_id

@@ -1,0 +1,58 @@
+"""Sources: each turns a delivery (an S3 object, an API window) into raw text sheets the loader COPYs.
+
+A reader never types or validates values; it only finds the header, maps it onto the canonical columns
+and streams rows as text. PostgreSQL does the rest set-wise (see pipeline.typing_sql).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Protocol
+
+
+class LoadError(ValueError):
+    """Bad input, worded for the person who fixes the source: it names the file, sheet, row or column."""
+
+
+@dataclass
+class RawSheet:
+    """One header and its rows, ready to COPY into the batch's raw table."""
+
+    name: str | None  # sheet name, None for a CSV
+    header: list[str]  # the source's header, as spelled there
+    mapping: dict[str, int]  # canonical column -> index into header
+    first_row: int  # spreadsheet row number of the first data row
+    # copy(cursor, target) streams the rows into `target`: columns (_sheet, _row, c0..cN-1) or,
+    # for a raw CSV stream, (c0..cN-1) with _row from a sequence
+    copy: Callable[[object, str], None]
+    raw_rows_copy: bool = False  # True: copy() sends the file itself (PostgreSQL parses the CSV)
+    rejects: list[tuple[int, dict, str, str]] = field(default_factory=list)  # (row, raw, reason, code)
+
+
+class Reader(Protocol):
+    def sheets(self) -> Iterator[RawSheet]: ...
+
+
+def normalise_header(value: object) -> str:
+    return re.sub(r"\s+", " ", str(value if value is not None else "")).strip().casefold()
+
+
+def map_header(header: list[str], columns: dict[str, str], where: str, required: set[str]) -> dict[str, int]:
+    """canonical -> position, matching header names after trimming spaces and case."""
+    positions: dict[str, int] = {}
+    for i, name in enumerate(header):
+        positions.setdefault(normalise_header(name), i)
+    mapping, missing = {}, []
+    for canonical, source_name in columns.items():
+        pos = positions.get(normalise_header(source_name))
+        if pos is None:
+            if canonical in required:
+                missing.append(f"'{source_name}' (for {canonical})")
+            continue
+        mapping[canonical] = pos
+    if missing:
+        found = ", ".join(f"'{h}'" for h in header if str(h).strip()) or "nothing"
+        raise LoadError(f"{where}: the header has no column {', '.join(missing)}; found {found}")
+    return mapping

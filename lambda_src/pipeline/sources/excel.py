@@ -1,0 +1,199 @@
+"""Payment workbooks (.xlsx) read with python-calamine: fast, and formula cells give their cached values.
+
+Sheets are chosen by name or pattern (hidden sheets only when named); the header row offset, footers
+and the column mapping come from the configuration. Values become exact text: Excel numbers through their
+shortest round-trip repr (12.3 stays '12.3', never 12.2999...), dates as ISO, serial dates converted with
+the 1900 leap-year quirk. A formula cell without a cached value is an error naming the cell.
+"""
+
+from __future__ import annotations
+
+import csv
+import datetime as dt
+import io
+import re
+import zipfile
+from collections.abc import Iterator
+from decimal import Decimal
+from pathlib import Path, PurePosixPath
+
+from psycopg2 import sql
+from python_calamine import CalamineWorkbook
+
+from pipeline.config import ReadOptions
+from pipeline.model import Table
+from pipeline.sources import LoadError, RawSheet, map_header
+from pipeline.sources.s3_csv import raw_columns
+
+_BATCH_ROWS = 50_000
+_FORMULA_NO_VALUE = re.compile(
+    rb'<c r="([A-Z]+)([0-9]+)"[^>]*>\s*<f[^>]*?(?:/>|>[^<]*</f>)\s*(?:<v\s*/>|<v>\s*</v>)?\s*</c>')
+
+
+def excel_serial_to_date(serial: float) -> dt.date:
+    """Excel's 1900 date system, which counts a 29 February 1900 that never was (serial 60)."""
+    days = int(serial)
+    if days == 60:
+        raise ValueError("serial 60 is 1900-02-29, a day that does not exist")
+    base = dt.date(1899, 12, 31) if days < 60 else dt.date(1899, 12, 30)
+    return base + dt.timedelta(days=days)
+
+
+def cell_text(value: object, kind: str | None) -> str:
+    if value is None or value == "":
+        return ""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, dt.datetime):
+        return value.date().isoformat() if kind == "date" else value.isoformat()
+    if isinstance(value, dt.date):
+        return value.isoformat()
+    if isinstance(value, float):
+        if kind == "date" and value > 0:
+            try:
+                return excel_serial_to_date(value).isoformat()
+            except (ValueError, OverflowError):
+                return repr(value)
+        if value.is_integer() and abs(value) < 1e15:
+            return str(int(value))
+        text = repr(value)
+        return format(Decimal(text), "f") if "e" in text or "E" in text else text
+    if isinstance(value, dt.time | dt.timedelta):
+        return str(value)
+    return str(value)
+
+
+def _column_letters(index: int) -> str:
+    letters = ""
+    index += 1
+    while index:
+        index, rem = divmod(index - 1, 26)
+        letters = chr(65 + rem) + letters
+    return letters
+
+
+def formulas_without_value(path: Path, sheet_name: str) -> list[tuple[str, int]]:
+    """(column letters, row) of formula cells that carry no cached value, read from the sheet's XML."""
+    with zipfile.ZipFile(path) as zf:
+        workbook = zf.read("xl/workbook.xml").decode("utf-8")
+        rels = zf.read("xl/_rels/workbook.xml.rels").decode("utf-8")
+        rid = None
+        for match in re.finditer(r"<sheet\b[^>]*>", workbook):
+            tag = match.group(0)
+            name = re.search(r'name="([^"]*)"', tag)
+            if name and _xml_unescape(name.group(1)) == sheet_name:
+                found = re.search(r'r:id="([^"]*)"', tag)
+                rid = found.group(1) if found else None
+        target = None
+        for match in re.finditer(r"<Relationship\b[^>]*>", rels):
+            tag = match.group(0)
+            if rid and f'Id="{rid}"' in tag:
+                target = re.search(r'Target="([^"]*)"', tag).group(1)
+        if not target:
+            return []
+        member = target.lstrip("/") if target.startswith("/") else str(PurePosixPath("xl") / target)
+        data = zf.read(member)
+    if b"<f" not in data:
+        return []
+    return [(m.group(1).decode(), int(m.group(2))) for m in _FORMULA_NO_VALUE.finditer(data)]
+
+
+def _xml_unescape(text: str) -> str:
+    return (text.replace("&lt;", "<").replace("&gt;", ">").replace("&quot;", '"').replace("&apos;", "'")
+            .replace("&amp;", "&"))
+
+
+class ExcelReader:
+    def __init__(self, path: Path, display: str, options: ReadOptions, columns: dict[str, str], table: Table,
+                 required: set[str]):
+        self.path, self.display, self.options = path, display, options
+        self.columns, self.table, self.required = columns, table, required
+
+    def _open(self) -> CalamineWorkbook:
+        if self.path.stat().st_size == 0:
+            raise LoadError(f"{self.display}: the file is empty (0 bytes)")
+        with open(self.path, "rb") as fh:
+            magic = fh.read(8)
+        if magic.startswith(b"\xd0\xcf\x11\xe0"):
+            raise LoadError(f"{self.display}: the workbook is password-protected or in the old .xls format; "
+                            "save it as an unprotected .xlsx and deliver it again")
+        try:
+            return CalamineWorkbook.from_path(str(self.path))
+        except Exception as exc:  # noqa: BLE001 - calamine raises several types for unreadable files
+            raise LoadError(f"{self.display}: not a readable .xlsx workbook ({type(exc).__name__}: {exc})") from None
+
+    def _chosen(self, workbook: CalamineWorkbook) -> list[str]:
+        metadata = {m.name: m for m in workbook.sheets_metadata}
+        if self.options.sheets:
+            missing = [s for s in self.options.sheets if s not in metadata]
+            if missing:
+                raise LoadError(f"{self.display}: no sheet named {', '.join(repr(m) for m in missing)}; "
+                                f"sheets: {', '.join(repr(s) for s in workbook.sheet_names)}")
+            return list(self.options.sheets)
+        visible = [m.name for m in workbook.sheets_metadata if str(m.visible).endswith("Visible")]
+        if not self.options.sheet_pattern:
+            return visible[:1]
+        chosen = [s for s in visible if re.search(self.options.sheet_pattern, s)]
+        if not chosen:
+            raise LoadError(f"{self.display}: no visible sheet matches {self.options.sheet_pattern!r}; "
+                            f"sheets: {', '.join(repr(s) for s in workbook.sheet_names)}")
+        return chosen
+
+    def sheets(self) -> Iterator[RawSheet]:
+        workbook = self._open()
+        try:
+            for name in self._chosen(workbook):
+                yield self._sheet(workbook, name)
+        finally:
+            workbook.close()
+
+    def _sheet(self, workbook: CalamineWorkbook, name: str) -> RawSheet:
+        rows = workbook.get_sheet_by_name(name).to_python(skip_empty_area=False)
+        where = f"{self.display}, sheet '{name}'"
+        h = self.options.header_row
+        if len(rows) <= h:
+            raise LoadError(f"{where}: no header on row {h + 1} (the sheet has {len(rows)} rows)")
+        header = [cell_text(v, None) for v in rows[h]]
+        mapping = map_header(header, self.columns, f"{where}, row {h + 1}", self.required)
+        kinds = [None] * len(header)
+        for canonical, pos in mapping.items():
+            kinds[pos] = self.table.column(canonical).type
+        data = rows[h + 1:]
+        first_row = h + 2
+        self._check_formulas(name, where, data, first_row, mapping)
+        width = len(header)
+
+        def copy_rows(cur, target: str) -> None:
+            statement = sql.SQL("copy {} (_sheet, _row, {}) from stdin with (format csv)").format(
+                sql.Identifier(target), raw_columns(width)).as_string(cur)
+            buffer = io.StringIO()
+            writer = csv.writer(buffer)
+            for i, row in enumerate(data):
+                values = [cell_text(row[c] if c < len(row) else None, kinds[c]) for c in range(width)]
+                writer.writerow([name, first_row + i, *values])
+                if (i + 1) % _BATCH_ROWS == 0:
+                    buffer.seek(0)
+                    cur.copy_expert(statement, buffer)
+                    buffer = io.StringIO()
+                    writer = csv.writer(buffer)
+            if buffer.tell():
+                buffer.seek(0)
+                cur.copy_expert(statement, buffer)
+
+        return RawSheet(name, header, mapping, first_row, copy_rows)
+
+    def _check_formulas(self, name: str, where: str, data: list, first_row: int, mapping: dict[str, int]) -> None:
+        cells = formulas_without_value(self.path, name)
+        if not cells:
+            return
+        mapped_letters = {_column_letters(pos) for pos in mapping.values()}
+        skip = re.compile(self.options.skip_rows_matching) if self.options.skip_rows_matching else None
+        for letters, row in cells:
+            index = row - first_row
+            if letters not in mapped_letters or not 0 <= index < len(data):
+                continue
+            first = next((cell_text(v, None) for v in data[index] if cell_text(v, None).strip()), "")
+            if skip and skip.search(first.strip()):
+                continue
+            raise LoadError(f"{where}, cell {letters}{row}: the formula has no cached value; open and save the "
+                            "workbook in Excel (or paste values) and deliver it again")

@@ -1,0 +1,126 @@
+"""Set-wise validation and typing of raw text rows, as one SQL statement per batch.
+
+Raw rows arrive as text columns (PostgreSQL parsed the CSV, or a reader wrote text). Each mapped column
+is normalised once, tested with a regular expression or pg_input_is_valid (which never raises), cast, and
+every failure becomes a readable reason: "row 17: amount '12,3O' is not a number".
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from psycopg2 import sql
+
+from pipeline.config import ReadOptions
+from pipeline.model import Column, Table
+
+_NUMBER = r"^[-+]?([0-9]+(\.[0-9]*)?|\.[0-9]+)$"
+_INTEGER = r"^[-+]?[0-9]+$"
+_STRFTIME = {"%d": r"([0-9]{1,2})", "%m": r"([0-9]{1,2})", "%Y": r"([0-9]{4})", "%H": r"[0-9]{1,2}",
+             "%M": r"[0-9]{2}", "%S": r"[0-9]{2}"}
+
+
+def date_pattern(options: ReadOptions) -> tuple[str, str] | None:
+    """A (regex, replacement) that rewrites the source's date layout to ISO, or None for ISO only."""
+    if options.date_format:
+        fmt = options.date_format
+        regex, order, i = "^", [], 0
+        while i < len(fmt):
+            token = fmt[i:i + 2]
+            if token in _STRFTIME:
+                regex += _STRFTIME[token]
+                if token in ("%d", "%m", "%Y"):
+                    order.append(token)
+                i += 2
+            else:
+                regex += re.escape(fmt[i])
+                i += 1
+        if sorted(order) != ["%Y", "%d", "%m"]:
+            raise ValueError(f"date_format {fmt!r} needs %d, %m and %Y")
+        groups = {token: f"\\{n + 1}" for n, token in enumerate(order)}
+        return regex + r"(\s.*)?$", f"{groups['%Y']}-{groups['%m']}-{groups['%d']}"
+    if options.dayfirst:
+        return r"^([0-9]{1,2})[/.-]([0-9]{1,2})[/.-]([0-9]{4})$", r"\3-\2-\1"
+    return r"^([0-9]{1,2})/([0-9]{1,2})/([0-9]{4})$", r"\3-\1-\2"
+
+
+@dataclass(frozen=True)
+class Mapped:
+    column: Column
+    raw: str  # raw text column holding it
+    header: str  # the header as the source spells it
+
+
+def _normalised(m: Mapped, options: ReadOptions) -> sql.Composable:
+    raw = sql.SQL("nullif(btrim(r.{}), '')").format(sql.Identifier(m.raw))
+    if m.column.type == "money":
+        return sql.SQL("meta.money_text({}, {}, {})").format(
+            raw, sql.Literal(options.decimal), sql.Literal(options.thousands or ""))
+    if m.column.type == "date":
+        pattern = date_pattern(options)
+        expr = raw
+        if pattern:
+            expr = sql.SQL("regexp_replace({}, {}, {})").format(expr, sql.Literal(pattern[0]), sql.Literal(pattern[1]))
+        # ISO with a time part, as Excel dates arrive: keep the date.
+        return sql.SQL("regexp_replace({}, {}, {})").format(
+            expr, sql.Literal(r"^([0-9]{4}-[0-9]{1,2}-[0-9]{1,2})[T ][0-9:.]+$"), sql.Literal(r"\1"))
+    if m.column.type == "integer":
+        if not options.thousands:
+            return raw
+        return sql.SQL("regexp_replace({}, {}, '', 'g')").format(raw, sql.Literal(re.escape(options.thousands)))
+    return raw
+
+
+def _valid(m: Mapped, n: sql.Composable) -> sql.Composable:
+    kind = m.column.type
+    if kind == "money":
+        return sql.SQL("{} ~ {}").format(n, sql.Literal(_NUMBER))
+    if kind == "integer":
+        return sql.SQL("({} ~ {} and pg_input_is_valid({}, 'bigint'))").format(n, sql.Literal(_INTEGER), n)
+    if kind == "date":
+        return sql.SQL("meta.is_iso_date({})").format(n)
+    if kind == "timestamp":
+        return sql.SQL("meta.is_timestamp({})").format(n)
+    return sql.SQL("true")
+
+
+_CAST = {"money": "numeric", "integer": "bigint", "date": "date", "timestamp": "timestamptz", "text": "text"}
+_WHAT = {"money": "is not a number", "integer": "is not a whole number", "date": "is not a valid date",
+         "timestamp": "is not a valid timestamp", "text": ""}
+
+
+def typed_select(table: Table, mapped: list[Mapped], options: ReadOptions, width: int) -> sql.Composed:
+    """SELECT over `raw r` giving _row, each canonical column typed (null when invalid), _reasons, _skip."""
+    lateral, typed, reasons = [], [], []
+    for i, m in enumerate(mapped):
+        alias = sql.Identifier(f"n{i}")
+        n = sql.SQL("n.{}").format(alias)
+        lateral.append(sql.SQL("{} as {}").format(_normalised(m, options), alias))
+        valid = _valid(m, n)
+        cast = sql.SQL(_CAST[m.column.type])
+        typed.append(sql.SQL("case when {} then {}::{} end as {}").format(
+            valid, n, cast, sql.Identifier(m.column.name)))
+        label = sql.Literal(m.column.name)
+        raw_value = sql.SQL("r.{}").format(sql.Identifier(m.raw))
+        if m.column.required:
+            reasons.append(sql.SQL("case when {} is null then format('%s is empty', {}) end").format(n, label))
+        if m.column.type != "text":
+            reasons.append(sql.SQL("case when {} is not null and not {} then format('%s %L {}', {}, {}) end").format(
+                n, valid, sql.SQL(_WHAT[m.column.type]), label, raw_value))
+        if m.column.non_negative:
+            reasons.append(sql.SQL("case when {} and {}::{} < 0 then format('%s %L is negative', {}, {}) end").format(
+                valid, n, cast, label, raw_value))
+    # footers: the row's first non-empty cell matches the configured pattern (e.g. "Total")
+    skip = sql.SQL("false")
+    if options.skip_rows_matching:
+        first = sql.SQL("coalesce({})").format(sql.SQL(", ").join(
+            sql.SQL("nullif(btrim(r.{}), '')").format(sql.Identifier(f"c{i}")) for i in range(width)))
+        skip = sql.SQL("coalesce({} ~ {}, false)").format(first, sql.Literal(options.skip_rows_matching))
+    all_raw = sql.SQL(" || ").join(sql.SQL("coalesce(r.{}, '')").format(sql.Identifier(m.raw)) for m in mapped)
+    return sql.SQL(
+        "select r._row, {typed}, array_remove(array[{reasons}]::text[], null) as _reasons, "
+        "({skip} or btrim({all_raw}) = '') as _skip "
+        "from raw r cross join lateral (select {lateral}) n"
+    ).format(typed=sql.SQL(", ").join(typed), reasons=sql.SQL(", ").join(reasons) if reasons else sql.SQL(""),
+             skip=skip, all_raw=all_raw, lateral=sql.SQL(", ").join(lateral))
