@@ -184,8 +184,11 @@ class BatchLoad:
         cols = list(t.column_names)
         key = list(self.delivery.config.key)
         amount = sql.Identifier(t.amount) if t.amount else None
-        amt = (lambda where: sql.SQL("sum({}) filter (where {})").format(amount, sql.SQL(where))) if amount else \
-            (lambda where: sql.SQL("null::numeric"))
+        def amt(where: str) -> sql.Composable:
+            if not amount:
+                return sql.SQL("null::numeric")
+            return sql.SQL("coalesce(sum({}) filter (where {}), 0)").format(amount, sql.SQL(where))
+
         cur.execute(sql.SQL(
             "select count(*) filter (where _skip), count(*) filter (where not _skip),"
             " count(*) filter (where not _skip and cardinality(_reasons) > 0), {}, {} from typed").format(
@@ -207,7 +210,7 @@ class BatchLoad:
             amount_q = (amount_q or 0) + amount_conflicts
         inserted, updated = self._upsert(cur, cols, key)
         cur.execute(sql.SQL("select count(*), {} from accepted").format(
-            sql.SQL("sum({})").format(amount) if amount else sql.SQL("null::numeric")))
+            sql.SQL("coalesce(sum({}), 0)").format(amount) if amount else sql.SQL("null::numeric")))
         accepted, amount_loaded = cur.fetchone()
         read += self.rejects
         quarantined += self.rejects

@@ -1,0 +1,217 @@
+"""CSV exports: what real files do to a loader, and what this one does back."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+
+import pytest
+
+from pipeline.handlers import ingest_object
+from pipeline.sources import LoadError
+
+HEADER = "Order No,Line,Order Date,Client Code,Product,Qty,Unit Price,Line Total,Currency\n"
+
+
+def sales(*lines: str) -> bytes:
+    return (HEADER + "".join(line + "\n" for line in lines)).encode()
+
+
+def ledger(landing, batch_id: int) -> dict:
+    cols = ("rows_read", "rows_inserted", "rows_updated", "rows_unchanged", "rows_duplicate", "rows_quarantined",
+            "rows_skipped", "amount_in", "amount_loaded", "amount_quarantined", "amount_duplicate", "status")
+    row = landing.query(f"select {', '.join(cols)} from meta.batches where batch_id = %s", (batch_id,))[0]
+    return dict(zip(cols, row, strict=True))
+
+
+def reconciles(entry: dict) -> bool:
+    parts = ("rows_inserted", "rows_updated", "rows_unchanged", "rows_duplicate", "rows_quarantined")
+    return entry["rows_read"] == sum(entry[p] for p in parts) and entry["amount_in"] == (
+        entry["amount_loaded"] + entry["amount_quarantined"] + entry["amount_duplicate"])
+
+
+def test_clean_file_loads_with_lineage_and_a_reconciling_ledger(landing):
+    result = landing.ingest("landing/sales/2024/a.csv", sales(
+        "SO-1,1,2024-01-05,00042,Widget,2,10.50,21.00,GBP",
+        "SO-1,2,2024-01-05,00042,Gadget,1,0.10,0.10,GBP",
+        "SO-2,1,2024-01-06,00043,Widget,3,0.20,0.60,GBP"))
+    assert result["status"] == "committed" and result["rows_inserted"] == 3
+    entry = ledger(landing, result["batch_id"])
+    assert reconciles(entry) and entry["amount_loaded"] == Decimal("21.70")
+    rows = landing.query("select client_id, amount, _source, _source_ref, _source_row, _batch_id, length(_row_hash) "
+                         "from core.sales order by order_id, line_no")
+    assert rows[0][:5] == ("00042", Decimal("21.00"), "sales", f"s3://{landing.bucket}/landing/sales/2024/a.csv"
+                           + f"?versionId={rows[0][3].split('versionId=')[1]}", 2)
+    assert {r[5] for r in rows} == {result["batch_id"]} and {r[6] for r in rows} == {32}
+    assert landing.query("select sum(amount) from core.sales")[0][0] == Decimal("21.70")
+
+
+def test_same_object_twice_loads_once_and_a_changed_object_merges_with_history(landing):
+    key = "landing/sales/2024/b.csv"
+    first = landing.ingest(key, sales("SO-1,1,2024-01-05,00042,Widget,2,10.50,21.00,GBP",
+                                      "SO-2,1,2024-01-05,00043,Widget,1,10.50,10.50,GBP"))
+    again = landing.ingest(key)
+    assert again == {"status": "already_loaded", "batch_id": first["batch_id"], "source": "sales",
+                     "ref": again["ref"]}
+    changed = landing.ingest(key, sales("SO-1,1,2024-01-05,00042,Widget,2,10.50,21.00,GBP",
+                                        "SO-2,1,2024-01-05,00043,Widget,2,10.50,21.00,GBP",
+                                        "SO-3,1,2024-01-06,00044,Widget,1,10.5,10.5,GBP"))
+    assert (changed["rows_inserted"], changed["rows_updated"], changed["rows_unchanged"]) == (1, 1, 1)
+    history = landing.query("select order_id, amount, _batch_id from core.sales_history")
+    assert history == [("SO-2", Decimal("10.50"), first["batch_id"])]
+    # the same rows with money written differently ('10.5' vs '10.50') are not a change
+    same = landing.ingest("landing/sales/2024/b-copy.csv", sales(
+        "SO-1,1,2024-01-05,00042,Widget,2,10.5,21,GBP", "SO-2,1,2024-01-05,00043,Widget,2,10.50,21.00,GBP",
+        "SO-3,1,2024-01-06,00044,Widget,1,10.50,10.50,GBP"))
+    assert (same["rows_inserted"], same["rows_updated"], same["rows_unchanged"]) == (0, 0, 3)
+
+
+def test_bad_values_are_quarantined_with_readable_reasons(landing):
+    result = landing.ingest("landing/sales/2024/c.csv", sales(
+        "SO-1,1,2024-01-05,00042,Widget,2,10.50,21.00,GBP",
+        'SO-2,1,2024-01-05,00043,Widget,1,10.50,"12,3O",GBP',
+        "SO-3,1,2025-02-30,00043,Widget,1,10.50,10.50,GBP",
+        "SO-4,1,2024-01-05,,Widget,1,10.50,10.50,GBP",
+        "SO-5,x,2024-01-05,00043,Widget,1,10.50,-10.50,GBP",
+        "SO-1,1,2024-01-05,00042,Widget,2,10.50,21.00,GBP",
+        "TOTAL,,,,,,,42.00,"))
+    entry = ledger(landing, result["batch_id"])
+    assert (entry["rows_read"], entry["rows_inserted"], entry["rows_duplicate"], entry["rows_quarantined"],
+            entry["rows_skipped"]) == (6, 1, 1, 4, 1)
+    assert reconciles(entry)
+    reasons = dict(landing.query("select source_row, reason from meta.quarantine order by source_row"))
+    assert reasons == {
+        3: "row 3: amount '12,3O' is not a number",
+        4: "row 4: order_date '2025-02-30' is not a valid date",
+        5: "row 5: client_id is empty",
+        6: "row 6: line_no 'x' is not a whole number; amount '-10.50' is negative",
+    }
+    raw = landing.query("select raw from meta.quarantine where source_row = 3")[0][0]
+    assert raw["Line Total"] == "12,3O" and raw["Client Code"] == "00043"
+
+
+def test_a_key_repeated_with_other_values_keeps_the_later_row_and_quarantines_the_earlier(landing):
+    result = landing.ingest("landing/sales/2024/d.csv", sales(
+        "SO-1,1,2024-01-05,00042,Widget,2,10.50,21.00,GBP",
+        "SO-1,1,2024-01-05,00042,Widget,3,10.50,31.50,GBP"))
+    assert (result["rows_inserted"], result["rows_quarantined"]) == (1, 1)
+    assert landing.query("select quantity from core.sales") == [(3,)]
+    assert landing.query("select reason from meta.quarantine")[0][0] == (
+        "row 2: order_id=SO-1, line_no=1 appears again at row 3 with different values; the later row is loaded")
+    assert reconciles(ledger(landing, result["batch_id"]))
+
+
+def test_ragged_rows_are_quarantined_and_the_rest_loads(landing):
+    result = landing.ingest("landing/sales/2024/e.csv", sales(
+        "SO-1,1,2024-01-05,00042,Widget,2,10.50,21.00,GBP",
+        "SO-2,1,2024-01-05,00043,Widget,1,10.50,12,30,GBP",
+        "SO-3,1,2024-01-05,00043",
+        "SO-4,1,2024-01-05,00043,Widget,1,10.50,10.50,GBP,"))
+    assert (result["rows_read"], result["rows_inserted"], result["rows_quarantined"]) == (4, 2, 2)
+    reasons = [r[0] for r in landing.query("select reason from meta.quarantine order by source_row")]
+    assert reasons == ["row 3: 10 values where the header has 9", "row 4: 4 values where the header has 9"]
+
+
+def test_an_unclosed_quote_fails_the_batch_naming_the_row_and_leaves_nothing(landing):
+    key = "landing/sales/2024/f.csv"
+    body = sales("SO-1,1,2024-01-05,00042,Widget,2,10.50,21.00,GBP",
+                 'SO-2,1,2024-01-05,00043,"Widget,1,10.50,10.50,GBP',
+                 "SO-3,1,2024-01-05,00043,Widget,1,10.50,10.50,GBP")
+    with pytest.raises(LoadError, match=r"f.csv: row 3 \(line 3\).*quoted field"):
+        landing.ingest(key, body)
+    assert landing.query("select count(*) from core.sales") == [(0,)]
+    assert landing.query("select status, error like '%row 3%' from meta.batches") == [("failed", True)]
+    fixed = landing.ingest(key, body.replace(b'"Widget', b"Widget"))
+    assert fixed["rows_inserted"] == 3
+
+
+def test_encodings_bom_and_cp1252(landing):
+    crm = ("\ufeffActivity Id,Timestamp,Account,Channel,Outcome\n"
+           "A-1,2024-01-05T10:15:00+00:00,00042,Email,Réponse reçue\n"
+           "A-2,2024-04-02 09:00:00,00043,Phone,Callback\n").encode("utf-8")
+    result = landing.ingest("landing/crm/2024/crm.csv", crm)
+    assert result["rows_inserted"] == 2
+    assert landing.query("select outcome from core.interactions where interaction_id = 'A-1'") == [("Réponse reçue",)]
+    # a naive timestamp is read in the company's time zone (Europe/London is on BST in April: UTC+1)
+    assert landing.query("select occurred_at = '2024-04-02 08:00:00+00' from core.interactions "
+                         "where interaction_id = 'A-2'") == [(True,)]
+    tax = "Period,Tax,Amount £,Due\n2024-01-01,VAT – quarterly,\"1,234.50\",2024-02-07\n".encode("cp1252")
+    result = landing.ingest("landing/tax/2024/tax.csv", tax, config=with_read(landing.config, "tax", thousands=","))
+    assert result["rows_inserted"] == 1
+    assert landing.query("select tax_type, amount from core.tax") == [("VAT – quarterly", Decimal("1234.50"))]
+
+
+def test_utf8_file_that_is_really_cp1252_names_the_line(landing):
+    body = (HEADER + "SO-1,1,2024-01-05,00042,Caf\xe9 cr\xe8me,1,1.00,1.00,GBP\n").encode("cp1252")
+    with pytest.raises(LoadError, match=r"line 1: not utf-8 text.*read.encoding"):
+        landing.ingest("landing/sales/2024/g.csv", body)
+    assert landing.query("select count(*) from core.sales") == [(0,)]
+
+
+def test_decimal_comma_thousands_dots_and_day_first_dates(landing):
+    body = (b"Expense ID;Date;Category;Supplier;Amount\n"
+            b"EX-1;03/01/2024;Rent;Harbour Estates;4.250,00\n"
+            b"EX-2;31/01/2024;IT;\"Byte; Co\";(12,00)\n"
+            b"EX-3;13/13/2024;IT;Byte Co;1,5\n")
+    result = landing.ingest("landing/costs/2024/costs.csv", body)
+    assert (result["rows_inserted"], result["rows_quarantined"]) == (1, 2)
+    assert landing.query("select cost_date::text, amount from core.operating_costs") == [
+        ("2024-01-03", Decimal("4250.00"))]
+    reasons = [r[0] for r in landing.query("select reason from meta.quarantine order by source_row")]
+    assert reasons == ["row 3: amount '(12,00)' is negative", "row 4: cost_date '13/13/2024' is not a valid date"]
+
+
+def test_leading_zero_ids_and_header_matching_ignore_case_and_spaces(landing):
+    body = (b"  client code ,CLIENT NAME,Segment,Country,Since\n"
+            b"00042,Acme Ltd,SME,GB,2020-05-01\n007,Bond & Co,Enterprise,GB,\n")
+    assert landing.ingest("landing/clients/c.csv", body)["rows_inserted"] == 2
+    assert landing.query("select client_id from core.clients order by 1") == [("00042",), ("007",)]
+
+
+def test_missing_header_column_is_named(landing):
+    body = b"Order No,Line,Order Date,Client Code,Product,Qty,Unit Price,Currency\n"
+    with pytest.raises(LoadError, match=r"row 1: the header has no column 'Line Total' \(for amount\)"):
+        landing.ingest("landing/sales/2024/h.csv", body)
+
+
+def test_empty_files(landing):
+    with pytest.raises(LoadError, match=r"empty.csv: the file is empty \(0 bytes\)"):
+        landing.ingest("landing/sales/2024/empty.csv", b"")
+    header_only = landing.ingest("landing/sales/2024/header-only.csv", sales())
+    assert header_only["status"] == "committed" and header_only["rows_read"] == 0
+
+
+def test_hostile_names_stay_inert(landing):
+    tables_before = landing.query("select count(*) from pg_tables")
+    header = ('Order No,Line,Order Date,Client Code,Product,Qty,Unit Price,Line Total,Currency,'
+              '"x""); drop table core.sales; --"\n')
+    body = (header + "SO-1,1,2024-01-05,00042,'; drop table core.sales; --,1,1.00,1.00,GBP,evil\n").encode()
+    key = "landing/sales/2024/x'); drop table core.sales; --.csv"
+    assert landing.ingest(key, body)["rows_inserted"] == 1
+    assert landing.query("select product, _source_ref like %s from core.sales", ("%drop table%",)) == [
+        ("'; drop table core.sales; --", True)]
+    assert landing.query("select count(*) from pg_tables") == tables_before
+
+
+def test_a_key_outside_every_prefix_is_a_clear_error(landing):
+    with pytest.raises(LoadError, match="no source is configured for the object key 'elsewhere/x.csv'"):
+        landing.ingest("elsewhere/x.csv", b"a\n1\n")
+
+
+def with_read(config, source: str, **read):
+    """The demo configuration with one source's read options changed."""
+    data = config.model_dump(mode="json")
+    data["sources"][source]["read"].update(read)
+    return type(config).model_validate(data)
+
+
+def test_handler_accepts_s3_notifications_and_eventbridge_events(landing):
+    landing.put("landing/sales/2024/n1.csv", sales("SO-1,1,2024-01-05,00042,Widget,1,1.00,1.00,GBP"))
+    landing.put("landing/sales/2024/n%202.csv", sales("SO-2,1,2024-01-05,00042,Widget,1,1.00,1.00,GBP"))
+    notification = {"Records": [{"eventSource": "aws:s3", "s3": {"bucket": {"name": landing.bucket},
+                                                                "object": {"key": key}}}
+                                for key in ("landing/sales/2024/n1.csv", "landing/sales/2024/n%25202.csv")]}
+    summary = ingest_object.handler(notification)
+    assert summary["committed"] == 2 and summary["failed"] == 0
+    eventbridge = {"source": "aws.s3", "detail-type": "Object Created",
+                   "detail": {"bucket": {"name": landing.bucket}, "object": {"key": "landing/sales/2024/n1.csv"}}}
+    assert ingest_object.handler(eventbridge)["already_loaded"] == 1
