@@ -6,8 +6,8 @@ import os
 from pathlib import Path
 
 import yaml
-from pipeline.config import ConfigError, PipelineConfig, parse_config
 
+from pipeline.config import ConfigError, PipelineConfig, parse_config
 from playbook.settings import config_path
 
 __all__ = ["ConfigError", "PipelineConfig", "load_config"]

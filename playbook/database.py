@@ -5,8 +5,8 @@ from __future__ import annotations
 import os
 
 import psycopg2
-from pipeline.migrations import apply_migrations
 
+from pipeline.migrations import apply_migrations
 from playbook.settings import ENV_DATABASE_URL
 
 

@@ -4,6 +4,7 @@ from pathlib import Path
 
 import psycopg2
 import pytest
+
 from pipeline.migrations import MIGRATIONS_DIR, MigrationError, apply_migrations, discover
 from pipeline.model import TABLES
 
