@@ -1,0 +1,142 @@
+"""Payment workbooks: sheets, header offsets, totals rows, formulas, serial dates, broken files."""
+
+from __future__ import annotations
+
+import datetime as dt
+import io
+from decimal import Decimal
+
+import openpyxl
+import pytest
+import xlsxwriter
+
+from pipeline.sources import LoadError
+from pipeline.sources.excel import cell_text, excel_serial_to_date
+from tests.pipeline.test_ingest_csv import with_read
+
+HEADER = ["Payment Ref", "Date Received", "Client Code", "Invoice", "Method", "Amount"]
+
+
+def workbook(sheets: dict[str, list[list]], hidden: tuple[str, ...] = (), merged_header: bool = False) -> bytes:
+    """An .xlsx as finance teams make them: title rows, the header on row 4, a SUM totals row."""
+    buffer = io.BytesIO()
+    wb = xlsxwriter.Workbook(buffer, {"in_memory": True})
+    date_fmt = wb.add_format({"num_format": "dd/mm/yyyy"})
+    for name, rows in sheets.items():
+        ws = wb.add_worksheet(name)
+        ws.write(0, 0, f"{name} — received payments")
+        ws.write(1, 0, "Prepared by finance")
+        if merged_header:
+            ws.merge_range(2, 0, 2, 5, "Bank statement lines")
+        for c, title in enumerate(HEADER):
+            ws.write_string(3, c, title)
+        for r, row in enumerate(rows, start=4):
+            for c, value in enumerate(row):
+                if isinstance(value, dt.date):
+                    ws.write_datetime(r, c, dt.datetime.combine(value, dt.time()), date_fmt)
+                elif isinstance(value, str):
+                    ws.write_string(r, c, value)
+                elif value is not None:
+                    ws.write_number(r, c, value)
+        last = 4 + len(rows)
+        total = sum(Decimal(str(row[5])) for row in rows if isinstance(row[5], int | float))
+        ws.write_string(last, 0, "Total")
+        ws.write_formula(last, 5, f"=SUM(F5:F{last})", None, float(total))
+        if name in hidden:
+            ws.hide()
+    wb.close()
+    return buffer.getvalue()
+
+
+def payment(ref: str, amount, day=dt.date(2024, 1, 3), client="00042") -> list:
+    return [ref, day, client, f"INV-{ref}", "BACS", amount]
+
+
+def test_payment_sheets_load_and_the_rest_is_ignored(landing):
+    body = workbook({
+        "Payments - Barclays": [payment("P-1", 1200.5), payment("P-2", 0.1), payment("P-3", 99.99)],
+        "Payments - HSBC": [payment("P-4", 12.3, client="007")],
+        "Summary": [payment("S-1", 1.0)],
+        "Payments - Old": [payment("OLD-1", 5.0)],
+    }, hidden=("Payments - Old",), merged_header=True)
+    result = landing.ingest("landing/payments/2024/p1.xlsx", body)
+    assert (result["rows_read"], result["rows_inserted"], result["rows_skipped"]) == (4, 4, 2)
+    assert result["amount_loaded"] == Decimal("1312.89")  # 1200.5 + 0.1 + 99.99 + 12.3, exactly
+    rows = landing.query("select payment_id, payment_date::text, client_id, amount, _source_ref, _source_row "
+                         "from core.payments order by payment_id")
+    assert rows[0][:4] == ("P-1", "2024-01-03", "00042", Decimal("1200.5"))
+    assert rows[0][4].endswith("#Payments - Barclays") and rows[0][5] == 5
+    assert rows[3][2] == "007" and rows[3][4].endswith("#Payments - HSBC")
+
+
+def test_named_sheets_missing_or_renamed_are_named_in_the_error(landing):
+    body = workbook({"Pmts Barclays": [payment("P-1", 1.0)]})
+    with pytest.raises(LoadError, match=r"p2.xlsx: no visible sheet matches '\^Payments'; sheets: 'Pmts Barclays'"):
+        landing.ingest("landing/payments/2024/p2.xlsx", body)
+    config = with_read(landing.config, "payments", sheets=["Payments - Barclays"], sheet_pattern=None)
+    with pytest.raises(LoadError, match=r"no sheet named 'Payments - Barclays'; sheets: 'Pmts Barclays'"):
+        landing.ingest("landing/payments/2024/p2.xlsx", config=config)
+
+
+def test_formula_without_a_cached_value_is_an_error_naming_the_cell(landing):
+    wb = openpyxl.Workbook()
+    ws = wb.active
+    ws.title = "Payments - Barclays"
+    for _ in range(3):
+        ws.append([None])
+    ws.append(HEADER)
+    ws.append(["P-1", dt.date(2024, 1, 3), "00042", "INV-1", "BACS", 10])
+    ws.append(["P-2", dt.date(2024, 1, 3), "00042", "INV-2", "BACS", "=F5*2"])
+    ws.append(["Total", None, None, None, None, "=SUM(F5:F6)"])  # a footer: its formula does not matter
+    buffer = io.BytesIO()
+    wb.save(buffer)
+    with pytest.raises(LoadError, match=r"sheet 'Payments - Barclays', cell F6: the formula has no cached value"):
+        landing.ingest("landing/payments/2024/p3.xlsx", buffer.getvalue())
+    assert landing.query("select count(*) from core.payments") == [(0,)]
+
+
+def test_serial_dates_and_the_1900_leap_day():
+    assert excel_serial_to_date(45292) == dt.date(2024, 1, 1)
+    assert excel_serial_to_date(59) == dt.date(1900, 2, 28)
+    assert excel_serial_to_date(61) == dt.date(1900, 3, 1)
+    with pytest.raises(ValueError, match="1900-02-29"):
+        excel_serial_to_date(60)
+    assert cell_text(45292.0, "date") == "2024-01-01"
+    assert cell_text(12.3, "money") == "12.3" and cell_text(1e-7, "money") == "0.0000001"
+    assert cell_text(3.0, "integer") == "3"
+
+
+def test_serial_numbers_in_a_date_column_load_as_dates(landing):
+    body = workbook({"Payments - Barclays": [["P-1", 45292, "00042", "INV-1", "BACS", 10.0],
+                                             ["P-2", 60, "00042", "INV-2", "BACS", 10.0]]})
+    result = landing.ingest("landing/payments/2024/p4.xlsx", body)
+    assert (result["rows_inserted"], result["rows_quarantined"]) == (1, 1)
+    assert landing.query("select payment_date::text from core.payments") == [("2024-01-01",)]
+    assert landing.query("select reason from meta.quarantine") == [("row 6: payment_date '60.0' is not a valid date",)]
+
+
+def test_corrupt_password_protected_and_empty_workbooks_are_clear_errors(landing):
+    import msoffcrypto
+    from msoffcrypto.format.ooxml import OOXMLFile
+
+    good = workbook({"Payments - Barclays": [payment("P-1", 1.0)]})
+    with pytest.raises(LoadError, match=r"bad.xlsx: not a readable .xlsx workbook"):
+        landing.ingest("landing/payments/2024/bad.xlsx", good[: len(good) // 2])
+    encrypted = io.BytesIO()
+    OOXMLFile(io.BytesIO(good)).encrypt("s3cret", encrypted)
+    assert msoffcrypto.olefile.isOleFile(io.BytesIO(encrypted.getvalue()))
+    with pytest.raises(LoadError, match=r"locked.xlsx: the workbook is password-protected"):
+        landing.ingest("landing/payments/2024/locked.xlsx", encrypted.getvalue())
+    with pytest.raises(LoadError, match=r"empty.xlsx: the file is empty \(0 bytes\)"):
+        landing.ingest("landing/payments/2024/empty.xlsx", b"")
+    assert landing.query("select count(*) from core.payments") == [(0,)]
+    assert landing.query("select count(*) from meta.batches where status = 'failed'") == [(3,)]
+
+
+def test_hostile_sheet_names_stay_inert(landing):
+    name = "Payments'); drop table x;--"
+    body = workbook({name: [payment("P-1", 1.0)]})
+    tables = landing.query("select count(*) from pg_tables")
+    assert landing.ingest("landing/payments/2024/evil.xlsx", body)["rows_inserted"] == 1
+    assert landing.query("select _source_ref like %s from core.payments", (f"%#{name}",)) == [(True,)]
+    assert landing.query("select count(*) from pg_tables") == tables
