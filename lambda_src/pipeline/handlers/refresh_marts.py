@@ -19,7 +19,7 @@ def handler(event: dict[str, Any] | None, context: Any) -> dict[str, Any]:
             rows = refresh_marts(conn)
         except MartRefreshError as exc:
             result = summary(exc.marts)
-            log(logger, "mart refresh failed", error=str(exc), **result)
+            logger.error("mart refresh failed", extra={"fields": {"error": str(exc), **result}})
             raise
         result = summary(rows)
         log(logger, "marts refreshed", **result)
