@@ -1,0 +1,273 @@
+"""Each role can do its job and nothing else; logins come from Secrets Manager; reporting is allow-listed."""
+
+from __future__ import annotations
+
+import json
+from datetime import date
+from decimal import Decimal
+
+import boto3
+import psycopg2
+import pytest
+from psycopg2 import errors
+
+from pipeline.db import connection_kwargs
+from playbook import warehouse
+from tests.pipeline import synthetic_core
+
+pytestmark = pytest.mark.stack
+
+INGEST, REPORTING = warehouse.INGEST_ROLE, warehouse.REPORTING_ROLE
+
+
+@pytest.fixture(scope="module")
+def logins(stack) -> dict[str, str]:
+    return warehouse.ensure_role_logins(stack["database_url"])
+
+
+def connect_as(logins, role: str):
+    return psycopg2.connect(logins[role], connect_timeout=5)
+
+
+def refused(conn, statement: str, params=(), error=errors.InsufficientPrivilege) -> str:
+    """Run a statement that must fail with `error`; returns the server's message."""
+    with pytest.raises(error) as caught, conn.cursor() as cur:
+        cur.execute(statement, params)
+    conn.rollback()
+    return str(caught.value)
+
+
+def test_logins_are_secrets_in_the_shape_the_handlers_read(stack, logins):
+    client = boto3.client("secretsmanager")
+    for role, name in warehouse.SECRET_NAMES.items():
+        secret = json.loads(client.get_secret_value(SecretId=name)["SecretString"])
+        assert secret == {"url": logins[role]}
+        assert secret["url"].startswith(f"postgresql://{role}:") and "@127.0.0.1:" in secret["url"]
+        assert connection_kwargs(warehouse.secret_arn(role)) == {"dsn": logins[role]}
+        with psycopg2.connect(logins[role]) as conn, conn.cursor() as cur:
+            cur.execute("select current_user")
+            assert cur.fetchone() == (role,)
+        conn.close()
+
+
+def test_logins_are_idempotent_and_the_server_never_sees_the_password(stack, logins, db):
+    client = boto3.client("secretsmanager")
+    versions = {n: len(client.list_secret_version_ids(SecretId=n)["Versions"]) for n in warehouse.SECRET_NAMES.values()}
+    assert warehouse.ensure_role_logins(stack["database_url"]) == logins
+    assert {n: len(client.list_secret_version_ids(SecretId=n)["Versions"])
+            for n in warehouse.SECRET_NAMES.values()} == versions
+    with db.cursor() as cur:  # only a SCRAM verifier is stored (pg_authid is superuser-only: check the role flags)
+        cur.execute("select rolname, rolcanlogin, rolsuper, rolcreaterole, rolcreatedb from pg_roles "
+                    "where rolname = any(%s) order by 1", ([INGEST, REPORTING],))
+        assert cur.fetchall() == [(INGEST, True, False, False, False), (REPORTING, True, False, False, False)]
+    db.rollback()
+    verifier = warehouse.scram_verifier("pencil", salt=b"0123456789abcdef")
+    assert verifier.startswith("SCRAM-SHA-256$4096:MDEyMzQ1Njc4OWFiY2RlZg==$") and "pencil" not in verifier
+
+
+def test_the_roles_command_prints_no_password(stack, logins, capsys):
+    from playbook.cli import main
+
+    assert main(["roles"]) == 0
+    out = capsys.readouterr().out
+    for url in logins.values():
+        password = url.split(":")[2].split("@")[0]
+        assert password not in out
+    assert "playbook/db/reporting" in out and "pipeline_reporting 127.0.0.1/32 scram-sha-256" in out
+
+
+def test_reporting_reads_marts_only(stack, logins):
+    conn = connect_as(logins, REPORTING)
+    try:
+        with conn.cursor() as cur:
+            cur.execute("select count(*) from marts.company_daily")
+            cur.execute("select count(*) from marts.data_freshness")  # freshness without reading meta
+            cur.execute("select count(*) from marts.top_clients('2024-01-01', '2024-12-31')")
+        conn.rollback()
+        for table in ("core.sales", "core.clients", "meta.batches", "meta.mart_refreshes", "meta.schema_migrations"):
+            assert "permission denied for schema" in refused(conn, f"select count(*) from {table}")
+        with conn.cursor() as cur:
+            cur.execute("select has_schema_privilege('staging', 'usage'), has_schema_privilege('core', 'usage'), "
+                        "has_schema_privilege('meta', 'usage'), has_schema_privilege('marts', 'usage')")
+            assert cur.fetchone() == (False, False, False, True)
+        conn.rollback()
+        refused(conn, "call marts.refresh()")
+        refused(conn, "select * from marts.refresh_one('company_daily')")
+    finally:
+        conn.close()
+
+
+def test_reporting_cannot_write_or_create_anything(stack, logins, db):
+    conn = connect_as(logins, REPORTING)
+    try:
+        with db.cursor() as cur:  # a plain table in marts: writable in principle, so the grant is what stops it
+            cur.execute("create table marts.targets (year int primary key, target numeric)")
+            cur.execute("insert into marts.targets values (2024, 1000000.01)")
+        db.commit()
+        refused(conn, "insert into marts.targets values (2025, 1)")
+        refused(conn, "update marts.targets set target = 0")
+        refused(conn, "delete from marts.targets")
+        refused(conn, "truncate marts.targets")
+        refused(conn, "refresh materialized view marts.company_daily", error=errors.InsufficientPrivilege)
+        for schema in ("public", "marts", "core", "staging", "meta"):
+            assert "permission denied for schema" in refused(conn, f"create table {schema}.x (n int)")
+            refused(conn, f"create view {schema}.v as select 1 as n")
+            refused(conn, f"create function {schema}.f() returns int language sql as 'select 1'")
+        assert "temporary" in refused(conn, "create temp table scratch (n int)")
+        refused(conn, "create schema mine")
+    finally:
+        conn.close()
+        with db.cursor() as cur:
+            cur.execute("drop table if exists marts.targets")
+        db.commit()
+
+
+def test_reporting_reads_a_mart_created_after_the_grants(stack, logins, db):
+    with db.cursor() as cur:
+        cur.execute("create materialized view marts.later_mart as select 1::int as n, 2.50::numeric as amount")
+        cur.execute("create unique index later_mart_n on marts.later_mart (n)")
+    db.commit()
+    conn = connect_as(logins, REPORTING)
+    try:
+        with conn.cursor() as cur:
+            cur.execute("select n, amount from marts.later_mart")
+            assert cur.fetchall() == [(1, Decimal("2.50"))]
+    finally:
+        conn.close()
+        with db.cursor() as cur:
+            cur.execute("drop materialized view marts.later_mart")
+        db.commit()
+
+
+def test_ingest_writes_core_and_meta_without_ddl(stack, logins, db):
+    conn = connect_as(logins, INGEST)
+    try:
+        with conn.cursor() as cur:
+            cur.execute("insert into meta.batches (source, source_kind, target_table, source_ref, status) "
+                        "values ('grants_test', 'test', 'sales', 'test', 'running') returning batch_id")
+            batch_id = cur.fetchone()[0]
+            cur.execute("insert into core.sales (order_id, line_no, order_date, client_id, quantity, unit_price, "
+                        "amount, _batch_id, _source, _source_ref, _row_hash) "
+                        "values ('G1', 1, %s, 'G', 1, 1.5, 1.5, %s, 'grants_test', 't', 'h1')",
+                        (date(2024, 5, 1), batch_id))
+            cur.execute("update core.sales set amount = 1.75, _row_hash = 'h2' where order_id = 'G1'")
+            cur.execute("select count(*) from core.sales_history where order_id = 'G1'")  # the trigger ran
+            assert cur.fetchone() == (1,)
+            cur.execute("update meta.batches set status = 'committed' where batch_id = %s", (batch_id,))
+            cur.execute("create temp table scratch (n int)")  # temporary tables are the loader's scratch space
+        conn.rollback()
+        for schema in ("public", "staging", "core", "meta", "marts"):
+            refused(conn, f"create table {schema}.x (n int)")
+        refused(conn, "alter table core.sales add column x int", error=errors.InsufficientPrivilege)
+        refused(conn, "drop table core.tax")
+        refused(conn, "create schema mine")
+        assert "permission denied for materialized view" in refused(conn, "select * from marts.company_daily")
+    finally:
+        conn.close()
+
+
+def test_tables_created_later_reach_the_ingest_role(stack, logins, db):
+    with db.cursor() as cur:
+        cur.execute("create table staging.later_batch (n int)")
+    db.commit()
+    ingest, reporting = connect_as(logins, INGEST), connect_as(logins, REPORTING)
+    try:
+        with ingest.cursor() as cur:
+            cur.execute("insert into staging.later_batch values (1)")
+            cur.execute("truncate staging.later_batch")
+        ingest.commit()
+        refused(reporting, "select * from staging.later_batch")
+    finally:
+        ingest.close()
+        reporting.close()
+        with db.cursor() as cur:
+            cur.execute("drop table staging.later_batch")
+        db.commit()
+
+
+def test_public_has_nothing(stack, db):
+    with db.cursor() as cur:
+        cur.execute("select n.nspname, p.proname from pg_proc p join pg_namespace n on n.oid = p.pronamespace "
+                    "where n.nspname in ('core', 'meta', 'staging', 'marts') and has_function_privilege('public', "
+                    "p.oid, 'execute')")
+        assert cur.fetchall() == []
+        cur.execute("select nspname from pg_namespace where nspname in ('public', 'core', 'meta', 'staging', 'marts') "
+                    "and (has_schema_privilege('public', oid, 'usage') "
+                    "     or has_schema_privilege('public', oid, 'create'))")
+        assert cur.fetchall() == []
+        cur.execute("select has_database_privilege('public', current_database(), 'connect'), "
+                    "has_database_privilege('public', current_database(), 'temporary')")
+        assert cur.fetchone() == (False, False)
+    db.rollback()
+
+
+def test_reporting_connects_only_from_the_allow_listed_proxy(stack, logins):
+    try:
+        warehouse.apply_reporting_allow_list(["10.20.30.40/32"])  # a proxy elsewhere: loopback is refused
+        with pytest.raises(psycopg2.OperationalError, match="pg_hba.conf rejects connection"):
+            connect_as(logins, REPORTING)
+        connect_as(logins, INGEST).close()  # the other roles are unaffected
+    finally:
+        rules = warehouse.apply_reporting_allow_list()
+    assert rules[1] == "host all pipeline_reporting 127.0.0.1/32 scram-sha-256"
+    assert rules[-2:] == ["host all pipeline_reporting 0.0.0.0/0 reject", "host all pipeline_reporting ::/0 reject"]
+    connect_as(logins, REPORTING).close()
+    with pytest.raises(ValueError):
+        warehouse.reporting_hba_rules(["10.0.0.1/8"])  # a host address with a prefix is a typo, not a network
+
+
+def test_the_refresh_handler_runs_as_the_ingest_role(stack, logins, db, monkeypatch):
+    from pipeline.handlers import refresh_marts as handler_module
+
+    batch_ids = synthetic_core.insert(db, {"sales": [("H1", 1, date(2024, 6, 1), "H", None, 3, Decimal("0.3333"),
+                                                      Decimal("0.9999"), "GBP")]}, tag="H")
+    monkeypatch.setenv("DB_SECRET_ARN", warehouse.secret_arn(INGEST))
+    try:
+        result = handler_module.handler({"source": "aws.events"}, None)
+        json.dumps(result)  # the summary is plain JSON
+        assert result["status"] == "ok" and result["failed"] == []
+        by_mart = {m["mart"]: m for m in result["marts"]}
+        with db.cursor() as cur:
+            cur.execute("select count(*) from marts.company_daily")
+            assert by_mart["company_daily"]["rows"] == cur.fetchone()[0]
+            cur.execute("select sales_amount from marts.client_day_sales where client_id = 'H'")
+            assert cur.fetchone() == (Decimal("0.9999"),)
+        db.rollback()
+        assert connection_kwargs()["dsn"].startswith("postgresql://pipeline_ingest:")
+        assert set(by_mart) == {"company_daily", "daily_activity", "yearly_sales", "client_day_sales",
+                                "daily_costs_by_category"}
+    finally:
+        synthetic_core.remove(db, batch_ids)
+        warehouse.refresh(stack["database_url"])
+
+
+def test_the_refresh_handler_fails_loudly_and_logs_the_error(stack, logins, db, monkeypatch):
+    import io
+    import logging
+
+    from pipeline.handlers import refresh_marts as handler_module
+    from pipeline.logs import JsonFormatter
+    from pipeline.marts import MartRefreshError
+
+    stream = io.StringIO()
+    capture = logging.StreamHandler(stream)
+    capture.setFormatter(JsonFormatter())
+    handler_module.logger.addHandler(capture)
+
+    monkeypatch.setenv("DB_SECRET_ARN", warehouse.secret_arn(INGEST))
+    with db.cursor() as cur:
+        cur.execute("revoke select on core.operating_costs from playbook_owner")
+    db.commit()
+    try:
+        with pytest.raises(MartRefreshError, match="daily_costs_by_category"):
+            handler_module.handler({}, None)
+    finally:
+        with db.cursor() as cur:
+            cur.execute("grant select on core.operating_costs to playbook_owner")
+        db.commit()
+        handler_module.logger.removeHandler(capture)
+    logged = [json.loads(line) for line in stream.getvalue().splitlines()]
+    failure = [e for e in logged if e["message"] == "mart refresh failed"]
+    assert failure and failure[-1]["status"] == "failed" and failure[-1]["level"] == "ERROR"
+    assert {"company_daily", "daily_costs_by_category"} <= set(failure[-1]["failed"])
+    warehouse.refresh(stack["database_url"])
