@@ -1,0 +1,56 @@
+"""The reports the company reads, all from the marts through the reporting role: the business-activity and
+yearly-sales charts, the sales team's dashboard and the operations team's email (see `email`)."""
+
+from __future__ import annotations
+
+import os
+from datetime import UTC, datetime
+from pathlib import Path
+
+from pipeline.config import PipelineConfig
+from pipeline.periods import Period
+
+from playbook.settings import PROJECT_ROOT
+
+REPORTS_ROOT = PROJECT_ROOT / "reports"
+
+
+def connect_reporting(database_url_reporting: str):
+    """A read-only connection as the reporting role (which can read marts and nothing else)."""
+    import psycopg2
+
+    conn = psycopg2.connect(database_url_reporting, connect_timeout=10, application_name="playbook-reports")
+    conn.set_session(readonly=True, autocommit=True)
+    return conn
+
+
+def new_run_dir(root: Path = REPORTS_ROOT) -> Path:
+    """reports/runs/<UTC timestamp>/, with reports/latest pointing at it."""
+    run_id = datetime.now(UTC).strftime("%Y%m%dT%H%M%S%fZ")
+    run_dir = root / "runs" / run_id
+    run_dir.mkdir(parents=True)
+    latest = root / "latest"
+    tmp = root / f".latest-{run_id}"
+    tmp.symlink_to(Path("runs") / run_id, target_is_directory=True)
+    os.replace(tmp, latest)  # atomic: readers see the old run or the new one, never none
+    return run_dir
+
+
+def build_reports(out_dir: Path | str, config: PipelineConfig, database_url_reporting: str,
+                  activity_period: Period | None = None) -> dict[str, Path]:
+    """activity.png/.svg, yearly_sales.png/.svg and dashboard.html in out_dir; returns {name: path}."""
+    from playbook.reports.activity import activity_chart
+    from playbook.reports.dashboard import dashboard
+    from playbook.reports.yearly_sales import yearly_sales_chart
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    conn = connect_reporting(database_url_reporting)
+    try:
+        written: dict[str, Path] = {}
+        written.update(activity_chart(conn, config, out, activity_period))
+        written.update(yearly_sales_chart(conn, config, out))
+        written.update(dashboard(conn, config, out))
+    finally:
+        conn.close()
+    return written

@@ -1,0 +1,89 @@
+"""The business-activity chart: daily sales with their 7-day rolling mean, operating costs alongside."""
+
+from __future__ import annotations
+
+from datetime import date, timedelta
+from decimal import Decimal
+from pathlib import Path
+
+import matplotlib.dates as mdates
+from pipeline.config import PipelineConfig
+from pipeline.freshness import freshness_note, read_freshness
+from pipeline.money import format_money
+from pipeline.periods import Period
+
+from playbook.errors import PlaybookError
+from playbook.reports import figures
+
+ROLLING_DAYS = 7
+
+
+def default_period(conn, days: int) -> Period:
+    """The last `days` days of data (fewer when the data is younger)."""
+    with conn.cursor() as cur:
+        cur.execute("select min(day), max(day) from marts.daily_activity")
+        first, last = cur.fetchone()
+    if last is None:
+        raise PlaybookError("marts.daily_activity is empty: load some data and refresh the marts first")
+    return Period(max(first, last - timedelta(days=days - 1)), last)
+
+
+def read_activity(conn, period: Period) -> list[tuple[date, Decimal, Decimal]]:
+    """(day, sales, operating costs) for every day of the period, plus the days the rolling mean needs."""
+    with conn.cursor() as cur:
+        cur.execute("select day, sales_amount, operating_costs from marts.daily_activity"
+                    " where day between %s and %s order by day",
+                    (period.start - timedelta(days=ROLLING_DAYS - 1), period.end))
+        return cur.fetchall()
+
+
+def rolling_mean(values: list[float], window: int) -> list[float | None]:
+    """Trailing mean over `window` values; None until a full window is available."""
+    out: list[float | None] = []
+    total = 0.0
+    for i, value in enumerate(values):
+        total += value
+        if i >= window:
+            total -= values[i - window]
+        out.append(total / window if i >= window - 1 else None)
+    return out
+
+
+def activity_chart(conn, config: PipelineConfig, out_dir: Path, period: Period | None = None) -> dict[str, Path]:
+    period = period or default_period(conn, config.reports.activity_days)
+    rows = read_activity(conn, period)
+    currency = config.company.currency
+    days = [r[0] for r in rows]
+    sales = [float(r[1]) for r in rows]
+    costs = [float(r[2]) for r in rows]
+    sales_mean = rolling_mean(sales, ROLLING_DAYS)
+    costs_mean = rolling_mean(costs, ROLLING_DAYS)
+    shown = [i for i, d in enumerate(days) if d >= period.start]
+
+    fig, ax = figures.new_figure()
+    x = [days[i] for i in shown]
+    ax.bar(x, [sales[i] for i in shown], width=1.0, color=figures.SALES_LIGHT, label="Daily sales", linewidth=0)
+    ax.plot(x, [sales_mean[i] for i in shown], color=figures.SALES, linewidth=2.2,
+            label=f"Sales, {ROLLING_DAYS}-day rolling mean")
+    ax.plot(x, [costs_mean[i] for i in shown], color=figures.COSTS, linewidth=1.8,
+            label=f"Operating costs, {ROLLING_DAYS}-day rolling mean")
+    figures.money_axis(ax, currency)
+    ax.set_ylabel(f"Amount per day ({currency})")
+    ax.set_ylim(bottom=0)
+    if x:
+        ax.set_xlim(x[0] - timedelta(days=1), x[-1] + timedelta(days=1))
+    locator = mdates.AutoDateLocator(minticks=4, maxticks=10)
+    ax.xaxis.set_major_locator(locator)
+    ax.xaxis.set_major_formatter(mdates.ConciseDateFormatter(locator))
+    ax.legend(loc="upper left", frameon=False, fontsize=9, ncols=3)
+
+    total_sales = sum((Decimal(rows[i][1]) for i in shown), Decimal(0))
+    total_costs = sum((Decimal(rows[i][2]) for i in shown), Decimal(0))
+    figures.annotate(
+        fig,
+        f"{config.company.name}: business activity",
+        f"{period.describe()} · sales {format_money(total_sales, currency, 0)}, "
+        f"operating costs {format_money(total_costs, currency, 0)}",
+        freshness_note(read_freshness(conn), config.company.timezone),
+    )
+    return figures.save(fig, out_dir, "activity")

@@ -1,0 +1,79 @@
+"""The sales team's dashboard: one self-contained HTML file (inline CSS and JS, data embedded as JSON) with a
+period filter and the top clients by sales, computed in the page exactly as marts.top_clients computes them.
+
+Money is embedded as integers in units of 10^-scale, where scale is the largest scale of any amount in
+marts.client_day_sales, so the page adds exact integers and rounds once, like PostgreSQL.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+from decimal import Decimal
+from importlib.resources import files
+from pathlib import Path
+
+from pipeline.config import PipelineConfig
+from pipeline.freshness import freshness_note, read_freshness
+from pipeline.money import currency_symbol, minor_digits
+
+from playbook.errors import PlaybookError
+
+TEMPLATE = "dashboard.html"
+DATA_TOKEN = "__DASHBOARD_DATA__"  # noqa: S105 - a placeholder in the template, not a secret
+
+
+def read_dashboard_data(conn, config: PipelineConfig) -> dict:
+    """Everything the page needs, as plain JSON: client-day sales in columns, clients in database order."""
+    with conn.cursor() as cur:
+        cur.execute("select min(day), max(day), coalesce(max(scale(sales_amount)), 0) from marts.client_day_sales")
+        first, last, scale = cur.fetchone()
+        if last is None:
+            raise PlaybookError("marts.client_day_sales is empty: load some sales and refresh the marts first")
+        # the clients in the database's own order of client_id: the page breaks ties by this position,
+        # as marts.top_clients does with `order by ..., client_id`
+        cur.execute("select client_id, max(client_name) from marts.client_day_sales group by client_id"
+                    " order by client_id")
+        clients = cur.fetchall()
+        index = {client_id: i for i, (client_id, _name) in enumerate(clients)}
+        cur.execute("select day, client_id, sales_amount, orders from marts.client_day_sales order by day, client_id")
+        rows = cur.fetchall()
+    unit = Decimal(10) ** scale
+    columns: dict[str, list[int]] = {"day": [], "client": [], "amount": [], "orders": []}
+    for day, client_id, amount, orders in rows:
+        columns["day"].append((day - first).days)
+        columns["client"].append(index[client_id])
+        columns["amount"].append(int(amount * unit))
+        columns["orders"].append(int(orders))
+    currency = config.company.currency
+    freshness = read_freshness(conn)
+    return {
+        "company": config.company.name,
+        "currency": currency,
+        "symbol": currency_symbol(currency),
+        "minor_digits": minor_digits(currency),
+        "scale": int(scale),
+        "top_n": config.reports.top_n,
+        "first_day": first.isoformat(),
+        "today": last.isoformat(),
+        "generated_at": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        "freshness": [f.as_dict() for f in freshness],
+        "freshness_note": freshness_note(freshness, config.company.timezone),
+        "clients": [[client_id, name] for client_id, name in clients],
+        "rows": columns,
+    }
+
+
+def render_dashboard(data: dict) -> str:
+    template = files("playbook.reports").joinpath(TEMPLATE).read_text(encoding="utf-8")
+    # JSON inside <script>: "</" must not close the element, and U+2028/9 are fine in JSON but not in old JS
+    payload = (json.dumps(data, ensure_ascii=False, separators=(",", ":"))
+               .replace("</", "<\\/").replace("\u2028", "\\u2028").replace("\u2029", "\\u2029"))
+    return template.replace(DATA_TOKEN, payload)
+
+
+def dashboard(conn, config: PipelineConfig, out_dir: Path) -> dict[str, Path]:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = out_dir / "dashboard.html"
+    path.write_text(render_dashboard(read_dashboard_data(conn, config)), encoding="utf-8")
+    return {"dashboard": path}

@@ -1,0 +1,63 @@
+"""What every chart shares: the company's currency on the axis, a title that says what, a subtitle that says
+which period, a footnote that says how fresh the data is, and both a PNG (for email and slides) and an SVG
+(for print and the web)."""
+
+from __future__ import annotations
+
+import textwrap
+from pathlib import Path
+
+from matplotlib.axes import Axes
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from matplotlib.ticker import FuncFormatter
+from pipeline.money import format_compact
+
+INK = "#222222"
+MUTED = "#666666"
+SALES = "#1f77b4"
+SALES_LIGHT = "#a6c8e6"
+COSTS = "#d62728"
+GRID = "#dddddd"
+
+
+def new_figure(width: float = 11, height: float = 5.6) -> tuple[Figure, Axes]:
+    fig = Figure(figsize=(width, height), dpi=120)
+    FigureCanvasAgg(fig)  # the Agg renderer, whatever backend pyplot may have elsewhere in the process
+    ax = fig.add_subplot()
+    ax.spines[["top", "right"]].set_visible(False)
+    ax.grid(axis="y", color=GRID, linewidth=0.8)
+    ax.set_axisbelow(True)
+    ax.tick_params(colors=INK, labelsize=10)
+    return fig, ax
+
+
+def money_axis(ax: Axes, currency: str, axis: str = "y") -> None:
+    """Ticks such as £12.3k in the company's currency."""
+    target = ax.yaxis if axis == "y" else ax.xaxis
+    target.set_major_formatter(FuncFormatter(lambda value, _pos: format_compact(value, currency)))
+
+
+def annotate(fig: Figure, title: str, subtitle: str, footnote: str) -> None:
+    """Title and subtitle above the plot, the data-freshness footnote below it, nothing overlapping."""
+    fig.text(0.01, 0.975, title, fontsize=15, fontweight="bold", color=INK, va="top")
+    fig.text(0.01, 0.915, subtitle, fontsize=11, color=MUTED, va="top")
+    wrapped = "\n".join(textwrap.wrap(footnote, width=int(fig.get_figwidth() * 15)))
+    lines = wrapped.count("\n") + 1
+    fig.text(0.01, 0.015, wrapped, fontsize=8, color=MUTED, va="bottom")
+    fig.subplots_adjust(left=0.9 / fig.get_figwidth(), right=0.98, top=0.83, bottom=0.12 + 0.03 * lines)
+
+
+def save(fig: Figure, out_dir: Path, name: str) -> dict[str, Path]:
+    """`<name>.png` and `<name>.svg` in out_dir; returns {'<name>_png': path, '<name>_svg': path}."""
+    import matplotlib
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = {}
+    # SVG text stays text (searchable, selectable, small) rather than glyph outlines
+    with matplotlib.rc_context({"svg.fonttype": "none"}):
+        for fmt in ("png", "svg"):
+            path = out_dir / f"{name}.{fmt}"
+            fig.savefig(path, format=fmt, metadata={"Date": None} if fmt == "svg" else None)
+            paths[f"{name}_{fmt}"] = path
+    return paths

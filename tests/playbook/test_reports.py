@@ -1,0 +1,257 @@
+"""The charts and the sales dashboard, built from the real marts through the real reporting role; the dashboard
+driven in headless Chromium and its numbers checked against marts.top_clients."""
+
+from __future__ import annotations
+
+import shutil
+import struct
+import tempfile
+import xml.etree.ElementTree as ET
+from datetime import timedelta
+from decimal import Decimal
+from pathlib import Path
+
+import psycopg2
+import pytest
+
+from pipeline.money import format_money
+from pipeline.periods import Period
+from playbook.config import load_config
+from playbook.settings import PROJECT_ROOT
+from tests.reporting_data import insert_company, remove_company, reporting_url
+
+pytestmark = pytest.mark.stack
+
+ARTIFACTS = PROJECT_ROOT / "test-artifacts" / "reports"
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+
+
+@pytest.fixture(scope="module")
+def company(stack):
+    conn = psycopg2.connect(stack["database_url"])
+    made = insert_company(conn)
+    try:
+        yield made
+    finally:
+        remove_company(conn, made)
+        conn.close()
+
+
+@pytest.fixture(scope="module")
+def reporting(stack) -> str:
+    return reporting_url(stack["database_url"])
+
+
+@pytest.fixture(scope="module")
+def config():
+    return load_config()
+
+
+@pytest.fixture(scope="module")
+def built(company, reporting, config) -> dict[str, Path]:
+    from playbook.reports import build_reports
+
+    shutil.rmtree(ARTIFACTS, ignore_errors=True)
+    return build_reports(ARTIFACTS, config, reporting)
+
+
+def sql_top_clients(reporting: str, period: Period, n: int) -> list[tuple]:
+    conn = psycopg2.connect(reporting)
+    try:
+        with conn.cursor() as cur:
+            cur.execute("select * from marts.top_clients(%s, %s, %s)", (period.start, period.end, n))
+            return cur.fetchall()
+    finally:
+        conn.close()
+
+
+def sql_one(url: str, query: str, params: tuple = ()):
+    conn = psycopg2.connect(url)
+    try:
+        with conn.cursor() as cur:
+            cur.execute(query, params)
+            return cur.fetchone()
+    finally:
+        conn.close()
+
+
+# -- the reporting role -----------------------------------------------------------------------------
+def test_reporting_role_reads_marts_and_nothing_else(company, reporting):
+    assert sql_one(reporting, "select current_user")[0] == "pipeline_reporting"
+    assert sql_one(reporting, "select count(*) from marts.client_day_sales")[0] > 0
+    with pytest.raises(psycopg2.errors.InsufficientPrivilege):
+        sql_one(reporting, "select count(*) from core.sales")
+
+
+# -- charts -----------------------------------------------------------------------------------------
+def png_size(path: Path) -> tuple[int, int]:
+    data = path.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n", f"{path} is not a PNG"
+    assert data[12:16] == b"IHDR"
+    return struct.unpack(">II", data[16:24])
+
+
+def svg_text(path: Path) -> str:
+    root = ET.parse(path).getroot()  # noqa: S314 - our own file
+    assert root.tag.endswith("svg")
+    return " ".join(t for t in root.itertext() if t.strip())
+
+
+@pytest.mark.parametrize("name", ["activity", "yearly_sales"])
+def test_chart_written_as_png_and_svg(built, name):
+    width, height = png_size(built[f"{name}_png"])
+    assert width >= 900 and height >= 500
+    assert built[f"{name}_svg"].stat().st_size > 5_000
+    text = svg_text(built[f"{name}_svg"])
+    assert "Northwind Provisions Ltd" in text
+    assert "Data as of the last successful load of each source" in text
+    assert "test_reports_sales" in text  # the freshness of this data's own batch
+
+
+def test_activity_chart_states_its_default_period(built, reporting, config):
+    first, last = sql_one(reporting, "select min(day), max(day) from marts.daily_activity")
+    period = Period(max(first, last - timedelta(days=config.reports.activity_days - 1)), last)
+    text = svg_text(built["activity_svg"])
+    assert period.describe() in text
+    assert "£" in text  # the money axis speaks the company's currency
+    total = sql_one(reporting, "select sum(sales_amount) from marts.daily_activity where day between %s and %s",
+                    (period.start, period.end))[0]
+    assert f"sales {format_money(total, 'GBP', 0)}" in text
+
+
+def test_yearly_chart_labels_growth(built, reporting):
+    text = svg_text(built["yearly_sales_svg"])
+    for year, growth in psycopg2_rows(reporting, "select year, growth_pct from marts.yearly_sales order by year"):
+        assert str(year) in text
+        assert ("first year" if growth is None else f"{float(growth):+.1f}%") in text
+    assert "partial years" in text  # 2024 runs to 20 May
+
+
+def psycopg2_rows(url: str, query: str) -> list[tuple]:
+    conn = psycopg2.connect(url)
+    try:
+        with conn.cursor() as cur:
+            cur.execute(query)
+            return cur.fetchall()
+    finally:
+        conn.close()
+
+
+def test_run_dir_and_latest_link(tmp_path):
+    from playbook.reports import new_run_dir
+
+    first = new_run_dir(tmp_path)
+    second = new_run_dir(tmp_path)
+    assert first.parent == tmp_path / "runs" and first != second
+    assert (tmp_path / "latest").resolve() == second.resolve()
+
+
+def test_cli_report(company, tmp_path, capsys):
+    from playbook.cli import main
+
+    assert main(["report", "--out", str(tmp_path), "--no-email"]) == 0
+    names = sorted(p.name for p in tmp_path.iterdir())
+    assert names == ["activity.png", "activity.svg", "dashboard.html", "yearly_sales.png", "yearly_sales.svg"]
+    assert str(tmp_path) in capsys.readouterr().out
+
+
+# -- the dashboard in a real browser ----------------------------------------------------------------
+def table_rows(page) -> list[dict]:
+    return page.eval_on_selector_all("#top-clients tbody tr.client", "rows => rows.map(r => ({...r.dataset, "
+                                     "cells: [...r.cells].map(c => c.textContent)}))")
+
+
+def assert_matches_sql(rows: list[dict], expected: list[tuple]) -> None:
+    assert len(rows) == len(expected) > 0
+    for row, (rank, client_id, name, amount, share, orders, previous, change) in zip(rows, expected, strict=True):
+        assert int(row["rank"]) == rank
+        assert row["clientId"] == client_id
+        assert row["clientName"] == (name or "")
+        assert Decimal(row["amount"]) == amount
+        assert Decimal(row["share"]) == share
+        assert int(row["orders"]) == orders
+        assert Decimal(row["previous"]) == previous
+        assert (None if row["change"] == "" else Decimal(row["change"])) == change
+        cells = row["cells"]
+        assert cells[2] == format_money(amount, "GBP") and cells[5] == format_money(previous, "GBP")
+        assert cells[3] == f"{share}%"
+        assert cells[6] == ("new" if change is None else f"{'+' if change > 0 else ''}{change}%")
+
+
+def shown_period(page) -> Period:
+    from datetime import date
+
+    table = page.locator("#top-clients")
+    return Period(date.fromisoformat(table.get_attribute("data-from")),
+                  date.fromisoformat(table.get_attribute("data-to")))
+
+
+def last_quarter(today) -> Period:
+    from datetime import date
+
+    q = (today.month - 1) // 3
+    if q == 0:
+        return Period(date(today.year - 1, 10, 1), date(today.year - 1, 12, 31))
+    return Period(date(today.year, 3 * q - 2, 1), date(today.year, 3 * q + 1, 1) - timedelta(days=1))
+
+
+def test_dashboard_in_chromium_matches_top_clients(built, reporting, config):
+    from datetime import date
+
+    from playwright.sync_api import sync_playwright
+
+    html = built["dashboard"].read_text(encoding="utf-8")
+    assert "<script src" not in html and "<link" not in html  # self-contained
+    last_day = sql_one(reporting, "select max(day) from marts.client_day_sales")[0]
+    n = config.reports.top_n
+    requests = []
+    with tempfile.TemporaryDirectory() as profile, sync_playwright() as p:
+        # a fresh profile for every run; Playwright never downloads a browser here: it drives Debian's
+        browser = p.chromium.launch_persistent_context(profile, executable_path=CHROMIUM, headless=True,
+                                                       args=CHROMIUM_FLAGS, viewport={"width": 1200, "height": 900})
+        try:
+            page = browser.new_page()
+            page.on("request", lambda r: requests.append(r.url))
+            errors = []
+            page.on("pageerror", lambda e: errors.append(str(e)))
+            page.goto(built["dashboard"].as_uri())
+            page.wait_for_selector("#top-clients tbody tr")
+            assert errors == []
+            assert f"{last_day.day} {last_day:%b %Y}" in page.inner_text("#today")
+            assert "Data as of the last successful load" in page.inner_text("#freshness")
+
+            # the default: this month, 1 May 2024 to the last day with data
+            this_month = shown_period(page)
+            assert this_month == Period(last_day.replace(day=1), last_day)
+            assert this_month.describe() in page.inner_text("#period")
+            month_rows = table_rows(page)
+            assert_matches_sql(month_rows, sql_top_clients(reporting, this_month, n))
+            page.screenshot(path=str(ARTIFACTS / "dashboard-this-month.png"), full_page=True)
+
+            page.click("#preset-last-quarter")
+            quarter = shown_period(page)
+            assert quarter == last_quarter(last_day)
+            assert_matches_sql(table_rows(page), sql_top_clients(reporting, quarter, n))
+
+            page.click("#preset-year-to-date")
+            ytd = shown_period(page)
+            assert ytd == Period(date(last_day.year, 1, 1), last_day)
+            ytd_rows = table_rows(page)
+            assert_matches_sql(ytd_rows, sql_top_clients(reporting, ytd, n))
+            assert [r["amount"] for r in ytd_rows] != [r["amount"] for r in month_rows]  # the period matters
+
+            page.fill("#from", "2023-02-11")
+            page.fill("#to", "2023-09-03")
+            page.click("#apply")
+            custom = shown_period(page)
+            assert custom == Period(date(2023, 2, 11), date(2023, 9, 3))
+            assert_matches_sql(table_rows(page), sql_top_clients(reporting, custom, n))
+
+            page.select_option("#top-n", "5")
+            assert_matches_sql(table_rows(page), sql_top_clients(reporting, custom, 5))
+            page.screenshot(path=str(ARTIFACTS / "dashboard-custom.png"), full_page=True)
+        finally:
+            browser.close()
+    assert all(u.startswith(("file:", "data:")) for u in requests), requests  # nothing from the network

@@ -1,0 +1,125 @@
+"""A small synthetic company in core (with its meta.batches rows), refreshed into the marts, for the report
+tests; and the reporting role's login. Every row carries a `T-` id so it can be removed afterwards."""
+
+from __future__ import annotations
+
+import hashlib
+import random
+from datetime import date, timedelta
+from decimal import Decimal
+
+import psycopg2
+import psycopg2.extras
+
+FIRST_DAY = date(2023, 1, 1)
+LAST_DAY = date(2024, 5, 20)  # mid-month, mid-quarter: every preset means something
+CATEGORIES = ("Rent", "Utilities", "Software", "Travel", "Marketing", "Packaging")
+SOURCE_PREFIX = "test_reports_"
+TABLES = ("sales", "clients", "operating_costs", "payments", "tax", "interactions")
+
+
+def _batch(cur, source: str, table: str, rows: int) -> int:
+    cur.execute(
+        "insert into meta.batches (source, source_kind, target_table, source_ref, status, rows_read,"
+        " rows_inserted, finished_at) values (%s, 's3_csv', %s, %s, 'committed', %s, %s, now()) returning batch_id",
+        (source, table, f"s3://landing/test/{table}.csv", rows, rows),
+    )
+    return cur.fetchone()[0]
+
+
+def _meta(batch_id: int, source: str, i: int, *values) -> tuple:
+    digest = hashlib.sha256(repr(values).encode()).hexdigest()
+    return (batch_id, source, f"s3://landing/test/{source}.csv", i, digest)
+
+
+def insert_company(conn) -> dict:
+    """Insert the company and refresh the marts; returns what was made (ids, days)."""
+    rng = random.Random(20240520)
+    clients = [(f"T-C{i:03d}", f"Client {name}") for i, name in enumerate(
+        ["Alder", "Birch", "Cedar", "Damson", "Elm", "Fir", "Ginkgo", "Hazel", "Ilex", "Juniper", "Kauri",
+         "Larch", "Maple", "Nutmeg"], start=1)]
+    sales, costs, payments = [], [], []
+    day = FIRST_DAY
+    order = 0
+    while day <= LAST_DAY:
+        for client_id, _name in clients[:12]:
+            weight = int(client_id[-2:])
+            if rng.random() < 0.18 + 0.02 * weight:
+                order += 1
+                for line in range(1, rng.randint(1, 3) + 1):
+                    qty = rng.randint(1, 20)
+                    price = Decimal(rng.randint(150, 9000)) / 100
+                    sales.append((f"T-O{order:06d}", line, day, client_id, f"P{rng.randint(1, 40)}", qty, price,
+                                  price * qty))
+        if rng.random() < 0.6:
+            for _ in range(rng.randint(1, 3)):
+                costs.append((f"T-X{len(costs) + 1:06d}", day, rng.choice(CATEGORIES), "Supplier",
+                              Decimal(rng.randint(500, 250000)) / 100))
+        if rng.random() < 0.3:
+            payments.append((f"T-P{len(payments) + 1:06d}", day, rng.choice(clients)[0],
+                             Decimal(rng.randint(1000, 500000)) / 100))
+        day += timedelta(days=1)
+    # a tie in this month's top list (same amount, decided by client_id), a client that is new this month,
+    # and a client with sales but no master record (no name)
+    for n, client_id in enumerate(("T-C013", "T-C014")):
+        sales.append((f"T-O9{n:05d}", 1, date(2024, 5, 3), client_id, "P1", 1, Decimal("8765.43"),
+                      Decimal("8765.43")))
+    sales.append(("T-O990001", 1, date(2024, 5, 7), "T-C099", "P2", 3, Decimal("1000.10"), Decimal("3000.30")))
+
+    with conn, conn.cursor() as cur:
+        ids = {t: _batch(cur, f"{SOURCE_PREFIX}{t}", t, 0) for t in TABLES}
+        for i, (client_id, name) in enumerate(clients):
+            cur.execute("insert into core.clients (client_id, name, segment, country, created_on,"
+                        " _batch_id, _source, _source_ref, _source_row, _row_hash) values"
+                        " (%s, %s, 'SME', 'GB', %s, %s, %s, %s, %s, %s)",
+                        (client_id, name, FIRST_DAY, *_meta(ids["clients"], "clients", i, client_id, name)))
+        psycopg2.extras.execute_values(
+            cur, "insert into core.sales (order_id, line_no, order_date, client_id, product, quantity, unit_price,"
+            " amount, currency, _batch_id, _source, _source_ref, _source_row, _row_hash) values %s",
+            [(*s, "GBP", *_meta(ids["sales"], "sales", i, *s)) for i, s in enumerate(sales)])
+        psycopg2.extras.execute_values(
+            cur, "insert into core.operating_costs (cost_id, cost_date, category, vendor, amount,"
+            " _batch_id, _source, _source_ref, _source_row, _row_hash) values %s",
+            [(*c, *_meta(ids["operating_costs"], "operating_costs", i, *c)) for i, c in enumerate(costs)])
+        psycopg2.extras.execute_values(
+            cur, "insert into core.payments (payment_id, payment_date, client_id, amount,"
+            " _batch_id, _source, _source_ref, _source_row, _row_hash) values %s",
+            [(*p, *_meta(ids["payments"], "payments", i, *p)) for i, p in enumerate(payments)])
+        cur.execute("insert into core.tax (period, tax_type, amount, _batch_id, _source, _source_ref, _source_row,"
+                    " _row_hash) values ('2024-03-01', 'T-VAT', 12345.67, %s, 'tax', 'test', 1, 'h')", (ids["tax"],))
+        cur.execute("insert into core.interactions (interaction_id, occurred_at, client_id, channel,"
+                    " _batch_id, _source, _source_ref, _source_row, _row_hash) values"
+                    " ('T-I1', '2024-05-02 10:00+00', 'T-C001', 'email', %s, 'interactions', 'test', 1, 'h')",
+                    (ids["interactions"],))
+        counts = {"sales": len(sales), "clients": len(clients), "operating_costs": len(costs),
+                  "payments": len(payments), "tax": 1, "interactions": 1}
+        for table, batch_id in ids.items():
+            cur.execute("update meta.batches set rows_read = %s, rows_inserted = %s where batch_id = %s",
+                        (counts[table], counts[table], batch_id))
+    refresh(conn)
+    return {"batches": ids, "first_day": FIRST_DAY, "last_day": LAST_DAY, "rows": counts}
+
+
+def remove_company(conn, made: dict) -> None:
+    batch_ids = list(made["batches"].values())
+    with conn, conn.cursor() as cur:
+        for table in TABLES:
+            cur.execute(f"delete from core.{table} where _batch_id = any(%s)", (batch_ids,))
+        cur.execute("delete from meta.batches where batch_id = any(%s)", (batch_ids,))
+    refresh(conn)
+
+
+def refresh(conn) -> None:
+    conn.autocommit = True
+    try:
+        with conn.cursor() as cur:
+            cur.execute("call marts.refresh()")
+    finally:
+        conn.autocommit = False
+
+
+def reporting_url(owner_url: str) -> str:
+    """The reporting role's login, made the way the playbook makes it (a password kept in Secrets Manager)."""
+    from playbook.warehouse import REPORTING_ROLE, ensure_role_logins
+
+    return ensure_role_logins(owner_url)[REPORTING_ROLE]
