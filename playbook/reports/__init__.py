@@ -9,7 +9,6 @@ from pathlib import Path
 
 from pipeline.config import PipelineConfig
 from pipeline.periods import Period
-
 from playbook.settings import PROJECT_ROOT
 
 REPORTS_ROOT = PROJECT_ROOT / "reports"

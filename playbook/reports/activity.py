@@ -7,11 +7,11 @@ from decimal import Decimal
 from pathlib import Path
 
 import matplotlib.dates as mdates
+
 from pipeline.config import PipelineConfig
 from pipeline.freshness import freshness_note, read_freshness
 from pipeline.money import format_money
 from pipeline.periods import Period
-
 from playbook.errors import PlaybookError
 from playbook.reports import figures
 

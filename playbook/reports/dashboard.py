@@ -16,7 +16,6 @@ from pathlib import Path
 from pipeline.config import PipelineConfig
 from pipeline.freshness import freshness_note, read_freshness
 from pipeline.money import currency_symbol, minor_digits
-
 from playbook.errors import PlaybookError
 
 TEMPLATE = "dashboard.html"

@@ -9,7 +9,6 @@ from pipeline.config import PipelineConfig
 from pipeline.freshness import freshness_note, read_freshness
 from pipeline.money import format_compact
 from pipeline.periods import Period, format_day
-
 from playbook.errors import PlaybookError
 from playbook.reports import figures
 
