@@ -306,3 +306,15 @@ def test_a_failing_refresh_keeps_the_previous_snapshot_records_the_error_and_rai
     finally:
         synthetic_core.remove(db, added)
         refresh_marts(db)
+
+
+def test_the_refresh_command_prints_rows_and_seconds_per_mart(loaded, db, capsys):
+    from playbook.cli import main
+
+    assert main(["refresh"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    counts = {m: fetch(db, f"select count(*) from marts.{m}")[0][0] for m in MARTS}
+    printed = {line.split()[0]: line.split() for line in lines[1:]}
+    assert set(printed) == set(MARTS)
+    for mart, words in printed.items():
+        assert words[1] == "ok" and int(words[2]) == counts[mart] and words[4].endswith("s")
