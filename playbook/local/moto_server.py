@@ -72,7 +72,8 @@ class MotoServer:
 
     def healthy(self) -> bool:
         try:
-            return requests.get(f"{self.endpoint}/moto-api/data.json", timeout=2).ok
+            # the dashboard page, not data.json: serialising the state fails once Lambda functions exist
+            return requests.get(f"{self.endpoint}/moto-api/", timeout=2).ok
         except requests.RequestException:
             return False
 
