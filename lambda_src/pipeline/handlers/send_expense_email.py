@@ -1,0 +1,30 @@
+"""Lambda entry point: the operations team's 08:00 operating-costs email (see pipeline.expense_email).
+
+Event: an EventBridge scheduled event (its `time` sets the period's end and makes the run key), or
+{"period": "day" | "week" | "month" | "custom", "from": "YYYY-MM-DD", "to": "YYYY-MM-DD", "run_key": "..."}.
+Environment: PIPELINE_CONFIG_URI, DB_SECRET_ARN (the reporting role's secret), REPORTS_BUCKET.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pipeline import db
+from pipeline.expense_email import send_expense_email
+from pipeline.logs import get_logger, log
+from pipeline.runtime_config import pipeline_config
+
+logger = get_logger(__name__)
+
+
+def handler(event: dict[str, Any] | None, context: Any = None) -> dict[str, Any]:
+    event = event or {}
+    config = pipeline_config()
+    conn = db.connect(application_name="send_expense_email")
+    try:
+        conn.set_session(readonly=True)
+        result = send_expense_email(event, config, conn)
+    finally:
+        conn.close()
+    log(logger, "expense email", **{k: v for k, v in result.items() if k != "categories"})
+    return result

@@ -1,0 +1,90 @@
+"""The operations team's email on the local stack: the same handler the Lambda function runs, invoked here
+in-process, its raw message kept as `<run dir>/expense_email.eml`, and its arrival in (moto's) SES checked.
+
+`ensure_email_resources` stands in for what deployment sets up for the function: the reports bucket, the
+configuration JSON the function reads and a verified sender identity in SES.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from pipeline.config import PipelineConfig
+from playbook.errors import PlaybookError
+
+DEFAULT_BUCKET = "playbook-reports"
+CONFIG_KEY = "config/pipeline.json"
+EML_NAME = "expense_email.eml"
+
+
+def ensure_email_resources(config: PipelineConfig, db_secret_arn: str, bucket: str = DEFAULT_BUCKET) -> dict[str, str]:
+    """Reports bucket, configuration JSON and verified sender (idempotent); returns the function's environment."""
+    import boto3
+
+    s3 = boto3.client("s3")
+    try:
+        s3.head_bucket(Bucket=bucket)
+    except s3.exceptions.ClientError:
+        region = s3.meta.region_name
+        kwargs = {} if region == "us-east-1" else {"CreateBucketConfiguration": {"LocationConstraint": region}}
+        s3.create_bucket(Bucket=bucket, **kwargs)
+    s3.put_object(Bucket=bucket, Key=CONFIG_KEY, ContentType="application/json",
+                  Body=json.dumps(config.model_dump(mode="json")).encode())
+    boto3.client("ses").verify_email_identity(EmailAddress=config.reports.email.sender)
+    return {"PIPELINE_CONFIG_URI": f"s3://{bucket}/{CONFIG_KEY}", "DB_SECRET_ARN": db_secret_arn,
+            "REPORTS_BUCKET": bucket}
+
+
+@contextlib.contextmanager
+def _environment(values: dict[str, str]) -> Iterator[None]:
+    saved = {k: os.environ.get(k) for k in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+def ses_raw_messages(endpoint_url: str | None = None) -> list[dict[str, Any]]:
+    """The raw messages moto's SES has accepted (its data API: ses / RawMessage)."""
+    import requests
+
+    endpoint = endpoint_url or os.environ.get("AWS_ENDPOINT_URL")
+    if not endpoint:
+        raise PlaybookError("AWS_ENDPOINT_URL is not set: the local email check needs the moto server")
+    data = requests.get(f"{endpoint.rstrip('/')}/moto-api/data.json", timeout=10).json()
+    return list(data.get("ses", {}).get("RawMessage", []))
+
+
+def send_expense_email_locally(run_dir: Path | str, event: dict[str, Any] | None = None,
+                               environment: dict[str, str] | None = None) -> dict[str, Any]:
+    """Run the email handler in this process; write the raw message to <run_dir>/expense_email.eml.
+
+    Returns the handler's result plus `eml` (the file) and `in_ses` (whether moto's SES holds a message with
+    the returned id; None when this invocation sent nothing because the run had already sent).
+    """
+    import boto3
+
+    from pipeline.handlers.send_expense_email import handler
+
+    with _environment(environment or {}):
+        result = handler(event or {}, None)
+    raw = boto3.client("s3").get_object(Bucket=result["bucket"], Key=result["key"])["Body"].read()
+    path = Path(run_dir) / EML_NAME
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(raw)
+    in_ses = None
+    if result["status"] == "sent":
+        in_ses = any(m.get("id") == result["message_id"] for m in ses_raw_messages())
+        if not in_ses:
+            raise PlaybookError(f"SES accepted message {result['message_id']} but does not list it")
+    return {**result, "eml": path, "in_ses": in_ses}

@@ -1,0 +1,163 @@
+"""The operations email: the real handler in-process against the real marts (reporting role, from Secrets
+Manager), configuration from S3, SES and the idempotency claim in the moto server."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from datetime import date
+from decimal import Decimal
+from email import policy
+from email.parser import BytesParser
+
+import boto3
+import psycopg2
+import pytest
+
+from pipeline.money import format_money
+from playbook.config import load_config
+from playbook.settings import PROJECT_ROOT
+from tests.reporting_data import insert_company, remove_company, reporting_url
+
+pytestmark = pytest.mark.stack
+
+BUCKET = "test-reports-email"
+ARTIFACTS = PROJECT_ROOT / "test-artifacts" / "expense_email"
+
+
+@pytest.fixture(scope="module")
+def company(stack):
+    conn = psycopg2.connect(stack["database_url"])
+    made = insert_company(conn)
+    try:
+        yield made
+    finally:
+        remove_company(conn, made)
+        conn.close()
+
+
+@pytest.fixture(scope="module")
+def config():
+    return load_config()
+
+
+@pytest.fixture(scope="module")
+def environment(stack, company, config) -> dict[str, str]:
+    from playbook.reports.email import ensure_email_resources
+    from playbook.warehouse import REPORTING_ROLE, secret_arn
+
+    reporting_url(stack["database_url"])  # the reporting role's login and its secret playbook/db/reporting
+    return ensure_email_resources(config, secret_arn(REPORTING_ROLE), bucket=BUCKET)
+
+
+def sql_costs(database_url: str, start: date, end: date) -> dict[str, Decimal]:
+    conn = psycopg2.connect(database_url)
+    try:
+        with conn.cursor() as cur:
+            cur.execute("select category, sum(amount) from core.operating_costs where cost_date between %s and %s"
+                        " group by category", (start, end))
+            return dict(cur.fetchall())
+    finally:
+        conn.close()
+
+
+def raw_messages() -> list[dict]:
+    from playbook.reports.email import ses_raw_messages
+
+    return ses_raw_messages()
+
+
+def parse(path):
+    return BytesParser(policy=policy.default).parsebytes(path.read_bytes())
+
+
+def plain_text_totals(text: str) -> dict[str, str]:
+    lines = [line for line in text.splitlines() if re.search(r"\d+ entries$", line)]
+    return {m.group(1).strip(): m.group(2) for m in (re.match(r"^(.+?)\s{2,}(\S+)\s+\d+ entries$", x) for x in lines)}
+
+
+def test_email_parts_recipients_and_totals(stack, environment, config, tmp_path):
+    from playbook.reports.email import send_expense_email_locally
+
+    event = {"period": "custom", "from": "2024-04-01", "to": "2024-04-30", "run_key": "test-april-2024"}
+    result = send_expense_email_locally(ARTIFACTS, event, environment)
+    assert result["status"] == "sent" and result["in_ses"] is True
+    msg = parse(result["eml"])
+
+    assert msg.get_content_type() == "multipart/alternative"
+    plain, related = msg.get_payload()
+    assert plain.get_content_type() == "text/plain"
+    assert related.get_content_type() == "multipart/related"
+    html_part, image = related.get_payload()
+    assert html_part.get_content_type() == "text/html"
+    assert image.get_content_type() == "image/png" and image.get_content_disposition() == "inline"
+    assert image.get_content().startswith(b"\x89PNG\r\n\x1a\n")
+    cid = image["Content-ID"].strip().strip("<>")
+    assert f'src="cid:{cid}"' in html_part.get_content()
+
+    email_config = config.reports.email
+    assert [a.addr_spec for a in msg["To"].addresses] == list(email_config.recipients)
+    assert msg["From"].addresses[0].addr_spec == email_config.sender
+    assert msg["X-Playbook-Run-Key"] == "test-april-2024"
+
+    expected = sql_costs(stack["database_url"], date(2024, 4, 1), date(2024, 4, 30))
+    assert expected, "the synthetic company has costs in April 2024"
+    text = plain.get_content()
+    totals = plain_text_totals(text)
+    assert totals.pop("Total") == format_money(sum(expected.values()), "GBP")
+    assert totals == {category: format_money(amount, "GBP") for category, amount in expected.items()}
+    assert result["categories"] == {c: str(a) for c, a in expected.items()}
+    assert "1 Apr 2024 – 30 Apr 2024 (30 days)" in text and "1 Apr 2024 – 30 Apr 2024" in html_part.get_content()
+    assert "Data as of the last successful load" in text and "test_reports_operating_costs" in text
+    sent = [m for m in raw_messages() if m["id"] == result["message_id"]]
+    assert len(sent) == 1 and "test-april-2024" in sent[0]["raw_data"]
+
+
+def test_same_run_key_sends_nothing_more(environment, tmp_path):
+    from playbook.reports.email import send_expense_email_locally
+
+    event = {"period": "day", "run_key": "test-once"}
+    first = send_expense_email_locally(tmp_path / "first", event, environment)
+    before = len(raw_messages())
+    second = send_expense_email_locally(tmp_path / "second", event, environment)
+    assert first["status"] == "sent" and second["status"] == "skipped" and second["in_ses"] is None
+    assert len(raw_messages()) == before
+    # what the second run keeps is the message the first one sent
+    assert (tmp_path / "second" / "expense_email.eml").read_bytes() == first["eml"].read_bytes()
+
+
+def test_scheduled_event_reports_the_days_before_its_time(environment, stack):
+    from playbook.reports.email import send_expense_email_locally
+
+    # 07:00 UTC on 21 May is 08:00 in London (BST): the default week is the 7 complete days before
+    event = {"id": "0d1f-test-a", "detail-type": "Scheduled Event", "source": "aws.events",
+             "time": "2024-05-21T07:00:00Z"}
+    result = send_expense_email_locally(ARTIFACTS / "scheduled", event, environment)
+    assert result["status"] == "sent"
+    assert result["period"] == {"from": "2024-05-14", "to": "2024-05-20"}
+    expected = sql_costs(stack["database_url"], date(2024, 5, 14), date(2024, 5, 20))
+    assert result["total"] == str(sum(expected.values()))
+    # EventBridge delivering the same schedule again (another event id, same time) sends nothing
+    again = send_expense_email_locally(ARTIFACTS / "scheduled-again", {**event, "id": "0d1f-test-b"}, environment)
+    assert again["status"] == "skipped"
+
+
+def test_claim_is_released_when_sending_fails(environment, config):
+    """An unverified sender is refused by SES: the run's claim is removed so that a retry can send."""
+    from pipeline.expense_email import ExpenseReport, build_message, email_object_key, send_once
+    from pipeline.periods import Period
+
+    message = build_message(ExpenseReport(Period(date(2024, 5, 1), date(2024, 5, 1)), [], []), config, "test-fail")
+    with pytest.raises(Exception, match="authority|verified|Rejected"):
+        send_once(message, BUCKET, "test-fail", "nobody@unverified.example", ["ops@northwind.example"])
+    s3 = boto3.client("s3")
+    assert s3.list_objects_v2(Bucket=BUCKET, Prefix=email_object_key("test-fail"))["KeyCount"] == 0
+
+
+def test_handler_package_does_not_import_the_playbook():
+    code = ("import sys; import pipeline.handlers.send_expense_email; "
+            "bad = [m for m in sys.modules if m == 'playbook' or m.startswith('playbook.')]; "
+            "assert not bad, bad")
+    subprocess.run([sys.executable, "-c", code], cwd=PROJECT_ROOT / "lambda_src", check=True,
+                   env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(PROJECT_ROOT / "lambda_src")})
