@@ -6,7 +6,7 @@ from __future__ import annotations
 import re
 import subprocess
 import sys
-from datetime import date
+from datetime import date, timedelta
 from decimal import Decimal
 from email import policy
 from email.parser import BytesParser
@@ -161,3 +161,21 @@ def test_handler_package_does_not_import_the_playbook():
             "assert not bad, bad")
     subprocess.run([sys.executable, "-c", code], cwd=PROJECT_ROOT / "lambda_src", check=True,
                    env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(PROJECT_ROOT / "lambda_src")})
+
+
+def test_cli_report_sends_the_email_into_the_run_folder(stack, environment, config, tmp_path, capsys):
+    from playbook.cli import main
+
+    conn = psycopg2.connect(stack["database_url"])
+    with conn, conn.cursor() as cur:
+        cur.execute("select max(cost_date) from core.operating_costs")
+        last_cost_day = cur.fetchone()[0]
+    conn.close()
+    before = len(raw_messages())
+    assert main(["report", "--out", str(tmp_path), "--email-period", "week"]) == 0
+    msg = parse(tmp_path / "expense_email.eml")
+    assert [a.addr_spec for a in msg["To"].addresses] == list(config.reports.email.recipients)
+    # the week ends on the last day with costs
+    assert msg["X-Playbook-Period"] == f"{last_cost_day - timedelta(days=6)}/{last_cost_day}"
+    assert len(raw_messages()) == before + 1
+    assert "expense_email" in capsys.readouterr().out
