@@ -18,8 +18,8 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pipeline.config import PipelineConfig
 
+from pipeline.config import PipelineConfig
 from playbook.errors import PlaybookError
 from playbook.settings import PROJECT_ROOT
 

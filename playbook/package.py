@@ -1,0 +1,91 @@
+"""The deployment artifacts: the function zip (lambda_src/) and the dependency layer.
+
+Zips are reproducible (sorted entries, fixed timestamps and modes), so unchanged code has the same bytes
+and the same content-addressed key, and a second deployment changes nothing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+from playbook.errors import PlaybookError
+from playbook.settings import PROJECT_ROOT
+
+LAMBDA_SRC = PROJECT_ROOT / "lambda_src"
+REQUIREMENTS = LAMBDA_SRC / "requirements.txt"
+_EPOCH = (1980, 1, 1, 0, 0, 0)
+_SKIP_DIRS = {"__pycache__", ".pytest_cache", ".mypy_cache", ".ruff_cache"}
+_SKIP_SUFFIXES = (".pyc", ".pyo")
+
+
+def sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _files(root: Path) -> list[Path]:
+    return sorted(
+        p for p in root.rglob("*")
+        if p.is_file() and not (_SKIP_DIRS & set(p.relative_to(root).parts)) and not p.name.endswith(_SKIP_SUFFIXES)
+    )
+
+
+def _write_zip(out: Path, entries: list[tuple[str, bytes]]) -> Path:
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_suffix(".tmp")
+    with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_DEFLATED, compresslevel=9) as zf:
+        for name, data in sorted(entries):
+            info = zipfile.ZipInfo(name, date_time=_EPOCH)
+            info.external_attr = 0o644 << 16
+            info.compress_type = zipfile.ZIP_DEFLATED
+            zf.writestr(info, data)
+    tmp.replace(out)
+    return out
+
+
+def build_function_zip(out_dir: Path, source: Path = LAMBDA_SRC) -> Path:
+    """lambda_src/ zipped as the function code (its root is the package `pipeline/`), caches excluded."""
+    entries = [(p.relative_to(source).as_posix(), p.read_bytes()) for p in _files(source)]
+    if not any(name.startswith("pipeline/") for name, _ in entries):
+        raise PlaybookError(f"{source} holds no pipeline/ package: nothing to deploy")
+    return _write_zip(Path(out_dir) / "pipeline.zip", entries)
+
+
+def build_local_layer_zip(out_dir: Path) -> Path:
+    """A small stand-in layer for the local stack, where the playbook's own venv provides the packages.
+
+    It carries the requirements it stands for, so the layer still says what the functions depend on.
+    """
+    note = (b"Local stand-in for the dependency layer: on the local stack the functions run with the\n"
+            b"playbook's virtual environment, which installs these same requirements.\n")
+    return _write_zip(Path(out_dir) / "layer-local.zip", [
+        ("python/README.txt", note), ("python/requirements.txt", REQUIREMENTS.read_bytes())])
+
+
+def build_dependency_layer(out_dir: Path, python_version: str = "3.12") -> Path:
+    """The real layer for AWS: lambda_src/requirements.txt as manylinux wheels under python/.
+
+    Downloads every wheel from PyPI, so it is cached by the requirements' hash and reused.
+    """
+    out_dir = Path(out_dir)
+    stamp = hashlib.sha256(REQUIREMENTS.read_bytes() + python_version.encode()).hexdigest()[:16]
+    out = out_dir / f"layer-{stamp}.zip"
+    if out.exists():
+        return out
+    target = out_dir / f"layer-{stamp}" / "python"
+    cmd = [sys.executable, "-m", "pip", "install", "--quiet", "--platform", "manylinux2014_x86_64",
+           "--implementation", "cp", "--only-binary=:all:", "--python-version", python_version,
+           "--target", str(target), "-r", str(REQUIREMENTS)]
+    result = subprocess.run(cmd, capture_output=True, text=True)
+    if result.returncode != 0:
+        raise PlaybookError(f"building the dependency layer failed: {result.stderr.strip()[-2000:]}")
+    layer_root = target.parent
+    entries = [(p.relative_to(layer_root).as_posix(), p.read_bytes()) for p in _files(layer_root)]
+    return _write_zip(out, entries)
