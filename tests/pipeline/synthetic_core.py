@@ -83,6 +83,15 @@ def generate(seed: int = 20240229, tag: str = "S") -> dict[str, list[tuple]]:
             "interactions": interactions}
 
 
+def empty_warehouse(conn) -> None:
+    """Start from an empty core and ledger, so every total in a test is the test's own data."""
+    tables = [("core", t) for t in _COLUMNS] + [("core", f"{t}_history") for t in _COLUMNS]
+    tables += [("meta", "quarantine"), ("meta", "source_state"), ("meta", "batches")]
+    with conn.cursor() as cur:
+        cur.execute(sql.SQL("truncate {} cascade").format(sql.SQL(", ").join(sql.Identifier(*t) for t in tables)))
+    conn.commit()
+
+
 def insert(conn, rows: dict[str, list[tuple]], tag: str = "S") -> list[int]:
     """Insert the rows, one committed batch per table; returns the batch ids."""
     batch_ids = []
