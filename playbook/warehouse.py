@@ -151,7 +151,6 @@ def apply_reporting_allow_list(sources: tuple[str, ...] | list[str] = DEFAULT_RE
 def refresh(database_url: str | None = None) -> list[dict[str, Any]]:
     """CALL marts.refresh() as the owner; per mart: status, rows, seconds (raises MartRefreshError)."""
     from pipeline.marts import refresh_marts
-
     from playbook.database import connect
 
     conn = connect(database_url)
