@@ -1,0 +1,270 @@
+"""The templates as a reviewer reads them: lint-clean, checkov-clean, and the security properties hold."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from playbook.config import load_config
+from playbook.errors import PlaybookError
+from playbook.settings import PROJECT_ROOT
+from playbook.templates import STACKS, TEMPLATE_DIR, render_all, render_pipeline, validate_cidrs, write_rendered
+
+CFN_LINT = str(Path(sys.executable).parent / "cfn-lint")
+CHECKOV = PROJECT_ROOT / ".venv-tools" / "bin" / "checkov"
+ALLOW = ["203.0.113.10/32", "198.51.100.0/24"]
+
+
+@pytest.fixture(scope="module")
+def templates() -> dict[str, dict]:
+    return render_all(load_config(), ALLOW)
+
+
+@pytest.fixture(scope="module")
+def rendered_dir(templates, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("rendered")
+    write_rendered(templates, out)
+    return out
+
+
+def resources(template: dict, rtype: str) -> dict[str, dict]:
+    return {k: v for k, v in template["Resources"].items() if v["Type"] == rtype}
+
+
+def walk(node):
+    yield node
+    if isinstance(node, dict):
+        for v in node.values():
+            yield from walk(v)
+    elif isinstance(node, list):
+        for v in node:
+            yield from walk(v)
+
+
+def test_cfn_lint_reports_nothing_on_base_and_rendered_templates(rendered_dir):
+    files = sorted(str(p) for p in TEMPLATE_DIR.glob("*.yaml")) + sorted(str(p) for p in rendered_dir.glob("*.json"))
+    assert len(files) == 2 * len(STACKS)
+    result = subprocess.run([CFN_LINT, *files], capture_output=True, text=True)
+    assert result.returncode == 0, f"cfn-lint found errors or warnings:\n{result.stdout}{result.stderr}"
+
+
+def test_cfn_lint_does_fail_on_a_broken_template(tmp_path, templates):
+    """The lint test above can fail: an unknown property is reported."""
+    broken = json.loads(json.dumps(templates["network"]))
+    broken["Resources"]["Vpc"]["Properties"]["NotAProperty"] = True
+    path = tmp_path / "broken.json"
+    path.write_text(json.dumps(broken))
+    result = subprocess.run([CFN_LINT, str(path)], capture_output=True, text=True)
+    assert result.returncode != 0 and "NotAProperty" in result.stdout
+
+
+@pytest.mark.parametrize("where", ["base", "rendered"])
+def test_checkov_has_no_failed_check_and_every_skip_is_justified(where, rendered_dir):
+    if not CHECKOV.exists():
+        pytest.fail(f"checkov is not installed at {CHECKOV}: run `make tools` (the test suite's `make test` does)")
+    directory = TEMPLATE_DIR if where == "base" else rendered_dir
+    result = subprocess.run([str(CHECKOV), "-d", str(directory), "--framework", "cloudformation", "--skip-download",
+                             "-o", "json"], capture_output=True, text=True, timeout=300)
+    report = json.loads(result.stdout)
+    summary = report["summary"]
+    failed = [f"{c['check_id']} {c['resource']}" for c in report["results"]["failed_checks"]]
+    assert summary["failed"] == 0, failed
+    assert summary["passed"] > 50
+    for check in report["results"]["skipped_checks"]:
+        comment = (check.get("check_result") or {}).get("suppress_comment") or ""
+        assert len(comment) > 30, f"skip of {check['check_id']} on {check['resource']} has no justification"
+
+
+def test_database_is_private_encrypted_backed_up_and_protected(templates):
+    db = templates["database"]
+    (cluster,) = resources(db, "AWS::RDS::DBCluster").values()
+    props = cluster["Properties"]
+    assert cluster["DeletionPolicy"] == "Snapshot"
+    assert props["StorageEncrypted"] is True and props["DeletionProtection"] is True
+    assert props["EnableIAMDatabaseAuthentication"] is True
+    retention = db["Parameters"]["BackupRetentionDays"]
+    assert props["BackupRetentionPeriod"] == {"Ref": "BackupRetentionDays"}
+    assert retention["Default"] >= 7 and retention["MinValue"] >= 7
+    assert props["ManageMasterUserPassword"] is True and "MasterUserPassword" not in props
+    for instance in resources(db, "AWS::RDS::DBInstance").values():
+        assert instance["Properties"]["PubliclyAccessible"] is False
+    (group,) = resources(db, "AWS::RDS::DBClusterParameterGroup").values()
+    assert group["Properties"]["Parameters"]["rds.force_ssl"] == "1"
+
+
+def test_database_admits_5432_only_from_the_lambda_and_proxy_groups(templates):
+    db = templates["database"]
+    sg_ids = [k for k in resources(db, "AWS::EC2::SecurityGroup")]
+    assert sg_ids == ["DatabaseSecurityGroup"]
+    assert "SecurityGroupIngress" not in db["Resources"]["DatabaseSecurityGroup"]["Properties"]
+    rules = [r["Properties"] for r in resources(db, "AWS::EC2::SecurityGroupIngress").values()
+             if r["Properties"]["GroupId"] == {"Ref": "DatabaseSecurityGroup"}]
+    assert sorted(r["SourceSecurityGroupId"]["Ref"] for r in rules) == ["LambdaSecurityGroupId", "ProxySecurityGroupId"]
+    for rule in rules:
+        assert (rule["FromPort"], rule["ToPort"], rule["IpProtocol"]) == (5432, 5432, "tcp")
+        assert "CidrIp" not in rule
+    assert templates["database"]["Resources"]["Cluster"]["Properties"]["VpcSecurityGroupIds"] == [
+        {"Ref": "DatabaseSecurityGroup"}]
+
+
+def test_no_ingress_from_the_whole_internet_anywhere(templates):
+    rules = []
+    for template in templates.values():
+        for res in template["Resources"].values():
+            if res["Type"] == "AWS::EC2::SecurityGroupIngress":
+                rules.append(res["Properties"])
+            if res["Type"] == "AWS::EC2::SecurityGroup":
+                rules.extend(res["Properties"].get("SecurityGroupIngress", []))
+    assert rules, "no ingress rules found at all"
+    for rule in rules:
+        assert rule.get("CidrIp") not in ("0.0.0.0/0",) and rule.get("CidrIpv6") not in ("::/0",), rule
+    proxy_rules = [r["Properties"] for r in resources(templates["proxy"], "AWS::EC2::SecurityGroupIngress").values()]
+    assert sorted(r["CidrIp"] for r in proxy_rules) == sorted(ALLOW)
+    assert all(r["FromPort"] == r["ToPort"] == 5432 for r in proxy_rules)
+
+
+def test_the_allow_list_refuses_the_internet():
+    for bad in ("0.0.0.0/0", "0.0.0.0/1", "10.0.0.0/4", "not-a-cidr"):
+        with pytest.raises(PlaybookError):
+            validate_cidrs([bad])
+    with pytest.raises(PlaybookError):
+        validate_cidrs([])
+    assert validate_cidrs(["203.0.113.7"]) == ["203.0.113.7/32"]
+
+
+SECRET_WORDS = ("password", "passwd", "secret_key", "token", "private_key")
+
+
+def test_no_secret_values_in_environments_parameter_defaults_or_user_data(templates):
+    for name, template in templates.items():
+        for pname, spec in (template.get("Parameters") or {}).items():
+            if any(w in pname.lower() for w in ("password", "secret", "token")):
+                assert "Default" not in spec, f"{name}: parameter {pname} has a default"
+                assert spec.get("NoEcho") or "Arn" in pname, f"{name}: {pname} must be an ARN or NoEcho"
+        for lid, res in template["Resources"].items():
+            env = res.get("Properties", {}).get("Environment", {}).get("Variables", {})
+            for key, value in env.items():
+                assert not any(w in key.lower() for w in SECRET_WORDS), f"{lid}: {key}"
+                if "SECRET" in key:
+                    assert key.endswith("_ARN") and value == {"Ref": "DatabaseSecretArn"}
+            user_data = json.dumps(res.get("Properties", {}).get("UserData", ""))
+            assert not any(w in user_data.lower() for w in SECRET_WORDS), f"{lid}: UserData mentions a secret"
+    functions = resources(templates["pipeline"], "AWS::Lambda::Function")
+    assert functions and all(f["Properties"]["Environment"]["Variables"]["DB_SECRET_ARN"] for f in functions.values())
+
+
+def test_proxy_requires_imdsv2_has_no_ssh_and_renders_the_allow_list(templates):
+    (instance,) = resources(templates["proxy"], "AWS::EC2::Instance").values()
+    props = instance["Properties"]
+    assert props["MetadataOptions"]["HttpTokens"] == "required"
+    assert "KeyName" not in props
+    user_data = props["UserData"]["Fn::Base64"]["Fn::Sub"]
+    for cidr in ALLOW:
+        assert f"allow {cidr};" in user_data
+    assert "deny all;" in user_data and "${DatabaseEndpoint}:${DatabasePort}" in user_data
+    assert "@NGINX_CONF@" not in user_data
+    role = templates["proxy"]["Resources"]["ProxyRole"]["Properties"]
+    assert any("AmazonSSMManagedInstanceCore" in json.dumps(a) for a in role["ManagedPolicyArns"])
+
+
+def test_buckets_block_public_access_and_refuse_plain_http(templates):
+    buckets = {}
+    for template in templates.values():
+        for lid, res in resources(template, "AWS::S3::Bucket").items():
+            buckets[lid] = (template, res)
+    assert set(buckets) == {"AccessLogsBucket", "ArtifactBucket", "LandingBucket"}
+    for lid, (template, res) in buckets.items():
+        props = res["Properties"]
+        assert props["PublicAccessBlockConfiguration"] == {
+            "BlockPublicAcls": True, "BlockPublicPolicy": True, "IgnorePublicAcls": True, "RestrictPublicBuckets": True}
+        assert props["VersioningConfiguration"]["Status"] == "Enabled"
+        assert props["BucketEncryption"]["ServerSideEncryptionConfiguration"]
+        assert props["LifecycleConfiguration"]["Rules"]
+        if lid != "AccessLogsBucket":
+            assert props["LoggingConfiguration"]["DestinationBucketName"]
+        (policy,) = [p for p in resources(template, "AWS::S3::BucketPolicy").values()
+                     if p["Properties"]["Bucket"] == {"Ref": lid}]
+        deny = [s for s in policy["Properties"]["PolicyDocument"]["Statement"] if s["Effect"] == "Deny"]
+        assert any(s["Condition"] == {"Bool": {"aws:SecureTransport": "false"}} and s["Action"] == "s3:*"
+                   for s in deny), lid
+
+
+def test_roles_are_least_privilege(templates):
+    pipeline = templates["pipeline"]
+    roles = resources(pipeline, "AWS::IAM::Role")
+    functions = resources(pipeline, "AWS::Lambda::Function")
+    assert {f["Properties"]["Role"]["Fn::GetAtt"][0] for f in functions.values()} == {
+        k for k in roles if k != "SchedulerRole"}, "one role per function"
+    documents = [p["PolicyDocument"] for r in roles.values() for p in r["Properties"].get("Policies", [])]
+    documents += [p["Properties"]["PolicyDocument"] for p in resources(pipeline, "AWS::IAM::ManagedPolicy").values()]
+    for doc in documents:
+        for statement in doc["Statement"]:
+            actions = statement["Action"] if isinstance(statement["Action"], list) else [statement["Action"]]
+            assert not any(a == "*" or a.endswith(":*") for a in actions), statement
+            targets = statement["Resource"] if isinstance(statement["Resource"], list) else [statement["Resource"]]
+            if "*" in targets:
+                # IAM has no resource-level permissions for these describe calls; nothing else may say "*"
+                assert all(a.startswith("ec2:Describe") for a in actions), statement
+
+
+def test_pipeline_has_one_function_per_job_with_schedules_in_the_company_timezone(templates):
+    config = load_config()
+    pipeline = templates["pipeline"]
+    functions = {f["Properties"]["FunctionName"]["Fn::Sub"]: f["Properties"]
+                 for f in resources(pipeline, "AWS::Lambda::Function").values()}
+    expected = {f"${{Prefix}}-ingest-{n.replace('_', '-')}" for n in config.sources} | {
+        "${Prefix}-refresh-marts", "${Prefix}-send-expense-email", "${Prefix}-migrate"}
+    assert set(functions) == expected
+    for name, props in functions.items():
+        assert props["Runtime"] in ("python3.12", "python3.13")
+        assert props["ReservedConcurrentExecutions"] >= 1 and props["DeadLetterConfig"]["TargetArn"]
+        assert props["VpcConfig"]["SubnetIds"] == {"Ref": "AppSubnetIds"}
+        assert set(props["Environment"]["Variables"]) >= {"DB_SECRET_ARN", "PIPELINE_CONFIG_URI", "LANDING_BUCKET",
+                                                          "LOG_LEVEL"}
+        if "-ingest-" in name:
+            assert props["MemorySize"] == 512 and props["Handler"] == "pipeline.handlers.ingest_object.handler"
+    schedules = {s["Properties"]["Name"]["Fn::Sub"]: s["Properties"]
+                 for s in resources(pipeline, "AWS::Scheduler::Schedule").values()}
+    assert schedules["${Prefix}-ingest-sales"]["ScheduleExpression"] == config.sources["sales"].schedule
+    assert schedules["${Prefix}-send-expense-email"]["ScheduleExpression"] == "cron(0 8 * * ? *)"
+    for props in schedules.values():
+        assert props["ScheduleExpressionTimezone"] == "Europe/London"
+        assert props["Target"]["RetryPolicy"]["MaximumRetryAttempts"] >= 1 and props["Target"]["DeadLetterConfig"]
+    notifications = pipeline["Resources"]["LandingBucket"]["Properties"]["NotificationConfiguration"]
+    prefixes = {c["Filter"]["S3Key"]["Rules"][0]["Value"] for c in notifications["LambdaConfigurations"]}
+    assert prefixes == {s.prefix for s in config.sources.values() if s.kind != "rest_api"}
+    alarms = resources(pipeline, "AWS::CloudWatch::Alarm")
+    metrics = {a["Properties"]["MetricName"] for a in alarms.values()}
+    assert metrics == {"Errors", "Throttles", "Duration", "ApproximateNumberOfMessagesVisible"}
+    assert all(a["Properties"]["AlarmActions"] == [{"Ref": "AlarmTopic"}] for a in alarms.values())
+
+
+def test_a_rest_api_source_gets_the_api_handler_and_no_notification():
+    data = load_config().model_dump(mode="json")
+    data["sources"]["crm_api"] = {**data["sources"]["interactions"], "kind": "rest_api", "prefix": None}
+    from pipeline.config import parse_config
+
+    template = render_pipeline(parse_config(data))
+    fn = template["Resources"]["IngestCrmApiFunction"]["Properties"]
+    assert fn["Handler"] == "pipeline.handlers.ingest_api.handler"
+    assert "IngestCrmApiLandingPermission" not in template["Resources"]
+
+
+def test_network_spans_two_azs_without_hard_coding_them(templates):
+    network = templates["network"]
+    subnets = resources(network, "AWS::EC2::Subnet")
+    assert len(subnets) == 6
+    for subnet in subnets.values():
+        az = subnet["Properties"]["AvailabilityZone"]
+        assert az["Fn::Select"][1] == {"Fn::GetAZs": ""}
+    text = json.dumps(network)
+    assert "eu-west-2a" not in text and "us-east-1a" not in text
+    endpoints = {e["Properties"]["VpcEndpointType"]: e["Properties"]["ServiceName"]["Fn::Sub"]
+                 for e in resources(network, "AWS::EC2::VPCEndpoint").values()}
+    assert endpoints == {"Gateway": "com.amazonaws.${AWS::Region}.s3",
+                         "Interface": "com.amazonaws.${AWS::Region}.secretsmanager"}
+    assert network["Parameters"]["NatGatewayMode"]["AllowedValues"] == ["single", "per-az"]
