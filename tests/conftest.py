@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import os
+import shutil
 import socket
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -16,6 +18,12 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def state_dir() -> Path:
+    """A state directory outside pytest's tmp root: pytest keeps that root 0700, and the embedded
+    PostgreSQL runs as its own system user when the tests run as root."""
+    return Path(tempfile.mkdtemp(prefix="playbook-state-"))
+
+
 def stack_env(state_dir: Path) -> dict[str, str]:
     return {
         "PLAYBOOK_STATE_DIR": str(state_dir),
@@ -26,14 +34,14 @@ def stack_env(state_dir: Path) -> dict[str, str]:
 
 
 @pytest.fixture(scope="session")
-def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
+def stack() -> Iterator[dict]:
     """A running local stack (moto server + embedded PostgreSQL), migrated, shared by the session."""
     from playbook.database import migrate
     from playbook.local import stack as local_stack
 
-    state_dir = tmp_path_factory.mktemp("stack")
+    directory = state_dir()
     saved = dict(os.environ)
-    os.environ.update(stack_env(state_dir))
+    os.environ.update(stack_env(directory))
     os.environ.pop("PLAYBOOK_DATABASE_URL", None)
     st = local_stack.current()
     status = st.up()
@@ -45,6 +53,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
         st.down()
         os.environ.clear()
         os.environ.update(saved)
+        shutil.rmtree(directory, ignore_errors=True)
 
 
 @pytest.fixture()

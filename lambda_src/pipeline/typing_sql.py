@@ -53,10 +53,19 @@ class Mapped:
 
 
 def _normalised(m: Mapped, options: ReadOptions) -> sql.Composable:
+    """The raw text rewritten to the canonical text of its type (still text: tested, then cast).
+
+    Built inline rather than as SQL functions so the planner never pays a function call per value.
+    """
     raw = sql.SQL("nullif(btrim(r.{}), '')").format(sql.Identifier(m.raw))
     if m.column.type == "money":
-        return sql.SQL("meta.money_text({}, {}, {})").format(
-            raw, sql.Literal(options.decimal), sql.Literal(options.thousands or ""))
+        # '£1.234,50' (decimal ',', thousands '.') -> '1234.50'; '(12.00)' and '12.00-' -> '-12.00'
+        expr = sql.SQL("regexp_replace({}, '[£$€¥[:space:]]', '', 'g')").format(raw)
+        if options.thousands:
+            expr = sql.SQL("replace({}, {}, '')").format(expr, sql.Literal(options.thousands))
+        if options.decimal != ".":
+            expr = sql.SQL("replace({}, {}, '.')").format(expr, sql.Literal(options.decimal))
+        return sql.SQL(r"regexp_replace(regexp_replace({}, '^\((.*)\)$', '-\1'), '^([^-].*)-$', '-\1')").format(expr)
     if m.column.type == "date":
         pattern = date_pattern(options)
         expr = raw
@@ -65,23 +74,27 @@ def _normalised(m: Mapped, options: ReadOptions) -> sql.Composable:
         # ISO with a time part, as Excel dates arrive: keep the date.
         return sql.SQL("regexp_replace({}, {}, {})").format(
             expr, sql.Literal(r"^([0-9]{4}-[0-9]{1,2}-[0-9]{1,2})[T ][0-9:.]+$"), sql.Literal(r"\1"))
-    if m.column.type == "integer":
-        if not options.thousands:
-            return raw
-        return sql.SQL("regexp_replace({}, {}, '', 'g')").format(raw, sql.Literal(re.escape(options.thousands)))
+    if m.column.type == "integer" and options.thousands:
+        return sql.SQL("replace({}, {}, '')").format(raw, sql.Literal(options.thousands))
     return raw
 
 
+_ISO_DATE = r"^[0-9]{4}-[0-9]{1,2}-[0-9]{1,2}$"
+_TIMESTAMP = (r"^[0-9]{4}-[0-9]{1,2}-[0-9]{1,2}([T ][0-9]{1,2}:[0-9]{2}(:[0-9]{2}(\.[0-9]+)?)?)?"
+              r"\s*(Z|[+-][0-9]{2}(:?[0-9]{2})?)?$")
+
+
 def _valid(m: Mapped, n: sql.Composable) -> sql.Composable:
+    """Never raises: a regular expression first (nothing left to DateStyle guessing), then pg_input_is_valid."""
     kind = m.column.type
     if kind == "money":
         return sql.SQL("{} ~ {}").format(n, sql.Literal(_NUMBER))
     if kind == "integer":
         return sql.SQL("({} ~ {} and pg_input_is_valid({}, 'bigint'))").format(n, sql.Literal(_INTEGER), n)
     if kind == "date":
-        return sql.SQL("meta.is_iso_date({})").format(n)
+        return sql.SQL("({} ~ {} and pg_input_is_valid({}, 'date'))").format(n, sql.Literal(_ISO_DATE), n)
     if kind == "timestamp":
-        return sql.SQL("meta.is_timestamp({})").format(n)
+        return sql.SQL("({} ~ {} and pg_input_is_valid({}, 'timestamptz'))").format(n, sql.Literal(_TIMESTAMP), n)
     return sql.SQL("true")
 
 
@@ -91,26 +104,32 @@ _WHAT = {"money": "is not a number", "integer": "is not a whole number", "date":
 
 
 def typed_select(table: Table, mapped: list[Mapped], options: ReadOptions, width: int) -> sql.Composed:
-    """SELECT over `raw r` giving _row, each canonical column typed (null when invalid), _reasons, _skip."""
-    lateral, typed, reasons = [], [], []
+    """SELECT over `raw r` giving _row, each canonical column typed (null when invalid), _reasons, _skip.
+
+    Each value is normalised once and tested once: the two LATERAL steps are fenced with OFFSET 0 so the
+    planner cannot fold them back into every place that reads them. Reasons are only spelled out for
+    rows that have one.
+    """
+    norms, checks, typed, reasons, fine = [], [], [], [], []
     for i, m in enumerate(mapped):
-        alias = sql.Identifier(f"n{i}")
-        n = sql.SQL("n.{}").format(alias)
-        lateral.append(sql.SQL("{} as {}").format(_normalised(m, options), alias))
-        valid = _valid(m, n)
+        n, v = sql.SQL(f"n.n{i}"), sql.SQL(f"v.v{i}")
+        norms.append(sql.SQL("{} as {}").format(_normalised(m, options), sql.Identifier(f"n{i}")))
+        checks.append(sql.SQL("{} as {}").format(_valid(m, n), sql.Identifier(f"v{i}")))
         cast = sql.SQL(_CAST[m.column.type])
-        typed.append(sql.SQL("case when {} then {}::{} end as {}").format(
-            valid, n, cast, sql.Identifier(m.column.name)))
+        typed.append(sql.SQL("case when {} then {}::{} end as {}").format(v, n, cast, sql.Identifier(m.column.name)))
         label = sql.Literal(m.column.name)
         raw_value = sql.SQL("r.{}").format(sql.Identifier(m.raw))
         if m.column.required:
+            fine.append(sql.SQL("{} is not null").format(n))
             reasons.append(sql.SQL("case when {} is null then format('%s is empty', {}) end").format(n, label))
         if m.column.type != "text":
+            fine.append(sql.SQL("({} is null or {})").format(n, v))
             reasons.append(sql.SQL("case when {} is not null and not {} then format('%s %L {}', {}, {}) end").format(
-                n, valid, sql.SQL(_WHAT[m.column.type]), label, raw_value))
+                n, v, sql.SQL(_WHAT[m.column.type]), label, raw_value))
         if m.column.non_negative:
+            fine.append(sql.SQL("not coalesce(left({}, 1) = '-', false)").format(n))
             reasons.append(sql.SQL("case when {} and {}::{} < 0 then format('%s %L is negative', {}, {}) end").format(
-                valid, n, cast, label, raw_value))
+                v, n, cast, label, raw_value))
     # footers: the row's first non-empty cell matches the configured pattern (e.g. "Total")
     skip = sql.SQL("false")
     if options.skip_rows_matching:
@@ -118,9 +137,10 @@ def typed_select(table: Table, mapped: list[Mapped], options: ReadOptions, width
             sql.SQL("nullif(btrim(r.{}), '')").format(sql.Identifier(f"c{i}")) for i in range(width)))
         skip = sql.SQL("coalesce({} ~ {}, false)").format(first, sql.Literal(options.skip_rows_matching))
     all_raw = sql.SQL(" || ").join(sql.SQL("coalesce(r.{}, '')").format(sql.Identifier(m.raw)) for m in mapped)
+    why = (sql.SQL("case when {} then '{{}}'::text[] else array_remove(array[{}]::text[], null) end").format(
+        sql.SQL(" and ").join(fine), sql.SQL(", ").join(reasons)) if reasons else sql.SQL("'{}'::text[]"))
     return sql.SQL(
-        "select r._row, {typed}, array_remove(array[{reasons}]::text[], null) as _reasons, "
-        "({skip} or btrim({all_raw}) = '') as _skip "
-        "from raw r cross join lateral (select {lateral}) n"
-    ).format(typed=sql.SQL(", ").join(typed), reasons=sql.SQL(", ").join(reasons) if reasons else sql.SQL(""),
-             skip=skip, all_raw=all_raw, lateral=sql.SQL(", ").join(lateral))
+        "select r._row, {typed}, {why} as _reasons, ({skip} or btrim({all_raw}) = '') as _skip "
+        "from raw r cross join lateral (select {norms} offset 0) n cross join lateral (select {checks} offset 0) v"
+    ).format(typed=sql.SQL(", ").join(typed), why=why, skip=skip, all_raw=all_raw,
+             norms=sql.SQL(", ").join(norms), checks=sql.SQL(", ").join(checks))

@@ -215,6 +215,8 @@ class EmbeddedPostgres:
                     cur.execute(sql.SQL("create database {} owner {}").format(
                         sql.Identifier(DATABASE), sql.Identifier(OWNER_ROLE)))
                 cur.execute(sql.SQL("revoke all on database {} from public").format(sql.Identifier(DATABASE)))
+                # the owner watches its sessions (pg_stat_activity), as rds_superuser can on Aurora
+                cur.execute(sql.SQL("grant pg_monitor, pg_signal_backend to {}").format(sql.Identifier(OWNER_ROLE)))
         finally:
             conn.close()
 

@@ -4,16 +4,18 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
+from pathlib import Path
 
 import boto3
 import psutil
 import psycopg2
 import pytest
 
-from tests.conftest import stack_env
+from tests.conftest import stack_env, state_dir
 
 
 def playbook(env: dict, *args: str, check: bool = True) -> subprocess.CompletedProcess:
@@ -29,11 +31,13 @@ def status(env: dict) -> dict:
 
 
 @pytest.fixture()
-def own_env(tmp_path):
-    env = stack_env(tmp_path / "state")
+def own_env():
+    directory = state_dir()
+    env = stack_env(directory / "state")
     env.pop("PLAYBOOK_DATABASE_URL", None)
     yield env
     playbook(env, "local", "down", "--force", check=False)
+    shutil.rmtree(directory, ignore_errors=True)
 
 
 def pids_of(st: dict) -> set[int]:
@@ -97,8 +101,8 @@ def test_busy_port_is_a_clear_error(own_env):
     assert "PLAYBOOK_MOTO_PORT" in result.stderr
 
 
-def test_unreadable_state_file_says_what_to_do(own_env, tmp_path):
-    state = tmp_path / "state" / "stack.json"
+def test_unreadable_state_file_says_what_to_do(own_env):
+    state = Path(own_env["PLAYBOOK_STATE_DIR"]) / "stack.json"
     state.parent.mkdir(parents=True)
     state.write_text("{not json")
     result = playbook(own_env, "local", "up", check=False)
@@ -109,11 +113,11 @@ def test_unreadable_state_file_says_what_to_do(own_env, tmp_path):
     assert status(own_env)["healthy"]
 
 
-def test_stale_state_naming_a_foreign_process_is_not_killed(own_env, tmp_path):
+def test_stale_state_naming_a_foreign_process_is_not_killed(own_env):
     """A state file left by a crash may name a pid now used by someone else: never kill it."""
     bystander = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
     try:
-        state = tmp_path / "state" / "stack.json"
+        state = Path(own_env["PLAYBOOK_STATE_DIR"]) / "stack.json"
         state.parent.mkdir(parents=True)
         state.write_text(json.dumps({"version": 1, "parts": {
             "moto": {"pid": bystander.pid, "create_time": 1.0, "port": int(own_env["PLAYBOOK_MOTO_PORT"])},
