@@ -59,12 +59,15 @@ class BatchLoad:
     """Loads one delivery inside the caller's open transaction; `run()` commits."""
 
     def __init__(self, conn, delivery: Delivery, reader: Reader, timezone: str,
-                 deadline: Callable[[], float] | None = None, request_id: str | None = None):
+                 deadline: Callable[[], float] | None = None, request_id: str | None = None,
+                 before_commit: Callable[[object, int], None] | None = None):
         self.conn, self.delivery, self.reader = conn, delivery, reader
         self.table: Table = TABLES[delivery.config.table]
         self.timezone, self.request_id = timezone, request_id
         self.remaining = deadline or (lambda: float("inf"))
         self.batch_id: int | None = None
+        # e.g. an API source saving its incremental cursor: (cursor, batch_id), inside the batch's transaction
+        self.before_commit = before_commit
         self.rejects = 0
         self.reject_amount = 0
 
@@ -102,6 +105,8 @@ class BatchLoad:
                 " amount_in = %(amount_in)s, amount_loaded = %(amount_loaded)s,"
                 " amount_quarantined = %(amount_quarantined)s, amount_duplicate = %(amount_duplicate)s"
                 " where batch_id = %(batch_id)s", {**summary, "batch_id": self.batch_id})
+            if self.before_commit:
+                self.before_commit(cur, self.batch_id)
         self.conn.commit()
         return {"status": "committed", "source": d.source, "ref": d.ref, "batch_id": self.batch_id,
                 "seconds": round(time.time() - started, 3), **summary}
