@@ -69,7 +69,7 @@ def activity_chart(conn, config: PipelineConfig, out_dir: Path, period: Period |
             label=f"Operating costs, {ROLLING_DAYS}-day rolling mean")
     figures.money_axis(ax, currency)
     ax.set_ylabel(f"Amount per day ({currency})")
-    ax.set_ylim(bottom=0)
+    ax.set_ylim(0, max(sales + costs + [1.0]) * 1.15)  # headroom for the legend
     if x:
         ax.set_xlim(x[0] - timedelta(days=1), x[-1] + timedelta(days=1))
     locator = mdates.AutoDateLocator(minticks=4, maxticks=10)

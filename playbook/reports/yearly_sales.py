@@ -8,7 +8,7 @@ from pathlib import Path
 from pipeline.config import PipelineConfig
 from pipeline.freshness import freshness_note, read_freshness
 from pipeline.money import format_compact
-from pipeline.periods import Period, format_day
+from pipeline.periods import Period
 from playbook.errors import PlaybookError
 from playbook.reports import figures
 
@@ -29,6 +29,19 @@ def growth_label(growth_pct) -> str:
     if growth_pct is None:
         return "first year"
     return f"{float(growth_pct):+.1f}%"
+
+
+def tick_label(year: int, partial: tuple[date | None, date | None] | None) -> str:
+    """'2024', or '2024' over 'to 20 May' / 'from 1 Dec' for a year the data covers only partly."""
+    if not partial:
+        return str(year)
+    start, end = partial
+    notes = []
+    if start and start != date(year, 1, 1):
+        notes.append(f"from {start.day} {start:%b}")
+    if end and end != date(year, 12, 31):
+        notes.append(f"to {end.day} {end:%b}")
+    return f"{year}\n({', '.join(notes)})"
 
 
 def yearly_sales_chart(conn, config: PipelineConfig, out_dir: Path) -> dict[str, Path]:
@@ -57,16 +70,10 @@ def yearly_sales_chart(conn, config: PipelineConfig, out_dir: Path) -> dict[str,
         ax.text(x, height + top * 0.075, growth_label(growth), ha="center", va="bottom", fontsize=10, color=color)
     figures.money_axis(ax, currency)
     ax.set_ylabel(f"Sales ({currency})")
-    ax.set_xlabel("Year")
-    notes = []
-    for y, (start, end) in sorted(partial.items()):
-        if start and start != date(y, 1, 1):
-            notes.append(f"{y} from {format_day(start)}")
-        if end and end != date(y, 12, 31):
-            notes.append(f"{y} to {format_day(end)}")
+    ax.set_xticks(range(len(years)), [tick_label(y, partial.get(y)) for y in years])
     subtitle = f"{span.describe()} · growth on the year before"
-    if notes:
-        subtitle += " · partial years (lighter): " + ", ".join(notes)
+    if partial:
+        subtitle += " · lighter bars: part of a year"
     figures.annotate(fig, f"{config.company.name}: sales by year", subtitle,
                      freshness_note(read_freshness(conn), config.company.timezone))
     return figures.save(fig, out_dir, "yearly_sales")
