@@ -65,6 +65,8 @@ def insert_company(conn) -> dict:
         sales.append((f"T-O9{n:05d}", 1, date(2024, 5, 3), client_id, "P1", 1, Decimal("8765.43"),
                       Decimal("8765.43")))
     sales.append(("T-O990001", 1, date(2024, 5, 7), "T-C099", "P2", 3, Decimal("1000.10"), Decimal("3000.30")))
+    # an amount finer than pence (the page must add it exactly and round it for display like the database)
+    sales.append(("T-O990002", 1, date(2024, 5, 10), "T-C012", "P3", 1, Decimal("1234.565"), Decimal("1234.565")))
 
     with conn, conn.cursor() as cur:
         ids = {t: _batch(cur, f"{SOURCE_PREFIX}{t}", t, 0) for t in TABLES}

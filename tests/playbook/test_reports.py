@@ -227,6 +227,7 @@ def test_dashboard_in_chromium_matches_top_clients(built, reporting, config):
             assert this_month == Period(last_day.replace(day=1), last_day)
             assert this_month.describe() in page.inner_text("#period")
             month_rows = table_rows(page)
+            assert any(Decimal(r["amount"]) % Decimal("0.01") for r in month_rows)  # a sub-penny amount, exact
             assert_matches_sql(month_rows, sql_top_clients(reporting, this_month, n))
             page.screenshot(path=str(ARTIFACTS / "dashboard-this-month.png"), full_page=True)
 
