@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test install system-deps lint stack-up stack-down clean
+.PHONY: demo test install tools system-deps lint stack-up stack-down clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -13,6 +13,16 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 install: $(STAMP)
+
+## checkov (the template security scan) in a venv of its own: its pinned dependencies clash with ours.
+TOOLS_STAMP := .venv-tools/.installed
+$(TOOLS_STAMP): requirements-tools.txt
+	$(PYTHON) -m venv .venv-tools
+	.venv-tools/bin/pip install --quiet --upgrade pip
+	.venv-tools/bin/pip install --quiet -r requirements-tools.txt
+	touch $(TOOLS_STAMP)
+
+tools: $(TOOLS_STAMP)
 
 ## Debian packages the proxy and the browser tests use (nginx with the stream module, chromium).
 system-deps:
@@ -23,7 +33,7 @@ demo: install
 	$(BIN)/playbook demo
 
 ## The whole test suite, against a fresh local stack of its own.
-test: install system-deps
+test: install tools system-deps
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest
 
@@ -38,4 +48,4 @@ stack-down: install
 
 clean:
 	-$(BIN)/playbook local down
-	rm -rf $(VENV) .state
+	rm -rf $(VENV) .venv-tools .state
