@@ -7,7 +7,12 @@ Environment: PIPELINE_CONFIG_URI, DB_SECRET_ARN (the reporting role's secret), R
 
 from __future__ import annotations
 
+import os
+import tempfile
 from typing import Any
+
+# Lambda's home directory is read-only: matplotlib keeps its font cache in the writable temp directory
+os.environ.setdefault("MPLCONFIGDIR", os.path.join(tempfile.gettempdir(), "matplotlib"))
 
 from pipeline import db
 from pipeline.expense_email import send_expense_email
