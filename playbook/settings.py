@@ -18,6 +18,7 @@ ENV_MOTO_PORT = "PLAYBOOK_MOTO_PORT"
 ENV_PG_PORT = "PLAYBOOK_PG_PORT"
 ENV_CONFIG = "PLAYBOOK_CONFIG"
 ENV_REGION = "AWS_DEFAULT_REGION"
+ENV_REPORTS_DIR = "PLAYBOOK_REPORTS_DIR"
 
 DEFAULT_MOTO_PORT = 47566
 DEFAULT_PG_PORT = 47432
@@ -67,3 +68,8 @@ def local_settings() -> LocalSettings:
 def config_path(explicit: str | os.PathLike | None = None) -> Path:
     """The company configuration file: an explicit path, $PLAYBOOK_CONFIG, or the shipped demo company."""
     return Path(explicit or os.environ.get(ENV_CONFIG) or DEFAULT_CONFIG)
+
+
+def reports_root() -> Path:
+    """Where run folders go: $PLAYBOOK_REPORTS_DIR, else reports/ in the project."""
+    return Path(os.environ.get(ENV_REPORTS_DIR) or PROJECT_ROOT / "reports").resolve()

@@ -9,9 +9,7 @@ from pathlib import Path
 
 from pipeline.config import PipelineConfig
 from pipeline.periods import Period
-from playbook.settings import PROJECT_ROOT
-
-REPORTS_ROOT = PROJECT_ROOT / "reports"
+from playbook.settings import reports_root
 
 
 def connect_reporting(database_url_reporting: str):
@@ -23,11 +21,18 @@ def connect_reporting(database_url_reporting: str):
     return conn
 
 
-def new_run_dir(root: Path = REPORTS_ROOT) -> Path:
-    """reports/runs/<UTC timestamp>/, with reports/latest pointing at it."""
-    run_id = datetime.now(UTC).strftime("%Y%m%dT%H%M%S%fZ")
+def new_run_id() -> str:
+    return datetime.now(UTC).strftime("%Y%m%dT%H%M%S%fZ")
+
+
+def new_run_dir(root: Path | None = None, run_id: str | None = None) -> Path:
+    """reports/runs/<run id>/ (a UTC timestamp unless given), with reports/latest pointing at it.
+
+    The root is $PLAYBOOK_REPORTS_DIR or reports/; an existing run folder is reused (a rerun of a stage)."""
+    root = root or reports_root()
+    run_id = run_id or new_run_id()
     run_dir = root / "runs" / run_id
-    run_dir.mkdir(parents=True)
+    run_dir.mkdir(parents=True, exist_ok=True)
     latest = root / "latest"
     tmp = root / f".latest-{run_id}"
     tmp.symlink_to(Path("runs") / run_id, target_is_directory=True)
