@@ -74,6 +74,109 @@ class ReadOptions(Strict):
         return self
 
 
+class ApiResource(Strict):
+    """What to fetch: a path under the base URL, fixed query parameters, where the records sit in the body."""
+
+    path: str = Field(description="path under base_url, e.g. /v1/invoices")
+    params: dict[str, str] = Field(default_factory=dict, description="query parameters sent with every request")
+    records: str = Field("", description="dotted path to the list of records in the JSON body, e.g. data.items; "
+                                         "empty when the body is the list itself")
+
+    @field_validator("path")
+    @classmethod
+    def _relative_path(cls, value: str) -> str:
+        if "://" in value or not value.startswith("/"):
+            raise ValueError(f"{value!r} must be a path starting with '/', e.g. /v1/invoices")
+        return value
+
+
+class ApiAuth(Strict):
+    """How requests authenticate. The credential lives in Secrets Manager, never here: `secret` is its name or ARN
+    and the secret's JSON holds `token` (bearer), `api_key` (api_key_header, api_key_query) or `username` and
+    `password` (basic)."""
+
+    type: Literal["bearer", "api_key_header", "api_key_query", "basic", "none"]
+    secret: str | None = Field(None, description="Secrets Manager secret name or ARN, e.g. playbook/api/business")
+    header: str = Field("X-API-Key", description="header that carries the key (api_key_header)")
+    param: str = Field("api_key", description="query parameter that carries the key (api_key_query)")
+
+    @model_validator(mode="after")
+    def _secret_named(self) -> ApiAuth:
+        if self.type != "none" and not self.secret:
+            raise ValueError(f"secret: {self.type} authentication needs the Secrets Manager secret that holds it")
+        if self.type == "none" and self.secret:
+            raise ValueError("secret: authentication type none takes no secret")
+        return self
+
+
+class ApiPagination(Strict):
+    """How to walk the pages of one window. Every style stops on an empty page; the others as described."""
+
+    style: Literal["none", "page_number", "offset", "body_cursor", "link_header", "next_url"]
+    page_size: int = Field(100, ge=1, le=10_000, description="records asked for per page")
+    size_param: str | None = Field("page_size", description="query parameter for the page size "
+                                                             "(page_number, body_cursor, link_header, next_url)")
+    page_param: str = Field("page", description="page number parameter (page_number)")
+    first_page: int = Field(1, ge=0, description="number of the first page (page_number)")
+    total_pages_path: str | None = Field(None, description="dotted path of the page count in the body")
+    total_count_path: str | None = Field(None, description="dotted path of the record count in the body")
+    offset_param: str = Field("offset", description="offset parameter (offset)")
+    limit_param: str = Field("limit", description="limit parameter (offset)")
+    cursor_param: str = Field("cursor", description="parameter that sends the cursor back (body_cursor)")
+    cursor_path: str = Field("next_cursor", description="dotted path of the next cursor in the body (body_cursor)")
+    next_url_path: str = Field("next", description="dotted path of the next page's URL in the body (next_url)")
+    stop_on_short_page: bool = Field(True, description="a page with fewer records than page_size is the last "
+                                                       "(page_number, offset)")
+
+
+class ApiIncremental(Strict):
+    """The window each run asks for: records changed since `from` (and before `to`, when the API takes it)."""
+
+    from_param: str = Field(description="e.g. updated_since, or from for a date window")
+    to_param: str | None = Field(None, description="e.g. to; none for an updated-since API")
+    format: Literal["date", "datetime"] = Field("datetime", description="date: YYYY-MM-DD; datetime: ISO 8601 UTC")
+    initial_from: str | None = Field(None, description="start of the very first window (ISO date or time); by "
+                                                       "default one schedule period before the first run")
+
+
+class ApiRetry(Strict):
+    attempts: int = Field(5, ge=1, le=20, description="tries per request on connection errors, timeouts, 429, 5xx")
+    backoff_s: float = Field(0.5, gt=0, le=60, description="first wait; doubled each retry, with jitter")
+    max_backoff_s: float = Field(30, gt=0, le=900)
+    max_retry_after_s: float = Field(120, ge=0, le=900, description="a longer Retry-After fails the request")
+
+
+class ApiOptions(Strict):
+    """A business system's REST API as configuration: a new API is added here, not in code."""
+
+    base_url: str = Field(description="e.g. https://api.example.com")
+    resource: ApiResource
+    auth: ApiAuth
+    pagination: ApiPagination
+    incremental: ApiIncremental | None = None
+    headers: dict[str, str] = Field(default_factory=dict, description="extra request headers (no secrets)")
+    timeout_s: float = Field(30, gt=0, le=300, description="per request (connect and read)")
+    retry: ApiRetry = ApiRetry()
+    max_pages: int = Field(1_000, ge=1, le=1_000_000, description="a window needing more pages fails")
+    reserve_s: float = Field(30, ge=6, le=600, description="fetching stops when fewer seconds are left before the "
+                                                           "function's timeout; the complete pages commit")
+
+    @field_validator("base_url")
+    @classmethod
+    def _url_shape(cls, value: str) -> str:
+        if not re.match(r"^https?://[^/\s?#]+(/[^\s?#]*)?$", value):
+            raise ValueError(f"{value!r} is not an http(s) base URL such as https://api.example.com")
+        return value.rstrip("/")
+
+    @field_validator("headers")
+    @classmethod
+    def _no_credentials(cls, value: dict[str, str]) -> dict[str, str]:
+        for name in value:
+            if name.lower() in ("authorization", "proxy-authorization", "x-api-key", "cookie"):
+                raise ValueError(f"{name}: credentials belong in auth.secret (Secrets Manager), not in headers")
+        return value
+
+
 class SourceConfig(Strict):
     kind: Literal["excel", "s3_csv", "rest_api"]
     table: str = Field(description="canonical table the source feeds")
@@ -84,6 +187,7 @@ class SourceConfig(Strict):
     natural_key: list[str] | None = None
     read: ReadOptions = ReadOptions()
     expected_every_days: int | None = Field(None, ge=1, description="a delivery is due this often")
+    api: ApiOptions | None = Field(None, description="how to call the API (rest_api sources only)")
 
     @field_validator("table")
     @classmethod
@@ -121,6 +225,10 @@ class SourceConfig(Strict):
                 raise ValueError(f"natural_key: {key!r} is not a mapped column")
         if self.kind in ("excel", "s3_csv") and not self.prefix:
             raise ValueError(f"prefix: a {self.kind} source needs the landing prefix its files arrive under")
+        if self.kind == "rest_api" and self.api is None:
+            raise ValueError("api: a rest_api source needs its api options (base_url, resource, auth, pagination)")
+        if self.kind != "rest_api" and self.api is not None:
+            raise ValueError(f"api: only a rest_api source takes api options, not a {self.kind} source")
         return self
 
     @property
