@@ -6,7 +6,7 @@ import os
 
 import psycopg2
 
-from pipeline.migrations import apply_migrations
+from pipeline.migrations import apply_migrations, set_database_timezone
 from playbook.settings import ENV_DATABASE_URL
 
 
@@ -39,9 +39,16 @@ def connect(url: str | None = None):
                             application_name="playbook")
 
 
-def migrate(url: str | None = None) -> list[str]:
+def migrate(url: str | None = None, timezone: str | None = None) -> list[str]:
+    """Apply pending migrations and pin the database's time zone to the company's."""
+    if timezone is None:
+        from playbook.config import load_config
+
+        timezone = load_config().company.timezone
     conn = connect(url)
     try:
-        return apply_migrations(conn)
+        applied = apply_migrations(conn)
+        set_database_timezone(conn, timezone)
+        return applied
     finally:
         conn.close()

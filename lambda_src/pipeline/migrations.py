@@ -94,3 +94,18 @@ def apply_migrations(conn, directory: Path = MIGRATIONS_DIR) -> list[str]:
         with conn.cursor() as cur:
             cur.execute("select pg_advisory_unlock(%s)", (_LOCK_KEY,))
         conn.commit()
+
+
+def set_database_timezone(conn, timezone: str) -> None:
+    """Dates of timestamps (an interaction's day, a schedule's day) are the company's, in every session."""
+    from psycopg2 import sql
+
+    conn.autocommit = True
+    try:
+        with conn.cursor() as cur:
+            cur.execute("select current_database()")
+            database = cur.fetchone()[0]
+            cur.execute(sql.SQL("alter database {} set timezone to {}").format(
+                sql.Identifier(database), sql.Literal(timezone)))
+    finally:
+        conn.autocommit = False

@@ -58,3 +58,24 @@ def test_an_edited_applied_migration_is_refused(stack, tmp_path: Path):
 
 def test_migration_files_are_numbered():
     assert [m.version for m in discover(MIGRATIONS_DIR)] == sorted(m.version for m in discover(MIGRATIONS_DIR))
+
+
+def test_migrate_handler_is_a_no_op_on_a_migrated_database_and_pins_the_time_zone(landing_session, monkeypatch):
+    import json
+    import uuid
+
+    import boto3
+
+    from pipeline.handlers import migrate
+
+    arn = boto3.client("secretsmanager").create_secret(
+        Name=f"test/owner-{uuid.uuid4().hex[:6]}", SecretString=json.dumps({"url": landing_session.database_url}))["ARN"]
+    monkeypatch.setenv("DB_SECRET_ARN", arn)
+    assert migrate.handler({}, None) == {"applied": [], "timezone": "Europe/London"}
+    conn = psycopg2.connect(landing_session.database_url)
+    try:
+        with conn.cursor() as cur:
+            cur.execute("show timezone")
+            assert cur.fetchone() == ("Europe/London",)
+    finally:
+        conn.close()

@@ -1,0 +1,27 @@
+"""Lambda: apply the SQL migrations from inside the VPC (the database is never reachable from outside).
+
+Runs as the owner (the cluster's master secret); re-running is a no-op. Also pins the database's time
+zone to the company's, so dates of timestamps are the company's in every session.
+"""
+
+from __future__ import annotations
+
+from pipeline.db import connect
+from pipeline.logs import get_logger, log
+from pipeline.migrations import apply_migrations, set_database_timezone
+from pipeline.runtime_config import pipeline_config
+
+logger = get_logger("pipeline.migrate")
+
+
+def handler(event: dict | None = None, context=None) -> dict:
+    config = pipeline_config()
+    conn = connect()
+    try:
+        applied = apply_migrations(conn)
+        set_database_timezone(conn, config.company.timezone)
+    finally:
+        conn.close()
+    summary = {"applied": applied, "timezone": config.company.timezone}
+    log(logger, "migrations applied", **summary)
+    return summary
