@@ -265,10 +265,29 @@ class Reports(Strict):
     email: EmailReport
 
 
+class Accuracy(Strict):
+    """What the validation stage tolerates before it stops the run: each limit is a count of findings."""
+
+    max_unreconciled_batches: int = Field(0, ge=0, description="batches whose rows or money in and out differ")
+    max_mart_differences: int = Field(0, ge=0, description="mart rows that differ from core")
+    max_orphans: int = Field(0, ge=0, description="rows naming a client not in core.clients")
+    max_duplicate_rows: int = Field(0, ge=0, description="exact copies of a row inside one delivery")
+    max_duplicate_batches: int = Field(0, ge=0, description="deliveries that repeat content already loaded")
+    max_changed_rows: int = Field(0, ge=0, description="rows changed after their first load")
+    max_quarantined_rows: int = Field(0, ge=0, description="rows rejected into meta.quarantine")
+    max_missed_deliveries: int = Field(0, ge=0, description="scheduled deliveries the data shows never arrived")
+    freshness_grace_days: int = Field(1, ge=0, description="days of data a source may miss before it is late")
+    footer_sources: list[str] = Field(default_factory=list,
+                                      description="sources whose files end in a totals row by design")
+    snapshot_tables: list[str] = Field(["clients"], description="tables sent whole each time (master data): "
+                                       "their dates are not delivery periods, so freshness is not read from them")
+
+
 class PipelineConfig(Strict):
     company: Company
     sources: dict[str, SourceConfig] = Field(min_length=1)
     reports: Reports
+    accuracy: Accuracy = Accuracy()
 
     @field_validator("sources")
     @classmethod
