@@ -167,6 +167,13 @@ def jobs(config: PipelineConfig) -> list[Job]:
             schedule=source.schedule, schedule_input={"job": "ingest", "source": name, "trigger": "schedule"},
             source=name, prefix=source.prefix if file_source else None, environment={"SOURCE_NAME": name},
         )
+        api = getattr(source, "api", None)
+        secret = api.auth.secret if api is not None and api.auth is not None else None
+        if secret:
+            arn = secret if secret.startswith("arn:") else (
+                "arn:${AWS::Partition}:secretsmanager:${AWS::Region}:${AWS::AccountId}:secret:" + secret + "-??????")
+            job.statements = [{"Sid": "ReadOwnApiSecret", "Effect": "Allow", "Action": "secretsmanager:GetSecretValue",
+                               "Resource": {"Fn::Sub": arn}}]
         if file_source:
             job.statements = [
                 {"Sid": "ReadOwnLandingPrefix", "Effect": "Allow",

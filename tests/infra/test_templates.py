@@ -245,13 +245,19 @@ def test_pipeline_has_one_function_per_job_with_schedules_in_the_company_timezon
 
 def test_a_rest_api_source_gets_the_api_handler_and_no_notification():
     data = load_config().model_dump(mode="json")
-    data["sources"]["crm_api"] = {**data["sources"]["interactions"], "kind": "rest_api", "prefix": None}
+    data["sources"]["crm_api"] = {**data["sources"]["interactions"], "kind": "rest_api", "prefix": None, "api": {
+        "base_url": "https://api.example.com", "resource": {"path": "/v1/activities"},
+        "auth": {"type": "bearer", "secret": "playbook/api/crm"},
+        "pagination": {"style": "none"}}}
     from pipeline.config import parse_config
 
     template = render_pipeline(parse_config(data))
     fn = template["Resources"]["IngestCrmApiFunction"]["Properties"]
     assert fn["Handler"] == "pipeline.handlers.ingest_api.handler"
     assert "IngestCrmApiLandingPermission" not in template["Resources"]
+    statements = template["Resources"]["IngestCrmApiRole"]["Properties"]["Policies"][0]["PolicyDocument"]["Statement"]
+    (api_secret,) = [s for s in statements if s["Sid"] == "ReadOwnApiSecret"]
+    assert api_secret["Resource"]["Fn::Sub"].endswith(":secret:playbook/api/crm-??????")
 
 
 def test_network_spans_two_azs_without_hard_coding_them(templates):
