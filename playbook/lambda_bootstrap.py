@@ -1,0 +1,124 @@
+"""The handler process of the local Lambda runtime: run as a script, never imported by the playbook.
+
+`python -I -S lambda_bootstrap.py SPEC_FILE RESULT_FD` imports the handler named by its handler string from
+the unpacked deployment zip and calls it once with a Lambda-shaped context. `-I -S` keep the interpreter
+clean: no PYTHONPATH, no current directory, no site-packages and no `.pth` files (so the editable
+install of this repository is not on the path); sys.path is the unpacked zip, then the dependency layer
+directories, then the standard library, as on Lambda. Messages for the runtime go to RESULT_FD as JSON
+lines: {"init_done": epoch ms} once the handler is imported, then {"result": ...} or {"error": ...}.
+"""
+
+import importlib
+import json
+import logging
+import os
+import sys
+import time
+import traceback
+
+
+class LambdaContext:
+    """The attributes and method Lambda's Python runtime gives a handler's `context`."""
+
+    def __init__(self, spec: dict, deadline_ms: int):
+        self.function_name = spec["function_name"]
+        self.function_version = spec["function_version"]
+        self.invoked_function_arn = spec["invoked_function_arn"]
+        self.memory_limit_in_mb = int(spec["memory_mb"])
+        self.aws_request_id = spec["request_id"]
+        self.log_group_name = spec["log_group_name"]
+        self.log_stream_name = spec["log_stream_name"]
+        self.identity = None
+        self.client_context = None
+        self._deadline_ms = deadline_ms
+
+    def get_remaining_time_in_millis(self) -> int:
+        return max(0, self._deadline_ms - int(time.time() * 1000))
+
+
+def _error(exc: BaseException, error_type: str | None = None, message: str | None = None) -> dict:
+    frames = traceback.extract_tb(exc.__traceback__)
+    return {"errorMessage": message if message is not None else str(exc),
+            "errorType": error_type or type(exc).__name__,
+            "stackTrace": traceback.format_list(frames)}
+
+
+def _send(fd: int, message: dict) -> None:
+    data = (json.dumps(message) + "\n").encode()
+    while data:
+        data = data[os.write(fd, data):]
+
+
+def _log_setup(request_id: str) -> None:
+    """Lambda's root handler: level from AWS_LAMBDA_LOG_LEVEL, tab-separated lines with the request id."""
+    handler = logging.StreamHandler(sys.stdout)
+    handler.setFormatter(logging.Formatter(
+        f"[%(levelname)s]\t%(asctime)s.%(msecs)03dZ\t{request_id}\t%(message)s", "%Y-%m-%dT%H:%M:%S"))
+    handler.formatter.converter = time.gmtime
+    root = logging.getLogger()
+    root.addHandler(handler)
+    root.setLevel(os.environ.get("AWS_LAMBDA_LOG_LEVEL", "INFO").upper())
+
+
+def main() -> int:
+    spec_file, fd = sys.argv[1], int(sys.argv[2])
+    with open(spec_file, encoding="utf-8") as fh:
+        spec = json.load(fh)
+    sys.path[:0] = [spec["code_dir"], *spec["layer_paths"]]
+    os.chdir(spec["code_dir"])
+    _log_setup(spec["request_id"])
+    module_name, _, attr = spec["handler"].rpartition(".")
+    try:
+        if not module_name:
+            raise ValueError(f"Bad handler '{spec['handler']}': not enough values to unpack")
+        module = importlib.import_module(module_name)
+    except Exception as exc:  # noqa: BLE001 - reported as Lambda reports an import failure
+        _send(fd, {"error": _error(exc, "Runtime.ImportModuleError",
+                                   f"Unable to import module '{module_name}': {exc}")})
+        return 1
+    handler = getattr(module, attr, None)
+    if not callable(handler):
+        _send(fd, {"error": {"errorMessage": f"Handler '{attr}' missing on module '{module_name}'",
+                             "errorType": "Runtime.HandlerNotFound", "stackTrace": []}})
+        return 1
+    if spec.get("check_only"):
+        probe = {"module_file": getattr(module, "__file__", None), "sys_path": sys.path}
+        try:
+            import pipeline
+            probe["pipeline_file"] = pipeline.__file__
+        except ImportError:
+            probe["pipeline_file"] = None
+        try:
+            import playbook  # noqa: F401 - must fail: the handler process never sees the playbook
+            probe["playbook_importable"] = True
+        except ImportError:
+            probe["playbook_importable"] = False
+        _send(fd, {"result": probe})
+        return 0
+    init_done = int(time.time() * 1000)
+    _send(fd, {"init_done": init_done})
+    context = LambdaContext(spec, init_done + int(spec["timeout_s"]) * 1000)
+    with open(spec["event_file"], encoding="utf-8") as fh:
+        event = json.load(fh)
+    try:
+        result = handler(event, context)
+    except Exception as exc:  # noqa: BLE001 - the function's error is the invocation's result
+        error = _error(exc)
+        print(f"[ERROR] {error['errorType']}: {error['errorMessage']}\nTraceback (most recent call last):\n"
+              + "".join(error["stackTrace"]), end="", flush=True)
+        _send(fd, {"error": error})
+        return 0
+    try:
+        payload = json.dumps(result)
+    except (TypeError, ValueError) as exc:
+        _send(fd, {"error": {"errorMessage": f"Unable to marshal response: {exc}",
+                             "errorType": "Runtime.MarshalError", "stackTrace": []}})
+        return 0
+    _send(fd, {"result_json": payload})
+    return 0
+
+
+if __name__ == "__main__":
+    sys.stdout.reconfigure(line_buffering=True)
+    sys.stderr.reconfigure(line_buffering=True)
+    sys.exit(main())
