@@ -1,0 +1,160 @@
+"""`playbook deploy --target local|aws`: ship the current lambda_src to every pipeline function.
+
+Builds the function zip (reproducible, so unchanged code gives unchanged bytes), uploads it to the
+artifact bucket under its content-addressed key, and updates the code of each function whose deployed
+CodeSha256 differs, waiting for each update to finish. The validated configuration goes to the functions'
+PIPELINE_CONFIG_URI when it changed. On AWS the dependency layer is built for the Lambda runtime
+(manylinux wheels for its Python) and uploaded too; the layer itself is a resource of the pipeline stack,
+so a changed layer is published by `playbook provision`, which this command says when it applies.
+Locally the runtime uses the dependencies built for this machine, so no layer is built.
+
+Code updated here and the stack's CodeKey parameter agree again at the next `playbook provision`, which
+builds the same zip from the same lambda_src and so names the same key.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import hashlib
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from playbook.errors import PlaybookError
+
+UPDATE_TIMEOUT_S = 300
+
+
+@dataclass
+class Deployed:
+    target: str
+    code_key: str
+    code_sha256: str
+    functions: dict[str, str] = field(default_factory=dict)  # function name -> updated | unchanged
+    config: str = "unchanged"  # uploaded | unchanged
+    layer: str = "not built (the local runtime uses this machine's dependencies)"
+
+    @property
+    def changed(self) -> bool:
+        return self.config != "unchanged" or any(a != "unchanged" for a in self.functions.values())
+
+
+def _sha_b64(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return base64.b64encode(digest.digest()).decode()
+
+
+def pipeline_functions(outputs: dict[str, str]) -> list[str]:
+    """Every function of the pipeline stack, by name, from its outputs (`<Job>FunctionName`)."""
+    return sorted(v for k, v in outputs.items() if k.endswith("FunctionName"))
+
+
+def wait_for_update(lam, name: str, timeout: float = UPDATE_TIMEOUT_S, delay: float = 0.5) -> dict:
+    """Poll until the function's last update is no longer in progress; fail on a failed update."""
+    deadline = time.monotonic() + timeout
+    while True:
+        conf = lam.get_function_configuration(FunctionName=name)
+        status = conf.get("LastUpdateStatus", "Successful")
+        if status == "Failed":
+            raise PlaybookError(f"updating {name} failed: {conf.get('LastUpdateStatusReason', '')}")
+        if status != "InProgress" and conf.get("State", "Active") != "Pending":
+            return conf
+        if time.monotonic() > deadline:
+            raise PlaybookError(f"timed out after {timeout:.0f}s waiting for {name} to update")
+        time.sleep(delay)
+
+
+def upload_config(s3, config, uri: str) -> bool:
+    """The validated configuration as JSON at its s3:// URI, written only when it changed."""
+    from playbook.provision import _put_if_changed
+
+    parts = urlsplit(uri)
+    if parts.scheme != "s3":
+        raise PlaybookError(f"PIPELINE_CONFIG_URI {uri!r} is not an s3:// location")
+    body = json.dumps(config.model_dump(mode="json"), indent=2, sort_keys=True).encode()
+    key = parts.path.lstrip("/")
+    before = _etag(s3, parts.netloc, key)
+    _put_if_changed(s3, parts.netloc, key, body, "application/json")
+    return _etag(s3, parts.netloc, key) != before
+
+
+def _etag(s3, bucket: str, key: str) -> str | None:
+    from botocore.exceptions import ClientError
+
+    try:
+        return s3.head_object(Bucket=bucket, Key=key)["ETag"]
+    except ClientError:
+        return None
+
+
+def deploy(target: str = "local", config_file: str | None = None, source: Path | None = None) -> Deployed:
+    """Build, upload and roll out the function code (and configuration) to the deployed pipeline."""
+    import boto3
+
+    from playbook.config import load_config
+    from playbook.package import LAMBDA_SRC, build_dependency_layer, build_function_zip, sha256
+    from playbook.provision import _upload_if_absent
+    from playbook.settings import local_settings
+    from playbook.stack_outputs import stack_outputs
+
+    config = load_config(config_file)
+    outputs = stack_outputs(target, parts=("storage", "pipeline"))  # activates the local stack when local
+    bucket = outputs.get("ArtifactBucketName")
+    functions = pipeline_functions(outputs)
+    if not bucket or not functions:
+        raise PlaybookError(f"no pipeline deployed on {target}: run `playbook provision --target {target}` first")
+    build_dir = local_settings().state_dir / "build" / "deploy"
+    code = build_function_zip(build_dir, source or LAMBDA_SRC)
+    code_key = f"lambda/pipeline-{sha256(code)[:16]}.zip"  # the key provisioning gives the same bytes
+    s3, lam = boto3.client("s3"), boto3.client("lambda")
+    _upload_if_absent(s3, bucket, code_key, code)
+    result = Deployed(target, code_key, _sha_b64(code))
+    if target == "aws":
+        layer = build_dependency_layer(build_dir)
+        layer_key = f"lambda/layer-{sha256(layer)[:16]}.zip"
+        _upload_if_absent(s3, bucket, layer_key, layer)
+        result.layer = f"uploaded as {layer_key}; `playbook provision --target aws` publishes it if it changed"
+    config_uris = set()
+    for name in functions:
+        conf = lam.get_function_configuration(FunctionName=name)
+        uri = ((conf.get("Environment") or {}).get("Variables") or {}).get("PIPELINE_CONFIG_URI")
+        if uri:
+            config_uris.add(uri)
+        if conf.get("CodeSha256") == result.code_sha256:
+            result.functions[name] = "unchanged"
+            continue
+        lam.update_function_code(FunctionName=name, S3Bucket=bucket, S3Key=code_key)
+        updated = wait_for_update(lam, name, delay=0.2 if target == "local" else 2)
+        if updated.get("CodeSha256") != result.code_sha256:
+            raise PlaybookError(f"{name}: the update finished but the function does not run {code_key}")
+        result.functions[name] = "updated"
+    if any(upload_config(s3, config, uri) for uri in sorted(config_uris)):
+        result.config = "uploaded"
+    return result
+
+
+def report(result: Deployed) -> str:
+    lines = [f"deployed on {result.target}: {result.code_key} (sha256 {result.code_sha256})"]
+    lines += [f"  {name:<36} {action}" for name, action in sorted(result.functions.items())]
+    lines.append(f"configuration: {result.config}")
+    lines.append(f"dependency layer: {result.layer}")
+    lines.append("changes: " + ("applied" if result.changed else "none (everything was up to date)"))
+    return "\n".join(lines)
+
+
+def cmd_deploy(args: argparse.Namespace) -> int:
+    print(report(deploy(args.target, args.config)))
+    return 0
+
+
+def register_commands(subparsers) -> None:
+    p = subparsers.add_parser("deploy", help="build the function zip and update every pipeline function's code")
+    p.add_argument("--target", choices=["local", "aws"], default="local")
+    p.add_argument("--config", help="configuration file (default: $PLAYBOOK_CONFIG or playbook.yaml)")
+    p.set_defaults(func=cmd_deploy)
