@@ -1,0 +1,501 @@
+"""`playbook schedule run`: fire the deployed schedules through the local runtime, on a real or simulated clock.
+
+The schedules are the deployment's own: EventBridge Scheduler schedules (through its API where the
+emulator has them, and as provisioning recorded the stand-ins in `<state dir>/schedules.json`), EventBridge
+rules with a schedule expression, and local entries in `<state dir>/local_schedules.json` whose target may
+also be a command (`{"target": {"type": "command", "argv": [...]}}`), for jobs that are not functions.
+
+Expressions are AWS's: `cron(min hour day-of-month month day-of-week year)` and `rate(n unit)`, evaluated in
+the schedule's time zone. cron fields are handed to croniter (see `croniter_expression`); daylight saving
+is handled as EventBridge Scheduler documents it: croniter walks the local wall clock, a wall time the
+spring change skips does not fire, and one the autumn change repeats fires once (its first instant). A
+`rate` schedule fires every n units from its start date (the Unix epoch when it has none), a day being 24 h.
+A run fires each occurrence once, in time order; it does not retry a failed target.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import re
+import subprocess
+import time
+import uuid
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+from zoneinfo import ZoneInfo
+
+from playbook.errors import PlaybookError
+
+DOW_NAMES = ("SUN", "MON", "TUE", "WED", "THU", "FRI", "SAT")
+RATE_UNITS = {"minute": 60, "minutes": 60, "hour": 3600, "hours": 3600, "day": 86400, "days": 86400}
+_EVENT_NAMESPACE = uuid.UUID("6f1c1a5e-9a59-4f0e-8f2f-3f1f6d0e3a11")
+
+
+class ScheduleError(PlaybookError):
+    """A schedule expression or entry the scheduler cannot evaluate."""
+
+
+# -- expressions ---------------------------------------------------------------------------------------------
+def _dow_value(token: str, expression: str) -> str:
+    """One AWS day-of-week value (1-7 = SUN-SAT, or a name) as croniter's (0-6 = SUN-SAT, or a name)."""
+    if token.upper() in DOW_NAMES:
+        return token.lower()
+    if token.isdigit() and 1 <= int(token) <= 7:
+        return str(int(token) - 1)
+    raise ScheduleError(f"{expression}: day-of-week {token!r} is not 1-7 or SUN-SAT")
+
+
+def _dow_item(item: str, expression: str) -> str:
+    if item in ("*", "?"):
+        return "*"
+    if item.upper() == "L":  # the last day of the week
+        return "6"
+    if "#" in item:  # the nth given weekday of the month: 6#3 = the third Friday
+        day, nth = item.split("#", 1)
+        return f"{_dow_value(day, expression)}#{nth}"
+    if item.upper().endswith("L"):  # the last given weekday of the month: 6L = the last Friday
+        day = _dow_value(item[:-1], expression)
+        return f"L{DOW_NAMES.index(day.upper()) if not day.isdigit() else day}"
+    step = ""
+    if "/" in item:
+        item, step = item.split("/", 1)
+        step = f"/{step}"
+    if item == "*":
+        return f"*{step}"
+    if "-" in item:
+        low, high = item.split("-", 1)
+        return f"{_dow_value(low, expression)}-{_dow_value(high, expression)}{step}"
+    return _dow_value(item, expression) + step
+
+
+def croniter_expression(expression: str) -> str:
+    """`cron(min hour dom month dow year)` as croniter's seven fields `min hour dom month dow second year`.
+
+    Only day-of-week needs translating (AWS counts 1-7 from Sunday, croniter 0-6); `?` means "any" in
+    both. AWS requires `?` in day-of-month or day-of-week, so croniter's OR of the two never applies.
+    """
+    match = re.fullmatch(r"cron\((.*)\)", expression.strip())
+    if not match:
+        raise ScheduleError(f"{expression!r} is not a cron(...) expression")
+    fields = match.group(1).split()
+    if len(fields) != 6:
+        raise ScheduleError(f"{expression}: AWS cron has six fields (minutes hours day-of-month month "
+                            f"day-of-week year), not {len(fields)}")
+    minute, hour, dom, month, dow, year = fields
+    if (dom == "?") == (dow == "?"):
+        raise ScheduleError(f"{expression}: exactly one of day-of-month and day-of-week must be '?'")
+    if "LW" in dom.upper():
+        raise ScheduleError(f"{expression}: 'LW' is not supported here; use 'L' or a day with 'W'")
+    dow = ",".join(_dow_item(item, expression) for item in dow.split(","))
+    result = " ".join([minute, hour, "*" if dom == "?" else dom, month, dow, "0", year])
+    from croniter import croniter
+
+    if not croniter.is_valid(result):
+        raise ScheduleError(f"{expression}: not a valid AWS cron expression")
+    return result
+
+
+def _parse_time(value: str, tz: ZoneInfo | None = None) -> datetime:
+    """ISO 8601; a value without an offset is in `tz` (UTC when none)."""
+    try:
+        parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        raise ScheduleError(f"{value!r} is not an ISO 8601 time") from None
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=tz or UTC)
+
+
+def _exists(local: datetime, tz: ZoneInfo) -> bool:
+    """False for a wall time the spring change skips (it does not survive a round trip through UTC)."""
+    aware = local.replace(tzinfo=tz)
+    return aware.astimezone(UTC).astimezone(tz).replace(tzinfo=None) == local
+
+
+def occurrences(expression: str, timezone: str, after: datetime, until: datetime,
+                start_date: datetime | None = None) -> list[datetime]:
+    """Every time (UTC) the expression fires with after < t <= until."""
+    from croniter import CroniterBadDateError, croniter
+
+    tz = ZoneInfo(timezone or "UTC")
+    after, until = after.astimezone(UTC), until.astimezone(UTC)
+    expression = expression.strip()
+    if expression.startswith("rate("):
+        match = re.fullmatch(r"rate\((\d+)\s+(\w+)\)", expression)
+        if not match or match.group(2) not in RATE_UNITS or int(match.group(1)) < 1:
+            raise ScheduleError(f"{expression}: a rate is rate(<n> minutes|hours|days)")
+        step = int(match.group(1)) * RATE_UNITS[match.group(2)]
+        anchor = (start_date or datetime(1970, 1, 1, tzinfo=UTC)).astimezone(UTC)
+        first = max(0, math.floor((after - anchor).total_seconds() / step) + 1)
+        times, k = [], first
+        while (t := anchor + timedelta(seconds=k * step)) <= until:
+            if t > after:
+                times.append(t)
+            k += 1
+        return times
+    if expression.startswith("at("):
+        match = re.fullmatch(r"at\((.+)\)", expression)
+        when = _parse_time(match.group(1), tz).astimezone(UTC) if match else None
+        return [when] if when and after < when <= until else []
+    cron = croniter_expression(expression)
+    # walk the local wall clock from a little before the window (a DST change moves it by an hour)
+    local_start = after.astimezone(tz).replace(tzinfo=None) - timedelta(hours=3)
+    it = croniter(cron, local_start)
+    times = []
+    while True:
+        try:
+            local = it.get_next(datetime)
+        except CroniterBadDateError:  # no further match (a past year)
+            break
+        if not _exists(local, tz):
+            continue
+        instant = local.replace(tzinfo=tz).astimezone(UTC)  # fold=0: a repeated wall time fires once, first
+        if instant > until + timedelta(hours=3):
+            break
+        if after < instant <= until:
+            times.append(instant)
+    return sorted(times)
+
+
+# -- the deployed schedules ------------------------------------------------------------------------------------
+@dataclass
+class Schedule:
+    name: str
+    expression: str
+    timezone: str = "UTC"
+    target: dict[str, Any] = field(default_factory=dict)  # {"type": "lambda", "function", "arn"} | command
+    input: Any = None
+    state: str = "ENABLED"
+    origin: str = "scheduler"  # scheduler | events | local
+    arn: str = ""
+    start_date: datetime | None = None
+    end_date: datetime | None = None
+
+    @property
+    def enabled(self) -> bool:
+        return self.state.upper() == "ENABLED"
+
+    @property
+    def target_label(self) -> str:
+        if self.target.get("type") == "command":
+            return "command " + " ".join(self.target.get("argv", []))
+        return f"lambda {self.target.get('function')}"
+
+
+def _lambda_target(arn: str) -> dict[str, Any]:
+    # arn:aws:lambda:<region>:<account>:function:<name>[:qualifier]
+    parts = arn.split(":")
+    name = parts[6] if len(parts) > 6 and parts[5] == "function" else arn.rsplit(":", 1)[-1]
+    return {"type": "lambda", "function": name, "arn": arn}
+
+
+def _schedule_arn(name: str, target_arn: str) -> str:
+    parts = target_arn.split(":")
+    region, account = (parts[3], parts[4]) if len(parts) > 4 else ("", "")
+    return f"arn:aws:scheduler:{region}:{account}:schedule/default/{name}"
+
+
+def state_dir() -> Path:
+    from playbook.settings import local_settings
+
+    return local_settings().state_dir
+
+
+def local_schedules_file() -> Path:
+    return state_dir() / "local_schedules.json"
+
+
+def _from_record(record: dict[str, Any], origin: str) -> Schedule:
+    target = record.get("target")
+    if not isinstance(target, dict):
+        target = _lambda_target(record.get("target_arn") or record["function"])
+    if target.get("type", "lambda") == "lambda" and "function" not in target:
+        target = {**_lambda_target(target["arn"]), **target}
+    if target.get("type", "lambda") not in ("lambda", "command"):
+        raise ScheduleError(f"schedule {record.get('name')}: target type {target.get('type')!r} is not lambda "
+                            "or command")
+    if target.get("type") == "command" and not target.get("argv"):
+        raise ScheduleError(f"schedule {record.get('name')}: a command target needs argv")
+    tz = record.get("timezone") or "UTC"
+    return Schedule(
+        name=record["name"], expression=record["expression"], timezone=tz,
+        target={"type": "lambda", **target}, input=record.get("input"), state=record.get("state", "ENABLED"),
+        origin=origin, arn=record.get("arn") or _schedule_arn(record["name"], target.get("arn", "")),
+        start_date=_parse_time(record["start_date"], ZoneInfo(tz)) if record.get("start_date") else None,
+        end_date=_parse_time(record["end_date"], ZoneInfo(tz)) if record.get("end_date") else None)
+
+
+def recorded_schedules(prefix: str | None = None) -> list[Schedule]:
+    """The Scheduler schedules provisioning recorded as stand-ins, for this deployment's stacks."""
+    from playbook.stack_outputs import stack_prefix
+
+    path = state_dir() / "schedules.json"
+    if not path.exists():
+        return []
+    prefix = prefix or stack_prefix()
+    data = json.loads(path.read_text())
+    return [_from_record(r, "scheduler") for stack, records in sorted(data.items())
+            if stack.startswith(f"{prefix}-") for r in records]
+
+
+def local_schedules(path: Path | None = None) -> list[Schedule]:
+    """Entries of a local schedules file: {"schedules": [{name, expression, timezone, target, input}]}."""
+    path = path or local_schedules_file()
+    if not path.exists():
+        return []
+    try:
+        data = json.loads(path.read_text())
+    except ValueError as exc:
+        raise ScheduleError(f"{path}: not JSON ({exc})") from None
+    records = data.get("schedules", []) if isinstance(data, dict) else data
+    return [_from_record(r, "local") for r in records]
+
+
+def api_schedules() -> list[Schedule]:
+    """Schedules the AWS APIs hold: EventBridge Scheduler schedules and scheduled EventBridge rules."""
+    import boto3
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    found: list[Schedule] = []
+    try:
+        scheduler = boto3.client("scheduler")
+        for page in scheduler.get_paginator("list_schedules").paginate():
+            for item in page.get("Schedules", []):
+                got = scheduler.get_schedule(Name=item["Name"], GroupName=item.get("GroupName", "default"))
+                target = got.get("Target", {})
+                raw = target.get("Input")
+                found.append(Schedule(
+                    name=got["Name"], expression=got["ScheduleExpression"],
+                    timezone=got.get("ScheduleExpressionTimezone") or "UTC", target=_lambda_target(target["Arn"]),
+                    input=json.loads(raw) if raw else None, state=got.get("State", "ENABLED"), origin="scheduler",
+                    arn=got.get("Arn", ""), start_date=got.get("StartDate"), end_date=got.get("EndDate")))
+    except (BotoCoreError, ClientError):
+        pass  # no Scheduler API at this endpoint: the recorded stand-ins are the schedules
+    try:
+        events = boto3.client("events")
+        for page in events.get_paginator("list_rules").paginate():
+            for rule in page.get("Rules", []):
+                if not rule.get("ScheduleExpression"):
+                    continue
+                for target in events.list_targets_by_rule(Rule=rule["Name"]).get("Targets", []):
+                    if ":lambda:" not in target["Arn"]:
+                        continue
+                    found.append(Schedule(
+                        name=f"{rule['Name']}/{target['Id']}", expression=rule["ScheduleExpression"], timezone="UTC",
+                        target=_lambda_target(target["Arn"]),
+                        input=json.loads(target["Input"]) if target.get("Input") else None,
+                        state=rule.get("State", "ENABLED"), origin="events", arn=rule["Arn"]))
+    except (BotoCoreError, ClientError):
+        pass
+    return found
+
+
+def deployed_schedules(prefix: str | None = None, extra: Path | None = None) -> list[Schedule]:
+    """Every schedule of the deployment (by name: the API's first, then stand-ins, then local entries)."""
+    by_name: dict[str, Schedule] = {}
+    for schedule in [*api_schedules(), *recorded_schedules(prefix), *local_schedules(),
+                     *(local_schedules(extra) if extra else [])]:
+        by_name.setdefault(schedule.name, schedule)
+    return sorted(by_name.values(), key=lambda s: s.name)
+
+
+# -- firing ---------------------------------------------------------------------------------------------------
+@dataclass
+class Firing:
+    schedule: Schedule
+    time: datetime
+    event: Any
+    status: str = "planned"  # planned | ok | error | timeout | out_of_memory
+    detail: dict[str, Any] = field(default_factory=dict)
+
+
+def scheduled_event(schedule: Schedule, when: datetime) -> Any:
+    """What the target receives. Scheduler: the scheduled-event envelope with the schedule's Input merged in.
+    A rule with a constant Input sends that Input alone, as EventBridge rules do."""
+    stamp = when.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    if schedule.origin == "events" and schedule.input is not None:
+        return schedule.input
+    arn_parts = schedule.arn.split(":")
+    envelope = {
+        "version": "0", "id": str(uuid.uuid5(_EVENT_NAMESPACE, f"{schedule.arn}|{stamp}")),
+        "detail-type": "Scheduled Event", "source": "aws.events" if schedule.origin == "events" else "aws.scheduler",
+        "account": arn_parts[4] if len(arn_parts) > 4 else "", "time": stamp,
+        "region": arn_parts[3] if len(arn_parts) > 3 else "", "resources": [schedule.arn], "detail": {},
+    }
+    return {**envelope, **schedule.input} if isinstance(schedule.input, dict) else envelope
+
+
+def plan(schedules: list[Schedule], after: datetime, until: datetime) -> list[Firing]:
+    firings = []
+    for schedule in schedules:
+        if not schedule.enabled:
+            continue
+        for when in occurrences(schedule.expression, schedule.timezone, after, until, schedule.start_date):
+            if (schedule.start_date and when < schedule.start_date) or (schedule.end_date and when > schedule.end_date):
+                continue
+            firings.append(Firing(schedule, when, scheduled_event(schedule, when)))
+    return sorted(firings, key=lambda f: (f.time, f.schedule.name))
+
+
+def fire(firing: Firing) -> Firing:
+    target = firing.schedule.target
+    if target.get("type") == "command":
+        return _fire_command(firing)
+    from playbook.runtime import invoke
+
+    result = invoke(target["function"], firing.event)
+    firing.status = result.status
+    firing.detail = {"request_id": result.request_id, "log": result.log_path, "duration_ms": result.duration_ms,
+                     **({"error": result.error} if result.error else {})}
+    return firing
+
+
+def _fire_command(firing: Firing) -> Firing:
+    target, stamp = firing.schedule.target, firing.time.strftime("%Y-%m-%dT%H:%M:%SZ")
+    logs = state_dir() / "logs" / firing.schedule.name
+    logs.mkdir(parents=True, exist_ok=True)
+    log_path = logs / f"{firing.time:%Y%m%dT%H%M%SZ}-{uuid.uuid4().hex[:8]}.log"
+    env = {**os.environ, **{k: str(v) for k, v in (target.get("env") or {}).items()},
+           "PLAYBOOK_SCHEDULE_NAME": firing.schedule.name, "PLAYBOOK_SCHEDULED_TIME": stamp,
+           "PLAYBOOK_SCHEDULED_EVENT": json.dumps(firing.event)}
+    with open(log_path, "wb") as log:
+        try:
+            done = subprocess.run(list(target["argv"]), stdout=log, stderr=subprocess.STDOUT, env=env,
+                                  cwd=target.get("cwd"), timeout=target.get("timeout"), check=False)
+            firing.status = "ok" if done.returncode == 0 else "error"
+            firing.detail = {"returncode": done.returncode, "log": str(log_path)}
+        except subprocess.TimeoutExpired:
+            firing.status, firing.detail = "timeout", {"log": str(log_path)}
+        except OSError as exc:
+            firing.status, firing.detail = "error", {"error": str(exc), "log": str(log_path)}
+    return firing
+
+
+# -- runs -------------------------------------------------------------------------------------------------------
+def _last_run_file() -> Path:
+    return state_dir() / "scheduler.json"
+
+
+def last_run(prefix: str) -> datetime | None:
+    path = _last_run_file()
+    if not path.exists():
+        return None
+    value = json.loads(path.read_text()).get(prefix, {}).get("last_run")
+    return _parse_time(value) if value else None
+
+
+def record_run(prefix: str, when: datetime) -> None:
+    path = _last_run_file()
+    data = json.loads(path.read_text()) if path.exists() else {}
+    data[prefix] = {"last_run": when.astimezone(UTC).isoformat()}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+    tmp.replace(path)
+
+
+def replay(start: datetime, end: datetime, *, dry_run: bool = False, schedules: list[Schedule] | None = None,
+           on_firing=None) -> list[Firing]:
+    """Every occurrence with start <= t < end, in time order, fired (or only listed, dry_run)."""
+    schedules = deployed_schedules() if schedules is None else schedules
+    firings = plan(schedules, start - timedelta(microseconds=1), end - timedelta(microseconds=1))
+    for firing in firings:
+        if not dry_run:
+            fire(firing)
+        if on_firing:
+            on_firing(firing)
+    return firings
+
+
+def run_once(now: datetime | None = None, *, dry_run: bool = False, schedules: list[Schedule] | None = None,
+             on_firing=None) -> list[Firing]:
+    """What is due now on the real clock: occurrences since the last recorded run (none before the first)."""
+    from playbook.stack_outputs import stack_prefix
+
+    prefix = stack_prefix()
+    now = now or datetime.now(UTC)
+    since = last_run(prefix) or now - timedelta(minutes=1)
+    schedules = deployed_schedules() if schedules is None else schedules
+    firings = plan(schedules, since, now)
+    for firing in firings:
+        if not dry_run:
+            fire(firing)
+        if on_firing:
+            on_firing(firing)
+    if not dry_run:
+        record_run(prefix, now)
+    return firings
+
+
+def serve(dry_run: bool = False, on_firing=None) -> None:
+    """Fire what is due every minute, on the real clock, until interrupted."""
+    while True:
+        run_once(dry_run=dry_run, on_firing=on_firing)
+        time.sleep(60 - datetime.now(UTC).second + 0.5)
+
+
+# -- CLI ----------------------------------------------------------------------------------------------------------
+def _print_firing(firing: Firing) -> None:
+    s = firing.schedule
+    local = firing.time.astimezone(ZoneInfo(s.timezone))
+    extra = f"  {firing.detail['error']['errorType']}" if firing.detail.get("error") else ""
+    print(f"{firing.time:%Y-%m-%dT%H:%M:%SZ}  ({local:%Y-%m-%d %H:%M %Z})  {s.name:<36} {s.target_label}  "
+          f"{firing.status}{extra}", flush=True)
+
+
+def _activate() -> None:
+    if not os.environ.get("AWS_ENDPOINT_URL"):
+        from playbook.local.stack import activate
+
+        activate()
+
+
+def cmd_schedule_run(args: argparse.Namespace) -> int:
+    _activate()
+    if bool(args.start) != bool(args.end):
+        raise ScheduleError("give both --from and --to for a replay")
+    extra = Path(args.schedules) if args.schedules else None
+    schedules = deployed_schedules(extra=extra)
+    if args.start:
+        firings = replay(_parse_time(args.start), _parse_time(args.end), dry_run=args.dry_run, schedules=schedules,
+                         on_firing=_print_firing)
+    elif args.once:
+        firings = run_once(dry_run=args.dry_run, schedules=schedules, on_firing=_print_firing)
+    else:
+        print(f"firing {len(schedules)} schedules on the real clock; Ctrl-C stops", flush=True)
+        try:
+            serve(args.dry_run, on_firing=_print_firing)
+        except KeyboardInterrupt:
+            return 0
+        return 0
+    failed = [f for f in firings if f.status not in ("ok", "planned")]
+    print(f"{len(firings)} firings{' planned (dry run)' if args.dry_run else ''}, {len(failed)} failed")
+    return 1 if failed else 0
+
+
+def cmd_schedule_list(args: argparse.Namespace) -> int:
+    _activate()
+    now = datetime.now(UTC)
+    for s in deployed_schedules(extra=Path(args.schedules) if args.schedules else None):
+        upcoming = occurrences(s.expression, s.timezone, now, now + timedelta(days=400), s.start_date)[:1]
+        following = f"{upcoming[0]:%Y-%m-%dT%H:%M:%SZ}" if upcoming else "-"
+        print(f"{s.name:<36} {s.expression:<24} {s.timezone:<16} {s.state:<8} next {following}  {s.target_label}")
+    return 0
+
+
+def register_commands(subparsers) -> None:
+    p = subparsers.add_parser("schedule", help="the deployed schedules, fired through the local runtime")
+    sub = p.add_subparsers(dest="action", required=True, metavar="ACTION")
+    run = sub.add_parser("run", help="fire due schedules: real clock (default), --once, or a --from/--to replay")
+    run.add_argument("--from", dest="start", metavar="T", help="replay start (ISO 8601; UTC without an offset)")
+    run.add_argument("--to", dest="end", metavar="T", help="replay end, exclusive")
+    run.add_argument("--once", action="store_true", help="fire what is due since the last recorded run, then exit")
+    run.add_argument("--dry-run", action="store_true", help="list what would fire without firing it")
+    run.add_argument("--schedules", metavar="FILE", help="an extra local schedules file")
+    run.set_defaults(func=cmd_schedule_run)
+    ls = sub.add_parser("list", help="the deployed schedules and their next occurrence")
+    ls.add_argument("--schedules", metavar="FILE", help="an extra local schedules file")
+    ls.set_defaults(func=cmd_schedule_list)
