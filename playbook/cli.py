@@ -19,7 +19,8 @@ Command = Callable[[argparse.Namespace], int]
 # Modules that add their own subcommands: each defines `register_commands(subparsers)` and keeps its heavy
 # imports inside the command functions, so `playbook --help` stays fast.
 COMMAND_MODULES: list[str] = ["playbook.warehouse", "playbook.reports.commands", "playbook.demo.commands",
-                               "playbook.provision", "playbook.proxy"]
+                               "playbook.provision", "playbook.proxy", "playbook.runtime", "playbook.deploy",
+                               "playbook.scheduler"]
 
 
 def _print_json(data) -> None:
