@@ -1,0 +1,130 @@
+"""The validation stage that proves the numbers: `validate()` (the validate notebook) and `playbook validate`.
+
+From the ledger and the tables it checks that every batch reconciles (rows and money in equal out), that
+the marts equal core, that every row names a known client, that no delivery or row repeats and no row
+changed after its first load, that every scheduled delivery arrived, and what the quarantine holds. Each
+result goes to meta.accuracy_results and to accuracy.md in the run folder; any breach of the limits in
+the configuration's `accuracy` section raises AccuracyBreach, which stops the chain at this stage.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+from playbook.accuracy.results import AccuracyBreach, CheckResult, ValidationReport, reason_kind
+
+__all__ = ["AccuracyBreach", "CheckResult", "ValidationReport", "reason_kind", "register_commands", "validate"]
+
+
+def validate(database_url: str | None = None, config=None, run_id: str | None = None,
+             out_dir: str | os.PathLike | None = None, thresholds: dict[str, Any] | None = None,
+             refresh: bool = True) -> ValidationReport:
+    """Run every check, store the results under run_id and write accuracy.md; raise AccuracyBreach on a breach.
+
+    `config` is a PipelineConfig or a path (default: the company configuration); `thresholds` override its
+    `accuracy` limits; stale marts are refreshed first unless `refresh` is False (then they are reported).
+    """
+    from pipeline.config import PipelineConfig
+    from pipeline.marts import refresh_marts
+    from playbook.accuracy import freshness, ledger, marts, replay
+    from playbook.accuracy.report import store_results, write_report
+    from playbook.config import load_config
+    from playbook.database import connect
+    from playbook.reports import new_run_dir, new_run_id
+
+    started = time.monotonic()
+    if not isinstance(config, PipelineConfig):
+        config = load_config(config)
+    limits = config.accuracy.model_copy(update=thresholds or {})
+    run_id = run_id or new_run_id()
+    conn = connect(database_url)
+    try:
+        with conn.cursor() as cur:
+            batches = ledger.committed_batches(cur)
+            stale = marts.stale_marts(cur)
+        conn.rollback()
+        if stale and refresh:
+            refresh_marts(conn)
+            with conn.cursor() as cur:
+                stale = marts.stale_marts(cur)
+            conn.rollback()
+        replays = {b["batch_id"]: replay.replay_batch(conn, config, b) for b in batches if _needs_replay(b)}
+        holders = {i: r.holders for i, r in replays.items()}
+        conn.set_session(isolation_level="REPEATABLE READ", readonly=True)  # one snapshot for every check
+        with conn.cursor() as cur:
+            results: list[CheckResult] = []
+            results += ledger.reconcile_batches(batches, config, limits)
+            results += ledger.ledger_matches_core(cur, batches, limits)
+            results += marts.compare_marts(cur, limits, stale)
+            results += ledger.orphans(cur, limits)
+            results += replay.duplicate_rows(batches, replays, config, limits)
+            results += ledger.duplicate_deliveries(batches, holders, config, limits)
+            results += ledger.changed_rows(cur, batches, limits)
+            fresh, data_end = freshness.check_freshness(cur, config, limits)
+            results += fresh
+            results += ledger.quarantine_summary(cur, config, limits)
+            results += replay.skipped_rows(batches, replays, config, limits)
+        conn.rollback()
+        conn.set_session(isolation_level="DEFAULT", readonly=False)
+        report = ValidationReport(run_id, results, str(data_end) if data_end else None)
+        store_results(conn, report)
+    finally:
+        conn.close()
+    out = Path(out_dir) if out_dir else new_run_dir(run_id=run_id)
+    report.report_path = write_report(report, out, config.company.name)
+    report.seconds = round(time.monotonic() - started, 3)
+    if report.failures:
+        names = ", ".join(f"{r.check} ({r.subject}: {r.observed} > {r.threshold})" for r in report.failures)
+        raise AccuracyBreach(f"{len(report.failures)} accuracy checks failed: {names}; see {report.report_path}",
+                             report)
+    return report
+
+
+def _needs_replay(batch: dict[str, Any]) -> bool:
+    """Re-read only what the ledger says was skipped or collapsed, or a delivery whose rows were all seen."""
+    all_seen = batch["rows_read"] > 0 and batch["rows_inserted"] == 0 and batch["rows_updated"] == 0
+    return bool(batch["object_key"]) and (batch["rows_skipped"] > 0 or batch["rows_duplicate"] > 0 or all_seen)
+
+
+# -- CLI --------------------------------------------------------------------------------------------
+def cmd_validate(args: argparse.Namespace) -> int:
+    import contextlib
+
+    from playbook.local.processes import StackError
+
+    if "AWS_ENDPOINT_URL" not in os.environ:
+        from playbook.local.stack import activate
+
+        with contextlib.suppress(StackError):  # on AWS the standard profile applies
+            activate()
+    try:
+        report = validate(config=args.config, run_id=args.run_id, out_dir=args.out, refresh=not args.no_refresh)
+    except AccuracyBreach as exc:
+        _print_summary(exc.report)
+        print(f"accuracy breach: {exc}")
+        return 1
+    _print_summary(report)
+    return 0
+
+
+def _print_summary(report: ValidationReport) -> None:
+    print(f"validation run {report.run_id}: {len(report.results)} checks, {len(report.failures)} failed, "
+          f"{len(report.warnings)} warnings ({report.seconds:.1f}s)")
+    for r in report.results:
+        if r.status != "pass":
+            print(f"  {r.status:<4} {r.check:<22} {r.subject:<28} {r.summary}")
+    print(f"report: {report.report_path}")
+
+
+def register_commands(subparsers) -> None:
+    p = subparsers.add_parser("validate", help="prove the numbers: ledger, marts, clients, duplicates, freshness, "
+                              "quarantine; exits 1 on any breach of the configured limits")
+    p.add_argument("--run-id", help="the run's id (default: a UTC timestamp); results are kept under it")
+    p.add_argument("--out", help="folder for accuracy.md (default: reports/runs/<run id>/)")
+    p.add_argument("--config", help="configuration file (default: $PLAYBOOK_CONFIG or playbook.yaml)")
+    p.add_argument("--no-refresh", action="store_true", help="report stale marts instead of refreshing them")
+    p.set_defaults(func=cmd_validate)
