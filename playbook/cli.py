@@ -20,7 +20,8 @@ Command = Callable[[argparse.Namespace], int]
 # imports inside the command functions, so `playbook --help` stays fast.
 COMMAND_MODULES: list[str] = ["playbook.warehouse", "playbook.reports.commands", "playbook.demo.commands",
                                "playbook.provision", "playbook.proxy", "playbook.runtime", "playbook.deploy",
-                               "playbook.scheduler", "playbook.demo.api_commands"]
+                               "playbook.scheduler", "playbook.demo.api_commands",
+                               "playbook.accuracy"]
 
 
 def _print_json(data) -> None:
