@@ -7,7 +7,9 @@ Accepts S3 ObjectCreated notifications (one or many records), EventBridge S3 eve
 from __future__ import annotations
 
 import contextlib
+import json
 import time
+from decimal import Decimal
 
 from pipeline.config import PipelineConfig
 from pipeline.db import connect
@@ -100,4 +102,9 @@ def handler(event: dict, context=None) -> dict:
                "failed": len(errors)}
     if errors:
         raise IngestFailed("; ".join(errors))
-    return summary
+    return json_ready(summary)
+
+
+def json_ready(value):
+    """What Lambda can marshal: money sums stay exact as text, never floats."""
+    return json.loads(json.dumps(value, default=lambda v: str(v) if isinstance(v, Decimal) else v.isoformat()))
