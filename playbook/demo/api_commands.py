@@ -20,8 +20,9 @@ def cmd_demo_api(args: argparse.Namespace) -> int:
     company = build_company(args.seed, date.fromisoformat(args.end), args.years, args.clients)
     api = BusinessApi(company, token=args.token, port=args.port, faults=faults, quiet=False)
     print(f"business API for {len(company.sales)} order lines and {len(company.costs)} costs at {api.url}")
-    print(f"  GET {api.url}/v1/orders?updated_since=2026-11-01&paging=page&page=1&page_size=100")
-    print(f"  GET {api.url}/v1/costs?from=2026-11-01&to=2026-12-01&paging=cursor")
+    month = company.end.replace(day=1).isoformat()
+    print(f"  GET {api.url}/v1/orders?updated_since={month}&paging=page&page=1&page_size=100")
+    print(f"  GET {api.url}/v1/costs?from={month}&paging=cursor")
     print(f"  token: {api.token} (Authorization: Bearer, X-API-Key, ?api_key= or Basic user 'playbook')")
     if faults:
         print(f"  faults: {', '.join(faults)}")
