@@ -191,6 +191,24 @@ def local_database_secret(prefix: str, database_url: str) -> str:
 
 
 # -- the whole deployment ----------------------------------------------------------------------------------
+def _role_secrets(target: str, database_url: str | None, timezone: str) -> dict[str, str]:
+    """{role: secret ARN} for the ingest and reporting logins the functions use (never the owner's).
+
+    Locally the playbook reaches the database: it migrates it and gives the roles their logins. On AWS only
+    the migrate function inside the VPC can: the secrets are created here, their passwords applied by it.
+    """
+    from playbook import warehouse
+
+    if target == "local":
+        from playbook.database import migrate
+
+        migrate(database_url, timezone)
+        warehouse.ensure_role_logins(database_url)
+    else:
+        warehouse.ensure_role_secrets()
+    return {role: warehouse.secret_arn(role) for role in warehouse.SECRET_NAMES}
+
+
 def resolve_allow_list(target: str, allow: list[str] | None) -> list[str]:
     from playbook.templates import validate_cidrs
 
@@ -293,7 +311,11 @@ def provision(target: str, config_file: str | None = None, allow: list[str] | No
         database_note = (f"the local database {redact(url)}; its connection is in the secret {secret_arn} as "
                          '{"url": ...}')
     deploy("database", database_params, database_note)
+    role_secrets = _role_secrets(target, status.get("database_url"), config.company.timezone)
     deploy("pipeline", {
+        "IngestDatabaseSecretArn": role_secrets["pipeline_ingest"],
+        "ReportingDatabaseSecretArn": role_secrets["pipeline_reporting"],
+        "DatabaseSslMode": "prefer" if target == "local" else "require",
         "ArtifactBucket": outputs["ArtifactBucketName"], "AccessLogsBucket": outputs["AccessLogsBucketName"],
         **keys, "AppSubnetIds": outputs["AppSubnetIds"], "LambdaSecurityGroupId": outputs["LambdaSecurityGroupId"],
         "DatabaseSecretArn": outputs["DatabaseSecretArn"], "DatabaseHost": outputs["ClusterEndpoint"],

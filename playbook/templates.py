@@ -146,6 +146,12 @@ class Job:
     prefix: str | None = None  # landing prefix of a file source
     statements: list[dict[str, Any]] = field(default_factory=list)
     environment: dict[str, Any] = field(default_factory=dict)
+    database: str = "ingest"  # whose login the function uses: ingest, reporting, or owner (migrate only)
+
+
+# the template parameter holding each database login's secret ARN
+DATABASE_SECRETS = {"ingest": "IngestDatabaseSecretArn", "reporting": "ReportingDatabaseSecretArn",
+                    "owner": "DatabaseSecretArn"}
 
 
 def _camel(name: str) -> str:
@@ -188,13 +194,18 @@ def jobs(config: PipelineConfig) -> list[Job]:
         schedule_input={"job": "refresh_marts", "trigger": "schedule"}))
     result.append(Job(
         logical="SendExpenseEmail", name="send-expense-email", handler=HANDLERS["send_expense_email"],
-        timeout=120, memory=256, concurrency=1, schedule=config.reports.email.schedule,
+        timeout=120, memory=256, concurrency=1, schedule=config.reports.email.schedule, database="reporting",
         schedule_input={"job": "send_expense_email", "period": config.reports.email.period, "trigger": "schedule"},
         statements=[{"Sid": "SendAsTheReportSender", "Effect": "Allow", "Action": ["ses:SendEmail", "ses:SendRawEmail"],
                      "Resource": {"Fn::Sub": "arn:${AWS::Partition}:ses:${AWS::Region}:${AWS::AccountId}:"
                                              "identity/${SenderIdentity}"}}]))
-    result.append(Job(logical="Migrate", name="migrate", handler=HANDLERS["migrate"], timeout=300, memory=256,
-                      concurrency=1))
+    result.append(Job(
+        logical="Migrate", name="migrate", handler=HANDLERS["migrate"], timeout=300, memory=256, concurrency=1,
+        database="owner",
+        environment={"ROLE_SECRET_ARNS": {"Fn::Sub": '{"pipeline_ingest": "${IngestDatabaseSecretArn}", '
+                                                     '"pipeline_reporting": "${ReportingDatabaseSecretArn}"}'}},
+        statements=[{"Sid": "ReadRoleSecrets", "Effect": "Allow", "Action": "secretsmanager:GetSecretValue",
+                     "Resource": [{"Ref": "IngestDatabaseSecretArn"}, {"Ref": "ReportingDatabaseSecretArn"}]}]))
     return result
 
 
@@ -205,7 +216,7 @@ def _function_resources(job: Job, timezone: str) -> dict[str, dict[str, Any]]:
         {"Sid": "WriteOwnLogs", "Effect": "Allow", "Action": ["logs:CreateLogStream", "logs:PutLogEvents"],
          "Resource": {"Fn::GetAtt": [logs, "Arn"]}},
         {"Sid": "ReadDatabaseSecret", "Effect": "Allow", "Action": "secretsmanager:GetSecretValue",
-         "Resource": {"Ref": "DatabaseSecretArn"}},
+         "Resource": {"Ref": DATABASE_SECRETS[job.database]}},
         {"Sid": "ReadPipelineConfig", "Effect": "Allow", "Action": "s3:GetObject",
          "Resource": {"Fn::Sub": "arn:${AWS::Partition}:s3:::${ArtifactBucket}/config/pipeline.json"}},
         {"Sid": "DeadLetters", "Effect": "Allow", "Action": "sqs:SendMessage",
@@ -252,7 +263,8 @@ def _function_resources(job: Job, timezone: str) -> dict[str, dict[str, Any]]:
                 "VpcConfig": {"SubnetIds": {"Ref": "AppSubnetIds"},
                               "SecurityGroupIds": [{"Ref": "LambdaSecurityGroupId"}]},
                 "Environment": {"Variables": {
-                    "DB_SECRET_ARN": {"Ref": "DatabaseSecretArn"},
+                    "DB_SECRET_ARN": {"Ref": DATABASE_SECRETS[job.database]},
+                    "DB_SSLMODE": {"Ref": "DatabaseSslMode"},
                     "DB_HOST": {"Ref": "DatabaseHost"},
                     "DB_PORT": {"Ref": "DatabasePort"},
                     "DB_NAME": {"Ref": "DatabaseName"},

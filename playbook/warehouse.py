@@ -8,10 +8,7 @@ in Secrets Manager in the shape `pipeline.db` reads: {"url": "postgresql://role:
 from __future__ import annotations
 
 import argparse
-import base64
 import contextlib
-import hashlib
-import hmac
 import ipaddress
 import json
 import os
@@ -20,23 +17,13 @@ import time
 from typing import Any
 from urllib.parse import quote, unquote, urlsplit
 
+from pipeline.roles import scram_verifier
+
 INGEST_ROLE = "pipeline_ingest"
 REPORTING_ROLE = "pipeline_reporting"
 SECRET_NAMES = {INGEST_ROLE: "playbook/db/ingest", REPORTING_ROLE: "playbook/db/reporting"}
 # Where BI tools come from: the proxy. Locally the proxy runs on loopback.
 DEFAULT_REPORTING_SOURCES = ("127.0.0.1/32",)
-_SCRAM_ITERATIONS = 4096
-
-
-def scram_verifier(password: str, salt: bytes | None = None, iterations: int = _SCRAM_ITERATIONS) -> str:
-    """PostgreSQL's SCRAM-SHA-256 verifier for a password, as `ALTER ROLE ... PASSWORD` accepts it."""
-    salt = salt or secrets.token_bytes(16)
-    salted = hashlib.pbkdf2_hmac("sha256", password.encode(), salt, iterations)
-    client_key = hmac.new(salted, b"Client Key", hashlib.sha256).digest()
-    server_key = hmac.new(salted, b"Server Key", hashlib.sha256).digest()
-    b64 = base64.b64encode
-    return (f"SCRAM-SHA-256${iterations}:{b64(salt).decode()}"
-            f"${b64(hashlib.sha256(client_key).digest()).decode()}:{b64(server_key).decode()}")
 
 
 def _role_url(database_url: str, role: str, password: str) -> str:
@@ -104,6 +91,21 @@ def ensure_role_logins(database_url: str | None = None) -> dict[str, str]:
     finally:
         conn.close()
     return urls
+
+
+def ensure_role_secrets() -> dict[str, str]:
+    """On AWS: a secret per role with a generated password (username/password, as RDS secrets are), created
+    once; the migrate function applies them to the cluster. Returns {role: secret ARN}."""
+    client = _secrets_client()
+    arns = {}
+    for role, name in SECRET_NAMES.items():
+        try:
+            arns[role] = client.describe_secret(SecretId=name)["ARN"]
+        except client.exceptions.ResourceNotFoundException:
+            value = json.dumps({"username": role, "password": secrets.token_urlsafe(32)})
+            arns[role] = client.create_secret(Name=name, SecretString=value,
+                                              Description=f"database login of {role}")["ARN"]
+    return arns
 
 
 def reporting_hba_rules(sources: tuple[str, ...] | list[str] = DEFAULT_REPORTING_SOURCES) -> list[str]:

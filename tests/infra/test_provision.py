@@ -66,7 +66,13 @@ def test_outputs_are_printed_and_readable_through_stack_outputs(provisioned, sta
     fn = boto3.client("lambda").get_function(FunctionName=outputs["IngestSalesFunctionName"])["Configuration"]
     assert fn["Handler"] == "pipeline.handlers.ingest_object.handler" and fn["MemorySize"] == 512
     env = fn["Environment"]["Variables"]
-    assert env["DB_SECRET_ARN"] == outputs["DatabaseSecretArn"]
+    # it logs in as the ingest role; only the migrate function holds the owner's secret
+    from playbook.warehouse import secret_arn
+
+    assert env["DB_SECRET_ARN"] == secret_arn("pipeline_ingest") != outputs["DatabaseSecretArn"]
+    migrate_env = boto3.client("lambda").get_function(
+        FunctionName=outputs["MigrateFunctionName"])["Configuration"]["Environment"]["Variables"]
+    assert migrate_env["DB_SECRET_ARN"] == outputs["DatabaseSecretArn"]
     assert env["PIPELINE_CONFIG_URI"] == f"s3://{outputs['ArtifactBucketName']}/config/pipeline.json"
     assert env["LANDING_BUCKET"] == outputs["LandingBucketName"]
     # the database secret holds the local DSN, and no value of it appears in what was printed

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -149,12 +150,32 @@ def test_no_secret_values_in_environments_parameter_defaults_or_user_data(templa
             env = res.get("Properties", {}).get("Environment", {}).get("Variables", {})
             for key, value in env.items():
                 assert not any(w in key.lower() for w in SECRET_WORDS), f"{lid}: {key}"
-                if "SECRET" in key:
-                    assert key.endswith("_ARN") and value == {"Ref": "DatabaseSecretArn"}
+                if key == "ROLE_SECRET_ARNS":  # the migrate function's map of role -> secret ARN
+                    assert set(re.findall(r"\$\{(\w+)\}", value["Fn::Sub"])) == {
+                        "IngestDatabaseSecretArn", "ReportingDatabaseSecretArn"}
+                elif "SECRET" in key:
+                    logins = ("DatabaseSecretArn", "IngestDatabaseSecretArn", "ReportingDatabaseSecretArn")
+                    assert key.endswith("_ARN") and value in ({"Ref": p} for p in logins)
             user_data = json.dumps(res.get("Properties", {}).get("UserData", ""))
             assert not any(w in user_data.lower() for w in SECRET_WORDS), f"{lid}: UserData mentions a secret"
     functions = resources(templates["pipeline"], "AWS::Lambda::Function")
     assert functions and all(f["Properties"]["Environment"]["Variables"]["DB_SECRET_ARN"] for f in functions.values())
+
+
+def test_each_function_logs_in_as_the_least_role_its_job_needs(templates):
+    """The owner's secret goes to the migrate function only; ingest and refresh write as the ingest role, the
+    email reads as the reporting role."""
+    functions = resources(templates["pipeline"], "AWS::Lambda::Function")
+    login = {lid: f["Properties"]["Environment"]["Variables"]["DB_SECRET_ARN"]["Ref"] for lid, f in functions.items()}
+    assert login.pop("MigrateFunction") == "DatabaseSecretArn"
+    assert login.pop("SendExpenseEmailFunction") == "ReportingDatabaseSecretArn"
+    assert set(login.values()) == {"IngestDatabaseSecretArn"}
+    policies = resources(templates["pipeline"], "AWS::IAM::Role")
+    for lid, role in policies.items():
+        for policy in role["Properties"].get("Policies", []):
+            for statement in policy["PolicyDocument"]["Statement"]:
+                if statement.get("Sid") == "ReadDatabaseSecret" and lid != "MigrateRole":
+                    assert statement["Resource"] != {"Ref": "DatabaseSecretArn"}, lid
 
 
 def test_proxy_requires_imdsv2_has_no_ssh_and_renders_the_allow_list(templates):

@@ -68,10 +68,12 @@ def test_migrate_handler_is_a_no_op_on_a_migrated_database_and_pins_the_time_zon
 
     from pipeline.handlers import migrate
 
-    arn = boto3.client("secretsmanager").create_secret(
-        Name=f"test/owner-{uuid.uuid4().hex[:6]}", SecretString=json.dumps({"url": landing_session.database_url}))["ARN"]
+    secret = json.dumps({"url": landing_session.database_url})
+    arn = boto3.client("secretsmanager").create_secret(Name=f"test/owner-{uuid.uuid4().hex[:6]}",
+                                                       SecretString=secret)["ARN"]
     monkeypatch.setenv("DB_SECRET_ARN", arn)
-    assert migrate.handler({}, None) == {"applied": [], "timezone": "Europe/London"}
+    monkeypatch.delenv("ROLE_SECRET_ARNS", raising=False)
+    assert migrate.handler({}, None) == {"applied": [], "timezone": "Europe/London", "logins": []}
     conn = psycopg2.connect(landing_session.database_url)
     try:
         with conn.cursor() as cur:
@@ -79,3 +81,33 @@ def test_migrate_handler_is_a_no_op_on_a_migrated_database_and_pins_the_time_zon
             assert cur.fetchone() == ("Europe/London",)
     finally:
         conn.close()
+
+
+def test_migrate_handler_gives_the_roles_their_logins_from_username_password_secrets(landing_session, monkeypatch):
+    """As on AWS: the secrets hold username/password (no URL); the function applies them as SCRAM verifiers."""
+    import json
+    import uuid
+
+    import boto3
+
+    from pipeline.handlers import migrate
+
+    sm = boto3.client("secretsmanager")
+    tag = uuid.uuid4().hex[:6]
+    owner = sm.create_secret(Name=f"test/owner-{tag}", SecretString=json.dumps({"url": landing_session.database_url}))
+    password = f"pw-{uuid.uuid4().hex}"
+    ingest = sm.create_secret(Name=f"test/ingest-{tag}",
+                              SecretString=json.dumps({"username": "pipeline_ingest", "password": password}))
+    monkeypatch.setenv("DB_SECRET_ARN", owner["ARN"])
+    monkeypatch.setenv("ROLE_SECRET_ARNS", json.dumps({"pipeline_ingest": ingest["ARN"]}))
+    try:
+        assert migrate.handler({}, None)["logins"] == ["pipeline_ingest"]
+        url = landing_session.database_url.replace("playbook_owner", "pipeline_ingest", 1)
+        url = url.split("//", 1)[0] + "//pipeline_ingest:" + password + "@" + url.split("@", 1)[1]
+        with psycopg2.connect(url) as conn, conn.cursor() as cur:
+            cur.execute("select current_user")
+            assert cur.fetchone() == ("pipeline_ingest",)
+    finally:  # give the ingest role back the password the other tests' secret holds
+        from playbook.warehouse import ensure_role_logins
+
+        ensure_role_logins(landing_session.database_url)

@@ -1,14 +1,19 @@
 """Lambda: apply the SQL migrations from inside the VPC (the database is never reachable from outside).
 
 Runs as the owner (the cluster's master secret); re-running is a no-op. Also pins the database's time
-zone to the company's, so dates of timestamps are the company's in every session.
+zone to the company's, so dates of timestamps are the company's in every session, and gives the
+ingest and reporting roles their logins from their secrets (ROLE_SECRET_ARNS: {"role": "secret ARN"}).
 """
 
 from __future__ import annotations
 
+import json
+import os
+
 from pipeline.db import connect
 from pipeline.logs import get_logger, log
 from pipeline.migrations import apply_migrations, set_database_timezone
+from pipeline.roles import apply_role_logins
 from pipeline.runtime_config import pipeline_config
 
 logger = get_logger("pipeline.migrate")
@@ -20,8 +25,9 @@ def handler(event: dict | None = None, context=None) -> dict:
     try:
         applied = apply_migrations(conn)
         set_database_timezone(conn, config.company.timezone)
+        logins = apply_role_logins(conn, json.loads(os.environ.get("ROLE_SECRET_ARNS") or "{}"))
     finally:
         conn.close()
-    summary = {"applied": applied, "timezone": config.company.timezone}
+    summary = {"applied": applied, "timezone": config.company.timezone, "logins": logins}
     log(logger, "migrations applied", **summary)
     return summary
