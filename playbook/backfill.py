@@ -1,0 +1,438 @@
+"""`playbook backfill`: load the history already in the landing bucket, window by window, then refresh the marts.
+
+The history is split per source into windows: for file sources, the landed objects (every version, oldest
+first) grouped by the month or quarter their key names (their LastModified when the key names none); for
+REST sources, date windows. Each window is one function invocation, sized so that none comes near Lambda's
+15-minute limit, and the windows fan out with bounded concurrency: locally through the Lambda runtime (the
+deployed zip, run as a Lambda would run it), on AWS as asynchronous invokes while the ledger (meta.batches)
+is polled for their batches. A second backfill changes nothing: every object answers `already_loaded`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import time
+from collections import defaultdict
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from playbook.errors import PlaybookError
+
+FILE_KINDS = ("excel", "s3_csv")
+GRAINS = ("month", "quarter")
+# one window's budget: far below the 15-minute limit even on the slowest object seen so far
+MAX_OBJECTS_PER_WINDOW = 40
+MAX_BYTES_PER_WINDOW = 48 * 1024 * 1024
+LAMBDA_LIMIT_S = 15 * 60
+_DATE_IN_KEY = re.compile(r"(?<!\d)(20\d{2}|19\d{2})[-_]?(0[1-9]|1[0-2])(?:[-_]?(0[1-9]|[12]\d|3[01]))?(?!\d)")
+
+
+class BackfillFailed(PlaybookError):
+    """At least one window failed; the others are loaded, and a rerun retries only what is not loaded."""
+
+
+@dataclass
+class Window:
+    """One invocation's worth of history: a source, a period and the objects (or date range) in it."""
+
+    source: str
+    function: str
+    period: str
+    event: dict[str, Any]
+    objects: int = 0
+    bytes: int = 0
+    # filled in when the window has run
+    status: str = "pending"  # pending | ok | failed
+    committed: int = 0
+    already_loaded: int = 0
+    failed: int = 0
+    seconds: float = 0.0
+    error: str | None = None
+    log: str | None = None
+
+
+@dataclass
+class BackfillResult:
+    target: str
+    grain: str
+    windows: list[Window]
+    seconds: float = 0.0
+    refresh: dict[str, Any] = field(default_factory=dict)
+    invoked_through: str = ""
+
+    @property
+    def totals(self) -> dict[str, int]:
+        return {"windows": len(self.windows), "objects": sum(w.objects for w in self.windows),
+                "committed": sum(w.committed for w in self.windows),
+                "already_loaded": sum(w.already_loaded for w in self.windows),
+                "failed": sum(w.failed for w in self.windows),
+                "failed_windows": sum(w.status == "failed" for w in self.windows)}
+
+    def table(self):
+        """One row per source and period: what the notebook shows."""
+        import pandas as pd
+
+        rows = [{"source": w.source, "period": w.period, "objects": w.objects, "committed": w.committed,
+                 "already_loaded": w.already_loaded, "failed": w.failed, "seconds": round(w.seconds, 2),
+                 "status": w.status} for w in self.windows]
+        return pd.DataFrame(rows, columns=["source", "period", "objects", "committed", "already_loaded", "failed",
+                                           "seconds", "status"])
+
+    def to_json(self) -> dict[str, Any]:
+        return {"target": self.target, "grain": self.grain, "seconds": round(self.seconds, 2),
+                "invoked_through": self.invoked_through, "totals": self.totals, "refresh": self.refresh,
+                "windows": [asdict(w) | {"event": None} for w in self.windows]}
+
+
+# -- planning ----------------------------------------------------------------------------------------
+def function_output_key(source: str) -> str:
+    """The stack output naming a source's ingest function: sales -> IngestSalesFunctionName."""
+    return "Ingest" + "".join(part.capitalize() for part in source.split("_")) + "FunctionName"
+
+
+def period_of(key: str, last_modified: datetime | None, grain: str) -> str:
+    """The month (2026-03) or quarter (2026-Q1) an object belongs to: the first date its key names."""
+    found = _DATE_IN_KEY.search(key.rsplit("/", 1)[-1]) or _DATE_IN_KEY.search(key)
+    if found:
+        year, month = int(found.group(1)), int(found.group(2))
+    elif last_modified is not None:
+        year, month = last_modified.year, last_modified.month
+    else:
+        return "undated"
+    return f"{year}-{month:02d}" if grain == "month" else f"{year}-Q{(month - 1) // 3 + 1}"
+
+
+def landed_versions(s3, bucket: str, prefix: str) -> list[dict[str, Any]]:
+    """Every version of every object under a prefix (delete markers aside), oldest first per key."""
+    versions = []
+    for page in s3.get_paginator("list_object_versions").paginate(Bucket=bucket, Prefix=prefix):
+        versions += [v for v in page.get("Versions", []) if not v["Key"].endswith("/")]
+    return sorted(versions, key=lambda v: (v["Key"], v["LastModified"]))
+
+
+def _chunks(items: list[dict[str, Any]], max_objects: int, max_bytes: int) -> list[list[dict[str, Any]]]:
+    """Split a period's objects into invocations; the versions of one key always travel together, in order."""
+    by_key: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for item in items:
+        by_key[item["Key"]].append(item)
+    chunks: list[list[dict[str, Any]]] = [[]]
+    for key in sorted(by_key):
+        group = by_key[key]
+        current = chunks[-1]
+        if current and (len(current) + len(group) > max_objects
+                        or sum(v["Size"] for v in current + group) > max_bytes):
+            chunks.append([])
+        chunks[-1].extend(group)
+    return [c for c in chunks if c]
+
+
+def date_windows(start: date, end: date, grain: str) -> list[tuple[date, date]]:
+    """[from, to) windows covering start..end, aligned to months or quarters."""
+    step = 1 if grain == "month" else 3
+    first = date(start.year, ((start.month - 1) // step) * step + 1, 1)
+    windows = []
+    while first <= end:
+        month = first.month - 1 + step
+        after = date(first.year + month // 12, month % 12 + 1, 1)
+        windows.append((max(first, start), min(after, end + timedelta(days=1))))
+        first = after
+    return windows
+
+
+def plan_windows(config, outputs: dict[str, str], *, grain: str = "month", sources: list[str] | None = None,
+                 api_start: date | None = None, max_objects: int = MAX_OBJECTS_PER_WINDOW,
+                 max_bytes: int = MAX_BYTES_PER_WINDOW) -> list[Window]:
+    """The windows of the whole history, from the landing bucket the stack outputs name."""
+    import boto3
+
+    if grain not in GRAINS:
+        raise PlaybookError(f"grain {grain!r}: choose one of {', '.join(GRAINS)}")
+    bucket = outputs["LandingBucketName"]
+    s3 = boto3.client("s3")
+    windows: list[Window] = []
+    for name, source in config.sources.items():
+        if sources and name not in sources:
+            continue
+        function = outputs.get(function_output_key(name))
+        if not function:
+            raise PlaybookError(f"no ingest function for source {name!r} in the stack outputs "
+                                f"({function_output_key(name)}): provision and deploy first")
+        if source.kind in FILE_KINDS:
+            periods: dict[str, list[dict[str, Any]]] = defaultdict(list)
+            for version in landed_versions(s3, bucket, source.prefix):
+                periods[period_of(version["Key"], version.get("LastModified"), grain)].append(version)
+            for period in sorted(periods):
+                chunks = _chunks(periods[period], max_objects, max_bytes)
+                for i, chunk in enumerate(chunks, 1):
+                    label = period if len(chunks) == 1 else f"{period} ({i}/{len(chunks)})"
+                    event = {"objects": [{"bucket": bucket, "key": v["Key"], "version": v["VersionId"]}
+                                         if v.get("VersionId") not in (None, "null") else
+                                         {"bucket": bucket, "key": v["Key"]} for v in chunk]}
+                    windows.append(Window(name, function, label, event, len(chunk), sum(v["Size"] for v in chunk)))
+        else:
+            start = api_start or date.today().replace(year=date.today().year - 3)
+            for window_from, window_to in date_windows(start, date.today(), grain):
+                event = {"source": name, "window": {"from": window_from.isoformat(), "to": window_to.isoformat()}}
+                windows.append(Window(name, function, window_from.isoformat()[:7], event))
+    return windows
+
+
+# -- running -----------------------------------------------------------------------------------------
+def _apply(window: Window, status: str, payload: dict[str, Any] | None, error: str | None, seconds: float,
+           log: str | None) -> Window:
+    payload = payload or {}
+    window.status, window.seconds, window.error, window.log = status, seconds, error, log
+    window.committed = int(payload.get("committed", 0))
+    window.already_loaded = int(payload.get("already_loaded", 0))
+    window.failed = int(payload.get("failed", 0)) or (window.objects if status == "failed" and not payload else 0)
+    return window
+
+
+def _runtime():
+    """playbook.runtime (the deployed zip run as Lambda runs it), or None where it is not installed."""
+    try:
+        from playbook import runtime
+    except ImportError:
+        return None
+    return runtime
+
+
+def _invoke_in_process(function: str, event: dict[str, Any]) -> tuple[str, dict | None, str | None, float]:
+    """The deployed function's handler and environment, called in this process (without playbook.runtime)."""
+    import importlib
+
+    import boto3
+
+    from playbook.reports.email import _environment
+
+    conf = boto3.client("lambda").get_function_configuration(FunctionName=function)
+    module, _, attr = conf["Handler"].rpartition(".")
+    env = {k: str(v) for k, v in (conf.get("Environment") or {}).get("Variables", {}).items()}
+    env["AWS_LAMBDA_FUNCTION_NAME"] = function
+    started = time.monotonic()
+    with _environment(env):
+        try:
+            payload = getattr(importlib.import_module(module), attr)(event, None)
+        except Exception as exc:  # noqa: BLE001 - a failed invocation is a result, as Lambda reports it
+            return "failed", None, f"{type(exc).__name__}: {exc}", time.monotonic() - started
+    return "ok", payload, None, time.monotonic() - started
+
+
+def _error_text(result) -> str:
+    error = result.error or {}
+    if isinstance(error, dict):
+        return f"{error.get('errorType', result.status)}: {error.get('errorMessage', '')}".strip()
+    return str(error)
+
+
+def _run_local(windows: list[Window], concurrency: int, log_dir: Path | None, progress) -> str:
+    runtime = _runtime()
+    if runtime is None:
+        # without the runtime the handlers share this process's environment: one at a time
+        for window in windows:
+            status, payload, error, seconds = _invoke_in_process(window.function, window.event)
+            _apply(window, status, payload, error, seconds, None)
+            progress(window)
+        return "in-process handler (playbook.runtime not available)"
+
+    deployed = {name: runtime.prepare(name) for name in sorted({w.function for w in windows})}
+
+    def one(window: Window) -> Window:
+        result = runtime.invoke(window.function, window.event, log_dir=log_dir, deployed=deployed[window.function])
+        ok = result.status == "ok"
+        payload = result.payload if isinstance(result.payload, dict) else None
+        error = None if ok else _error_text(result)
+        return _apply(window, "ok" if ok else "failed", payload, error, result.duration_ms / 1000.0,
+                      result.log_path or None)
+
+    with ThreadPoolExecutor(max_workers=max(1, concurrency)) as pool:
+        futures = [pool.submit(one, w) for w in windows]
+        for future in as_completed(futures):
+            progress(future.result())
+    return "playbook.runtime (the deployed zip, one subprocess per invocation)"
+
+
+def _ledger_state(conn, window: Window, since: datetime) -> tuple[int, int, int]:
+    """(loaded before, committed since, failed since) for a window's objects, from meta.batches."""
+    keys = [o["key"] for o in window.event["objects"]]
+    with conn.cursor() as cur:
+        cur.execute("""
+            select object_key, object_version, status, started_at >= %s as recent
+              from meta.batches where object_key = any(%s) and status <> 'running'""", (since, keys))
+        rows = cur.fetchall()
+    conn.rollback()
+    done: dict[tuple[str, str | None], str] = {}
+    for key, version, status, recent in rows:
+        mark = ("committed_now" if recent else "loaded_before") if status == "committed" else (
+            "failed_now" if recent else None)
+        if mark:
+            done[(key, version)] = mark if done.get((key, version)) != "committed_now" else "committed_now"
+            done.setdefault((key, None), mark)
+    marks = [done.get((o["key"], o.get("version"))) or done.get((o["key"], None)) for o in window.event["objects"]]
+    return marks.count("loaded_before"), marks.count("committed_now"), marks.count("failed_now")
+
+
+def _run_aws(windows: list[Window], concurrency: int, progress, timeout_s: float, poll_s: float) -> str:
+    """Asynchronous invokes, at most `concurrency` windows in flight, each finished when the ledger says so."""
+    import boto3
+
+    from playbook.database import connect
+
+    client = boto3.client("lambda")
+    conn = connect()
+    pending = list(windows)
+    in_flight: dict[int, tuple[Window, float, datetime]] = {}
+    try:
+        while pending or in_flight:
+            while pending and len(in_flight) < concurrency:
+                window = pending.pop(0)
+                since = datetime.now(UTC) - timedelta(seconds=5)
+                client.invoke(FunctionName=window.function, InvocationType="Event",
+                              Payload=json.dumps(window.event).encode())
+                in_flight[id(window)] = (window, time.monotonic(), since)
+            time.sleep(poll_s)
+            for key, (window, started, since) in list(in_flight.items()):
+                if "objects" not in window.event:
+                    continue  # a REST window leaves no object keys: counted by its batch window instead
+                before, now, failed = _ledger_state(conn, window, since)
+                elapsed = time.monotonic() - started
+                if before + now + failed >= window.objects:
+                    window.committed, window.already_loaded, window.failed = now, before, failed
+                    window.status, window.seconds = ("failed" if failed else "ok"), elapsed
+                    del in_flight[key]
+                    progress(window)
+                elif elapsed > timeout_s:
+                    window.status, window.seconds = "failed", elapsed
+                    window.error = f"no ledger entry for every object after {timeout_s:.0f}s"
+                    window.failed = window.objects - before - now
+                    del in_flight[key]
+                    progress(window)
+    finally:
+        conn.close()
+    return "asynchronous Lambda invokes (InvocationType=Event), completion read from meta.batches"
+
+
+def refresh_marts(target: str, outputs: dict[str, str], log_dir: Path | None = None) -> dict[str, Any]:
+    """The refresh function, as the schedule would run it (locally through the runtime)."""
+    function = outputs["RefreshMartsFunctionName"]
+    if target == "aws":
+        import boto3
+
+        response = boto3.client("lambda").invoke(FunctionName=function, Payload=b"{}")
+        payload = json.loads(response["Payload"].read() or b"{}")
+        if response.get("FunctionError"):
+            raise PlaybookError(f"{function} failed: {payload.get('errorMessage', payload)}")
+        return payload
+    runtime = _runtime()
+    if runtime is None:
+        status, payload, error, _ = _invoke_in_process(function, {})
+    else:
+        result = runtime.invoke(function, {}, log_dir=log_dir)
+        status, payload, error = result.status, result.payload, _error_text(result)
+    if status != "ok":
+        raise PlaybookError(f"{function} failed: {error}")
+    return payload or {}
+
+
+def backfill(target: str = "local", config_file: str | None = None, *, grain: str = "month",
+             concurrency: int = 2, sources: list[str] | None = None, log_dir: str | Path | None = None,
+             refresh: bool = True, progress: bool = True, timeout_s: float = LAMBDA_LIMIT_S + 60,
+             poll_s: float = 5.0) -> BackfillResult:
+    """Load every landed object (every window), then refresh the marts; raises BackfillFailed on a failed window."""
+    import sys
+    import warnings
+
+    from tqdm import TqdmWarning
+
+    from playbook.config import load_config
+    from playbook.stack_outputs import stack_outputs
+
+    started = time.monotonic()
+    config = load_config(config_file)
+    outputs = stack_outputs(target)
+    windows = plan_windows(config, outputs, grain=grain, sources=sources)
+    log_path = Path(log_dir) if log_dir else None
+    if log_path:
+        log_path.mkdir(parents=True, exist_ok=True)
+    with warnings.catch_warnings():  # without ipywidgets a notebook gets the text bar, which is all it needs
+        warnings.simplefilter("ignore", TqdmWarning)
+        from tqdm.auto import tqdm
+    bar = tqdm(total=len(windows), desc="backfill", unit="window", disable=not progress,
+               mininterval=0.1 if sys.stderr.isatty() else 2.0)
+
+    def advance(window: Window) -> None:
+        bar.set_postfix_str(f"{window.source} {window.period}: {window.status}", refresh=False)
+        bar.update(1)
+
+    try:
+        if target == "aws":
+            through = _run_aws(windows, concurrency, advance, timeout_s, poll_s)
+        else:
+            from playbook.local.stack import activate
+
+            activate()
+            through = _run_local(windows, concurrency, log_path, advance)
+    finally:
+        bar.close()
+    result = BackfillResult(target, grain, windows, invoked_through=through)
+    failed = [w for w in windows if w.status == "failed"]
+    if failed:
+        result.seconds = time.monotonic() - started
+        first = failed[0]
+        raise BackfillFailed(f"{len(failed)} of {len(windows)} windows failed, e.g. {first.source} {first.period}: "
+                             f"{first.error}" + (f" (log: {first.log})" if first.log else ""))
+    if refresh:
+        result.refresh = refresh_marts(target, outputs, log_path)
+    result.seconds = time.monotonic() - started
+    return result
+
+
+def batches_table(database_url: str | None = None, since: datetime | None = None):
+    """The ledger per source: batches, rows and money in and out, quarantined rows (meta.batches)."""
+    import pandas as pd
+
+    from playbook.database import connect
+
+    conn = connect(database_url)
+    try:
+        with conn.cursor() as cur:
+            cur.execute("""
+                select source, count(*) filter (where status = 'committed') as committed,
+                       count(*) filter (where status = 'failed') as failed,
+                       coalesce(sum(rows_read), 0) as rows_read, coalesce(sum(rows_inserted), 0) as inserted,
+                       coalesce(sum(rows_updated), 0) as updated, coalesce(sum(rows_quarantined), 0) as quarantined,
+                       sum(amount_in) as amount_in, sum(amount_loaded) as amount_loaded, max(finished_at) as last_batch
+                  from meta.batches where %s::timestamptz is null or started_at >= %s
+                 group by source order by source""", (since, since))
+            columns = [c.name for c in cur.description]
+            rows = cur.fetchall()
+    finally:
+        conn.close()
+    return pd.DataFrame(rows, columns=columns)
+
+
+# -- CLI ---------------------------------------------------------------------------------------------
+def cmd_backfill(args: argparse.Namespace) -> int:
+    result = backfill(args.target, args.config, grain=args.grain, concurrency=args.concurrency,
+                      sources=args.source or None)
+    print(result.table().to_string(index=False))
+    totals = result.totals
+    print(f"{totals['windows']} windows, {totals['objects']} objects: {totals['committed']} committed, "
+          f"{totals['already_loaded']} already loaded, {totals['failed']} failed ({result.seconds:.1f}s, "
+          f"{result.invoked_through}); marts refreshed: {result.refresh.get('status', '-')}")
+    return 0
+
+
+def register_commands(subparsers) -> None:
+    p = subparsers.add_parser("backfill", help="load the history in the landing bucket, window by window")
+    p.add_argument("--target", choices=["local", "aws"], default="local")
+    p.add_argument("--config", help="configuration file (default: $PLAYBOOK_CONFIG or playbook.yaml)")
+    p.add_argument("--grain", choices=GRAINS, default="month", help="window size per source (default month)")
+    p.add_argument("--concurrency", type=int, default=2, help="invocations in flight (default 2)")
+    p.add_argument("--source", action="append", help="only this source (repeatable)")
+    p.set_defaults(func=cmd_backfill)
