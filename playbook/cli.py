@@ -10,7 +10,6 @@ from collections.abc import Callable
 
 from pipeline.config import ConfigError
 from pipeline.migrations import MigrationError
-
 from playbook.errors import PlaybookError
 from playbook.local.processes import StackError
 
@@ -20,8 +19,8 @@ Command = Callable[[argparse.Namespace], int]
 # imports inside the command functions, so `playbook --help` stays fast.
 COMMAND_MODULES: list[str] = ["playbook.warehouse", "playbook.reports.commands", "playbook.demo.commands",
                                "playbook.provision", "playbook.proxy", "playbook.runtime", "playbook.deploy",
-                               "playbook.scheduler", "playbook.demo.api_commands",
-                               "playbook.accuracy"]
+                               "playbook.scheduler", "playbook.backfill", "playbook.chain",
+                               "playbook.demo.api_commands", "playbook.accuracy"]
 
 
 def _print_json(data) -> None:
