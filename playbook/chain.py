@@ -136,6 +136,17 @@ def _first_line(source: str) -> str:
     return lines[0].strip() if lines else (source or "").strip()
 
 
+def lesson_cell(stage: str, source: str) -> int | None:
+    """The failing cell's position (0-based) in the lesson notebook itself, found by its source."""
+    import nbformat
+
+    book = nbformat.read(NOTEBOOKS_DIR / STAGES[stage], as_version=4)
+    for index, cell in enumerate(book.cells):
+        if cell.cell_type == "code" and cell.source.strip() == (source or "").strip():
+            return index
+    return None
+
+
 def _artifacts(run_dir: Path) -> list[dict[str, Any]]:
     """The run folder's files; a folder of invocation logs is listed as one entry with its file count."""
     listed = []
@@ -217,13 +228,16 @@ def run_chain(target: str = "local", parameters: dict[str, Any] | None = None, *
                                        progress_bar=False, request_save_on_cell_execute=True)
         except PapermillExecutionError as exc:
             stage_run.seconds, stage_run.status = time.monotonic() - t0, "failed"
-            stage_run.error = {"cell": exc.cell_index, "execution_count": exc.exec_count,
+            cell = lesson_cell(stage, exc.source)
+            stage_run.error = {"cell": cell, "execution_count": exc.exec_count,
                                "source_first_line": _first_line(exc.source), "ename": exc.ename,
                                "evalue": exc.evalue}
             result.seconds = time.monotonic() - started
             _write_manifest(result, target, parameters, started_at)
-            message = (f"stage {stage} failed at cell {exc.cell_index} of {run_dir / stage_run.notebook}: "
+            message = (f"stage {stage} failed at cell {cell} of notebooks/{stage_run.notebook} "
+                       f"(In [{exc.exec_count}]): "
                        f"{_first_line(exc.source)}\n  {exc.ename}: {exc.evalue}\n"
+                       f"  executed notebook: {run_dir / stage_run.notebook}\n"
                        f"  fix it, then resume: playbook run --target {target} --from {stage} --run-id {result.run_id}")
             echo(f"  {stage:<10} failed after {stage_run.seconds:.1f}s")
             raise ChainFailed(message, result) from None

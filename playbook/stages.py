@@ -148,19 +148,6 @@ def accuracy_table(report):
                           "limit": r.threshold, "summary": r.summary} for r in report.results])
 
 
-def config_with(config_file: str | None = None, accuracy: dict[str, Any] | None = None):
-    """The company configuration, with accuracy limits overridden for this run (e.g. -p accuracy '{...}')."""
-    from playbook.config import load_config
-
-    config = load_config(config_file)
-    if accuracy:
-        unknown = sorted(set(accuracy) - set(type(config.accuracy).model_fields))
-        if unknown:
-            raise PlaybookError(f"accuracy: unknown limit(s) {', '.join(unknown)}")
-        config = config.model_copy(update={"accuracy": config.accuracy.model_copy(update=accuracy)})
-    return config
-
-
 def reporting_url(target: str) -> str:
     """The reporting role's connection (carries its password: pass it on, never display it)."""
     from playbook.warehouse import REPORTING_ROLE, ensure_role_logins
