@@ -142,6 +142,8 @@ def test_every_pagination_style_loads_the_same_records(business, company, style)
     expected = expected_sales(company, WINDOW["from"], WINDOW["to"])
     assert len(expected) > 1000 and summary["pages"] == -(-len(expected) // 100)
     assert summary["records"] == len(expected) and summary["complete"] and summary["resume"] is None
+    assert json.loads(json.dumps(summary)) == summary  # what Lambda marshals; money as exact text
+    assert Decimal(summary["batch"]["amount_loaded"]) == sum(r[7] for r in expected)
     assert business.sales_rows() == expected
     entry = ledger(business.landing, summary["batch"]["batch_id"])
     assert entry["status"] == "committed" and entry["rows_inserted"] == len(expected)

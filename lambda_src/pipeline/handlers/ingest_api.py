@@ -15,10 +15,12 @@ pages commit, and the state says where the next invocation resumes the same wind
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import time
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
+from decimal import Decimal
 
 import psycopg2.extras
 
@@ -191,4 +193,9 @@ def handler(event: dict, context=None) -> dict:
         conn.close()
     summary["seconds"] = round(time.monotonic() - started, 3)
     log(logger, "api window processed", **{k: v for k, v in summary.items() if k != "state"})
-    return summary
+    return json_ready(summary)
+
+
+def json_ready(value):
+    """What Lambda can marshal: money sums stay exact as text, never floats."""
+    return json.loads(json.dumps(value, default=lambda v: str(v) if isinstance(v, Decimal) else v.isoformat()))
