@@ -18,6 +18,7 @@ import numpy as np
 import psycopg2
 import pytest
 
+from pipeline.config import ConfigError, parse_config
 from pipeline.handlers import ingest_api
 from pipeline.logs import JsonFormatter
 from pipeline.sources import LoadError
@@ -366,6 +367,33 @@ def test_the_secret_is_read_from_secrets_manager_and_never_logged(business):
     assert "/v1/costs?" in stored and token not in stored
     # the configuration holds only the secret's name
     assert token not in json.dumps(load_config(EXAMPLE).model_dump(mode="json"))
+
+
+def test_a_missing_secret_fails_the_batch_naming_it(business):
+    business.configure(secret="playbook/api/nowhere")
+    with pytest.raises(LoadError, match=r"auth.secret: cannot read the secret 'playbook/api/nowhere' from Secrets "
+                                        r"Manager \(ResourceNotFoundException\)"):
+        business.run({"source": "sales_api", **WINDOW})
+    assert business.landing.query("select status from meta.batches") == [("failed",)] and business.api.log == []
+
+
+def test_api_options_are_required_for_rest_api_and_forbidden_elsewhere():
+    data = load_config(EXAMPLE).model_dump(mode="json")
+    data["sources"]["sales_api"].pop("api")
+    with pytest.raises(ConfigError, match=r"sources.sales_api: .*api: a rest_api source needs its api options"):
+        parse_config(data)
+    data = load_config().model_dump(mode="json")
+    data["sources"]["sales"]["api"] = load_config(EXAMPLE).sources["sales_api"].api.model_dump(mode="json")
+    with pytest.raises(ConfigError, match=r"sources.sales: .*api: only a rest_api source takes api options"):
+        parse_config(data)
+    data = load_config(EXAMPLE).model_dump(mode="json")
+    data["sources"]["sales_api"]["api"]["headers"] = {"Authorization": "Bearer abc"}
+    data["sources"]["sales_api"]["api"]["pagination"]["style"] = "pages"
+    with pytest.raises(ConfigError) as bad:
+        parse_config(data, "business_api.yaml")
+    assert "business_api.yaml: sources.sales_api.api.headers: Authorization: credentials belong in auth.secret" in (
+        str(bad.value))
+    assert "business_api.yaml: sources.sales_api.api.pagination.style: Input should be" in str(bad.value)
 
 
 def _window() -> dict:

@@ -226,7 +226,7 @@ class ApiReader:
         self.window = window
         self.resume = resume or {}
         self.remaining = remaining or (lambda: float("inf"))
-        self.client = client or ApiClient(options, self.remaining)
+        self._client = client  # made on the first fetch: reading the secret can fail like any request
         self.header = list(dict.fromkeys(columns.values()))
         self.rows: list[list[str]] = []
         self.pages_before = int(self.resume.get("pages", 0))
@@ -236,6 +236,12 @@ class ApiReader:
         self.last_page_sha: str | None = self.resume.get("last_page_sha")
         self.stopped_for_time = False
         self.fetched = False
+
+    @property
+    def client(self) -> ApiClient:
+        if self._client is None:
+            self._client = ApiClient(self.options, self.remaining)
+        return self._client
 
     # -- where and what -----------------------------------------------------------------------------
     @property
