@@ -121,8 +121,8 @@ class BatchLoad:
         types = {"text": "text", "integer": "bigint", "money": "numeric", "date": "date", "timestamp": "timestamptz"}
         cols = sql.SQL(", ").join(sql.SQL("{} {}").format(sql.Identifier(c.name), sql.SQL(types[c.type]))
                                   for c in self.table.columns)
-        cur.execute(sql.SQL("create temp table typed (_sheet text, _row bigint, {}, _reasons text[], _skip boolean)"
-                            " on commit drop").format(cols))
+        cur.execute(sql.SQL("create temp table typed (_sheet text, _row bigint, {}, _reasons text[], _skip boolean,"
+                            " _row_hash text) on commit drop").format(cols))
 
     def _create_raw(self, cur, sheet: RawSheet) -> None:
         cur.execute("drop table if exists raw; drop sequence if exists raw_row")
@@ -160,9 +160,16 @@ class BatchLoad:
         opts = self.delivery.config.read
         select = typed_select(self.table, mapped, opts, len(sheet.header))
         names = [m.column.name for m in mapped]
-        cur.execute(sql.SQL("insert into typed (_sheet, _row, {cols}, _reasons, _skip) "
-                            "select {sheet}, s._row, {scols}, s._reasons, s._skip from ({select}) s").format(
-            cols=_ident_list(names), sheet=sql.Literal(sheet.name),
+        # an accepted row gets its content hash here, in the same pass: money hashed by value, not by how
+        # many decimals the source wrote (10.5 and 10.50 are one amount); a null hash marks a rejected row
+        hashed = sql.SQL(", ").join(
+            sql.SQL("trim_scale(s.{})" if self.table.column(c).type == "money" else "s.{}").format(sql.Identifier(c))
+            if c in names else sql.SQL("null") for c in self.table.column_names)
+        cur.execute(sql.SQL("insert into typed (_sheet, _row, {cols}, _reasons, _skip, _row_hash) "
+                            "select {sheet}, s._row, {scols}, s._reasons, s._skip, "
+                            "case when not s._skip and cardinality(s._reasons) = 0 then md5(row({hashed})::text) end "
+                            "from ({select}) s").format(
+            cols=_ident_list(names), sheet=sql.Literal(sheet.name), hashed=hashed,
             scols=sql.SQL(", ").join(sql.SQL("s.{}").format(sql.Identifier(n)) for n in names), select=select))
         ref = self._ref(sheet.name)
         raw_json = sql.SQL(", ").join(
@@ -189,6 +196,7 @@ class BatchLoad:
         cols = list(t.column_names)
         key = list(self.delivery.config.key)
         amount = sql.Identifier(t.amount) if t.amount else None
+
         def amt(where: str) -> sql.Composable:
             if not amount:
                 return sql.SQL("null::numeric")
@@ -196,27 +204,26 @@ class BatchLoad:
 
         cur.execute(sql.SQL(
             "select count(*) filter (where _skip), count(*) filter (where not _skip),"
-            " count(*) filter (where not _skip and cardinality(_reasons) > 0), {}, {} from typed").format(
-            amt("not _skip"), amt("not _skip and cardinality(_reasons) > 0")))
-        skipped, read, quarantined, amount_in, amount_q = cur.fetchone()
-
-        # money hashed by value, not by how many decimals the source wrote (10.5 and 10.50 are one amount)
-        row_hash = sql.SQL("md5(row({})::text)").format(sql.SQL(", ").join(
-            sql.SQL("trim_scale({})" if t.column(c).type == "money" else "{}").format(sql.Identifier(c)) for c in cols))
-        cur.execute(sql.SQL("create temp table accepted on commit drop as select _sheet, _row, {cols}, {hash} as "
-                            "_row_hash from typed where not _skip and cardinality(_reasons) = 0").format(
-            cols=_ident_list(cols), hash=row_hash))
+            " count(*) filter (where not _skip and _row_hash is null), count(*) filter (where _row_hash is not null),"
+            " {}, {}, {} from typed").format(
+            amt("not _skip"), amt("not _skip and _row_hash is null"), amt("_row_hash is not null")))
+        skipped, read, quarantined, accepted, amount_in, amount_q, amount_loaded = cur.fetchone()
         duplicates, amount_dup = 0, 0
-        cur.execute(sql.SQL("select exists (select 1 from accepted group by {} having count(*) > 1)").format(
-            _ident_list(key)))
-        if cur.fetchone()[0]:
+        # A key twice in one batch makes ON CONFLICT fail ("cannot affect row a second time"): only then is the
+        # batch collapsed, so a clean file never pays for the search.
+        cur.execute("savepoint merge")
+        try:
+            inserted, updated = self._upsert(cur, cols, key)
+            cur.execute("release savepoint merge")
+        except psycopg2.errors.CardinalityViolation:
+            cur.execute("rollback to savepoint merge")
             duplicates, amount_dup, conflicts, amount_conflicts = self._collapse(cur, key, amount)
             quarantined += conflicts
-            amount_q = (amount_q or 0) + amount_conflicts
-        inserted, updated = self._upsert(cur, cols, key)
-        cur.execute(sql.SQL("select count(*), {} from accepted").format(
-            sql.SQL("coalesce(sum({}), 0)").format(amount) if amount else sql.SQL("null::numeric")))
-        accepted, amount_loaded = cur.fetchone()
+            accepted -= duplicates + conflicts
+            if amount:
+                amount_q += amount_conflicts
+                amount_loaded -= amount_dup + amount_conflicts
+            inserted, updated = self._upsert(cur, cols, key)
         read += self.rejects
         quarantined += self.rejects
         return {"rows_read": read, "rows_inserted": inserted, "rows_updated": updated,
@@ -231,19 +238,21 @@ class BatchLoad:
         amount_sum = sql.SQL("coalesce(sum({}), 0)").format(amount) if amount else sql.SQL("0")
         keys = _ident_list(key)
         cur.execute(sql.SQL(
-            "with gone as (delete from accepted a using (select ctid, row_number() over (partition by {k}, _row_hash "
-            "order by _sheet, _row) as n from accepted) d where a.ctid = d.ctid and d.n > 1 returning a.*) "
+            "with gone as (delete from typed a using (select ctid, row_number() over (partition by {k}, _row_hash "
+            "order by _sheet, _row) as n from typed where _row_hash is not null) d "
+            "where a.ctid = d.ctid and d.n > 1 returning a.*) "
             "select count(*), {s} from gone").format(k=keys, s=amount_sum))
         duplicates, amount_dup = cur.fetchone()
         key_text = sql.SQL(" || ', ' || ").join(
             sql.SQL("{} || '=' || a.{}::text").format(sql.Literal(k), sql.Identifier(k)) for k in key)
         cur.execute(sql.SQL(
             "with ranked as (select ctid, first_value(_row) over w as kept_row, row_number() over w as n "
-            "from accepted window w as (partition by {k} order by _sheet desc, _row desc)), "
-            "gone as (delete from accepted a using ranked r where a.ctid = r.ctid and r.n > 1 "
+            "from typed where _row_hash is not null window w as (partition by {k} order by _sheet desc, _row desc)), "
+            "gone as (delete from typed a using ranked r where a.ctid = r.ctid and r.n > 1 "
             "returning a.*, r.kept_row), "
             "q as (insert into meta.quarantine (batch_id, source, source_ref, source_row, raw, reason, reason_code) "
-            "select %s, %s, %s || coalesce('#' || a._sheet, ''), a._row, to_jsonb(a) - '_row_hash' - 'kept_row', "
+            "select %s, %s, %s || coalesce('#' || a._sheet, ''), a._row, "
+            "to_jsonb(a) - '_row_hash' - 'kept_row' - '_reasons' - '_skip', "
             "'row ' || a._row || ': ' || {kt} || ' appears again at row ' || a.kept_row || "
             "' with different values; the later row is loaded', 'conflicting_duplicate' from gone a returning 1) "
             "select count(*), {s} from gone").format(k=keys, kt=key_text, s=amount_sum),
@@ -262,7 +271,8 @@ class BatchLoad:
             + [sql.SQL("_updated_at = now()")])
         cur.execute(sql.SQL(
             "with up as (insert into {target} as c ({cols}, _batch_id, _source, _source_ref, _source_row, _row_hash) "
-            "select {cols}, %s, %s, %s || coalesce('#' || _sheet, ''), _row, _row_hash from accepted "
+            "select {cols}, %s, %s, %s || coalesce('#' || _sheet, ''), _row, _row_hash from typed "
+            "where _row_hash is not null "
             "on conflict ({key}) do update set {sets} where c._row_hash is distinct from excluded._row_hash "
             "returning (xmax = 0) as inserted) "
             "select count(*) filter (where inserted), count(*) filter (where not inserted) from up").format(
