@@ -43,8 +43,20 @@ def _error(exc: BaseException, error_type: str | None = None, message: str | Non
             "stackTrace": traceback.format_list(frames)}
 
 
+def _high_water_mark() -> int:
+    """This process's peak resident set (VmHWM, bytes): the runtime's last look at the memory used."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError):
+        pass
+    return 0
+
+
 def _send(fd: int, message: dict) -> None:
-    data = (json.dumps(message) + "\n").encode()
+    data = (json.dumps({**message, "hwm": _high_water_mark()}) + "\n").encode()
     while data:
         data = data[os.write(fd, data):]
 

@@ -11,9 +11,11 @@ without their `.pth` files, so the editable install of this repository stays out
 Limits are enforced as Lambda enforces them: the handler is killed at its timeout ("Task timed out after
 N seconds"), and at its memory size. Memory is watched, not capped: RLIMIT_AS counts address space, which
 numpy, pandas and glibc's arenas reserve far beyond what they touch, so it kills healthy handlers. Instead
-the process tree's resident memory is sampled every 50 ms (psutil) and the tree is killed past the limit;
-the kernel's peak RSS for the process (wait4) is checked at exit too, so a spike between two samples is
-still reported as Runtime.OutOfMemory, as Lambda's cgroup would have stopped it.
+the process tree's resident memory is sampled every 50 ms (psutil, and the kernel's high-water mark
+VmHWM of the handler process) and the tree is killed past the limit; the handler process reports its own
+VmHWM when it ends, so a spike between two samples is still reported as Runtime.OutOfMemory, as Lambda's
+cgroup would have stopped it. (wait4's ru_maxrss is no use here: it counts the parent's pages the child
+shared between fork and exec.)
 """
 
 from __future__ import annotations
@@ -225,6 +227,18 @@ LOCAL_SETTINGS = ("AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KE
                   "AWS_DEFAULT_REGION", "AWS_REGION")
 
 
+def high_water_mark(pid: int | str = "self") -> int:
+    """The kernel's peak resident set of a process (VmHWM, bytes), 0 where /proc does not say."""
+    try:
+        with open(f"/proc/{pid}/status", encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError):
+        pass
+    return 0
+
+
 def _tree_rss(root) -> int:
     import psutil
 
@@ -308,7 +322,7 @@ def _run(fn: DeployedFunction, event: Any, *, log_dir: Path | None, check_only: 
         root = psutil.Process(proc.pid)
         deadline = started + INIT_TIMEOUT_S
         init_at: float | None = None
-        peak, killed, exit_status, ru_maxrss_kb, eof = 0, None, None, 0, False
+        peak, killed, exit_status, eof = 0, None, None, False
         while not (exit_status is not None and eof):
             ready, _, _ = select.select([] if eof else [read_fd], [], [], POLL_S)
             if ready:
@@ -323,13 +337,13 @@ def _run(fn: DeployedFunction, event: Any, *, log_dir: Path | None, check_only: 
                         init_at = time.monotonic()
                         deadline = init_at + fn.timeout_s
             if exit_status is None:
-                pid, status, rusage = os.wait4(proc.pid, os.WNOHANG)
+                pid, status = os.waitpid(proc.pid, os.WNOHANG)
                 if pid:
-                    exit_status, ru_maxrss_kb = status, rusage.ru_maxrss
+                    exit_status = status
                     proc.returncode = os.waitstatus_to_exitcode(status)
                     continue
                 if killed is None:
-                    peak = max(peak, _tree_rss(root))
+                    peak = max(peak, _tree_rss(root), high_water_mark(proc.pid))
                     if peak > limit:
                         killed = "out_of_memory"
                     elif time.monotonic() > deadline:
@@ -340,7 +354,7 @@ def _run(fn: DeployedFunction, event: Any, *, log_dir: Path | None, check_only: 
                 break  # the process is gone; nothing more to read even if a descendant holds the pipe
         os.close(read_fd)
         ended = time.monotonic()
-        peak = max(peak, ru_maxrss_kb * 1024)
+        peak = max([peak, *(int(m.get("hwm", 0)) for m in messages)])
         handler_started = init_at if init_at is not None else started
         result.duration_ms = round((ended - handler_started) * 1000, 2)
         result.init_ms = round((init_at - started) * 1000, 2) if init_at is not None else None
