@@ -1,0 +1,120 @@
+"""A provisioned pipeline of the tests' own (prefix pbrt) and small probe functions deployed beside it."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import os
+import textwrap
+import zipfile
+from collections.abc import Iterator
+
+import boto3
+
+PREFIX = "pbrt"
+PROBE_TIMEOUT_S = 2
+PROBE_MEMORY_MB = 128
+
+PROBE_MODULE = textwrap.dedent('''
+    import json
+    import os
+    import sys
+    import time
+
+
+    def echo(event, context):
+        try:
+            import playbook  # noqa: F401
+            playbook_importable = True
+        except ImportError:
+            playbook_importable = False
+        return {
+            "event": event, "remaining_ms": context.get_remaining_time_in_millis(),
+            "context": {k: getattr(context, k) for k in (
+                "function_name", "function_version", "invoked_function_arn", "memory_limit_in_mb",
+                "aws_request_id", "log_group_name", "log_stream_name")},
+            "env": {k: os.environ.get(k) for k in (
+                "PROBE_SETTING", "AWS_ENDPOINT_URL", "AWS_LAMBDA_FUNCTION_NAME", "AWS_LAMBDA_FUNCTION_MEMORY_SIZE",
+                "AWS_REGION", "LAMBDA_TASK_ROOT")},
+            "sys_path": sys.path, "playbook_importable": playbook_importable, "cwd": os.getcwd(),
+        }
+
+
+    def sleep(event, context):
+        print(json.dumps({"pid": os.getpid()}), flush=True)
+        time.sleep(event.get("seconds", 60))
+        return "woke"
+
+
+    def allocate(event, context):
+        print(json.dumps({"pid": os.getpid()}), flush=True)
+        chunks = []
+        for _ in range(64):  # up to 1 GiB, 16 MiB at a time, every page written
+            chunks.append(b"\\x01" * (16 << 20))
+            time.sleep(0.02)
+        return len(chunks)
+
+
+    def fail(event, context):
+        raise ValueError("the probe failed on purpose")
+''')
+
+
+def probe_zip() -> bytes:
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as zf:
+        zf.writestr("probe.py", PROBE_MODULE)
+    return buffer.getvalue()
+
+
+def outputs() -> dict[str, str]:
+    from playbook.stack_outputs import stack_outputs
+
+    return stack_outputs("local")
+
+
+_provisioned: dict[str, dict[str, str]] = {}  # state dir -> outputs: provisioned once per stack
+
+
+@contextlib.contextmanager
+def provisioned_pipeline() -> Iterator[dict[str, str]]:
+    """The pipeline provisioned on the session's local stack under prefix pbrt (its outputs), plus the probe
+    functions; PLAYBOOK_STACK_PREFIX names it meanwhile. Provisioned once per stack and reused."""
+    from playbook.provision import provision
+
+    saved = os.environ.get("PLAYBOOK_STACK_PREFIX")
+    os.environ["PLAYBOOK_STACK_PREFIX"] = PREFIX
+    try:
+        key = os.environ["PLAYBOOK_STATE_DIR"]
+        if key not in _provisioned:
+            result = provision("local")
+            deploy_probes(result.outputs["ArtifactBucketName"])
+            _provisioned[key] = result.outputs
+        yield _provisioned[key]
+    finally:
+        if saved is None:
+            os.environ.pop("PLAYBOOK_STACK_PREFIX", None)
+        else:
+            os.environ["PLAYBOOK_STACK_PREFIX"] = saved
+
+
+def deploy_probes(bucket: str) -> None:
+    """One function per probe handler, created directly through the Lambda API from a zip in S3."""
+    from botocore.exceptions import ClientError
+
+    iam, lam, s3 = boto3.client("iam"), boto3.client("lambda"), boto3.client("s3")
+    try:
+        role = iam.get_role(RoleName=f"{PREFIX}-probe")["Role"]["Arn"]
+    except ClientError:
+        trust = {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "sts:AssumeRole",
+                                                         "Principal": {"Service": "lambda.amazonaws.com"}}]}
+        role = iam.create_role(RoleName=f"{PREFIX}-probe", AssumeRolePolicyDocument=json.dumps(trust))["Role"]["Arn"]
+    s3.put_object(Bucket=bucket, Key="tests/probe.zip", Body=probe_zip())
+    for name in ("echo", "sleep", "allocate", "fail"):
+        function = f"{PREFIX}-probe-{name}"
+        with contextlib.suppress(ClientError):
+            lam.delete_function(FunctionName=function)
+        lam.create_function(FunctionName=function, Runtime="python3.12", Role=role, Handler=f"probe.{name}",
+                            Code={"S3Bucket": bucket, "S3Key": "tests/probe.zip"}, Timeout=PROBE_TIMEOUT_S,
+                            MemorySize=PROBE_MEMORY_MB, Environment={"Variables": {"PROBE_SETTING": "from-deploy"}})
