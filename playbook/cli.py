@@ -20,7 +20,7 @@ Command = Callable[[argparse.Namespace], int]
 COMMAND_MODULES: list[str] = ["playbook.warehouse", "playbook.reports.commands", "playbook.demo.commands",
                                "playbook.provision", "playbook.proxy", "playbook.runtime", "playbook.deploy",
                                "playbook.scheduler", "playbook.backfill", "playbook.chain",
-                               "playbook.demo.api_commands", "playbook.accuracy"]
+                               "playbook.demo.api_commands", "playbook.accuracy", "playbook.ingest"]
 
 
 def _print_json(data) -> None:
