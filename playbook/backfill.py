@@ -144,7 +144,7 @@ def date_windows(start: date, end: date, grain: str) -> list[tuple[date, date]]:
     return windows
 
 
-def plan_windows(config, outputs: dict[str, str], *, grain: str = "month", sources: list[str] | None = None,
+def plan_windows(config, outputs: dict[str, str], *, grain: str = "quarter", sources: list[str] | None = None,
                  api_start: date | None = None, max_objects: int = MAX_OBJECTS_PER_WINDOW,
                  max_bytes: int = MAX_BYTES_PER_WINDOW) -> list[Window]:
     """The windows of the whole history, from the landing bucket the stack outputs name."""
@@ -339,7 +339,7 @@ def refresh_marts(target: str, outputs: dict[str, str], log_dir: Path | None = N
     return payload or {}
 
 
-def backfill(target: str = "local", config_file: str | None = None, *, grain: str = "month",
+def backfill(target: str = "local", config_file: str | None = None, *, grain: str = "quarter",
              concurrency: int = 2, sources: list[str] | None = None, log_dir: str | Path | None = None,
              refresh: bool = True, progress: bool = True, timeout_s: float = LAMBDA_LIMIT_S + 60,
              poll_s: float = 5.0) -> BackfillResult:
@@ -432,7 +432,7 @@ def register_commands(subparsers) -> None:
     p = subparsers.add_parser("backfill", help="load the history in the landing bucket, window by window")
     p.add_argument("--target", choices=["local", "aws"], default="local")
     p.add_argument("--config", help="configuration file (default: $PLAYBOOK_CONFIG or playbook.yaml)")
-    p.add_argument("--grain", choices=GRAINS, default="month", help="window size per source (default month)")
+    p.add_argument("--grain", choices=GRAINS, default="quarter", help="window size per source (default quarter)")
     p.add_argument("--concurrency", type=int, default=2, help="invocations in flight (default 2)")
     p.add_argument("--source", action="append", help="only this source (repeatable)")
     p.set_defaults(func=cmd_backfill)

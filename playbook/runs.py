@@ -34,11 +34,11 @@ def _default(value: Any) -> Any:
     return str(value)
 
 
-def write_json(path: Path, data: Any) -> Path:
+def write_json(path: Path, data: Any, sort_keys: bool = True) -> Path:
     """Atomic write: a reader sees the old file or the new one."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=True, default=_default) + "\n")
+    tmp.write_text(json.dumps(data, indent=2, sort_keys=sort_keys, default=_default) + "\n")
     os.replace(tmp, path)
     return path
 
@@ -90,4 +90,4 @@ def read_manifest(run_dir: Path) -> dict[str, Any]:
 
 
 def write_manifest(run_dir: Path, manifest: dict[str, Any]) -> Path:
-    return write_json(run_dir / MANIFEST, manifest)
+    return write_json(run_dir / MANIFEST, manifest, sort_keys=False)  # stages in chain order
