@@ -65,3 +65,7 @@ def db(stack):
         yield conn
     finally:
         conn.close()
+
+
+# the chain's own stack (tests/chain_fixtures.py), shared by the chain and notebook tests
+from tests.chain_fixtures import chain_stack, chained  # noqa: E402,F401

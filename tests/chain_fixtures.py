@@ -1,0 +1,66 @@
+"""A stack of its own for the chain: the whole playbook runs on it (a small demo company), so its warehouse holds
+exactly what the chain loaded and nothing the other tests leave behind. Shared by the chain and notebook tests."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import stack_env, state_dir
+
+DEMO = ["-p", "demo", "true", "-p", "demo_years", "1", "-p", "demo_clients", "60", "-p", "grain", "quarter"]
+# what the chain's environment must not inherit from the session's own stack
+INHERITED = ("AWS_ENDPOINT_URL", "PLAYBOOK_DATABASE_URL", "PLAYBOOK_STACK_PREFIX", "PLAYBOOK_CONFIG")
+
+
+class ChainStack:
+    def __init__(self, env: dict[str, str], reports: Path):
+        self.env, self.reports = env, reports
+
+    def playbook(self, *args: str, timeout: float = 600) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "playbook", *args], capture_output=True, text=True,
+                              timeout=timeout, env=self.env)
+
+    def status(self) -> dict:
+        done = self.playbook("local", "status", "--json")
+        return json.loads(done.stdout)
+
+    def latest(self) -> Path:
+        return (self.reports / "latest").resolve()
+
+
+@pytest.fixture(scope="session")
+def chain_stack() -> Iterator[ChainStack]:
+    from playbook.chain import ensure_kernel
+
+    ensure_kernel()
+    directory, reports = state_dir(), Path(tempfile.mkdtemp(prefix="playbook-reports-"))
+    env = {k: v for k, v in os.environ.items() if k not in INHERITED}
+    env.update(stack_env(directory), PLAYBOOK_REPORTS_DIR=str(reports))
+    chain = ChainStack(env, reports)
+    up = chain.playbook("local", "up")
+    assert up.returncode == 0, up.stdout + up.stderr
+    try:
+        yield chain
+    finally:
+        chain.playbook("local", "down")
+        shutil.rmtree(directory, ignore_errors=True)
+        shutil.rmtree(reports, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def chained(chain_stack: ChainStack) -> dict:
+    """The whole chain, once, on the small demo company."""
+    started = time.monotonic()
+    done = chain_stack.playbook("run", "--target", "local", *DEMO)
+    assert done.returncode == 0, done.stdout + done.stderr
+    return {"run_dir": chain_stack.latest(), "stdout": done.stdout, "seconds": time.monotonic() - started}
