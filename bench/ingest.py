@@ -1,0 +1,156 @@
+"""P1/P2: a sales CSV loaded end to end by the project's ingest function, beside raw COPY and baselines.
+
+Every repetition runs each contender in turn from an empty target (core.sales and the ledger for the
+project, the bench.* table for a baseline), so each first load is a first load, and the medians compare
+runs made under the same machine load.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from pathlib import Path
+
+from bench import contenders
+from bench.data import sales_csv
+from bench.measure import Result, Run, median_result, python_argv, run_process
+from bench.stack import BenchStack, psql_binary
+
+ALL = ("copy", "project", "pandas_copy", "pandas_upsert", "to_sql", "dlt")
+TO_SQL_ROWS = 100_000
+BASELINE_TIMEOUT_S = 900
+
+
+def dlt_available() -> bool:
+    try:
+        import dlt  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def _checkpoint(stack: BenchStack) -> None:
+    with contextlib.suppress(Exception):
+        stack.execute("checkpoint", autocommit=True)
+
+
+def raw_copy(stack: BenchStack, path: Path) -> Run:
+    command = (f"\\copy bench.sales_copy ({', '.join(contenders.COLUMNS)}) from '{path}' "
+               "with (format csv, header true)")
+    return run_process([psql_binary(), stack.database_url, "-X", "-q", "-v", "ON_ERROR_STOP=1", "-c", command])
+
+
+class ProjectFunction:
+    """The deployed ingest function, run by the local Lambda runtime from its deployed zip."""
+
+    def __init__(self, stack: BenchStack, logical: str = "IngestSales"):
+        from playbook import runtime
+
+        self.runtime, self.stack = runtime, stack
+        self.name = stack.function(logical)
+        self.deployed = runtime.prepare(self.name)
+
+    def invoke(self, key: str, expect: str = "committed") -> Run:
+        started = time.monotonic()
+        result = self.runtime.invoke(self.name, {"bucket": self.stack.landing_bucket, "key": key},
+                                     deployed=self.deployed)
+        wall = time.monotonic() - started
+        if not result.ok:
+            raise RuntimeError(f"{self.name} on {key}: {result.status}: {result.error}")
+        outcome = result.payload["results"][0]
+        if outcome["status"] != expect:
+            raise RuntimeError(f"{self.name} on {key}: expected {expect}, got {outcome}")
+        extra = {"duration_s": round(result.duration_ms / 1000, 3), "init_s": round((result.init_ms or 0) / 1000, 3),
+                 "status": outcome["status"]}
+        extra.update({k: outcome[k] for k in ("rows_read", "rows_inserted", "rows_updated", "rows_unchanged",
+                                              "seconds") if k in outcome})
+        return Run(wall, result.max_rss_mb, extra)
+
+
+def _ratios(results: list[Result], base: Result | None, field: str = "ratio_to_copy", label: str = "copy") -> None:
+    """wall per row against the baseline's wall per row (the same as the wall ratio at equal rows)."""
+    if not base or not base.rows_per_s:
+        return
+    for r in results:
+        if r.rows_per_s:
+            setattr(r, field, round(base.rows_per_s / r.rows_per_s, 3))
+            r.ratio_to = label
+
+
+def run(stack: BenchStack, rows: int, only: list[str] | None = None, repeat: int = 3,
+        to_sql_rows: int = TO_SQL_ROWS, progress=print) -> list[Result]:
+    chosen = [c for c in ALL if not only or c in only]
+    notes: dict[str, str] = {"project": f"deployed function {stack.function('IngestSales')} through "
+                                        "playbook.runtime (fresh handler process, zip, 512 MB limit)"}
+    if "dlt" in chosen and not dlt_available():
+        chosen.remove("dlt")
+        progress("dlt is not installed (pip install -e '.[bench]'): skipped")
+    path = sales_csv(stack.work_dir, rows)
+    contenders.setup(stack.database_url)
+    project = ProjectFunction(stack) if "project" in chosen else None
+    key = f"landing/sales/bench-{rows}.csv"
+    if project:
+        stack.put(key, path)
+    runs: dict[str, list[Run]] = {c: [] for c in chosen}
+    n_rows = {c: rows for c in chosen}
+    if "to_sql" in chosen and to_sql_rows < rows:
+        n_rows["to_sql"] = to_sql_rows
+        notes["to_sql"] = f"first {to_sql_rows} rows only (row-by-row inserts); ratio per row"
+    if "dlt" in chosen:
+        import importlib.util
+
+        notes["dlt"] = ("dlt merge, arrow frames, csv load files" if importlib.util.find_spec("pyarrow")
+                        else "dlt merge, rows as dicts (pyarrow not installed)")
+    for rep in range(repeat):
+        for name in chosen:
+            contenders.reset(stack.database_url)
+            stack.reset_core()
+            _checkpoint(stack)
+            if name == "copy":
+                got = raw_copy(stack, path)
+            elif name == "project":
+                got = project.invoke(key)
+            else:
+                argv = python_argv("bench.contenders", name, str(path), stack.database_url)
+                if n_rows[name] < rows:
+                    argv += ["--rows", str(n_rows[name])]
+                got = run_process(argv, timeout=BASELINE_TIMEOUT_S)
+            runs[name].append(got)
+            progress(f"  ingest rep {rep + 1}/{repeat} {name:<14} {got.wall_s:8.2f}s  {got.peak_rss_mb:7.1f} MB")
+    results = [median_result("ingest", name, n_rows[name], runs[name], notes.get(name, "")) for name in chosen]
+    if project:
+        results += _redelivery(stack, project, path, rows, repeat, progress)
+    base = next((r for r in results if r.name == "copy"), None)
+    _ratios(results, base)
+    first = next((r for r in results if r.name == "project"), None)
+    for r in results:
+        if r.name == "project_same_object" and first:
+            r.extra["ratio_to_first_load"] = round(r.wall_s / first.wall_s, 4)
+    return results
+
+
+def _redelivery(stack: BenchStack, project: ProjectFunction, path: Path, rows: int, repeat: int,
+                progress) -> list[Result]:
+    """P2: the identical object again (known by its ETag), then the same rows under a new key."""
+    stack.reset_core()
+    first_key = f"landing/sales/bench-{rows}.csv"
+    project.invoke(first_key)
+    same = []
+    for rep in range(repeat):
+        same.append(project.invoke(first_key, expect="already_loaded"))
+        progress(f"  ingest rep {rep + 1}/{repeat} same object    {same[-1].wall_s:8.2f}s")
+    again_key = stack.put(f"landing/sales/bench-{rows}-again.csv", path)
+    again = []
+    for rep in range(repeat):
+        stack.execute("delete from meta.quarantine where batch_id in (select batch_id from meta.batches "
+                      "where object_key = %s); delete from meta.batches where object_key = %s",
+                      (again_key, again_key))
+        _checkpoint(stack)
+        again.append(project.invoke(again_key))
+        if again[-1].extra.get("rows_inserted") or again[-1].extra.get("rows_updated"):
+            raise RuntimeError(f"the same rows under a new key changed core: {again[-1].extra}")
+        progress(f"  ingest rep {rep + 1}/{repeat} same rows, new key {again[-1].wall_s:8.2f}s")
+    return [median_result("ingest", "project_same_object", rows, same,
+                          "identical object delivered again: skipped by key and ETag before download"),
+            median_result("ingest", "project_same_rows_new_key", rows, again,
+                          "same rows in a new object: every row a conflict, none changed")]
