@@ -312,20 +312,34 @@ class Firing:
     detail: dict[str, Any] = field(default_factory=dict)
 
 
+SCHEDULER_CONTEXT = ("<aws.scheduler.scheduled-time>", "<aws.scheduler.execution-id>",
+                     "<aws.scheduler.schedule-arn>", "<aws.scheduler.attempt-number>")
+
+
 def scheduled_event(schedule: Schedule, when: datetime) -> Any:
-    """What the target receives. Scheduler: the scheduled-event envelope with the schedule's Input merged in.
-    A rule with a constant Input sends that Input alone, as EventBridge rules do."""
+    """What the target receives, as AWS delivers it. Scheduler: the schedule's Input, its context attributes
+    (<aws.scheduler.scheduled-time>, ...) filled in; with no Input, the scheduled-event envelope. A rule with a
+    constant Input sends that Input alone, as EventBridge rules do."""
     stamp = when.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
     if schedule.origin == "events" and schedule.input is not None:
         return schedule.input
+    execution = str(uuid.uuid5(_EVENT_NAMESPACE, f"{schedule.arn}|{stamp}"))
+    if schedule.origin != "events" and isinstance(schedule.input, dict):
+        values = dict(zip(SCHEDULER_CONTEXT, (stamp, execution, schedule.arn, "1"), strict=True))
+        return json.loads(_fill(json.dumps(schedule.input), values))
     arn_parts = schedule.arn.split(":")
-    envelope = {
-        "version": "0", "id": str(uuid.uuid5(_EVENT_NAMESPACE, f"{schedule.arn}|{stamp}")),
+    return {
+        "version": "0", "id": execution,
         "detail-type": "Scheduled Event", "source": "aws.events" if schedule.origin == "events" else "aws.scheduler",
         "account": arn_parts[4] if len(arn_parts) > 4 else "", "time": stamp,
         "region": arn_parts[3] if len(arn_parts) > 3 else "", "resources": [schedule.arn], "detail": {},
     }
-    return {**envelope, **schedule.input} if isinstance(schedule.input, dict) else envelope
+
+
+def _fill(text: str, values: dict[str, str]) -> str:
+    for placeholder, value in values.items():
+        text = text.replace(placeholder, value)
+    return text
 
 
 def plan(schedules: list[Schedule], after: datetime, until: datetime) -> list[Firing]:

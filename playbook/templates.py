@@ -149,6 +149,10 @@ class Job:
     database: str = "ingest"  # whose login the function uses: ingest, reporting, or owner (migrate only)
 
 
+# what every scheduled target receives besides its own input: EventBridge Scheduler fills in the scheduled
+# time and the execution id, so a retried run keeps its window and its idempotency key
+SCHEDULED = {"trigger": "schedule", "time": "<aws.scheduler.scheduled-time>", "id": "<aws.scheduler.execution-id>"}
+
 # the template parameter holding each database login's secret ARN
 DATABASE_SECRETS = {"ingest": "IngestDatabaseSecretArn", "reporting": "ReportingDatabaseSecretArn",
                     "owner": "DatabaseSecretArn"}
@@ -170,7 +174,7 @@ def jobs(config: PipelineConfig) -> list[Job]:
         job = Job(
             logical=f"Ingest{_camel(name)}", name=f"ingest-{name.replace('_', '-')}",
             handler=HANDLERS["file" if file_source else "rest_api"], timeout=300, memory=512, concurrency=2,
-            schedule=source.schedule, schedule_input={"job": "ingest", "source": name, "trigger": "schedule"},
+            schedule=source.schedule, schedule_input={"job": "ingest", "source": name, **SCHEDULED},
             source=name, prefix=source.prefix if file_source else None, environment={"SOURCE_NAME": name},
         )
         api = getattr(source, "api", None)
@@ -191,11 +195,11 @@ def jobs(config: PipelineConfig) -> list[Job]:
     result.append(Job(
         logical="RefreshMarts", name="refresh-marts", handler=HANDLERS["refresh_marts"], timeout=600, memory=256,
         concurrency=1, schedule=config.reports.schedule,
-        schedule_input={"job": "refresh_marts", "trigger": "schedule"}))
+        schedule_input={"job": "refresh_marts", **SCHEDULED}))
     result.append(Job(
         logical="SendExpenseEmail", name="send-expense-email", handler=HANDLERS["send_expense_email"],
         timeout=120, memory=256, concurrency=1, schedule=config.reports.email.schedule, database="reporting",
-        schedule_input={"job": "send_expense_email", "period": config.reports.email.period, "trigger": "schedule"},
+        schedule_input={"job": "send_expense_email", "period": config.reports.email.period, **SCHEDULED},
         statements=[{"Sid": "SendAsTheReportSender", "Effect": "Allow", "Action": ["ses:SendEmail", "ses:SendRawEmail"],
                      "Resource": {"Fn::Sub": "arn:${AWS::Partition}:ses:${AWS::Region}:${AWS::AccountId}:"
                                              "identity/${SenderIdentity}"}}]))

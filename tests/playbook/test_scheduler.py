@@ -137,12 +137,12 @@ def test_the_email_fires_at_eight_london_time_on_both_sides_of_each_clock_change
     autumn = replay(utc(2024, 10, 26), utc(2024, 10, 28), dry_run=True, schedules=email)
     assert [f.time for f in spring] == [utc(2024, 3, 30, 8), utc(2024, 3, 31, 7)]  # GMT, then BST
     assert [f.time for f in autumn] == [utc(2024, 10, 26, 7), utc(2024, 10, 27, 8)]  # BST, then GMT
+    # the target receives the schedule's Input, its context attributes filled in as Scheduler does
     event = autumn[1].event
-    assert event["time"] == "2024-10-27T08:00:00Z" and event["detail-type"] == "Scheduled Event"
-    assert event["source"] == "aws.scheduler" and event["detail"] == {}
-    assert event["resources"] == [f"arn:aws:scheduler:{os.environ['AWS_DEFAULT_REGION']}:{event['account']}:"
-                                  f"schedule/default/{PREFIX}-send-expense-email"]
-    assert event["job"] == "send_expense_email" and event["trigger"] == "schedule"  # the schedule's Input
+    assert event["time"] == "2024-10-27T08:00:00Z" and "<aws.scheduler" not in json.dumps(event)
+    assert event["job"] == "send_expense_email" and event["trigger"] == "schedule" and event["period"] == "week"
+    assert event["id"] != autumn[0].event["id"] and event["id"] == replay(
+        utc(2024, 10, 27), utc(2024, 10, 28), dry_run=True, schedules=email)[0].event["id"]  # stable per run
 
 
 def test_schedules_fire_lambda_and_command_targets(pipeline_stack, tmp_path):
@@ -151,7 +151,8 @@ def test_schedules_fire_lambda_and_command_targets(pipeline_stack, tmp_path):
     (tmp_path / "schedules.json").write_text(json.dumps({"schedules": [
         {"name": "report-run", "expression": "cron(0 9 * * ? *)", "timezone": "Europe/London",
          "target": {"type": "command", "argv": [sys.executable, "-c", script]}},
-        {"name": "probe", "expression": "rate(12 hours)", "input": {"ping": 1},
+        {"name": "probe", "expression": "rate(12 hours)",
+         "input": {"ping": 1, "time": "<aws.scheduler.scheduled-time>"},
          "target": {"type": "lambda", "function": f"{PREFIX}-probe-echo"}},
     ]}))
     from playbook.scheduler import local_schedules
