@@ -7,6 +7,10 @@ import sys
 
 from bench.measure import Result
 
+SHOWN = ("median_ms", "p95_ms", "max_query_ms_during_refresh", "finished_before_reader", "ratio_to_first_load",
+         "ratio_to_openpyxl", "ratio_to_calamine", "speedup_over_openpyxl", "rss_ratio_to_smallest", "duration_s",
+         "stage_seconds")
+
 
 def _table(results: list[Result]) -> str:
     lines = [f"{'bench':<7} {'name':<26} {'rows':>9} {'K':>2} {'wall s':>9} {'rows/s':>10} {'peak MB':>8} "
@@ -16,6 +20,9 @@ def _table(results: list[Result]) -> str:
         rps = f"{r.rows_per_s:,}" if r.rows_per_s else ""
         lines.append(f"{r.bench:<7} {r.name:<26} {r.rows:>9} {r.repeat:>2} {r.wall_s:>9.3f} {rps:>10} "
                      f"{r.peak_rss_mb:>8.1f} {ratio:>7}  {r.note}")
+        shown = {k: r.extra[k] for k in SHOWN if k in r.extra}
+        if shown:
+            lines.append(f"{'':<37}{shown}")
     return "\n".join(lines)
 
 

@@ -1,4 +1,5 @@
-"""The baselines, each run in a process of its own so its wall time and peak memory are its alone:
+"""The baselines (and the bare workbook reads), each in a process of its own so its wall time and
+peak memory are its alone:
 
     python -m bench.contenders NAME FILE DATABASE_URL [--rows N]
 
@@ -140,7 +141,29 @@ def dlt_merge(path: str, url: str, rows: int | None) -> int:
     return n
 
 
-CONTENDERS = {"pandas_copy": pandas_copy, "pandas_upsert": pandas_upsert, "to_sql": to_sql, "dlt": dlt_merge}
+def xlsx_openpyxl(path: str, url: str, rows: int | None) -> int:
+    """The bare read most scripts start with: pandas.read_excel on openpyxl, header on row 4."""
+    import pandas as pd
+
+    from bench.data import PAYMENTS_SHEET
+
+    return len(pd.read_excel(path, sheet_name=PAYMENTS_SHEET, header=3, engine="openpyxl"))
+
+
+def xlsx_calamine(path: str, url: str, rows: int | None) -> int:
+    """The bare calamine read: the sheet's cells as Python values, nothing else."""
+    from python_calamine import CalamineWorkbook
+
+    from bench.data import PAYMENTS_SHEET
+
+    workbook = CalamineWorkbook.from_path(path)
+    values = workbook.get_sheet_by_name(PAYMENTS_SHEET).to_python(skip_empty_area=False)
+    workbook.close()
+    return len(values) - 4
+
+
+CONTENDERS = {"pandas_copy": pandas_copy, "pandas_upsert": pandas_upsert, "to_sql": to_sql, "dlt": dlt_merge,
+              "xlsx_openpyxl": xlsx_openpyxl, "xlsx_calamine": xlsx_calamine}
 
 
 def main(argv: list[str]) -> None:
