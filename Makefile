@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test install tools system-deps lint stack-up stack-down clean
+.PHONY: demo test install tools system-deps lint stack-up stack-down clean bench
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -37,6 +37,10 @@ demo: install
 test: install tools system-deps
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest
+
+## Benchmarks against baselines on throwaway stacks (dlt when installed: pip install -e '.[bench]').
+bench: install
+	$(BIN)/python -m bench all
 
 lint: install
 	$(BIN)/ruff check .
