@@ -191,6 +191,14 @@ def local_database_secret(prefix: str, database_url: str) -> str:
 
 
 # -- the whole deployment ----------------------------------------------------------------------------------
+def _without_layers(template: dict[str, Any]) -> None:
+    """Locally the functions carry no layer reference: the local runtime runs them on this machine's
+    dependencies, and moto fails to update (500) a function with layers through CloudFormation."""
+    for resource in template["Resources"].values():
+        if resource["Type"] == "AWS::Lambda::Function":
+            resource["Properties"].pop("Layers", None)
+
+
 def _role_secrets(target: str, database_url: str | None, timezone: str) -> dict[str, str]:
     """{role: secret ARN} for the ingest and reporting logins the functions use (never the owner's).
 
@@ -257,6 +265,8 @@ def provision(target: str, config_file: str | None = None, allow: list[str] | No
     region = boto3.session.Session().region_name
     prefix = stack_prefix()
     templates = render_all(config, allow_list)
+    if target == "local":
+        _without_layers(templates["pipeline"])
     cfn, s3 = boto3.client("cloudformation"), boto3.client("s3")
     account = stand_ins.account_id() if target == "local" else ""
     results: list[StackResult] = []
