@@ -59,17 +59,34 @@ def main(argv: list[str] | None = None) -> int:
     prof = sub.add_parser("profile", help="the loader's statements, timed and EXPLAIN ANALYZEd, plus cProfile")
     prof.add_argument("--rows", type=int, default=1_000_000)
     prof.add_argument("--explain", action="store_true", help="EXPLAIN ANALYZE each statement (in a savepoint)")
+    prof.add_argument("--excel", action="store_true", help="a payments workbook instead of a sales CSV")
+    lsql = sub.add_parser("loader-sql", help="the loader's heaviest statements by hand, as written and in variants")
+    lsql.add_argument("--rows", type=int, default=1_000_000)
     sub.add_parser("all", parents=[common], help="every benchmark at its default size")
+    rep = sub.add_parser("report", help="bench/RESULTS.md from the JSON lines of `all --json`")
+    rep.add_argument("results")
+    rep.add_argument("--profile", help="a markdown file (the loader's profile) to append")
     args = p.parse_args(argv)
     progress = _progress(getattr(args, "json", False))
 
+    if args.bench == "report":
+        from bench import report
+
+        print(report.main(args.results, args.profile), end="")
+        return 0
     from bench.stack import bench_stack
 
+    if args.bench == "loader-sql":
+        from bench import loader_sql
+
+        with bench_stack() as stack:
+            print(loader_sql.run(stack, args.rows))
+        return 0
     if args.bench == "profile":
         from bench import profile
 
         with bench_stack() as stack:
-            print(profile.run(stack, args.rows, args.explain))
+            print(profile.run(stack, args.rows, args.explain, excel=args.excel))
         return 0
     if args.bench == "demo":
         from bench import demo

@@ -35,9 +35,13 @@ def _checkpoint(stack: BenchStack) -> None:
 
 
 def raw_copy(stack: BenchStack, path: Path) -> Run:
+    """psql's \\copy of the file into a plain typed table (no key, no index): the floor to compare with."""
     command = (f"\\copy bench.sales_copy ({', '.join(contenders.COLUMNS)}) from '{path}' "
                "with (format csv, header true)")
-    return run_process([psql_binary(), stack.database_url, "-X", "-q", "-v", "ON_ERROR_STOP=1", "-c", command])
+    got = run_process([psql_binary(), stack.database_url, "-X", "-q", "-v", "ON_ERROR_STOP=1", "-c", command])
+    loaded = stack.execute("select count(*) from bench.sales_copy")[0][0]
+    got.extra = {"rows": loaded}
+    return got
 
 
 class ProjectFunction:

@@ -12,7 +12,7 @@ import time
 import psycopg2
 import psycopg2.extensions
 
-from bench.data import sales_csv
+from bench.data import payments_xlsx, sales_csv
 from bench.stack import BenchStack
 
 EXPLAINABLE = ("insert", "with", "select", "create temp table accepted", "update", "delete")
@@ -48,28 +48,30 @@ class TimedCursor(psycopg2.extensions.cursor):
         return value
 
 
-def _ingest_settings(stack: BenchStack) -> tuple[str, dict]:
+def _ingest_settings(stack: BenchStack, logical: str = "IngestSales") -> tuple[str, dict]:
     import json
 
     import boto3
 
     env = boto3.client("lambda").get_function_configuration(
-        FunctionName=stack.function("IngestSales"))["Environment"]["Variables"]
+        FunctionName=stack.function(logical))["Environment"]["Variables"]
     secret = boto3.client("secretsmanager").get_secret_value(SecretId=env["DB_SECRET_ARN"])["SecretString"]
     return json.loads(secret)["url"], env
 
 
-def run(stack: BenchStack, rows: int, explain: bool = False, top: int = 12) -> str:
+def run(stack: BenchStack, rows: int, explain: bool = False, top: int = 12, excel: bool = False) -> str:
     import os
 
     from pipeline.handlers import ingest_object
     from pipeline.runtime_config import pipeline_config
     from pipeline.sources.objects import ObjectRef
 
-    url, env = _ingest_settings(stack)
+    url, env = _ingest_settings(stack, "IngestPayments" if excel else "IngestSales")
     os.environ.update({k: env[k] for k in ("PIPELINE_CONFIG_URI", "DB_SECRET_ARN") if k in env})
-    path = sales_csv(stack.work_dir, rows)
-    key = stack.put(f"landing/sales/profile-{rows}.csv", path)
+    if excel:
+        key = stack.put(f"landing/payments/profile-{rows}.xlsx", payments_xlsx(stack.work_dir, rows))
+    else:
+        key = stack.put(f"landing/sales/profile-{rows}.csv", sales_csv(stack.work_dir, rows))
     config = pipeline_config()
     TimedCursor.log, TimedCursor.explain = [], explain
     conn = psycopg2.connect(url, cursor_factory=TimedCursor)
@@ -84,7 +86,8 @@ def run(stack: BenchStack, rows: int, explain: bool = False, top: int = 12) -> s
     total = time.perf_counter() - started
     in_sql = sum(e["seconds"] for e in TimedCursor.log)
     out = io.StringIO()
-    out.write(f"# loader profile: {rows} rows, {result['status']}, {total:.2f}s in ingest() "
+    what = "a workbook" if excel else "CSV"
+    out.write(f"# loader profile: {rows} rows of {what}, {result['status']}, {total:.2f}s in ingest() "
               f"({in_sql:.2f}s waiting on PostgreSQL{', statements EXPLAINed first' if explain else ''})\n\n")
     out.write("## statements by time\n\n| s | share | statement |\n| ---: | ---: | --- |\n")
     for e in sorted(TimedCursor.log, key=lambda e: -e["seconds"])[:top]:
