@@ -25,6 +25,31 @@ def read_yearly(conn) -> tuple[list[tuple], Period]:
     return rows, Period(first, last)
 
 
+def _year_before(day: date) -> date:
+    return day.replace(year=day.year - 1) if (day.month, day.day) != (2, 29) else date(day.year - 1, 2, 28)
+
+
+def like_for_like_growth(conn, year: int, span) -> tuple[float | None, bool]:
+    """Growth on the same days of the year before: (percent or None, whether the window is part of a year).
+
+    A full year against a part year (the first month of data, say) is no growth figure, and a year to date
+    is compared with the same dates a year earlier, not with a whole year."""
+    first = max(span.start, date(year, 1, 1))
+    last = min(span.end, date(year, 12, 31))
+    before_first, before_last = _year_before(first), _year_before(last)
+    if before_first < span.start:
+        return None, False
+    with conn.cursor() as cur:
+        cur.execute("select coalesce(sum(sales_amount) filter (where day between %s and %s), 0),"
+                    " coalesce(sum(sales_amount) filter (where day between %s and %s), 0) from marts.daily_activity",
+                    (first, last, before_first, before_last))
+        now, before = cur.fetchone()
+    if not before:
+        return None, False
+    partial = (first, last) != (date(year, 1, 1), date(year, 12, 31))
+    return float((now - before) / before * 100), partial
+
+
 def growth_label(growth_pct) -> str:
     if growth_pct is None:
         return "first year"
@@ -65,13 +90,16 @@ def yearly_sales_chart(conn, config: PipelineConfig, out_dir: Path) -> dict[str,
         height = bar.get_height()
         ax.text(x, height + top * 0.015, format_compact(row[1], currency), ha="center", va="bottom",
                 fontsize=11, fontweight="bold", color=figures.INK)
-        growth = row[4]
+        growth, same_dates = like_for_like_growth(conn, row[0], span)
+        label = growth_label(growth) + (" (same dates)" if same_dates else "")
+        if growth is None and row[0] != years[0]:
+            label = "no full year before"
         color = figures.MUTED if growth is None else ("#2ca02c" if growth >= 0 else figures.COSTS)
-        ax.text(x, height + top * 0.075, growth_label(growth), ha="center", va="bottom", fontsize=10, color=color)
+        ax.text(x, height + top * 0.075, label, ha="center", va="bottom", fontsize=10, color=color)
     figures.money_axis(ax, currency)
     ax.set_ylabel(f"Sales ({currency})")
     ax.set_xticks(range(len(years)), [tick_label(y, partial.get(y)) for y in years])
-    subtitle = f"{span.describe()} · growth on the year before"
+    subtitle = f"{span.describe()} · growth on the same days of the year before"
     if partial:
         subtitle += " · lighter bars: part of a year"
     figures.annotate(fig, f"{config.company.name}: sales by year", subtitle,

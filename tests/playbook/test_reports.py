@@ -7,7 +7,7 @@ import shutil
 import struct
 import tempfile
 import xml.etree.ElementTree as ET
-from datetime import timedelta
+from datetime import date, timedelta
 from decimal import Decimal
 from pathlib import Path
 
@@ -121,19 +121,35 @@ def test_activity_chart_states_its_default_period(built, reporting, config):
     assert f"sales {format_money(total, 'GBP', 0)}" in text
 
 
-def test_yearly_chart_labels_growth(built, reporting):
+def test_yearly_chart_labels_growth_on_the_same_days_of_the_year_before(built, reporting, stack):
+    """Growth compares like with like, computed here from core.sales: a year to date against the same dates a
+    year earlier, and no figure at all against a year the data only partly covers."""
     text = svg_text(built["yearly_sales_svg"])
-    for year, growth in psycopg2_rows(reporting, "select year, growth_pct from marts.yearly_sales order by year"):
+    ((start, end),) = psycopg2_rows(reporting, "select min(day), max(day) from marts.company_daily")
+    years = [y for (y,) in psycopg2_rows(reporting, "select year from marts.yearly_sales order by year")]
+    for year in years:
         assert str(year) in text
-        assert ("first year" if growth is None else f"{float(growth):+.1f}%") in text
+        first, last = max(start, date(year, 1, 1)), min(end, date(year, 12, 31))
+        before = (first.replace(year=year - 1), last.replace(year=year - 1))
+        if year == years[0]:
+            assert "first year" in text
+            continue
+        if before[0] < start:
+            assert "no full year before" in text
+            continue
+        ((now, then),) = psycopg2_rows(stack["database_url"], (
+            "select sum(amount) filter (where order_date between %s and %s),"
+            " sum(amount) filter (where order_date between %s and %s) from core.sales"), (first, last, *before))
+        label = f"{float((now - then) / then * 100):+.1f}%"
+        assert (label + (" (same dates)" if (first, last) != (date(year, 1, 1), date(year, 12, 31)) else "")) in text
     assert "to 20 May" in text  # 2024 is marked as partial
 
 
-def psycopg2_rows(url: str, query: str) -> list[tuple]:
+def psycopg2_rows(url: str, query: str, params: tuple = ()) -> list[tuple]:
     conn = psycopg2.connect(url)
     try:
         with conn.cursor() as cur:
-            cur.execute(query)
+            cur.execute(query, params)
             return cur.fetchall()
     finally:
         conn.close()
