@@ -225,10 +225,9 @@ def test_all_defects_together_are_caught_and_counted_as_the_manifest_says(wareho
     # nothing else: every finding of a failing or warning check is one of the defects
     assert sum(r.observed for r in report.results if r.status != "pass") == len(defects)
     assert not_passed(report, "fail") == set().union(*FAILS.values())
-    quarantined = sum(1 for d in defects if "rows_quarantined" in d["expected_effect"]
-                      and d["kind"] != "unknown_client")
+    quarantined = sum(1 for d in defects if "rows_quarantined" in d["expected_effect"])
     assert sum(r.observed for r in report.by_check("quarantine")) == quarantined
-    assert sum(r.observed for r in report.by_check("orphans")) == sum(d["kind"] == "unknown_client"
+    assert sum(r.observed for r in report.by_check("orphans")) == sum(d["expected_effect"].get("orphans", 0)
                                                                        for d in defects)
 
 
