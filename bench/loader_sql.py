@@ -25,7 +25,7 @@ def _timed(cur, statement: str, params=None) -> float:
 
 
 def run(stack: BenchStack, rows: int) -> str:
-    profile.run(stack, rows, explain=False)
+    profiled = profile.run(stack, rows, explain=False)
     log = profile.TimedCursor.log
     typed_insert = next(e["statement"] for e in log if e["statement"].startswith("insert into typed"))
     create_typed = next(e["statement"] for e in log if e["statement"].startswith("create temp table typed"))
@@ -59,6 +59,14 @@ def run(stack: BenchStack, rows: int) -> str:
         variant("typing insert, enable_memoize off", ["set local enable_memoize = off"], typed_insert)
         variant("typing insert, enable_memoize off and jit off",
                 ["set local enable_memoize = off", "set local jit = off"], typed_insert)
+        casts = ("c0, c1::bigint, c2::date, c3, c4, c5::bigint, c6::numeric, c7::numeric, c8")
+        floor = ("insert into typed (_row, order_id, line_no, order_date, client_id, product, quantity, unit_price,"
+                 " amount, currency, _reasons, _skip, _row_hash) select _row, {}, '{{}}', false, {} from raw")
+        variant("floor: bare casts of the nine columns, no normalising or checks, no hash",
+                [], floor.format(casts, "null"))
+        variant("floor plus the md5 row hash", [], floor.format(
+            casts, "md5(row(c0, c1::bigint, c2::date, c3, c4, c5::bigint, trim_scale(c6::numeric), "
+                   "trim_scale(c7::numeric), c8)::text)"))
         cur.execute("set local enable_memoize = off")
         cur.execute(typed_insert)
         cur.execute("reset enable_memoize")
@@ -76,4 +84,4 @@ def run(stack: BenchStack, rows: int) -> str:
         variant("merge when every row conflicts and none changed (core holds the batch)", [], upsert, params)
     conn.rollback()
     conn.close()
-    return out.getvalue()
+    return profiled + "\n" + out.getvalue()

@@ -103,7 +103,11 @@ def render(lines: list[dict], profile: str | None = None) -> str:
              "Produced by `python -m bench all --json` (`make bench`) and `python -m bench report`. Every figure is",
              "the median of K runs (K in each table), each contender run in turn within a repetition, each first",
              "load from an empty target. Inputs are generated from fixed seeds (bench/data.py). Ratios are wall",
-             "time per row against raw `psql \\copy` of the same file into a plain typed table.", "",
+             "time per row against raw `psql \\copy` of the same file into a plain typed table. Peak RSS is the",
+             "loader's own process tree (psql, the baseline's Python process, or the function's handler process as",
+             "playbook.runtime measures it against the 512 MB limit), not the PostgreSQL server's. `all` runs the",
+             "memory benchmark once per size (K=1). The machine is shared: the load average below was taken when",
+             "the report was written; the `walls` of each row (in the JSON) show the spread.", "",
              "## Machine", "", "| | |", "| --- | --- |"]
     parts += [f"| {k} | {v} |" for k, v in info.items()]
     parts += ["", "## Targets", "", "| target | goal | measured | |", "| --- | --- | --- | --- |"]
