@@ -71,7 +71,8 @@ def raw_messages() -> list[dict] | None:
 
 
 def sent_so_far() -> int:
-    """Messages SES accepted, from its send statistics (which always answer)."""
+    """SES's delivery attempts, from its send statistics (which always answer). moto counts each recipient
+    once per Destinations entry and once per To header, so compare before and after, not absolute counts."""
     from playbook.reports.email import _ses_delivery_attempts
 
     return _ses_delivery_attempts()
@@ -188,5 +189,5 @@ def test_cli_report_sends_the_email_into_the_run_folder(stack, environment, conf
     assert [a.addr_spec for a in msg["To"].addresses] == list(config.reports.email.recipients)
     # the week ends on the last day with costs
     assert msg["X-Playbook-Period"] == f"{last_cost_day - timedelta(days=6)}/{last_cost_day}"
-    assert sent_so_far() == before + 1
+    assert sent_so_far() > before  # reached SES; that a run sends at most once is the run-key test's
     assert "expense_email" in capsys.readouterr().out
