@@ -77,6 +77,9 @@ class BatchLoad:
         started = time.time()
         with self.conn.cursor() as cur:
             cur.execute("set local timezone = %s", (self.timezone,))
+            # the typing pass's LATERAL steps never repeat a value: caching them is pure overhead; and
+            # compiling its long expressions costs more than it saves
+            cur.execute("set local enable_memoize = off; set local jit = off")
             if d.object_key:
                 cur.execute("select pg_advisory_xact_lock(hashtextextended(%s, 0))",
                             (f"{d.source}|{d.object_key}|{d.sha256}",))

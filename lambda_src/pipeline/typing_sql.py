@@ -16,7 +16,7 @@ from pipeline.config import ReadOptions
 from pipeline.model import Column, Table
 
 _NUMBER = r"^[-+]?([0-9]+(\.[0-9]*)?|\.[0-9]+)$"
-_INTEGER = r"^[-+]?[0-9]+$"
+_INTEGER = r"^[-+]?[0-9]{1,18}$"
 _STRFTIME = {"%d": r"([0-9]{1,2})", "%m": r"([0-9]{1,2})", "%Y": r"([0-9]{4})", "%H": r"[0-9]{1,2}",
              "%M": r"[0-9]{2}", "%S": r"[0-9]{2}"}
 
@@ -65,15 +65,20 @@ def _normalised(m: Mapped, options: ReadOptions) -> sql.Composable:
             expr = sql.SQL("replace({}, {}, '')").format(expr, sql.Literal(options.thousands))
         if options.decimal != ".":
             expr = sql.SQL("replace({}, {}, '.')").format(expr, sql.Literal(options.decimal))
-        return sql.SQL(r"regexp_replace(regexp_replace({}, '^\((.*)\)$', '-\1'), '^([^-].*)-$', '-\1')").format(expr)
+        expr = sql.SQL(r"regexp_replace(regexp_replace({}, '^\((.*)\)$', '-\1'), '^([^-].*)-$', '-\1')").format(expr)
+        # most values already are canonical ('1234.50'): one test, and the rewriting only for the rest
+        plain = r"^-?[0-9]+(\.[0-9]+)?$" if options.decimal == "." else r"^-?[0-9]+$"
+        return sql.SQL("case when {} ~ {} then {} else {} end").format(raw, sql.Literal(plain), raw, expr)
     if m.column.type == "date":
         pattern = date_pattern(options)
         expr = raw
         if pattern:
             expr = sql.SQL("regexp_replace({}, {}, {})").format(expr, sql.Literal(pattern[0]), sql.Literal(pattern[1]))
         # ISO with a time part, as Excel dates arrive: keep the date.
-        return sql.SQL("regexp_replace({}, {}, {})").format(
+        expr = sql.SQL("regexp_replace({}, {}, {})").format(
             expr, sql.Literal(r"^([0-9]{4}-[0-9]{1,2}-[0-9]{1,2})[T ][0-9:.]+$"), sql.Literal(r"\1"))
+        return sql.SQL("case when {} ~ {} then {} else {} end").format(
+            raw, sql.Literal(r"^[0-9]{4}-[0-9]{2}-[0-9]{2}$"), raw, expr)
     if m.column.type == "integer" and options.thousands:
         return sql.SQL("replace({}, {}, '')").format(raw, sql.Literal(options.thousands))
     return raw
@@ -89,8 +94,8 @@ def _valid(m: Mapped, n: sql.Composable) -> sql.Composable:
     kind = m.column.type
     if kind == "money":
         return sql.SQL("{} ~ {}").format(n, sql.Literal(_NUMBER))
-    if kind == "integer":
-        return sql.SQL("({} ~ {} and pg_input_is_valid({}, 'bigint'))").format(n, sql.Literal(_INTEGER), n)
+    if kind == "integer":  # at most 18 digits always fits a bigint
+        return sql.SQL("{} ~ {}").format(n, sql.Literal(_INTEGER))
     if kind == "date":
         return sql.SQL("({} ~ {} and pg_input_is_valid({}, 'date'))").format(n, sql.Literal(_ISO_DATE), n)
     if kind == "timestamp":
@@ -130,17 +135,17 @@ def typed_select(table: Table, mapped: list[Mapped], options: ReadOptions, width
             fine.append(sql.SQL("not coalesce(left({}, 1) = '-', false)").format(n))
             reasons.append(sql.SQL("case when {} and {}::{} < 0 then format('%s %L is negative', {}, {}) end").format(
                 v, n, cast, label, raw_value))
-    # footers: the row's first non-empty cell matches the configured pattern (e.g. "Total")
-    skip = sql.SQL("false")
+    # the row's first non-empty cell, once: none means a blank row; a match of the footer pattern ("Total") a
+    # footer. Both are skipped and counted, never loaded.
+    norms.append(sql.SQL("coalesce({}) as _first").format(sql.SQL(", ").join(
+        sql.SQL("nullif(btrim(r.{}), '')").format(sql.Identifier(f"c{i}")) for i in range(width))))
+    skip = sql.SQL("n._first is null")
     if options.skip_rows_matching:
-        first = sql.SQL("coalesce({})").format(sql.SQL(", ").join(
-            sql.SQL("nullif(btrim(r.{}), '')").format(sql.Identifier(f"c{i}")) for i in range(width)))
-        skip = sql.SQL("coalesce({} ~ {}, false)").format(first, sql.Literal(options.skip_rows_matching))
-    all_raw = sql.SQL(" || ").join(sql.SQL("coalesce(r.{}, '')").format(sql.Identifier(m.raw)) for m in mapped)
+        skip = sql.SQL("(n._first is null or n._first ~ {})").format(sql.Literal(options.skip_rows_matching))
     why = (sql.SQL("case when {} then '{{}}'::text[] else array_remove(array[{}]::text[], null) end").format(
         sql.SQL(" and ").join(fine), sql.SQL(", ").join(reasons)) if reasons else sql.SQL("'{}'::text[]"))
     return sql.SQL(
-        "select r._row, {typed}, {why} as _reasons, ({skip} or btrim({all_raw}) = '') as _skip "
+        "select r._row, {typed}, {why} as _reasons, {skip} as _skip "
         "from raw r cross join lateral (select {norms} offset 0) n cross join lateral (select {checks} offset 0) v"
-    ).format(typed=sql.SQL(", ").join(typed), why=why, skip=skip, all_raw=all_raw,
+    ).format(typed=sql.SQL(", ").join(typed), why=why, skip=skip,
              norms=sql.SQL(", ").join(norms), checks=sql.SQL(", ").join(checks))
