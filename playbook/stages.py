@@ -49,12 +49,12 @@ def prepare_warehouse(target: str, outputs: dict[str, str] | None = None) -> dic
         payload = json.loads(response["Payload"].read() or b"{}")
         if response.get("FunctionError"):
             raise PlaybookError(f"{function} failed: {payload.get('errorMessage', payload)}")
-        applied = payload.get("applied", [])
+        applied = payload.get("applied", [])  # and the function gave the roles their logins from their secrets
     else:
         from playbook.database import migrate
 
         applied = migrate()
-    ensure_role_logins()  # the URLs it returns carry passwords: not kept
+        ensure_role_logins()  # the URLs it returns carry passwords: not kept
     rules = []
     if target == "local" and not os.environ.get("PLAYBOOK_DATABASE_URL"):
         rules = apply_reporting_allow_list()
