@@ -276,6 +276,8 @@ class Accuracy(Strict):
     max_changed_rows: int = Field(0, ge=0, description="rows changed after their first load")
     max_quarantined_rows: int = Field(0, ge=0, description="rows rejected into meta.quarantine")
     max_missed_deliveries: int = Field(0, ge=0, description="scheduled deliveries the data shows never arrived")
+    max_failed_batches: int = Field(0, ge=0, description="deliveries or API windows whose load failed and that "
+                                                         "no later batch loaded")
     freshness_grace_days: int = Field(1, ge=0, description="days of data a source may miss before it is late")
     footer_sources: list[str] = Field(default_factory=list,
                                       description="sources whose files end in a totals row by design")

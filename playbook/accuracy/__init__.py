@@ -1,10 +1,11 @@
 """The validation stage that proves the numbers: `validate()` (the validate notebook) and `playbook validate`.
 
 From the ledger and the tables it checks that every batch reconciles (rows and money in equal out), that
-the marts equal core, that every row names a known client, that no delivery or row repeats and no row
-changed after its first load, that every scheduled delivery arrived, and what the quarantine holds. Each
-result goes to meta.accuracy_results and to accuracy.md in the run folder; any breach of the limits in
-the configuration's `accuracy` section raises AccuracyBreach, which stops the chain at this stage.
+the marts equal core, that no failed load is left unloaded, that every row names a known client, that no
+delivery or row repeats and no row changed after its first load, that every scheduled delivery arrived,
+and what the quarantine holds. Each result goes to meta.accuracy_results and to accuracy.md in the run
+folder; any breach of the limits in the configuration's `accuracy` section raises AccuracyBreach, which
+stops the chain at this stage.
 """
 
 from __future__ import annotations
@@ -59,6 +60,7 @@ def validate(database_url: str | None = None, config=None, run_id: str | None = 
             results: list[CheckResult] = []
             results += ledger.reconcile_batches(batches, config, limits)
             results += ledger.ledger_matches_core(cur, batches, limits)
+            results += ledger.failed_batches(cur, config, limits)
             results += marts.compare_marts(cur, limits, stale)
             results += ledger.orphans(cur, limits)
             results += replay.duplicate_rows(batches, replays, config, limits)

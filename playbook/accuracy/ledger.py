@@ -195,3 +195,27 @@ def orphans(cur, limits: Accuracy) -> list[CheckResult]:
                              f"{len(findings)} rows name a client not in core.clients" if findings
                              else "every row names a known client", findings))
     return results
+
+
+def failed_batches(cur, config: PipelineConfig, limits: Accuracy) -> list[CheckResult]:
+    """A delivery (file) or API window whose load failed, rolled back whole, and that no later batch loaded:
+    its data is missing from core. Each is listed with where it came from and the loader's own words."""
+    cur.execute(
+        "select f.batch_id, f.source, f.source_ref, f.object_key, f.object_version, f.error, f.finished_at"
+        " from meta.batches f where f.status = 'failed' and not exists ("
+        "  select 1 from meta.batches c where c.status = 'committed' and c.source = f.source"
+        "  and c.batch_id > f.batch_id and (case when f.object_key is not null"
+        "  then c.object_key = f.object_key else c.source_ref = f.source_ref end))"
+        " order by f.batch_id")
+    by_source: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for batch_id, source, ref, key, version, error, finished in cur.fetchall():
+        by_source[source].append({"batch_id": batch_id, "source": source, "file": key or ref, "version": version,
+                                  "failed_at": str(finished), "error": error})
+    results = []
+    for source in sorted(set(config.sources) | set(by_source)):
+        failed = by_source.get(source, [])
+        results.append(judge("failed_batches", source, len(failed), limits.max_failed_batches,
+                             f"{len(failed)} failed loads not loaded since: " + "; ".join(
+                                 f"{f['file']}: {f['error']}" for f in failed[:3]) if failed
+                             else "no failed load is waiting to be delivered again", failed))
+    return results

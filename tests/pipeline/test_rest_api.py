@@ -398,3 +398,29 @@ def test_api_options_are_required_for_rest_api_and_forbidden_elsewhere():
 
 def _window() -> dict:
     return {"start": WINDOW["from"], "end": WINDOW["to"]}
+
+
+def test_a_page_that_repeats_is_caught_by_validation_where_it_happened(business, tmp_path):
+    """The seeded API defect: the batch fails whole, and validation reports the failed window with the URL and
+    the loader's words until a later run loads it."""
+    from playbook.accuracy import AccuracyBreach, validate
+
+    business.configure(style="next_url")
+    business.api.set_fault("repeat_cursor")
+    with pytest.raises(LoadError):
+        business.run({"source": "sales_api", **WINDOW})
+    config = load_config(EXAMPLE)
+    with pytest.raises(AccuracyBreach) as breach:
+        validate(business.landing.database_url, config, out_dir=tmp_path)
+    (failed,) = breach.value.report.by_check("failed_batches") and [
+        r for r in breach.value.report.by_check("failed_batches") if r.subject == "sales_api"]
+    assert failed.status == "fail" and failed.observed == 1
+    (finding,) = failed.findings
+    assert finding["file"].startswith(business.api.url) and "was already fetched" in finding["error"]
+    assert "sales_api" in (tmp_path / "accuracy.md").read_text()
+    # delivered again without the fault, the window loads and the finding is gone
+    business.api.clear_faults()
+    business.run({"source": "sales_api", **WINDOW})
+    again = validate(business.landing.database_url, config, out_dir=tmp_path, thresholds={
+        k: 10**6 for k in ("max_quarantined_rows", "max_orphans", "max_missed_deliveries")})
+    assert [r.status for r in again.by_check("failed_batches") if r.subject == "sales_api"] == ["pass"]
