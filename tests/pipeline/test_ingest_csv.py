@@ -215,3 +215,25 @@ def test_handler_accepts_s3_notifications_and_eventbridge_events(landing):
     eventbridge = {"source": "aws.s3", "detail-type": "Object Created",
                    "detail": {"bucket": {"name": landing.bucket}, "object": {"key": "landing/sales/2024/n1.csv"}}}
     assert ingest_object.handler(eventbridge)["already_loaded"] == 1
+
+
+@pytest.mark.parametrize("impossible_date", [False, True])
+def test_both_typing_lanes_accept_and_reject_the_same_rows(landing, impossible_date):
+    """Canonical rows take the fast lane (one shape test per row), the rest the careful one; a value whose shape
+    passes but whose cast fails (2025-02-30) sends the whole file the careful way. The outcome is the same."""
+    lines = ["SO-1,1,2024-01-05,00042,Widget,2,10.50,21.00,GBP",  # canonical
+             "SO-2,1,2024-01-05,00042,Widget,2, 10.50 ,£21.00,GBP",  # needs rewriting
+             "SO-3,1,2024-01-05,00042,Widget,2,10.50,NaN,GBP",  # numeric input would take it; never money
+             "SO-4,1,2024-01-05,00042,Widget,2,10.50,1e3,GBP",
+             "SO-5,1,2024-01-05,00042,Widget,2,10.50,-21.00,GBP",
+             "Total,1,2024-01-05,00042,Widget,2,10.50,21.00,GBP"]  # looks canonical, but a footer
+    if impossible_date:
+        lines.append("SO-6,1,2025-02-30,00042,Widget,2,10.50,21.00,GBP")
+    result = landing.ingest(f"landing/sales/2024/lanes-{impossible_date}.csv", sales(*lines))
+    assert (result["rows_inserted"], result["rows_skipped"]) == (2, 1)
+    assert result["rows_quarantined"] == 3 + impossible_date
+    assert landing.query("select order_id, amount from core.sales order by 1") == [
+        ("SO-1", Decimal("21.00")), ("SO-2", Decimal("21.00"))]
+    reasons = [r[0] for r in landing.query("select reason from meta.quarantine order by source_row")]
+    assert reasons[:3] == ["row 4: amount 'NaN' is not a number", "row 5: amount '1e3' is not a number",
+                           "row 6: amount '-21.00' is negative"]
