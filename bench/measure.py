@@ -14,6 +14,8 @@ from dataclasses import asdict, dataclass, field
 
 import psutil
 
+from playbook.runtime import high_water_mark
+
 
 @dataclass
 class Run:
@@ -103,17 +105,6 @@ class TreeSampler:
     def __exit__(self, *exc) -> None:
         self._stop.set()
         self._thread.join()
-
-
-def high_water_mark(pid: int) -> int:
-    try:
-        with open(f"/proc/{pid}/status", encoding="ascii") as fh:
-            for line in fh:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) * 1024
-    except (OSError, ValueError):
-        pass
-    return 0
 
 
 def run_process(argv: list[str], env: dict | None = None, timeout: float | None = None) -> Run:
