@@ -7,8 +7,9 @@ running out) leaves nothing of the batch behind, and a rerun converges to the sa
 
 from __future__ import annotations
 
+import contextlib
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import psycopg2
@@ -306,6 +307,20 @@ class BatchLoad:
             target=target, cols=_ident_list(cols), key=_ident_list(key), sets=set_list),
             (self.batch_id, self.delivery.source, self.delivery.ref))
         return cur.fetchone()
+
+
+@contextlib.contextmanager
+def failures_recorded(conn, delivery: Delivery, request_id: str | None = None) -> Iterator[None]:
+    """Around a batch: on any error, roll back all of it and keep a failed ledger row with the reason."""
+    try:
+        yield
+    except BaseException as exc:
+        with contextlib.suppress(Exception):
+            conn.rollback()
+        if isinstance(exc, Exception):
+            with contextlib.suppress(Exception):
+                record_failure(conn, delivery, f"{type(exc).__name__}: {exc}", request_id)
+        raise
 
 
 def record_failure(conn, delivery: Delivery, error: str, request_id: str | None = None) -> int:

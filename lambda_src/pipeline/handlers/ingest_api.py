@@ -14,7 +14,6 @@ pages commit, and the state says where the next invocation resumes the same wind
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import time
@@ -26,7 +25,7 @@ import psycopg2.extras
 
 from pipeline.config import PipelineConfig, SourceConfig
 from pipeline.db import connect
-from pipeline.loader import BatchLoad, Delivery, TimeBudgetExceeded, record_failure
+from pipeline.loader import BatchLoad, Delivery, TimeBudgetExceeded, failures_recorded
 from pipeline.logs import get_logger, log
 from pipeline.model import TABLES
 from pipeline.runtime_config import pipeline_config
@@ -150,20 +149,13 @@ def ingest_window(conn, config: PipelineConfig, name: str, source: SourceConfig,
                     " updated_at = excluded.updated_at",
                     (name, psycopg2.extras.Json(new_state), batch_id))
 
-    try:
+    with failures_recorded(conn, delivery, request_id):
         reader.fetch()
         if reader.pages == 0 and not reader.complete:
             raise TimeBudgetExceeded(f"{reader.display}: no complete page within the time budget")
         new_state = state_after(state, plan, reader)
         result = BatchLoad(conn, delivery, reader, config.company.timezone, remaining, request_id,
                            before_commit=save_state).run(COMMIT_MARGIN_S)
-    except BaseException as exc:
-        with contextlib.suppress(Exception):
-            conn.rollback()
-        if isinstance(exc, Exception):
-            with contextlib.suppress(Exception):
-                record_failure(conn, delivery, f"{type(exc).__name__}: {exc}", request_id)
-        raise
     return {"source": name, "window": {"from": plan.window[0].isoformat(), "to": plan.window[1].isoformat()},
             "pages": reader.pages, "records": len(reader.rows), "requests": reader.client.requests,
             "retries": reader.client.retries, "complete": reader.complete, "resumed": plan.resume is not None,

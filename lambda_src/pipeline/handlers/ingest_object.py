@@ -6,14 +6,13 @@ Accepts S3 ObjectCreated notifications (one or many records), EventBridge S3 eve
 
 from __future__ import annotations
 
-import contextlib
 import json
 import time
 from decimal import Decimal
 
 from pipeline.config import PipelineConfig
 from pipeline.db import connect
-from pipeline.loader import BatchLoad, Delivery, TimeBudgetExceeded, already_loaded, record_failure
+from pipeline.loader import BatchLoad, Delivery, TimeBudgetExceeded, already_loaded, failures_recorded
 from pipeline.logs import get_logger, log
 from pipeline.model import TABLES
 from pipeline.runtime_config import pipeline_config
@@ -64,15 +63,9 @@ def ingest(conn, config: PipelineConfig, ref: ObjectRef, remaining, request_id: 
         raise TimeBudgetExceeded(f"{ref.key}: not enough time left to start loading it")
     path, delivery.sha256 = download(ref)
     try:
-        return BatchLoad(conn, delivery, reader_for(delivery, path), config.company.timezone, remaining,
-                         request_id).run(COMMIT_MARGIN_S)
-    except BaseException as exc:
-        with contextlib.suppress(Exception):
-            conn.rollback()
-        if isinstance(exc, Exception):
-            with contextlib.suppress(Exception):
-                record_failure(conn, delivery, f"{type(exc).__name__}: {exc}", request_id)
-        raise
+        with failures_recorded(conn, delivery, request_id):
+            return BatchLoad(conn, delivery, reader_for(delivery, path), config.company.timezone, remaining,
+                             request_id).run(COMMIT_MARGIN_S)
     finally:
         path.unlink(missing_ok=True)
 
