@@ -57,7 +57,7 @@ class MotoServer:
         env.pop("MOTO_ENABLE_RECORDING", None)
         with open(self.log_file, "ab") as log:
             proc = subprocess.Popen(
-                [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(self.port)],
+                [sys.executable, "-m", "playbook.local.moto_main", "-H", "127.0.0.1", "-p", str(self.port)],
                 stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
                 start_new_session=True,
             )
@@ -84,8 +84,11 @@ class MotoServer:
         """Seed moto's ids, replay what was recorded before, then keep recording."""
         self._post(f"/moto-api/seed?a={SEED}")
         if self.recording.exists():
-            replayed = replay(self.recording, self.endpoint)
-            (self.root / "last_replay.json").write_text(json.dumps({"requests": replayed}))
+            replayed, unreadable = replay(self.recording, self.endpoint)
+            (self.root / "last_replay.json").write_text(json.dumps({"requests": replayed, "unreadable": unreadable}))
+            if unreadable:
+                print(f"warning: {unreadable} recorded requests in {self.recording} could not be read and were not "
+                      "replayed (written concurrently by an older moto server)", file=sys.stderr)
         self._post("/moto-api/recorder/start-recording")
 
 
@@ -103,15 +106,21 @@ def _is_read(entry: dict) -> bool:
     return False
 
 
-def replay(recording: Path, endpoint: str) -> int:
-    """Send every state-changing request of a recording to the server at `endpoint`, in order."""
+def replay(recording: Path, endpoint: str) -> tuple[int, int]:
+    """Send every state-changing request of a recording to the server at `endpoint`, in order.
+
+    Returns (requests replayed, lines that could not be read)."""
     target = urlsplit(endpoint)
-    count = 0
-    with requests.Session() as session, open(recording, encoding="utf-8") as fh:
+    count = unreadable = 0
+    with requests.Session() as session, open(recording, encoding="utf-8", errors="replace") as fh:
         for line in fh:
             if not line.strip():
                 continue
-            entry = json.loads(line)
+            try:
+                entry = json.loads(line)
+            except ValueError:
+                unreadable += 1
+                continue
             if _is_read(entry):
                 continue
             body = entry.get("body") or b""
@@ -124,4 +133,4 @@ def replay(recording: Path, endpoint: str) -> int:
             headers["Host"] = target.netloc
             session.request(entry["method"], url, headers=headers, data=body, timeout=60)
             count += 1
-    return count
+    return count, unreadable

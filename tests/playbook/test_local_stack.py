@@ -135,3 +135,25 @@ def test_stale_state_naming_a_foreign_process_is_not_killed(own_env):
 def test_status_json_has_the_contract_keys(stack):
     assert stack["database_url"].startswith("postgresql://")
     assert stack["aws_endpoint_url"].startswith("http://127.0.0.1:")
+
+
+def test_concurrent_uploads_survive_down_and_up(own_env):
+    """moto's recorder appends from every request thread: concurrent large uploads must still replay."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    playbook(own_env, "local", "up")
+    st = status(own_env)
+    aws = dict(endpoint_url=st["aws_endpoint_url"], region_name="eu-west-2",
+               aws_access_key_id="testing", aws_secret_access_key="testing")
+    s3 = boto3.client("s3", **aws)
+    s3.create_bucket(Bucket="landing", CreateBucketConfiguration={"LocationConstraint": "eu-west-2"})
+    bodies = {f"landing/sales/part-{i:02d}.csv": os.urandom(256 * 1024) for i in range(24)}
+    with ThreadPoolExecutor(8) as pool:
+        list(pool.map(lambda kv: s3.put_object(Bucket="landing", Key=kv[0], Body=kv[1]), bodies.items()))
+    playbook(own_env, "local", "down")
+    playbook(own_env, "local", "up")
+    s3 = boto3.client("s3", **aws)
+    for key, body in bodies.items():
+        assert s3.get_object(Bucket="landing", Key=key)["Body"].read() == body, key
+    replayed = json.loads((Path(own_env["PLAYBOOK_STATE_DIR"]) / "moto" / "last_replay.json").read_text())
+    assert replayed["unreadable"] == 0
