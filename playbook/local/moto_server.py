@@ -67,7 +67,13 @@ class MotoServer:
             proc.kill()
             tail = self.log_file.read_text(errors="replace").splitlines()[-5:]
             raise StackError(f"the moto server did not start on port {self.port}: {' | '.join(tail)}") from None
-        self._restore()
+        try:
+            self._restore()
+        except Exception as exc:  # never leave a server running that the state file does not name
+            proc.kill()
+            proc.wait(10)
+            raise StackError(f"the moto server started but its recorded state could not be restored ({exc}); "
+                             f"the recording is {self.recording}: move it aside to start empty") from exc
         return proc.pid
 
     def healthy(self) -> bool:
