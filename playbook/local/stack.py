@@ -70,6 +70,7 @@ class Stack:
                          "endpoint": self.moto.endpoint, "version": moto_server.version(),
                          "started_at": time.time()}
         state["parts"]["moto"] = moto_part
+        self.write_state(state)  # recorded at once: if the database fails to start, `down` still stops moto
 
         if self.settings.external_database_url:
             state["parts"].pop("postgres", None)
