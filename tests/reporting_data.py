@@ -3,8 +3,10 @@ tests; and the reporting role's login. Every row carries a `T-` id so it can be 
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import random
+from collections.abc import Iterator
 from datetime import date, timedelta
 from decimal import Decimal
 
@@ -125,3 +127,15 @@ def reporting_url(owner_url: str) -> str:
     from playbook.warehouse import REPORTING_ROLE, ensure_role_logins
 
     return ensure_role_logins(owner_url)[REPORTING_ROLE]
+
+
+@contextlib.contextmanager
+def synthetic_company(database_url: str) -> Iterator[dict]:
+    """The synthetic company in core and the marts for the duration of a test module, removed after."""
+    conn = psycopg2.connect(database_url)
+    made = insert_company(conn)
+    try:
+        yield made
+    finally:
+        remove_company(conn, made)
+        conn.close()

@@ -18,7 +18,7 @@ import pytest
 from pipeline.money import format_money
 from playbook.config import load_config
 from playbook.settings import PROJECT_ROOT
-from tests.reporting_data import insert_company, remove_company, reporting_url
+from tests.reporting_data import reporting_url, synthetic_company
 
 pytestmark = pytest.mark.stack
 
@@ -28,13 +28,8 @@ ARTIFACTS = PROJECT_ROOT / "test-artifacts" / "expense_email"
 
 @pytest.fixture(scope="module")
 def company(stack):
-    conn = psycopg2.connect(stack["database_url"])
-    made = insert_company(conn)
-    try:
+    with synthetic_company(stack["database_url"]) as made:
         yield made
-    finally:
-        remove_company(conn, made)
-        conn.close()
 
 
 @pytest.fixture(scope="module")

@@ -18,7 +18,7 @@ from pipeline.money import format_money
 from pipeline.periods import Period
 from playbook.config import load_config
 from playbook.settings import PROJECT_ROOT
-from tests.reporting_data import insert_company, remove_company, reporting_url
+from tests.reporting_data import reporting_url, synthetic_company
 
 pytestmark = pytest.mark.stack
 
@@ -30,13 +30,8 @@ CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic
 
 @pytest.fixture(scope="module")
 def company(stack):
-    conn = psycopg2.connect(stack["database_url"])
-    made = insert_company(conn)
-    try:
+    with synthetic_company(stack["database_url"]) as made:
         yield made
-    finally:
-        remove_company(conn, made)
-        conn.close()
 
 
 @pytest.fixture(scope="module")
@@ -68,13 +63,7 @@ def sql_top_clients(reporting: str, period: Period, n: int) -> list[tuple]:
 
 
 def sql_one(url: str, query: str, params: tuple = ()):
-    conn = psycopg2.connect(url)
-    try:
-        with conn.cursor() as cur:
-            cur.execute(query, params)
-            return cur.fetchone()
-    finally:
-        conn.close()
+    return psycopg2_rows(url, query, params)[0]
 
 
 # -- the reporting role -----------------------------------------------------------------------------
