@@ -18,7 +18,7 @@ from urllib.parse import quote
 
 import psycopg2
 
-from playbook.local.processes import StackError, create_time_of, require_free_port, wait_until
+from playbook.local.processes import StackError, require_free_port, wait_until
 
 DATABASE = "playbook"
 OWNER_ROLE = "playbook_owner"
@@ -220,6 +220,3 @@ class EmbeddedPostgres:
         finally:
             conn.close()
 
-
-def started_at(pid: int) -> float:
-    return create_time_of(pid)
