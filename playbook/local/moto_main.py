@@ -1,30 +1,96 @@
-"""The moto server the local stack runs: moto's own, with its request recorder safe for concurrency.
+"""The moto server the local stack runs: moto's own, made replayable.
 
-moto's recorder appends each request to one file from every request thread without a lock, so two
-large uploads at once interleave and the recording can no longer be replayed. Recording here takes a
-lock, and skips reads (GET, HEAD, OPTIONS), which change nothing and need no replay.
+moto keeps its state in memory; the local stack survives `down`/`up` by recording the requests the
+server receives and replaying them on the next start. A replay only rebuilds the same state if every
+request draws the same "random" ids the second time, and moto draws them from one shared generator that
+every response also draws its request id from, backends draw from when first touched (an EC2 region
+creates its default VPC), and concurrent requests draw from in whatever order threads run. So here:
+
+- every request that is recorded (all but GET, HEAD, OPTIONS and moto's own /moto-api/) takes its place
+  in the recording and, with it, a generator of its own seeded from that place: request n draws the same
+  ids in the first run and in every replay, whatever ran before or beside it. Requests still run
+  concurrently; only taking a place (and appending the line) is serialised, so two large uploads never
+  interleave in the file;
+- S3 multipart upload ids, which moto takes from os.urandom, come from that generator too, so a replayed
+  UploadPart finds the upload its recorded id names.
+
+GET and HEAD requests are neither recorded nor replayed: they only read, and draw from a generator of
+their own that nothing recorded depends on.
 """
 
 from __future__ import annotations
 
+import os
+import random
 import sys
 import threading
+from typing import Any
 
+from moto.moto_api._internal import mock_random
+from moto.moto_api._internal.moto_random import MotoRandom
 from moto.moto_api._internal.recorder.models import Recorder
+from moto.s3 import models as s3_models
 from moto.server import main
 
+SEED = 20240601
+_READS = ("GET", "HEAD", "OPTIONS")
+
 _lock = threading.Lock()
+_position = 0
+_local = threading.local()
 _record = Recorder._record_request
 
 
-def _record_safely(self, request, body=None) -> None:
-    if request.method in ("GET", "HEAD", "OPTIONS"):
+def _recorded(method: str, path: str) -> bool:
+    return method not in _READS and not path.startswith("/moto-api/")
+
+
+def _generator() -> random.Random:
+    rng = getattr(_local, "rng", None)
+    if rng is None:
+        rng = _local.rng = random.Random()  # noqa: S311 (ids of an emulator, not secrets)
+    return rng
+
+
+class _PerRequestRandom(MotoRandom):
+    """moto's shared generator, drawing from the current request's own (every other draw derives from these)."""
+
+    def random(self) -> float:
+        return _generator().random()
+
+    def getrandbits(self, k: int) -> int:
+        return _generator().getrandbits(k)
+
+    def seed(self, a: Any = None, version: int = 2) -> None:
+        _generator().seed(a, version)
+
+
+def _take_place(self: Recorder, request: Any, body: Any = None) -> None:
+    """Called by moto as each request starts: its place in the recording fixes the ids it will draw."""
+    global _position
+    if not _recorded(request.method, request.path):
+        _local.rng = random.Random()  # noqa: S311
         return
     with _lock:
-        _record(self, request, body)
+        _record(self, request, body)  # appends only while recording (not during a replay)
+        _local.rng = random.Random(SEED * 1_000_003 + _position)  # noqa: S311
+        _position += 1
 
 
-Recorder._record_request = _record_safely
+class _SeededUploadIds:
+    """Stands in for `os` inside moto.s3.models: urandom comes from the request's seeded generator."""
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(os, name)
+
+    @staticmethod
+    def urandom(size: int) -> bytes:
+        return _generator().getrandbits(8 * size).to_bytes(size, "big") if size else b""
+
+
+mock_random.__class__ = _PerRequestRandom
+Recorder._record_request = _take_place
+s3_models.os = _SeededUploadIds()
 
 if __name__ == "__main__":
     main(sys.argv[1:])

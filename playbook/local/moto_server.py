@@ -1,9 +1,9 @@
 """moto in server mode: every AWS API the pipeline uses, over HTTP on 127.0.0.1.
 
-moto keeps its state in memory. To survive `down`/`up`, the server records every request it receives
-(moto's own recorder) into the state directory, with its random ids seeded; on the next start the
-playbook seeds it the same way and replays the state-changing requests, so buckets, objects, secrets,
-stacks and functions come back with the same names and ids.
+moto keeps its state in memory. To survive `down`/`up`, the server (`moto_main`) records every request
+it receives but plain reads into the state directory, each drawing its ids from a generator seeded by
+its position in the recording; on the next start the playbook replays the recording in order, so
+buckets, objects, secrets, stacks and functions come back with the same names and ids.
 """
 
 from __future__ import annotations
@@ -20,11 +20,6 @@ from urllib.parse import urlsplit, urlunsplit
 import requests
 
 from playbook.local.processes import StackError, require_free_port, wait_until
-
-SEED = 20240601
-# Requests that only read state need no replay.
-_READ_PREFIXES = ("Get", "List", "Describe", "Head", "BatchGet", "Lookup", "Query", "Scan", "Validate",
-                  "Estimate", "Search")
 
 
 def version() -> str:
@@ -87,8 +82,7 @@ class MotoServer:
         requests.post(f"{self.endpoint}{path}", timeout=10).raise_for_status()
 
     def _restore(self) -> None:
-        """Seed moto's ids, replay what was recorded before, then keep recording."""
-        self._post(f"/moto-api/seed?a={SEED}")
+        """Replay what was recorded before, then keep recording."""
         if self.recording.exists():
             replayed, unreadable = replay(self.recording, self.endpoint)
             (self.root / "last_replay.json").write_text(json.dumps({"requests": replayed, "unreadable": unreadable}))
@@ -98,22 +92,9 @@ class MotoServer:
         self._post("/moto-api/recorder/start-recording")
 
 
-def _is_read(entry: dict) -> bool:
-    if entry.get("method") in ("GET", "HEAD", "OPTIONS"):
-        return True
-    headers = {k.lower(): v for k, v in (entry.get("headers") or {}).items()}
-    target = headers.get("x-amz-target", "")
-    if target:
-        return target.rsplit(".", 1)[-1].startswith(_READ_PREFIXES)
-    body = entry.get("body") or ""
-    if not entry.get("body_encoded") and isinstance(body, str) and body.startswith("Action="):
-        action = body.split("&", 1)[0].removeprefix("Action=")
-        return action.startswith(_READ_PREFIXES)
-    return False
-
-
 def replay(recording: Path, endpoint: str) -> tuple[int, int]:
-    """Send every state-changing request of a recording to the server at `endpoint`, in order.
+    """Send every request of a recording to the server at `endpoint`, in order: each request's ids depend
+    on its position, so none may be skipped.
 
     Returns (requests replayed, lines that could not be read)."""
     target = urlsplit(endpoint)
@@ -126,8 +107,6 @@ def replay(recording: Path, endpoint: str) -> tuple[int, int]:
                 entry = json.loads(line)
             except ValueError:
                 unreadable += 1
-                continue
-            if _is_read(entry):
                 continue
             body = entry.get("body") or b""
             if entry.get("body_encoded"):
