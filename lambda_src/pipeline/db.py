@@ -14,6 +14,7 @@ from functools import lru_cache
 import boto3
 import psycopg2
 
+TEMP_BUFFERS = "256MB"
 ENV_SECRET_ARN = "DB_SECRET_ARN"  # noqa: S105 - the name of a variable, not a secret
 
 
@@ -41,7 +42,12 @@ def connection_kwargs(secret_arn: str | None = None) -> dict:
 
 
 def connect(secret_arn: str | None = None, application_name: str | None = None):
-    """A new psycopg2 connection (autocommit off): one transaction per batch is the caller's to manage."""
+    """A new psycopg2 connection (autocommit off): one transaction per batch is the caller's to manage.
+
+    A batch stages its rows in temporary tables; `temp_buffers` lets the session keep them in memory (it is
+    a ceiling the session grows into, and can only be set before its first temporary table).
+    """
     kwargs = connection_kwargs(secret_arn)
     name = application_name or os.environ.get("AWS_LAMBDA_FUNCTION_NAME", "pipeline")
-    return psycopg2.connect(**kwargs, connect_timeout=10, application_name=name[:60])
+    return psycopg2.connect(**kwargs, connect_timeout=10, application_name=name[:60],
+                            options=f"-c temp_buffers={TEMP_BUFFERS}")

@@ -81,6 +81,8 @@ class BatchLoad:
             # the typing pass's LATERAL steps never repeat a value: caching them is pure overhead; and
             # compiling its long expressions costs more than it saves
             cur.execute("set local enable_memoize = off; set local jit = off")
+            # the key check and the merge hash a whole batch: in memory, not in spill files
+            cur.execute("set local work_mem = '64MB'")
             if d.object_key:
                 cur.execute("select pg_advisory_xact_lock(hashtextextended(%s, 0))",
                             (f"{d.source}|{d.object_key}|{d.sha256}",))
@@ -237,21 +239,16 @@ class BatchLoad:
             amt("not _skip"), amt("not _skip and _row_hash is null"), amt("_row_hash is not null")))
         skipped, read, quarantined, accepted, amount_in, amount_q, amount_loaded = cur.fetchone()
         duplicates, amount_dup = 0, 0
-        # A key twice in one batch makes ON CONFLICT fail ("cannot affect row a second time"): only then is the
-        # batch collapsed, so a clean file never pays for the search.
-        cur.execute("savepoint merge")
-        try:
-            inserted, updated = self._upsert(cur, cols, key)
-            cur.execute("release savepoint merge")
-        except psycopg2.errors.CardinalityViolation:
-            cur.execute("rollback to savepoint merge")
+        # A key twice in one batch would make the merge ambiguous: only then is the batch collapsed (exact copies
+        # counted, a key repeated with other values keeps its last row), so a clean file pays one hash aggregate.
+        if self._repeats_a_key(cur, key):
             duplicates, amount_dup, conflicts, amount_conflicts = self._collapse(cur, key, amount)
             quarantined += conflicts
             accepted -= duplicates + conflicts
             if amount:
                 amount_q += amount_conflicts
                 amount_loaded -= amount_dup + amount_conflicts
-            inserted, updated = self._upsert(cur, cols, key)
+        inserted, updated = self._merge_rows(cur, cols, key)
         read += self.rejects
         quarantined += self.rejects
         return {"rows_read": read, "rows_inserted": inserted, "rows_updated": updated,
@@ -288,25 +285,48 @@ class BatchLoad:
         conflicts, amount_conflicts = cur.fetchone()
         return duplicates, amount_dup, conflicts, amount_conflicts
 
-    def _upsert(self, cur, cols: list[str], key: list[str]) -> tuple[int, int]:
+    def _repeats_a_key(self, cur, key: list[str]) -> bool:
+        cur.execute(sql.SQL("select exists (select from typed where _row_hash is not null group by {} "
+                            "having count(*) > 1)").format(_ident_list(key)))
+        return cur.fetchone()[0]
+
+    def _merge_rows(self, cur, cols: list[str], key: list[str]) -> tuple[int, int]:
+        """Changed rows updated in place, new keys inserted: two set-wise statements, exact counts.
+
+        Keys are unique in `typed` by now, so a join finds at most one row either way. An update writes only
+        rows whose content hash differs (the history trigger keeps the old version); an identical row costs
+        a hash comparison, not a write. Merges into one table take turns (a transaction-scoped lock), so two
+        batches never both find a key absent and both insert it.
+        """
         t = self.table
         target = sql.Identifier("core", t.name)
-        updates = [c for c in cols if c not in key]
-        set_list = sql.SQL(", ").join(
-            [sql.SQL("{} = excluded.{}").format(sql.Identifier(c), sql.Identifier(c)) for c in updates]
-            + [sql.SQL("{} = excluded.{}").format(sql.Identifier(c), sql.Identifier(c))
-               for c in ("_batch_id", "_source", "_source_ref", "_source_row", "_row_hash")]
-            + [sql.SQL("_updated_at = now()")])
+        lineage = ("_batch_id", "_source", "_source_ref", "_source_row", "_row_hash")
+        values = {"_batch_id": sql.Placeholder("batch"), "_source": sql.Placeholder("source"),
+                  "_source_ref": sql.SQL("%(ref)s || coalesce('#' || s._sheet, '')"), "_source_row": sql.SQL("s._row"),
+                  "_row_hash": sql.SQL("s._row_hash")}
+        joined = sql.SQL(" and ").join(sql.SQL("c.{k} = s.{k}").format(k=sql.Identifier(k)) for k in key)
+        params = {"batch": self.batch_id, "source": self.delivery.source, "ref": self.delivery.ref}
+        cur.execute("select pg_advisory_xact_lock(hashtextextended(%s, 0))", (f"merge into core.{t.name}",))
+        cur.execute(sql.SQL("select exists (select from {})").format(target))
+        updated, new_only = 0, sql.SQL("")
+        if cur.fetchone()[0]:
+            sets = sql.SQL(", ").join(
+                [sql.SQL("{} = s.{}").format(sql.Identifier(c), sql.Identifier(c)) for c in cols if c not in key]
+                + [sql.SQL("{} = {}").format(sql.Identifier(c), values[c]) for c in lineage]
+                + [sql.SQL("_updated_at = now()")])
+            cur.execute(sql.SQL("update {target} c set {sets} from typed s where {joined} and s._row_hash is not null"
+                                " and c._row_hash is distinct from s._row_hash").format(
+                target=target, sets=sets, joined=joined), params)
+            updated = cur.rowcount
+            new_only = sql.SQL(" and not exists (select from {} c where {})").format(target, joined)
+        # into an empty table every row is new: no anti-join, whose plan would scan the table it fills
         cur.execute(sql.SQL(
-            "with up as (insert into {target} as c ({cols}, _batch_id, _source, _source_ref, _source_row, _row_hash) "
-            "select {cols}, %s, %s, %s || coalesce('#' || _sheet, ''), _row, _row_hash from typed "
-            "where _row_hash is not null "
-            "on conflict ({key}) do update set {sets} where c._row_hash is distinct from excluded._row_hash "
-            "returning (xmax = 0) as inserted) "
-            "select count(*) filter (where inserted), count(*) filter (where not inserted) from up").format(
-            target=target, cols=_ident_list(cols), key=_ident_list(key), sets=set_list),
-            (self.batch_id, self.delivery.source, self.delivery.ref))
-        return cur.fetchone()
+            "insert into {target} ({cols}, {lineage}) select {scols}, {values} from typed s "
+            "where s._row_hash is not null{new_only}").format(
+            target=target, cols=_ident_list(cols), lineage=_ident_list(lineage),
+            scols=sql.SQL(", ").join(sql.SQL("s.{}").format(sql.Identifier(c)) for c in cols),
+            values=sql.SQL(", ").join(values[c] for c in lineage), new_only=new_only), params)
+        return cur.rowcount, updated
 
 
 @contextlib.contextmanager
