@@ -141,6 +141,7 @@ class BusinessApi:
         self._http.daemon_threads = True
         self._thread: threading.Thread | None = None
         self._data_pages = 0
+        self._generation = 0
 
     @property
     def url(self) -> str:
@@ -151,11 +152,17 @@ class BusinessApi:
         if name not in FAULTS:
             raise ValueError(f"unknown fault {name!r}; choose one of {', '.join(FAULTS)}")
         self.faults.active[name] = times
-        self._data_pages = 0  # "from the second page on" counts from here
+        self._restart_page_count()
+
+    def _restart_page_count(self) -> None:
+        """ "From the second page on" counts from here, and only requests that arrive from now on: an answer
+        still on its way from before (a slow one its client gave up on) does not count."""
+        self._generation += 1
+        self._data_pages = 0
 
     def clear_faults(self) -> None:
         self.faults.active.clear()
-        self._data_pages = 0
+        self._restart_page_count()
 
     def start(self) -> BusinessApi:
         self._thread = threading.Thread(target=self._http.serve_forever, name="business-api", daemon=True)
@@ -196,6 +203,7 @@ class BusinessApi:
         return any(c and hmac.compare_digest(c.encode(), self.token.encode()) for c in candidates)
 
     def answer(self, method: str, target: str, headers) -> tuple[int, dict[str, str], bytes]:
+        generation = self._generation
         parts = urlsplit(target)
         query = {k: v[-1] for k, v in parse_qs(parts.query, keep_blank_values=True).items()}
         if self.faults.take("slow"):
@@ -219,6 +227,8 @@ class BusinessApi:
             status, extra, body = self._page(parts.path, query)
         except ValueError as exc:
             return 400, {}, json.dumps({"error": str(exc)}).encode()
+        if generation != self._generation:
+            return status, extra, body
         self._data_pages += 1
         if self._data_pages >= 2 and self.faults.take("truncated"):
             body = body[: len(body) // 2]
