@@ -1,11 +1,14 @@
 """The handler process of the local Lambda runtime: run as a script, never imported by the playbook.
 
 `python -I -S lambda_bootstrap.py SPEC_FILE RESULT_FD` imports the handler named by its handler string from
-the unpacked deployment zip and calls it once with a Lambda-shaped context. `-I -S` keep the interpreter
-clean: no PYTHONPATH, no current directory, no site-packages and no `.pth` files (so the editable
-install of this repository is not on the path); sys.path is the unpacked zip, then the dependency layer
-directories, then the standard library, as on Lambda. Messages for the runtime go to RESULT_FD as JSON
-lines: {"init_done": epoch ms} once the handler is imported, then {"result": ...} or {"error": ...}.
+the unpacked deployment zip, then serves invocations as a Lambda execution environment does: one JSON line
+on stdin per invocation ({"request_id", "event_file", "log_file"}), handled one at a time, until stdin
+closes. `-I -S` keep the interpreter clean: no PYTHONPATH, no current directory, no site-packages and no
+`.pth` files (so the editable install of this repository is not on the path); sys.path is the unpacked
+zip, then the dependency layer directories, then the standard library, as on Lambda. Messages for the
+runtime go to RESULT_FD as JSON lines: {"init_done": epoch ms} once the handler is imported, then for
+each invocation {"started": epoch ms} and {"result": ...} or {"error": ...}. Each invocation's output goes
+to its own log file, and reports its own peak memory (the kernel's high-water mark is reset as it starts).
 """
 
 import importlib
@@ -61,15 +64,74 @@ def _send(fd: int, message: dict) -> None:
         data = data[os.write(fd, data):]
 
 
-def _log_setup(request_id: str) -> None:
+_current = {"request_id": ""}
+
+
+class _RequestId(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.aws_request_id = _current["request_id"]
+        return True
+
+
+def _log_setup() -> None:
     """Lambda's root handler: level from AWS_LAMBDA_LOG_LEVEL, tab-separated lines with the request id."""
     handler = logging.StreamHandler(sys.stdout)
     handler.setFormatter(logging.Formatter(
-        f"[%(levelname)s]\t%(asctime)s.%(msecs)03dZ\t{request_id}\t%(message)s", "%Y-%m-%dT%H:%M:%S"))
+        "[%(levelname)s]\t%(asctime)s.%(msecs)03dZ\t%(aws_request_id)s\t%(message)s", "%Y-%m-%dT%H:%M:%S"))
     handler.formatter.converter = time.gmtime
+    handler.addFilter(_RequestId())
     root = logging.getLogger()
     root.addHandler(handler)
     root.setLevel(os.environ.get("AWS_LAMBDA_LOG_LEVEL", "INFO").upper())
+
+
+def _output_to(log_file: str) -> None:
+    """This invocation's stdout and stderr (and every child's) go to its own log file."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    fd = os.open(log_file, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+    os.dup2(fd, 1)
+    os.dup2(fd, 2)
+    os.close(fd)
+
+
+def _reset_high_water_mark() -> None:
+    try:
+        with open("/proc/self/clear_refs", "w", encoding="ascii") as fh:
+            fh.write("5")
+    except OSError:
+        pass
+
+
+def _invoke(handler, spec: dict, invocation: dict, fd: int) -> None:
+    _output_to(invocation["log_file"])
+    _reset_high_water_mark()
+    request_id = invocation["request_id"]
+    _current["request_id"] = request_id
+    os.environ["AWS_LAMBDA_REQUEST_ID"] = request_id
+    started = int(time.time() * 1000)
+    _send(fd, {"started": started})
+    context = LambdaContext({**spec, "request_id": request_id}, started + int(spec["timeout_s"]) * 1000)
+    try:
+        with open(invocation["event_file"], encoding="utf-8") as fh:
+            event = json.load(fh)
+        result = handler(event, context)
+    except Exception as exc:  # noqa: BLE001 - the function's error is the invocation's result
+        error = _error(exc)
+        print(f"[ERROR] {error['errorType']}: {error['errorMessage']}\nTraceback (most recent call last):\n"
+              + "".join(error["stackTrace"]), end="", flush=True)
+        sys.stderr.flush()
+        _send(fd, {"error": error})
+        return
+    sys.stdout.flush()
+    sys.stderr.flush()
+    try:
+        payload = json.dumps(result)
+    except (TypeError, ValueError) as exc:
+        _send(fd, {"error": {"errorMessage": f"Unable to marshal response: {exc}",
+                             "errorType": "Runtime.MarshalError", "stackTrace": []}})
+        return
+    _send(fd, {"result_json": payload})
 
 
 def main() -> int:
@@ -78,7 +140,7 @@ def main() -> int:
         spec = json.load(fh)
     sys.path[:0] = [spec["code_dir"], *spec["layer_paths"]]
     os.chdir(spec["code_dir"])
-    _log_setup(spec["request_id"])
+    _log_setup()
     module_name, _, attr = spec["handler"].rpartition(".")
     try:
         if not module_name:
@@ -107,26 +169,10 @@ def main() -> int:
             probe["playbook_importable"] = False
         _send(fd, {"result": probe})
         return 0
-    init_done = int(time.time() * 1000)
-    _send(fd, {"init_done": init_done})
-    context = LambdaContext(spec, init_done + int(spec["timeout_s"]) * 1000)
-    with open(spec["event_file"], encoding="utf-8") as fh:
-        event = json.load(fh)
-    try:
-        result = handler(event, context)
-    except Exception as exc:  # noqa: BLE001 - the function's error is the invocation's result
-        error = _error(exc)
-        print(f"[ERROR] {error['errorType']}: {error['errorMessage']}\nTraceback (most recent call last):\n"
-              + "".join(error["stackTrace"]), end="", flush=True)
-        _send(fd, {"error": error})
-        return 0
-    try:
-        payload = json.dumps(result)
-    except (TypeError, ValueError) as exc:
-        _send(fd, {"error": {"errorMessage": f"Unable to marshal response: {exc}",
-                             "errorType": "Runtime.MarshalError", "stackTrace": []}})
-        return 0
-    _send(fd, {"result_json": payload})
+    _send(fd, {"init_done": int(time.time() * 1000)})
+    for line in sys.stdin:
+        if line.strip():
+            _invoke(handler, spec, json.loads(line), fd)
     return 0
 
 

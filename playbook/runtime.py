@@ -2,9 +2,13 @@
 
 The function's configuration (handler, environment, timeout, memory size, code) comes from the Lambda
 API. Its zip is fetched from where the API says the code is, checked against the deployed CodeSha256 and
-unpacked once into a cache keyed by that hash (`<state dir>/runtime/code/<sha256>/`). Each invocation is
-a fresh subprocess (playbook/lambda_bootstrap.py) whose sys.path is the unpacked zip, then the dependency
-layer, then the standard library: `pipeline` is the deployed code and `playbook` cannot be imported.
+unpacked once into a cache keyed by that hash (`<state dir>/runtime/code/<sha256>/`). A handler runs in a
+subprocess of its own (playbook/lambda_bootstrap.py) whose sys.path is the unpacked zip, then the dependency
+layer, then the standard library: `pipeline` is the deployed code and `playbook` cannot be imported. As on
+Lambda, that process is an execution environment: the first invocation pays the cold start (importing the
+handler, reported as Init Duration), and later invocations of the same code and configuration from this
+process reuse it while it is warm (module-level caches and /tmp included). An environment that timed out,
+ran out of memory or crashed is discarded; idle ones are shut down after IDLE_TTL_S and at exit.
 Locally the layer is the dependencies built for this machine, the playbook's own site-packages (read
 without their `.pth` files, so the editable install of this repository stays out).
 
@@ -21,6 +25,7 @@ shared between fork and exec.)
 from __future__ import annotations
 
 import argparse
+import atexit
 import base64
 import contextlib
 import hashlib
@@ -284,105 +289,230 @@ def runtime_logs_dir() -> Path:
     return local_settings().state_dir / "logs"
 
 
-def _run(fn: DeployedFunction, event: Any, *, log_dir: Path | None, check_only: bool = False) -> InvokeResult:
-    import subprocess
+IDLE_LIMIT = 8  # warm environments kept, over all functions
+IDLE_TTL_S = 300  # an environment idle this long is shut down
+
+
+class _Environment:
+    """One handler process serving invocations of one function configuration, as a Lambda execution
+    environment does: imported once (the cold start), then reused while it stays healthy."""
+
+    def __init__(self, fn: DeployedFunction, key: str, request_id: str, first_log: Path, check_only: bool):
+        import subprocess
+        import sys
+
+        import psutil
+
+        self.key, self.fn = key, fn
+        # one log stream per environment, named (as Lambda does) with an id of its own
+        self.log_stream = f"{datetime.now(UTC):%Y/%m/%d}/[{fn.version}]{uuid.uuid4().hex}"
+        self.work = Path(tempfile.mkdtemp(prefix="env-", dir=runtime_dir()))
+        tmp_dir = self.work / "tmp"  # the function's /tmp: kept between the invocations it serves
+        tmp_dir.mkdir()
+        spec = {"code_dir": str(fn.code_dir), "layer_paths": layer_paths(), "handler": fn.handler,
+                "function_name": fn.name, "function_version": fn.version, "invoked_function_arn": fn.arn,
+                "memory_mb": fn.memory_mb, "timeout_s": fn.timeout_s, "log_group_name": f"/aws/lambda/{fn.name}",
+                "log_stream_name": self.log_stream, "check_only": check_only}
+        (self.work / "spec.json").write_text(json.dumps(spec))
+        self.read_fd, write_fd = os.pipe()
+        self.buffer = b""
+        self.initialised = False
+        self.idle_since = 0.0
+        with open(first_log, "ab") as log:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-I", "-S", str(BOOTSTRAP), str(self.work / "spec.json"), str(write_fd)],
+                stdin=subprocess.PIPE, stdout=log, stderr=subprocess.STDOUT, pass_fds=(write_fd,),
+                env=_environment(fn, request_id, self.log_stream, tmp_dir), cwd=fn.code_dir,
+                start_new_session=True)
+        os.close(write_fd)
+        self.root = psutil.Process(self.proc.pid)
+        self.exited = False
+
+    def send(self, invocation: dict) -> None:
+        self.proc.stdin.write((json.dumps(invocation) + "\n").encode())
+        self.proc.stdin.flush()
+
+    def messages(self, timeout: float) -> tuple[list[dict], bool]:
+        """What the handler process said within `timeout` seconds, and whether its pipe closed."""
+        ready, _, _ = select.select([self.read_fd], [], [], timeout)
+        if not ready:
+            return [], False
+        chunk = os.read(self.read_fd, 1 << 16)
+        self.buffer += chunk
+        out = []
+        while b"\n" in self.buffer:
+            line, self.buffer = self.buffer.split(b"\n", 1)
+            out.append(json.loads(line))
+        return out, not chunk
+
+    def alive(self) -> bool:
+        if not self.exited:
+            pid, status = os.waitpid(self.proc.pid, os.WNOHANG)
+            if pid:
+                self.exited = True
+                self.proc.returncode = os.waitstatus_to_exitcode(status)
+        return not self.exited
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError):
+            self.proc.stdin.close()
+        if self.alive():
+            _kill_tree(self.proc, self.root)
+            with contextlib.suppress(ChildProcessError):
+                self.proc.wait(5)
+        with contextlib.suppress(OSError):
+            os.close(self.read_fd)
+        shutil.rmtree(self.work, ignore_errors=True)
+
+
+class _Pool:
+    """Warm environments between invocations, keyed by everything that shapes one (code, configuration, the
+    endpoints of the invoking process); shut down when idle too long, when too many, and at exit."""
+
+    def __init__(self):
+        self.lock = threading.Lock()
+        self.idle: list[_Environment] = []
+
+    def take(self, key: str) -> _Environment | None:
+        with self.lock:
+            self._expire()
+            for env in reversed(self.idle):
+                if env.key == key and env.alive():
+                    self.idle.remove(env)
+                    return env
+        return None
+
+    def give(self, env: _Environment) -> None:
+        env.idle_since = time.monotonic()
+        with self.lock:
+            self.idle.append(env)
+            surplus = self.idle[:-IDLE_LIMIT]
+            del self.idle[:-IDLE_LIMIT]
+        for old in surplus:
+            old.close()
+
+    def _expire(self) -> None:
+        now = time.monotonic()
+        expired = [e for e in self.idle if now - e.idle_since > IDLE_TTL_S or not e.alive()]
+        for env in expired:
+            self.idle.remove(env)
+            env.close()
+
+    def shutdown(self) -> None:
+        with self.lock:
+            envs, self.idle = self.idle, []
+        for env in envs:
+            env.close()
+
+
+_pool = _Pool()
+atexit.register(_pool.shutdown)
+
+
+def shutdown_environments() -> None:
+    """Stop every warm handler process (the next invocation of each function is a cold start again)."""
+    _pool.shutdown()
+
+
+def _environment_key(fn: DeployedFunction) -> str:
+    shape = {"fn": {k: v for k, v in asdict(fn).items() if k != "code_dir"}, "code_dir": str(fn.code_dir),
+             "local": {k: os.environ.get(k) for k in LOCAL_SETTINGS}, "layers": layer_paths()}
+    return hashlib.sha256(json.dumps(shape, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def _run(fn: DeployedFunction, event: Any, *, log_dir: Path | None, check_only: bool = False,
+         fresh: bool = False) -> InvokeResult:
     import sys
 
-    import psutil
-
+    key = _environment_key(fn)
     request_id = str(uuid.uuid4())
     log_path = _log_path(Path(log_dir) if log_dir else runtime_logs_dir(), fn.name, request_id)
-    log_stream = f"{datetime.now(UTC):%Y/%m/%d}/[{fn.version}]{request_id.replace('-', '')}"
-    work = Path(tempfile.mkdtemp(prefix="invoke-", dir=runtime_dir()))
-    tmp_dir = work / "tmp"
-    tmp_dir.mkdir()
-    (work / "event.json").write_text(json.dumps(event))
-    spec = {"code_dir": str(fn.code_dir), "layer_paths": layer_paths(), "handler": fn.handler,
-            "function_name": fn.name, "function_version": fn.version, "invoked_function_arn": fn.arn,
-            "memory_mb": fn.memory_mb, "timeout_s": fn.timeout_s, "request_id": request_id,
-            "log_group_name": f"/aws/lambda/{fn.name}", "log_stream_name": log_stream,
-            "event_file": str(work / "event.json"), "check_only": check_only}
-    (work / "spec.json").write_text(json.dumps(spec))
+    with open(log_path, "ab") as log:  # START first: the environment's own output follows it
+        log.write(f"START RequestId: {request_id} Version: {fn.version} (handler {fn.handler}, runtime "
+                  f"{fn.runtime} run by the local Python {sys.version.split()[0]})\n".encode())
+    started = time.monotonic()
+    env = None if (check_only or fresh) else _pool.take(key)
+    cold = env is None
+    if cold:
+        env = _Environment(fn, key, request_id, log_path, check_only)
+    event_file = env.work / f"event-{request_id}.json"
+    event_file.write_text(json.dumps(event))
+    handler_at: float | None = None if cold else started
+    if not check_only:
+        invocation = {"request_id": request_id, "event_file": str(event_file), "log_file": str(log_path)}
+        try:
+            env.send(invocation)
+        except OSError:  # a warm environment that ended since: start a cold one
+            env.close()
+            env, cold = _Environment(fn, key, request_id, log_path, check_only), True
+            handler_at = None
+            event_file = env.work / f"event-{request_id}.json"
+            event_file.write_text(json.dumps(event))
+            env.send({**invocation, "event_file": str(event_file)})
     result = InvokeResult(fn.name, request_id, "error", memory_mb=fn.memory_mb, log_path=str(log_path),
                           code_sha256=fn.code_sha256)
     limit = fn.memory_mb * 1024 * 1024
-    read_fd, write_fd = os.pipe()
+    deadline = started + (INIT_TIMEOUT_S if cold else fn.timeout_s + 1)
+    init_at: float | None = None
+    peak, killed, outcome = 0, None, None
     messages: list[dict] = []
-    buffer = b""
+    while outcome is None:
+        got, closed = env.messages(POLL_S)
+        for message in got:
+            messages.append(message)
+            if "init_done" in message:
+                init_at = time.monotonic()
+                deadline = init_at + fn.timeout_s + 1  # until the handler says it started
+            if "started" in message:
+                handler_at = time.monotonic()
+                deadline = handler_at + fn.timeout_s
+            if {"result", "result_json", "error"} & set(message):
+                outcome = message
+        if outcome is not None:
+            break
+        if closed or not env.alive():
+            break  # the process is gone (or closed its pipe): no outcome will come
+        peak = max(peak, _tree_rss(env.root))
+        if handler_at is not None or cold:  # a warm environment resets its high-water mark as it starts
+            peak = max(peak, high_water_mark(env.proc.pid))
+        if peak > limit:
+            killed = "out_of_memory"
+        elif time.monotonic() > deadline:
+            killed = "timeout"
+        if killed:
+            _kill_tree(env.proc, env.root)
+            break
+    ended = time.monotonic()
+    event_file.unlink(missing_ok=True)
+    peak = max([peak, *(int(m.get("hwm", 0)) for m in messages)])
+    handler_started = handler_at or init_at or started
+    result.duration_ms = round((ended - handler_started) * 1000, 2)
+    result.init_ms = round((init_at - started) * 1000, 2) if (cold and init_at is not None) else None
+    result.billed_ms = max(1, int(-(-result.duration_ms // 1)))
+    result.max_rss_mb = round(peak / (1024 * 1024), 1)
+    when = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
+    if killed == "timeout":
+        seconds = fn.timeout_s if (init_at is not None or not cold) else INIT_TIMEOUT_S
+        result.status = "timeout"
+        result.error = {"errorMessage": f"{when} {request_id} Task timed out after {seconds:.2f} seconds",
+                        "errorType": "Sandbox.Timedout", "stackTrace": []}
+    elif killed == "out_of_memory" or peak > limit:
+        result.status = "out_of_memory"
+        result.error = {"errorMessage": f"RequestId: {request_id} Error: Runtime exited with error: signal: "
+                                        f"killed (out of memory: {result.max_rss_mb:.0f} MB used of "
+                                        f"{fn.memory_mb} MB)",
+                        "errorType": "Runtime.OutOfMemory", "stackTrace": []}
+    elif outcome is None:
+        env.alive()
+        code = env.proc.returncode
+        result.error = {"errorMessage": f"RequestId: {request_id} Error: Runtime exited with error: "
+                                        f"exit status {code}", "errorType": "Runtime.ExitError", "stackTrace": []}
+    elif "error" in outcome:
+        result.error = outcome["error"]
+    else:
+        result.status = "ok"
+        result.payload = json.loads(outcome["result_json"]) if "result_json" in outcome else outcome["result"]
     with open(log_path, "ab") as log:
-        log.write(f"START RequestId: {request_id} Version: {fn.version} (handler {fn.handler}, runtime "
-                  f"{fn.runtime} run by the local Python {sys.version.split()[0]})\n".encode())
-        log.flush()
-        started = time.monotonic()
-        proc = subprocess.Popen([sys.executable, "-I", "-S", str(BOOTSTRAP), str(work / "spec.json"), str(write_fd)],
-                                stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, pass_fds=(write_fd,),
-                                env=_environment(fn, request_id, log_stream, tmp_dir), cwd=fn.code_dir,
-                                start_new_session=True)
-        os.close(write_fd)
-        root = psutil.Process(proc.pid)
-        deadline = started + INIT_TIMEOUT_S
-        init_at: float | None = None
-        peak, killed, exit_status, eof = 0, None, None, False
-        while not (exit_status is not None and eof):
-            ready, _, _ = select.select([] if eof else [read_fd], [], [], POLL_S)
-            if ready:
-                chunk = os.read(read_fd, 1 << 16)
-                eof = not chunk
-                buffer += chunk
-                while b"\n" in buffer:
-                    line, buffer = buffer.split(b"\n", 1)
-                    message = json.loads(line)
-                    messages.append(message)
-                    if "init_done" in message:
-                        init_at = time.monotonic()
-                        deadline = init_at + fn.timeout_s
-            if exit_status is None:
-                pid, status = os.waitpid(proc.pid, os.WNOHANG)
-                if pid:
-                    exit_status = status
-                    proc.returncode = os.waitstatus_to_exitcode(status)
-                    continue
-                if killed is None:
-                    peak = max(peak, _tree_rss(root), high_water_mark(proc.pid))
-                    if peak > limit:
-                        killed = "out_of_memory"
-                    elif time.monotonic() > deadline:
-                        killed = "timeout"
-                    if killed:
-                        _kill_tree(proc, root)
-            elif not ready:
-                break  # the process is gone; nothing more to read even if a descendant holds the pipe
-        os.close(read_fd)
-        ended = time.monotonic()
-        peak = max([peak, *(int(m.get("hwm", 0)) for m in messages)])
-        handler_started = init_at if init_at is not None else started
-        result.duration_ms = round((ended - handler_started) * 1000, 2)
-        result.init_ms = round((init_at - started) * 1000, 2) if init_at is not None else None
-        result.billed_ms = max(1, int(-(-result.duration_ms // 1)))
-        result.max_rss_mb = round(peak / (1024 * 1024), 1)
-        outcome = next((m for m in messages if {"result", "result_json", "error"} & set(m)), None)
-        when = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
-        if killed == "timeout":
-            seconds = fn.timeout_s if init_at is not None else INIT_TIMEOUT_S
-            result.status = "timeout"
-            result.error = {"errorMessage": f"{when} {request_id} Task timed out after {seconds:.2f} seconds",
-                            "errorType": "Sandbox.Timedout", "stackTrace": []}
-        elif killed == "out_of_memory" or peak > limit:
-            result.status = "out_of_memory"
-            result.error = {"errorMessage": f"RequestId: {request_id} Error: Runtime exited with error: signal: "
-                                            f"killed (out of memory: {result.max_rss_mb:.0f} MB used of "
-                                            f"{fn.memory_mb} MB)",
-                            "errorType": "Runtime.OutOfMemory", "stackTrace": []}
-        elif outcome is None:
-            code = proc.returncode
-            result.error = {"errorMessage": f"RequestId: {request_id} Error: Runtime exited with error: "
-                                            f"exit status {code}", "errorType": "Runtime.ExitError",
-                            "stackTrace": []}
-        elif "error" in outcome:
-            result.error = outcome["error"]
-        else:
-            result.status = "ok"
-            result.payload = json.loads(outcome["result_json"]) if "result_json" in outcome else outcome["result"]
         if result.error:
             log.write((json.dumps(result.error) + "\n").encode())
         log.write(f"END RequestId: {request_id}\nREPORT RequestId: {request_id}\tDuration: {result.duration_ms:.2f} "
@@ -390,16 +520,23 @@ def _run(fn: DeployedFunction, event: Any, *, log_dir: Path | None, check_only: 
                   f"{result.max_rss_mb:.0f} MB".encode()
                   + (f"\tInit Duration: {result.init_ms:.2f} ms" if result.init_ms is not None else "").encode()
                   + f"\tStatus: {result.status}\n".encode())
-    shutil.rmtree(work, ignore_errors=True)
+    # a handler's own error leaves the environment as it was (Lambda keeps it); anything else ends it
+    if killed or outcome is None or check_only or fresh or (cold and init_at is None) or not env.alive():
+        env.close()
+    else:
+        _pool.give(env)
     return result
 
 
 def invoke(function_name: str, event: Any = None, *, log_dir: Path | None = None,
-           deployed: DeployedFunction | None = None) -> InvokeResult:
-    """Run the deployed function once (RequestResponse) on this machine and return what Lambda would."""
+           deployed: DeployedFunction | None = None, fresh: bool = False) -> InvokeResult:
+    """Run the deployed function once (RequestResponse) on this machine and return what Lambda would.
+
+    A warm environment of the same function is reused when one is idle; `fresh` forces a cold start in an
+    environment used for this invocation only."""
     _activate_if_local()
     fn = deployed or prepare(function_name)
-    return _run(fn, {} if event is None else event, log_dir=log_dir)
+    return _run(fn, {} if event is None else event, log_dir=log_dir, fresh=fresh)
 
 
 def check_handler(function_name: str) -> InvokeResult:

@@ -44,10 +44,22 @@ def connection_kwargs(secret_arn: str | None = None) -> dict:
 def connect(secret_arn: str | None = None, application_name: str | None = None):
     """A new psycopg2 connection (autocommit off): one transaction per batch is the caller's to manage.
 
+    The secret is cached for the container's life; a password rotated since is read again on the first
+    authentication failure.
+
     A batch stages its rows in temporary tables; `temp_buffers` lets the session keep them in memory (it is
     a ceiling the session grows into, and can only be set before its first temporary table).
     """
-    kwargs = connection_kwargs(secret_arn)
     name = application_name or os.environ.get("AWS_LAMBDA_FUNCTION_NAME", "pipeline")
-    return psycopg2.connect(**kwargs, connect_timeout=10, application_name=name[:60],
-                            options=f"-c temp_buffers={TEMP_BUFFERS}")
+
+    def attempt():
+        return psycopg2.connect(**connection_kwargs(secret_arn), connect_timeout=10, application_name=name[:60],
+                                options=f"-c temp_buffers={TEMP_BUFFERS}")
+
+    try:
+        return attempt()
+    except psycopg2.OperationalError as exc:
+        if "authentication failed" not in str(exc):
+            raise
+        _secret.cache_clear()  # a warm container may hold a password rotated since: read it again, once
+        return attempt()

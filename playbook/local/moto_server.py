@@ -21,6 +21,9 @@ import requests
 
 from playbook.local.processes import StackError, require_free_port, wait_until
 
+# each recorded request draws its ids from a generator seeded by its position (see moto_main)
+RECORDING_FORMAT = "positional-seeds-1"
+
 
 def version() -> str:
     from importlib.metadata import version as dist_version
@@ -81,14 +84,25 @@ class MotoServer:
     def _post(self, path: str) -> None:
         requests.post(f"{self.endpoint}{path}", timeout=10).raise_for_status()
 
+    @property
+    def recording_format(self) -> Path:
+        return self.root / "recording.format"
+
     def _restore(self) -> None:
         """Replay what was recorded before, then keep recording."""
         if self.recording.exists():
+            fmt = self.recording_format
+            if not (fmt.exists() and fmt.read_text().strip() == RECORDING_FORMAT):
+                print(f"warning: {self.recording} was written by an older moto server whose ids a replay cannot "
+                      "reproduce; provisioned stacks may refer to resources that no longer exist. To start moto "
+                      "empty, `playbook local down` and move that file aside.", file=sys.stderr)
             replayed, unreadable = replay(self.recording, self.endpoint)
             (self.root / "last_replay.json").write_text(json.dumps({"requests": replayed, "unreadable": unreadable}))
             if unreadable:
                 print(f"warning: {unreadable} recorded requests in {self.recording} could not be read and were not "
                       "replayed (written concurrently by an older moto server)", file=sys.stderr)
+        if not self.recording.exists():
+            self.recording_format.write_text(RECORDING_FORMAT + "\n")
         self._post("/moto-api/recorder/start-recording")
 
 

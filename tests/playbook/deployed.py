@@ -18,12 +18,17 @@ PROBE_MEMORY_MB = 128
 
 PROBE_MODULE = textwrap.dedent('''
     import json
+    import logging
     import os
     import sys
     import time
 
+    SERVED = []  # module state: kept while the execution environment stays warm
+
 
     def echo(event, context):
+        SERVED.append(context.aws_request_id)
+        logging.getLogger("probe").info("echo for %s", context.aws_request_id)
         try:
             import playbook  # noqa: F401
             playbook_importable = True
@@ -38,6 +43,7 @@ PROBE_MODULE = textwrap.dedent('''
                 "PROBE_SETTING", "AWS_ENDPOINT_URL", "AWS_LAMBDA_FUNCTION_NAME", "AWS_LAMBDA_FUNCTION_MEMORY_SIZE",
                 "AWS_REGION", "LAMBDA_TASK_ROOT")},
             "sys_path": sys.path, "playbook_importable": playbook_importable, "cwd": os.getcwd(),
+            "pid": os.getpid(), "served": list(SERVED),
         }
 
 

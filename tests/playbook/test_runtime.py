@@ -147,9 +147,40 @@ def test_a_failing_handler_reports_error_type_message_and_stack_trace(pipeline_s
     assert "[ERROR] ValueError: the probe failed on purpose" in Path(result.log_path).read_text()
 
 
-def test_invoke_many_fans_out_in_separate_processes_and_keeps_the_order(pipeline_stack):
+def test_invoke_many_fans_out_over_parallel_environments_and_keeps_the_order(pipeline_stack):
     events = [{"n": n} for n in range(4)]
     results = runtime.invoke_many(f"{PREFIX}-probe-echo", events, concurrency=2)
     assert [r.payload["event"] for r in results] == events
     assert len({r.request_id for r in results}) == 4 and all(r.ok for r in results)
     assert len({r.log_path for r in results}) == 4
+
+
+def test_a_warm_environment_serves_the_next_invocation_and_a_failed_one_is_replaced(pipeline_stack):
+    """As on Lambda: the cold start imports the handler once; the next invocation reuses the process, its
+    module state and its log stream, with a log file, request id and Init-free REPORT of its own."""
+    name = f"{PREFIX}-probe-echo"
+    runtime.shutdown_environments()
+    cold = runtime.invoke(name, {"n": 1})
+    warm = runtime.invoke(name, {"n": 2})
+    assert cold.ok and warm.ok, (cold.error, warm.error)
+    assert cold.init_ms is not None and warm.init_ms is None
+    assert warm.payload["pid"] == cold.payload["pid"]
+    assert warm.payload["served"] == [cold.request_id, warm.request_id]
+    assert warm.payload["context"]["log_stream_name"] == cold.payload["context"]["log_stream_name"]
+    cold_log, warm_log = Path(cold.log_path).read_text(), Path(warm.log_path).read_text()
+    assert f"echo for {cold.request_id}" in cold_log and warm.request_id not in cold_log
+    assert warm_log.startswith(f"START RequestId: {warm.request_id}")
+    assert f"echo for {warm.request_id}" in warm_log and "Init Duration" not in warm_log
+
+    fresh = runtime.invoke(name, {"n": 3}, fresh=True)
+    assert fresh.ok and fresh.init_ms is not None and fresh.payload["pid"] != cold.payload["pid"]
+
+    # a timeout ends its environment: the next invocation of that function starts cold
+    sleeper = f"{PREFIX}-probe-sleep"
+    assert runtime.invoke(sleeper, {"seconds": 0}).ok
+    assert runtime.invoke(sleeper, {"seconds": 60}).status == "timeout"
+    after = runtime.invoke(sleeper, {"seconds": 0})
+    assert after.ok and after.init_ms is not None
+    runtime.shutdown_environments()
+    assert not psutil.pid_exists(cold.payload["pid"]) or \
+        psutil.Process(cold.payload["pid"]).status() == psutil.STATUS_ZOMBIE
