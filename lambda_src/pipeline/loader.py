@@ -239,16 +239,36 @@ class BatchLoad:
             amt("not _skip"), amt("not _skip and _row_hash is null"), amt("_row_hash is not null")))
         skipped, read, quarantined, accepted, amount_in, amount_q, amount_loaded = cur.fetchone()
         duplicates, amount_dup = 0, 0
-        # A key twice in one batch would make the merge ambiguous: only then is the batch collapsed (exact copies
-        # counted, a key repeated with other values keeps its last row), so a clean file pays one hash aggregate.
-        if self._repeats_a_key(cur, key):
+
+        def collapse() -> None:
+            nonlocal duplicates, amount_dup, quarantined, accepted, amount_q, amount_loaded
             duplicates, amount_dup, conflicts, amount_conflicts = self._collapse(cur, key, amount)
             quarantined += conflicts
             accepted -= duplicates + conflicts
             if amount:
                 amount_q += amount_conflicts
                 amount_loaded -= amount_dup + amount_conflicts
-        inserted, updated = self._merge_rows(cur, cols, key)
+
+        # Merges into one table take turns (a transaction-scoped lock), so two batches never both find a key
+        # absent and both insert it.
+        cur.execute("select pg_advisory_xact_lock(hashtextextended(%s, 0))", (f"merge into core.{self.table.name}",))
+        cur.execute(sql.SQL("select exists (select from {})").format(sql.Identifier("core", self.table.name)))
+        empty = not cur.fetchone()[0]
+        # A key twice in one batch would make the merge ambiguous: only then is the batch collapsed (exact copies
+        # counted, a key repeated with other values keeps its last row). Into an empty table the primary key
+        # finds a repeat as the rows go in, so a first load pays no search for one; otherwise a hash aggregate.
+        if not empty and self._repeats_a_key(cur, key):
+            collapse()
+        cur.execute("savepoint merge")
+        try:
+            inserted, updated = self._merge_rows(cur, cols, key, empty)
+            cur.execute("release savepoint merge")
+        except psycopg2.errors.UniqueViolation:
+            if not empty:
+                raise
+            cur.execute("rollback to savepoint merge")
+            collapse()
+            inserted, updated = self._merge_rows(cur, cols, key, empty)
         read += self.rejects
         quarantined += self.rejects
         return {"rows_read": read, "rows_inserted": inserted, "rows_updated": updated,
@@ -290,13 +310,12 @@ class BatchLoad:
                             "having count(*) > 1)").format(_ident_list(key)))
         return cur.fetchone()[0]
 
-    def _merge_rows(self, cur, cols: list[str], key: list[str]) -> tuple[int, int]:
+    def _merge_rows(self, cur, cols: list[str], key: list[str], empty: bool) -> tuple[int, int]:
         """Changed rows updated in place, new keys inserted: two set-wise statements, exact counts.
 
-        Keys are unique in `typed` by now, so a join finds at most one row either way. An update writes only
-        rows whose content hash differs (the history trigger keeps the old version); an identical row costs
-        a hash comparison, not a write. Merges into one table take turns (a transaction-scoped lock), so two
-        batches never both find a key absent and both insert it.
+        Keys are unique in `typed` by now (or, into an empty table, the primary key says they are not), so a
+        join finds at most one row either way. An update writes only rows whose content hash differs (the
+        history trigger keeps the old version); an identical row costs a hash comparison, not a write.
         """
         t = self.table
         target = sql.Identifier("core", t.name)
@@ -306,10 +325,8 @@ class BatchLoad:
                   "_row_hash": sql.SQL("s._row_hash")}
         joined = sql.SQL(" and ").join(sql.SQL("c.{k} = s.{k}").format(k=sql.Identifier(k)) for k in key)
         params = {"batch": self.batch_id, "source": self.delivery.source, "ref": self.delivery.ref}
-        cur.execute("select pg_advisory_xact_lock(hashtextextended(%s, 0))", (f"merge into core.{t.name}",))
-        cur.execute(sql.SQL("select exists (select from {})").format(target))
         updated, new_only = 0, sql.SQL("")
-        if cur.fetchone()[0]:
+        if not empty:
             sets = sql.SQL(", ").join(
                 [sql.SQL("{} = s.{}").format(sql.Identifier(c), sql.Identifier(c)) for c in cols if c not in key]
                 + [sql.SQL("{} = {}").format(sql.Identifier(c), values[c]) for c in lineage]

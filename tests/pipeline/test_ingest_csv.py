@@ -100,6 +100,21 @@ def test_a_key_repeated_with_other_values_keeps_the_later_row_and_quarantines_th
     assert reconciles(ledger(landing, result["batch_id"]))
 
 
+def test_repeats_are_found_whether_or_not_the_table_already_holds_their_keys(landing):
+    """Into an empty table the primary key finds a repeat; into a loaded one a search before the merge does,
+    for keys already there (updated by the later row) and for new ones alike."""
+    landing.ingest("landing/sales/2024/d0.csv", sales("SO-1,1,2024-01-05,00042,Widget,2,10.50,21.00,GBP"))
+    result = landing.ingest("landing/sales/2024/d1.csv", sales(
+        "SO-1,1,2024-01-05,00042,Widget,4,10.50,42.00,GBP",
+        "SO-1,1,2024-01-05,00042,Widget,5,10.50,52.50,GBP",
+        "SO-2,1,2024-01-05,00043,Widget,1,10.50,10.50,GBP",
+        "SO-2,1,2024-01-05,00043,Widget,1,10.50,10.50,GBP"))
+    assert (result["rows_inserted"], result["rows_updated"], result["rows_duplicate"],
+            result["rows_quarantined"]) == (1, 1, 1, 1)
+    assert landing.query("select order_id, quantity from core.sales order by 1") == [("SO-1", 5), ("SO-2", 1)]
+    assert reconciles(ledger(landing, result["batch_id"]))
+
+
 def test_ragged_rows_are_quarantined_and_the_rest_loads(landing):
     result = landing.ingest("landing/sales/2024/e.csv", sales(
         "SO-1,1,2024-01-05,00042,Widget,2,10.50,21.00,GBP",
