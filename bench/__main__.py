@@ -60,8 +60,6 @@ def main(argv: list[str] | None = None) -> int:
     prof.add_argument("--rows", type=int, default=1_000_000)
     prof.add_argument("--explain", action="store_true", help="EXPLAIN ANALYZE each statement (in a savepoint)")
     prof.add_argument("--excel", action="store_true", help="a payments workbook instead of a sales CSV")
-    lsql = sub.add_parser("loader-sql", help="the loader's heaviest statements by hand, as written and in variants")
-    lsql.add_argument("--rows", type=int, default=1_000_000)
     sub.add_parser("all", parents=[common], help="every benchmark at its default size")
     rep = sub.add_parser("report", help="bench/RESULTS.md from the JSON lines of `all --json`")
     rep.add_argument("results")
@@ -76,12 +74,6 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     from bench.stack import bench_stack
 
-    if args.bench == "loader-sql":
-        from bench import loader_sql
-
-        with bench_stack() as stack:
-            print(loader_sql.run(stack, args.rows))
-        return 0
     if args.bench == "profile":
         from bench import profile
 

@@ -53,21 +53,16 @@ def run(repeat: int = 1, progress=print) -> list[Result]:
                           0.0, note="papermill + kernel start on an empty parameterised notebook",
                           walls=[round(t, 3) for t in overhead]))
     progress(f"  demo: papermill overhead per stage {statistics.median(overhead):.2f}s")
-    try:
-        from playbook.main_job import run_demo  # noqa: F401
-    except ImportError:
-        results.append(Result("demo", "playbook_demo", 0, 0, 0.0, 0.0, note="not measured: no `playbook demo`"))
-        return results
-    state = Path(tempfile.mkdtemp(prefix="bench-demo-state-"))
-    reports = Path(tempfile.mkdtemp(prefix="bench-demo-reports-"))
-    env = {**os.environ, "PLAYBOOK_STATE_DIR": str(state), "PLAYBOOK_MOTO_PORT": str(free_port()),
-           "PLAYBOOK_PG_PORT": str(free_port()), "PLAYBOOK_REPORTS_DIR": str(reports)}
-    for k in ("PLAYBOOK_DATABASE_URL", "AWS_ENDPOINT_URL", "PLAYBOOK_STACK_PREFIX"):
-        env.pop(k, None)
     playbook = str(Path(sys.executable).with_name("playbook"))
     walls, stages, status, tail = [], {}, "ok", ""
-    try:
-        for rep in range(repeat):
+    for rep in range(repeat):  # each a first run: its own state, ports and reports
+        state = Path(tempfile.mkdtemp(prefix="bench-demo-state-"))
+        reports = Path(tempfile.mkdtemp(prefix="bench-demo-reports-"))
+        env = {**os.environ, "PLAYBOOK_STATE_DIR": str(state), "PLAYBOOK_MOTO_PORT": str(free_port()),
+               "PLAYBOOK_PG_PORT": str(free_port()), "PLAYBOOK_REPORTS_DIR": str(reports)}
+        for k in ("PLAYBOOK_DATABASE_URL", "AWS_ENDPOINT_URL", "PLAYBOOK_STACK_PREFIX"):
+            env.pop(k, None)
+        try:
             started = time.monotonic()
             done = subprocess.run([playbook, "demo"], env=env, capture_output=True, text=True, timeout=1800)
             walls.append(time.monotonic() - started)
@@ -77,10 +72,10 @@ def run(repeat: int = 1, progress=print) -> list[Result]:
                 break
             manifest = json.loads((reports / "latest" / "manifest.json").read_text())
             stages = {name: s.get("seconds") for name, s in manifest.get("stages", {}).items()}
-    finally:
-        subprocess.run([playbook, "local", "down"], env=env, capture_output=True, timeout=120)
-        shutil.rmtree(state, ignore_errors=True)
-        shutil.rmtree(reports, ignore_errors=True)
+        finally:
+            subprocess.run([playbook, "local", "down"], env=env, capture_output=True, timeout=120)
+            shutil.rmtree(state, ignore_errors=True)
+            shutil.rmtree(reports, ignore_errors=True)
     results.append(Result("demo", "playbook_demo", 0, len(walls), round(statistics.median(walls), 1) if walls else 0.0,
                           0.0, note=f"first run on a fresh stack; {status}", walls=[round(w, 1) for w in walls],
                           extra={"stage_seconds": stages, **({"output_tail": tail} if tail else {})}))

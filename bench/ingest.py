@@ -7,7 +7,6 @@ runs made under the same machine load.
 
 from __future__ import annotations
 
-import contextlib
 import time
 from pathlib import Path
 
@@ -27,11 +26,6 @@ def dlt_available() -> bool:
     except ImportError:
         return False
     return True
-
-
-def _checkpoint(stack: BenchStack) -> None:
-    with contextlib.suppress(Exception):
-        stack.execute("checkpoint", autocommit=True)
 
 
 def raw_copy(stack: BenchStack, path: Path) -> Run:
@@ -110,7 +104,7 @@ def run(stack: BenchStack, rows: int, only: list[str] | None = None, repeat: int
         for name in chosen:
             contenders.reset(stack.database_url)
             stack.reset_core()
-            _checkpoint(stack)
+            stack.checkpoint()
             if name == "copy":
                 got = raw_copy(stack, path)
             elif name == "project":
@@ -155,7 +149,7 @@ def _redelivery(stack: BenchStack, project: ProjectFunction, path: Path, rows: i
         stack.execute("delete from meta.quarantine where batch_id in (select batch_id from meta.batches "
                       "where object_key = %s); delete from meta.batches where object_key = %s",
                       (again_key, again_key))
-        _checkpoint(stack)
+        stack.checkpoint()
         again.append(project.invoke(again_key))
         if again[-1].extra.get("rows_inserted") or again[-1].extra.get("rows_updated"):
             raise RuntimeError(f"the same rows under a new key changed core: {again[-1].extra}")
@@ -166,4 +160,4 @@ def _redelivery(stack: BenchStack, project: ProjectFunction, path: Path, rows: i
             median_result("ingest", "project_same_object_cold", rows, cold,
                           "the same, in a new handler process (cold start)"),
             median_result("ingest", "project_same_rows_new_key", rows, again,
-                          "same rows in a new object: every row a conflict, none changed")]
+                          "same rows in a new object: every key already loaded, none changed")]

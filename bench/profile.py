@@ -15,7 +15,7 @@ import psycopg2.extensions
 from bench.data import payments_xlsx, sales_csv
 from bench.stack import BenchStack
 
-EXPLAINABLE = ("insert", "with", "select", "create temp table accepted", "update", "delete")
+EXPLAINABLE = ("insert", "with", "select", "update", "delete")
 
 
 class TimedCursor(psycopg2.extensions.cursor):
@@ -48,25 +48,17 @@ class TimedCursor(psycopg2.extensions.cursor):
         return value
 
 
-def _ingest_settings(stack: BenchStack, logical: str = "IngestSales") -> tuple[str, dict]:
-    import json
-
-    import boto3
-
-    env = boto3.client("lambda").get_function_configuration(
-        FunctionName=stack.function(logical))["Environment"]["Variables"]
-    secret = boto3.client("secretsmanager").get_secret_value(SecretId=env["DB_SECRET_ARN"])["SecretString"]
-    return json.loads(secret)["url"], env
-
-
 def run(stack: BenchStack, rows: int, explain: bool = False, top: int = 12, excel: bool = False) -> str:
     import os
 
+    from pipeline.db import connect
     from pipeline.handlers import ingest_object
     from pipeline.runtime_config import pipeline_config
     from pipeline.sources.objects import ObjectRef
+    from playbook import runtime
 
-    url, env = _ingest_settings(stack, "IngestPayments" if excel else "IngestSales")
+    # the deployed function's settings, and a connection made as the function makes its own
+    env = runtime.describe(stack.function("IngestPayments" if excel else "IngestSales")).environment
     os.environ.update({k: env[k] for k in ("PIPELINE_CONFIG_URI", "DB_SECRET_ARN") if k in env})
     if excel:
         key = stack.put(f"landing/payments/profile-{rows}.xlsx", payments_xlsx(stack.work_dir, rows))
@@ -74,7 +66,8 @@ def run(stack: BenchStack, rows: int, explain: bool = False, top: int = 12, exce
         key = stack.put(f"landing/sales/profile-{rows}.csv", sales_csv(stack.work_dir, rows))
     config = pipeline_config()
     TimedCursor.log, TimedCursor.explain = [], explain
-    conn = psycopg2.connect(url, cursor_factory=TimedCursor)
+    conn = connect()
+    conn.cursor_factory = TimedCursor
     profiler = cProfile.Profile()
     started = time.perf_counter()
     profiler.enable()

@@ -102,14 +102,18 @@ def render(lines: list[dict], profile: str | None = None) -> str:
     by = {r["name"]: r for r in lines}
     info = machine()
     parts = ["# Benchmark results", "",
-             "Produced by `python -m bench all --json` (`make bench`) and `python -m bench report`. Every figure is",
-             "the median of K runs (K in each table), each contender run in turn within a repetition, each first",
-             "load from an empty target. Inputs are generated from fixed seeds (bench/data.py). Ratios are wall",
-             "time per row against raw `psql \\copy` of the same file into a plain typed table. Peak RSS is the",
-             "loader's own process tree (psql, the baseline's Python process, or the function's handler process as",
-             "playbook.runtime measures it against the 512 MB limit), not the PostgreSQL server's. `all` runs the",
-             "memory benchmark once per size (K=1). The machine is shared: the load average below was taken when",
-             "the report was written; the `walls` of each row (in the JSON) show the spread.", "",
+             "Produced by `python -m bench all --json > results.jsonl` and `python -m bench report results.jsonl",
+             "--profile profile.md` (the profile from `python -m bench profile`). Wall times and peak memory are",
+             "medians of K runs (K in each table); the details listed under a table are those of its last run. In",
+             "each repetition the first-load contenders run in turn, each from an empty target and after a",
+             "checkpoint; the redeliveries (same object, same rows under a new key) run after them. Files are",
+             "generated from fixed seeds (bench/data.py), the query benchmark's rows in SQL from a fixed seed, the",
+             "demo from the demo company. Ratios are wall time per row against raw `psql \\copy` of the same file",
+             "into a plain typed table. Peak RSS is the loader's own process tree (psql, the baseline's Python",
+             "process, or the function's handler process as playbook.runtime measures it against its memory size),",
+             "not the PostgreSQL server's. `all` runs the memory benchmark once per size (K=1). The machine is",
+             "shared: the load average below was taken when the report was written; the `walls` of each row (in",
+             "the JSON) show the spread.", "",
              "## Machine", "", "| | |", "| --- | --- |"]
     parts += [f"| {k} | {v} |" for k, v in info.items()]
     parts += ["", "## Targets", "", "| target | goal | measured | |", "| --- | --- | --- | --- |"]
