@@ -365,10 +365,10 @@ def record_failure(conn, delivery: Delivery, error: str, request_id: str | None 
     with conn.cursor() as cur:
         cur.execute(
             "insert into meta.batches (source, source_kind, target_table, source_ref, object_key, object_etag,"
-            " object_version, content_sha256, status, error, request_id, finished_at)"
-            " values (%s, %s, %s, %s, %s, %s, %s, %s, 'failed', %s, %s, clock_timestamp()) returning batch_id",
+            " object_version, content_sha256, status, error, request_id, window_from, window_to, finished_at)"
+            " values (%s, %s, %s, %s, %s, %s, %s, %s, 'failed', %s, %s, %s, %s, clock_timestamp()) returning batch_id",
             (delivery.source, delivery.kind, delivery.config.table, delivery.ref, delivery.object_key, delivery.etag,
-             delivery.version, delivery.sha256, error[:4000], request_id))
+             delivery.version, delivery.sha256, error[:4000], request_id, *(delivery.window or (None, None))))
         batch_id = cur.fetchone()[0]
     conn.commit()
     return batch_id
