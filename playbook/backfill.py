@@ -254,7 +254,7 @@ def _run_local(windows: list[Window], concurrency: int, log_dir: Path | None, pr
         futures = [pool.submit(one, w) for w in windows]
         for future in as_completed(futures):
             progress(future.result())
-    return "playbook.runtime (the deployed zip, one subprocess per invocation)"
+    return "playbook.runtime (the deployed zip, in warm handler processes)"
 
 
 def _ledger_state(conn, window: Window, since: datetime) -> tuple[int, int, int]:

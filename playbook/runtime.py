@@ -8,7 +8,8 @@ layer, then the standard library: `pipeline` is the deployed code and `playbook`
 Lambda, that process is an execution environment: the first invocation pays the cold start (importing the
 handler, reported as Init Duration), and later invocations of the same code and configuration from this
 process reuse it while it is warm (module-level caches and /tmp included). An environment that timed out,
-ran out of memory or crashed is discarded; idle ones are shut down after IDLE_TTL_S and at exit.
+ran out of memory or crashed is discarded; one idle longer than IDLE_TTL_S is shut down when the next
+invocation looks for one, and every idle one when the invoking process exits.
 Locally the layer is the dependencies built for this machine, the playbook's own site-packages (read
 without their `.pth` files, so the editable install of this repository stays out).
 
@@ -303,7 +304,7 @@ class _Environment:
 
         import psutil
 
-        self.key, self.fn = key, fn
+        self.key = key
         # one log stream per environment, named (as Lambda does) with an id of its own
         self.log_stream = f"{datetime.now(UTC):%Y/%m/%d}/[{fn.version}]{uuid.uuid4().hex}"
         self.work = Path(tempfile.mkdtemp(prefix="env-", dir=runtime_dir()))
@@ -316,7 +317,6 @@ class _Environment:
         (self.work / "spec.json").write_text(json.dumps(spec))
         self.read_fd, write_fd = os.pipe()
         self.buffer = b""
-        self.initialised = False
         self.idle_since = 0.0
         with open(first_log, "ab") as log:
             self.proc = subprocess.Popen(
@@ -377,7 +377,7 @@ class _Pool:
         with self.lock:
             self._expire()
             for env in reversed(self.idle):
-                if env.key == key and env.alive():
+                if env.key == key:
                     self.idle.remove(env)
                     return env
         return None
@@ -415,8 +415,7 @@ def shutdown_environments() -> None:
 
 
 def _environment_key(fn: DeployedFunction) -> str:
-    shape = {"fn": {k: v for k, v in asdict(fn).items() if k != "code_dir"}, "code_dir": str(fn.code_dir),
-             "local": {k: os.environ.get(k) for k in LOCAL_SETTINGS}, "layers": layer_paths()}
+    shape = {"fn": asdict(fn), "local": {k: os.environ.get(k) for k in LOCAL_SETTINGS}, "layers": layer_paths()}
     return hashlib.sha256(json.dumps(shape, sort_keys=True, default=str).encode()).hexdigest()
 
 
@@ -431,24 +430,23 @@ def _run(fn: DeployedFunction, event: Any, *, log_dir: Path | None, check_only: 
         log.write(f"START RequestId: {request_id} Version: {fn.version} (handler {fn.handler}, runtime "
                   f"{fn.runtime} run by the local Python {sys.version.split()[0]})\n".encode())
     started = time.monotonic()
+    runtime_dir().mkdir(parents=True, exist_ok=True)
+    event_file = runtime_dir() / f"event-{request_id}.json"
+    event_file.write_text(json.dumps(event))
+    invocation = {"request_id": request_id, "event_file": str(event_file), "log_file": str(log_path)}
     env = None if (check_only or fresh) else _pool.take(key)
+    if env is not None:
+        try:
+            env.send(invocation)
+        except OSError:  # a warm environment that ended since: a cold one instead
+            env.close()
+            env = None
     cold = env is None
     if cold:
         env = _Environment(fn, key, request_id, log_path, check_only)
-    event_file = env.work / f"event-{request_id}.json"
-    event_file.write_text(json.dumps(event))
-    handler_at: float | None = None if cold else started
-    if not check_only:
-        invocation = {"request_id": request_id, "event_file": str(event_file), "log_file": str(log_path)}
-        try:
+        if not check_only:
             env.send(invocation)
-        except OSError:  # a warm environment that ended since: start a cold one
-            env.close()
-            env, cold = _Environment(fn, key, request_id, log_path, check_only), True
-            handler_at = None
-            event_file = env.work / f"event-{request_id}.json"
-            event_file.write_text(json.dumps(event))
-            env.send({**invocation, "event_file": str(event_file)})
+    handler_at: float | None = None if cold else started
     result = InvokeResult(fn.name, request_id, "error", memory_mb=fn.memory_mb, log_path=str(log_path),
                           code_sha256=fn.code_sha256)
     limit = fn.memory_mb * 1024 * 1024
