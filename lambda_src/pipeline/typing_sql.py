@@ -108,6 +108,12 @@ _WHAT = {"money": "is not a number", "integer": "is not a whole number", "date":
          "timestamp": "is not a valid timestamp", "text": ""}
 
 
+def first_cell(width: int) -> sql.Composable:
+    """The row's first non-empty cell (trimmed), null for a blank row."""
+    return sql.SQL("coalesce({})").format(sql.SQL(", ").join(
+        sql.SQL("nullif(btrim(r.{}), '')").format(sql.Identifier(f"c{i}")) for i in range(width)))
+
+
 def typed_select(table: Table, mapped: list[Mapped], options: ReadOptions, width: int,
                  where: sql.Composable | None = None) -> sql.Composed:
     """SELECT over `raw r` giving _row, each canonical column typed (null when invalid), _reasons, _skip.
@@ -138,8 +144,7 @@ def typed_select(table: Table, mapped: list[Mapped], options: ReadOptions, width
                 v, n, cast, label, raw_value))
     # the row's first non-empty cell, once: none means a blank row; a match of the footer pattern ("Total") a
     # footer. Both are skipped and counted, never loaded.
-    norms.append(sql.SQL("coalesce({}) as _first").format(sql.SQL(", ").join(
-        sql.SQL("nullif(btrim(r.{}), '')").format(sql.Identifier(f"c{i}")) for i in range(width))))
+    norms.append(sql.SQL("{} as _first").format(first_cell(width)))
     skip = sql.SQL("n._first is null")
     if options.skip_rows_matching:
         skip = sql.SQL("(n._first is null or n._first ~ {})").format(sql.Literal(options.skip_rows_matching))
@@ -198,8 +203,6 @@ def fast_lane(mapped: list[Mapped], options: ReadOptions, width: int) -> tuple[s
                           sql.SQL("(coalesce({}, '') = '' or {})").format(raw, shape))
         typed.append(sql.SQL("nullif({}, '')::{} as {}").format(raw, sql.SQL(_CAST[m.column.type]), name))
     if options.skip_rows_matching:  # a footer is never a fast row, whatever its values look like
-        first = sql.SQL("coalesce({})").format(sql.SQL(", ").join(
-            sql.SQL("nullif(btrim(r.{}), '')").format(sql.Identifier(f"c{i}")) for i in range(width)))
-        conditions.append(sql.SQL("{} !~ {}").format(first, sql.Literal(options.skip_rows_matching)))
+        conditions.append(sql.SQL("{} !~ {}").format(first_cell(width), sql.Literal(options.skip_rows_matching)))
     guard = sql.SQL(" and ").join(conditions) if conditions else sql.SQL("true")
     return guard, sql.SQL(", ").join(typed)

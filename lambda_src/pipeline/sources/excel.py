@@ -68,7 +68,7 @@ def _as_text(value: object) -> str:
     return value if type(value) is str else cell_text(value, None)
 
 
-def _as_money(value: object) -> str:
+def _as_number(value: object) -> str:
     if type(value) is float and value:
         text = repr(value)
         if text.endswith(".0"):
@@ -87,7 +87,7 @@ def _as_date(value: object) -> str:
     return cell_text(value, "date")
 
 
-_CONVERTERS = {None: _as_text, "text": _as_text, "money": _as_money, "integer": _as_money, "date": _as_date,
+_CONVERTERS = {None: _as_text, "text": _as_text, "money": _as_number, "integer": _as_number, "date": _as_date,
                "timestamp": lambda value: cell_text(value, "timestamp")}
 
 
