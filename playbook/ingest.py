@@ -2,7 +2,9 @@
 
 The file goes to the landing bucket under the source's prefix (from the stack outputs and the company
 configuration), then the source's *deployed* ingest function runs on it: locally through the Lambda
-runtime (the deployed zip in a subprocess), on AWS by a synchronous invoke.
+runtime (the deployed zip in a handler process). On AWS the upload itself starts the function (the landing
+bucket's S3 notification), so the command does not invoke it a second time: it waits for that delivery's
+batch in the ledger (meta.batches, through PLAYBOOK_DATABASE_URL, the BI proxy).
 """
 
 from __future__ import annotations
@@ -10,6 +12,8 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import time
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -44,19 +48,46 @@ def ingest_file(source: str, path: str | Path, config_file: str | None = None, t
     object_key = key or f"{cfg.prefix}{file.name}"
     if not object_key.startswith(cfg.prefix):
         raise PlaybookError(f"--key {object_key!r} must lie under the source's prefix {cfg.prefix!r}")
+    since = datetime.now(UTC)
     boto3.client("s3").upload_file(str(file), bucket, object_key)
-    event = {"bucket": bucket, "key": object_key}
     if target == "local":
         from playbook.runtime import invoke
 
-        result = invoke(function, event)
+        result = invoke(function, {"bucket": bucket, "key": object_key})
         return {"function": function, "key": object_key, "status": result.status, "log": result.log_path,
                 "summary": result.payload if result.ok else None, "error": result.error}
-    response = boto3.client("lambda").invoke(FunctionName=function, Payload=json.dumps(event).encode())
-    payload = json.loads(response["Payload"].read() or b"null")
-    failed = "FunctionError" in response
-    return {"function": function, "key": object_key, "status": "error" if failed else "ok",
-            "summary": None if failed else payload, "error": payload if failed else None}
+    return {"function": function, "key": object_key, **awaited_batch(source, object_key, since)}
+
+
+def awaited_batch(source: str, object_key: str, since: datetime, timeout_s: float = 900,
+                  poll_s: float = 5) -> dict[str, Any]:
+    """The outcome of the first batch of `object_key` that started after `since`, once it ended."""
+    import psycopg2
+    import psycopg2.extras
+
+    from playbook.database import database_url
+
+    deadline = time.monotonic() + timeout_s
+    conn = psycopg2.connect(database_url(), connect_timeout=10, application_name="playbook")
+    try:
+        while True:
+            with conn.cursor(cursor_factory=psycopg2.extras.RealDictCursor) as cur:
+                cur.execute("select batch_id, status, error, rows_read, rows_inserted, rows_updated, rows_unchanged,"
+                            " rows_quarantined from meta.batches where source = %s and object_key = %s"
+                            " and started_at >= %s and status <> 'running' order by batch_id limit 1",
+                            (source, object_key, since))
+                batch = cur.fetchone()
+            conn.rollback()
+            if batch:
+                failed = batch["status"] == "failed"
+                return {"status": "error" if failed else "ok", "summary": None if failed else dict(batch),
+                        "error": {"errorMessage": batch["error"]} if failed else None}
+            if time.monotonic() > deadline:
+                raise PlaybookError(f"{object_key}: no batch ended within {timeout_s:.0f} s of the upload; see the "
+                                    "ingest function's log group in CloudWatch")
+            time.sleep(poll_s)
+    finally:
+        conn.close()
 
 
 def cmd_ingest(args: argparse.Namespace) -> int:

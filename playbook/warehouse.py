@@ -50,6 +50,15 @@ def secret_arn(role: str) -> str:
     return _secrets_client().describe_secret(SecretId=SECRET_NAMES[role])["ARN"]
 
 
+def role_url_at(role: str, database_url: str) -> str:
+    """A role's login from its own secret, at the address of `database_url` (on AWS: the BI proxy). The secret
+    holds a `url` (the local stack's) or RDS's `username` and `password`; the password is never printed."""
+    secret = json.loads(_secrets_client().get_secret_value(SecretId=SECRET_NAMES[role])["SecretString"])
+    if secret.get("url"):
+        return _role_url(database_url, role, _password_of(secret["url"]) or "")
+    return _role_url(database_url, secret.get("username") or role, secret["password"])
+
+
 def ensure_role_logins(database_url: str | None = None) -> dict[str, str]:
     """Give the ingest and reporting roles a login and a password kept in Secrets Manager.
 

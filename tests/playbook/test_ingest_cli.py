@@ -8,17 +8,9 @@ import subprocess
 import sys
 import uuid
 
-import pytest
-
-from tests.playbook.deployed import PREFIX, provisioned_pipeline
+from tests.playbook.deployed import PREFIX
 
 HEADER = "Order No,Line,Order Date,Client Code,Product,Qty,Unit Price,Line Total,Currency\n"
-
-
-@pytest.fixture(scope="module")
-def pipeline_stack(stack):
-    with provisioned_pipeline() as outputs:
-        yield outputs
 
 
 def playbook(*args: str) -> subprocess.CompletedProcess:
@@ -54,3 +46,24 @@ def test_unknown_source_and_api_source_are_refused(pipeline_stack, tmp_path):
     path.write_text("a\n")
     result = playbook("ingest", "nosuch", str(path))
     assert result.returncode == 2 and "unknown source 'nosuch'" in result.stderr
+    api = playbook("ingest", "sales_api", str(path), "--config", "examples/business_api.yaml")
+    assert api.returncode == 2 and "is a rest_api source" in api.stderr
+
+
+def test_on_aws_the_command_waits_for_the_batch_the_upload_started(pipeline_stack, tmp_path):
+    """On AWS the landing bucket's notification runs the function; the command reads the outcome from the
+    ledger instead of invoking it again. Here the local run plays the notification's part."""
+    from datetime import UTC, datetime
+
+    from playbook.ingest import awaited_batch
+
+    since = datetime.now(UTC)
+    good, bad = tmp_path / "awaited.csv", tmp_path / "awaited-bad.csv"
+    good.write_text(HEADER + f"SO-AW-{uuid.uuid4().hex[:6]},1,2024-01-05,00042,Widget,2,10.50,21.00,GBP\n")
+    bad.write_text(HEADER + 'SO-AWB,1,2024-01-05,00042,"Widget,2,10.50,21.00,GBP\n')
+    assert playbook("ingest", "sales", str(good)).returncode == 0
+    assert playbook("ingest", "sales", str(bad)).returncode == 1
+    loaded = awaited_batch("sales", "landing/sales/awaited.csv", since, timeout_s=5)
+    assert loaded["status"] == "ok" and loaded["summary"]["rows_inserted"] == 1
+    failed = awaited_batch("sales", "landing/sales/awaited-bad.csv", since, timeout_s=5)
+    assert failed["status"] == "error" and "quoted field" in failed["error"]["errorMessage"]

@@ -261,3 +261,39 @@ def test_dashboard_in_chromium_matches_top_clients(built, reporting, config):
         finally:
             browser.close()
     assert all(u.startswith(("file:", "data:")) for u in requests), requests  # nothing from the network
+
+
+def test_on_aws_the_reports_log_in_with_the_reporting_secret_at_the_proxy(reporting, monkeypatch):
+    """The playbook never sets logins on AWS: the reports stage reads the reporting role's secret (RDS's
+    username/password form there) and connects where PLAYBOOK_DATABASE_URL points, the BI proxy."""
+    import json
+    from urllib.parse import urlsplit
+
+    import boto3
+
+    from playbook.stages import reporting_url as stage_reporting_url
+    from playbook.warehouse import REPORTING_ROLE, SECRET_NAMES
+
+    secrets = boto3.client("secretsmanager")
+    name = SECRET_NAMES[REPORTING_ROLE]
+    local_form = secrets.get_secret_value(SecretId=name)["SecretString"]
+    password = urlsplit(reporting).password
+    monkeypatch.setenv("PLAYBOOK_DATABASE_URL", "postgresql://playbook_owner:x@proxy.example:5433/playbook"
+                                                "?sslmode=require")
+    assert urlsplit(stage_reporting_url("aws"))[1:] == \
+        (f"{REPORTING_ROLE}:{password}@proxy.example:5433", "/playbook", "sslmode=require", "")
+    secrets.put_secret_value(SecretId=name, SecretString=json.dumps({"username": REPORTING_ROLE,
+                                                                     "password": "from-rds-form"}))
+    try:
+        url = urlsplit(stage_reporting_url("aws"))
+        assert (url.username, url.password, url.hostname, url.port) == \
+            (REPORTING_ROLE, "from-rds-form", "proxy.example", 5433)
+    finally:
+        secrets.put_secret_value(SecretId=name, SecretString=local_form)
+
+
+def test_on_aws_the_reports_stage_leaves_the_email_to_its_scheduled_function(config, tmp_path):
+    from playbook.stages import send_expense_email
+
+    assert send_expense_email("aws", tmp_path, config)["status"] == "skipped"
+    assert not list(tmp_path.iterdir())
