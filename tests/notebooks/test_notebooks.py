@@ -48,9 +48,7 @@ def test_strip_script_removes_what_a_run_leaves(chained, tmp_path):
     assert not any(c.get("outputs") for c in stripped.cells)
 
 
-def test_notebooks_pass_nbval(chained, chain_stack):
-    done = subprocess.run([sys.executable, "-m", "pytest", "--nbval-lax", "-p", "no:cacheprovider", "-q",
-                           str(NOTEBOOKS_DIR)], cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=600,
-                          env=chain_stack.env)
+def test_notebooks_pass_nbval(nbval_run):
+    done = nbval_run
     assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-2000:]
     assert re.search(r"\b\d+ passed\b", done.stdout) and " failed" not in done.stdout, done.stdout[-2000:]

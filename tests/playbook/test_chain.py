@@ -133,7 +133,8 @@ def test_no_secret_value_in_any_executed_notebook_or_the_manifest(chained, chain
         assert not re.search(r"postgres(ql)?://[^:/\s\"']+:(?!\*\*\*)[^@\s\"']+@", text), f"{path} holds a DSN"
 
 
-def test_a_breach_stops_the_chain_at_validation_and_a_resume_completes(chained, chain_stack):
+def test_a_breach_stops_the_chain_at_validation_and_a_resume_completes(chained, chain_stack, nbval_run):
+    # nbval_run: the lessons are checked before this test leaves an orphan in the chain's warehouse
     failed = chain_stack.playbook("run", "--from", "backfill", *DEMO, "-p", "demo_defects", "unknown_client")
     assert failed.returncode == 1, failed.stdout + failed.stderr
     assert "stage validate failed at cell" in failed.stderr

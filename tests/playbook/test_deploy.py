@@ -9,18 +9,11 @@ import subprocess
 import sys
 
 import boto3
-import pytest
 
 from playbook import runtime
 from playbook.deploy import deploy, pipeline_functions
 from playbook.package import LAMBDA_SRC
-from tests.playbook.deployed import PREFIX, provisioned_pipeline
-
-
-@pytest.fixture(scope="module")
-def pipeline_stack(stack):
-    with provisioned_pipeline() as outputs:
-        yield outputs
+from tests.playbook.deployed import PREFIX
 
 
 def playbook_deploy() -> subprocess.CompletedProcess:
@@ -32,25 +25,28 @@ def actions(stdout: str) -> dict[str, str]:
     return dict(re.findall(rf"^  ({PREFIX}-[\w-]+) +(updated|unchanged)$", stdout, re.M))
 
 
-def test_changed_code_reaches_every_function_once_and_the_runtime_runs_it(pipeline_stack, tmp_path):
+def test_changed_code_reaches_every_function_once_and_the_runtime_runs_it_cold(pipeline_stack, tmp_path):
     functions = pipeline_functions(pipeline_stack)
     assert len(functions) >= 9
     source = tmp_path / "lambda_src"
     shutil.copytree(LAMBDA_SRC, source, ignore=shutil.ignore_patterns("__pycache__"))
     (source / "pipeline" / "deployed_marker.py").write_text("MARKER = 'changed for the deploy test'\n")
-    os.environ["PLAYBOOK_STACK_PREFIX"] = PREFIX
     lam = boto3.client("lambda")
+    refresh = pipeline_stack["RefreshMartsFunctionName"]
+    assert runtime.invoke(refresh, {}).ok  # leaves a warm environment of the code before the deploy
     try:
         changed = deploy("local", source=source)
         assert changed.functions == dict.fromkeys(functions, "updated")
         for name in functions:
             assert lam.get_function_configuration(FunctionName=name)["CodeSha256"] == changed.code_sha256
-        code_dir = runtime.prepare(pipeline_stack["RefreshMartsFunctionName"]).code_dir
+        code_dir = runtime.prepare(refresh).code_dir
         assert (code_dir / "pipeline" / "deployed_marker.py").exists()  # the runtime runs what was deployed
+        after = runtime.invoke(refresh, {})
+        assert after.ok and after.init_ms is not None, "new code starts cold: no environment of the old code"
+        assert after.code_sha256 == changed.code_sha256
         again = deploy("local", source=source)
         assert again.functions == dict.fromkeys(functions, "unchanged") and not again.changed
     finally:
-        os.environ.pop("PLAYBOOK_STACK_PREFIX", None)
         restored = playbook_deploy()  # the real lambda_src again, through the CLI
     assert restored.returncode == 0, restored.stdout + restored.stderr
     assert actions(restored.stdout) == dict.fromkeys(functions, "updated")

@@ -13,16 +13,10 @@ from zoneinfo import ZoneInfo
 import pytest
 
 from playbook.scheduler import Schedule, ScheduleError, croniter_expression, occurrences, replay, run_once
-from tests.playbook.deployed import PREFIX, provisioned_pipeline
+from tests.playbook.deployed import PREFIX
 
 LONDON = ZoneInfo("Europe/London")
 Q1_FROM, Q1_TO = datetime(2024, 1, 1, tzinfo=LONDON), datetime(2024, 4, 1, tzinfo=LONDON)
-
-
-@pytest.fixture(scope="module")
-def pipeline_stack(stack):
-    with provisioned_pipeline() as outputs:
-        yield outputs
 
 
 def utc(*args) -> datetime:
