@@ -46,6 +46,7 @@ class Window:
     event: dict[str, Any]
     objects: int = 0
     bytes: int = 0
+    bounds: tuple[str, str] | None = None  # an API window's instants, as its batches record them
     # filled in when the window has run
     status: str = "pending"  # pending | ok | failed
     committed: int = 0
@@ -175,10 +176,14 @@ def plan_windows(config, outputs: dict[str, str], *, grain: str = "quarter", sou
                                          {"bucket": bucket, "key": v["Key"]} for v in chunk]}
                     windows.append(Window(name, function, label, event, len(chunk), sum(v["Size"] for v in chunk)))
         else:
+            from pipeline.handlers.ingest_api import plan_window
+
             start = api_start or date.today().replace(year=date.today().year - 3)
             for window_from, window_to in date_windows(start, date.today(), grain):
-                event = {"source": name, "window": {"from": window_from.isoformat(), "to": window_to.isoformat()}}
-                windows.append(Window(name, function, window_from.isoformat()[:7], event))
+                event = {"source": name, "from": window_from.isoformat(), "to": window_to.isoformat()}
+                bounds = plan_window(event, source, None, config.company.timezone).window
+                windows.append(Window(name, function, window_from.isoformat()[:7], event,
+                                      bounds=(bounds[0].isoformat(), bounds[1].isoformat())))
     return windows
 
 
@@ -277,6 +282,18 @@ def _ledger_state(conn, window: Window, since: datetime) -> tuple[int, int, int]
     return marks.count("loaded_before"), marks.count("committed_now"), marks.count("failed_now")
 
 
+def _window_state(conn, window: Window, since: datetime) -> tuple[int, int, int]:
+    """(0, committed since, failed since) for an API window: the latest batch of exactly its window."""
+    with conn.cursor() as cur:
+        cur.execute("select status from meta.batches where source = %s and window_from = %s and window_to = %s"
+                    " and started_at >= %s and status <> 'running' order by batch_id desc limit 1",
+                    (window.source, *window.bounds, since))
+        row = cur.fetchone()
+    conn.rollback()
+    status = row[0] if row else None
+    return 0, int(status == "committed"), int(status == "failed")
+
+
 def _run_aws(windows: list[Window], concurrency: int, progress, timeout_s: float, poll_s: float) -> str:
     """Asynchronous invokes, at most `concurrency` windows in flight, each finished when the ledger says so."""
     import boto3
@@ -297,11 +314,14 @@ def _run_aws(windows: list[Window], concurrency: int, progress, timeout_s: float
                 in_flight[id(window)] = (window, time.monotonic(), since)
             time.sleep(poll_s)
             for key, (window, started, since) in list(in_flight.items()):
-                if "objects" not in window.event:
-                    continue  # a REST window leaves no object keys: counted by its batch window instead
-                before, now, failed = _ledger_state(conn, window, since)
+                if window.bounds:  # an API window: its batch, by the window it records
+                    before, now, failed = _window_state(conn, window, since)
+                    expected = 1
+                else:
+                    before, now, failed = _ledger_state(conn, window, since)
+                    expected = window.objects
                 elapsed = time.monotonic() - started
-                if before + now + failed >= window.objects:
+                if before + now + failed >= expected:
                     window.committed, window.already_loaded, window.failed = now, before, failed
                     window.status, window.seconds = ("failed" if failed else "ok"), elapsed
                     del in_flight[key]
@@ -309,7 +329,7 @@ def _run_aws(windows: list[Window], concurrency: int, progress, timeout_s: float
                 elif elapsed > timeout_s:
                     window.status, window.seconds = "failed", elapsed
                     window.error = f"no ledger entry for every object after {timeout_s:.0f}s"
-                    window.failed = window.objects - before - now
+                    window.failed = expected - before - now
                     del in_flight[key]
                     progress(window)
     finally:

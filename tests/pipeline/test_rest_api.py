@@ -425,3 +425,23 @@ def test_a_page_that_repeats_is_caught_by_validation_where_it_happened(business,
     again = validate(business.landing.database_url, config, out_dir=tmp_path, thresholds={
         k: 10**6 for k in ("max_quarantined_rows", "max_orphans", "max_missed_deliveries")})
     assert [r.status for r in again.by_check("failed_batches") if r.subject == "sales_api"] == ["pass"]
+
+
+def test_a_backfill_window_on_aws_is_found_in_the_ledger_by_the_window_its_batch_records(business):
+    """On AWS the backfill invokes API windows asynchronously and reads their outcome from meta.batches."""
+    from datetime import UTC, datetime, timedelta
+
+    import psycopg2
+
+    from playbook.backfill import _window_state, function_output_key, plan_windows
+
+    business.configure()
+    config = load_config(EXAMPLE)
+    outputs = {"LandingBucketName": business.landing.bucket, function_output_key("sales_api"): "fn"}
+    (window, *_) = plan_windows(config, outputs, sources=["sales_api"], grain="month", api_start=date(2024, 1, 1))
+    since = datetime.now(UTC) - timedelta(seconds=5)
+    with psycopg2.connect(business.landing.database_url) as conn:
+        assert _window_state(conn, window, since) == (0, 0, 0)
+        business.run(window.event)
+        assert _window_state(conn, window, since) == (0, 1, 0)
+    conn.close()
