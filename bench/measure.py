@@ -9,7 +9,6 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 
 import psutil
@@ -55,33 +54,17 @@ def median_result(bench: str, name: str, rows: int, runs: list[Run], note: str =
                   extra=extra)
 
 
-def with_ratios(results: list[Result], baseline: str, field_name: str = "ratio_to_copy") -> list[Result]:
-    base = next((r for r in results if r.name == baseline), None)
-    for r in results:
-        if base and base.wall_s:
-            setattr(r, field_name, round(r.wall_s / base.wall_s, 3))
-            r.ratio_to = baseline
-    return results
-
-
 class TreeSampler:
-    """Samples the resident memory of a process and its descendants every 20 ms; keeps the peak.
+    """The resident memory of a process and its descendants, each time it is sampled; keeps the peak.
 
     Each process counts with the larger of its RSS and its kernel high-water mark (VmHWM, per address
     space, so it restarts at exec). The root counts only once it runs `argv` (before exec a forked child
     still shows the parent's pages)."""
 
-    def __init__(self, pid: int, argv: list[str] | None = None, interval: float = 0.02):
+    def __init__(self, pid: int, argv: list[str] | None = None):
         self.root = psutil.Process(pid)
-        self.argv, self.interval, self.peak = argv, interval, 0
+        self.argv, self.peak = argv, 0
         self._execed = argv is None
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._loop, daemon=True)
-
-    def _loop(self) -> None:
-        while not self._stop.is_set():
-            self.sample()
-            self._stop.wait(self.interval)
 
     def sample(self) -> None:
         total = 0
@@ -98,37 +81,29 @@ class TreeSampler:
                 continue
         self.peak = max(self.peak, total)
 
-    def __enter__(self) -> TreeSampler:
-        self._thread.start()
-        return self
 
-    def __exit__(self, *exc) -> None:
-        self._stop.set()
-        self._thread.join()
-
-
-def run_process(argv: list[str], env: dict | None = None, timeout: float | None = None) -> Run:
-    """Run a command to its end: wall time, and the peak RSS of its tree (sampled every 10-20 ms)."""
+def run_process(argv: list[str], timeout: float | None = None) -> Run:
+    """Run a command to its end: wall time, and the peak RSS of its tree (sampled every 10 ms)."""
     started = time.monotonic()
-    proc = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     out_chunks: list[bytes] = []
     err_chunks: list[bytes] = []
     readers = [threading.Thread(target=lambda s, b: b.append(s.read()), args=(proc.stdout, out_chunks), daemon=True),
                threading.Thread(target=lambda s, b: b.append(s.read()), args=(proc.stderr, err_chunks), daemon=True)]
     for t in readers:
         t.start()
-    with TreeSampler(proc.pid, argv) as sampler:
-        deadline = started + timeout if timeout else None
-        while True:
-            sampler.sample()
-            pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
-            if pid:
-                break
-            if deadline and time.monotonic() > deadline:
-                proc.kill()
-                pid, status, usage = os.wait4(proc.pid, 0)
-                break
-            time.sleep(0.01)
+    sampler = TreeSampler(proc.pid, argv)
+    deadline = started + timeout if timeout else None
+    while True:
+        sampler.sample()
+        pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
+        if pid:
+            break
+        if deadline and time.monotonic() > deadline:
+            proc.kill()
+            pid, status, usage = os.wait4(proc.pid, 0)
+            break
+        time.sleep(0.01)
     wall = time.monotonic() - started
     proc.returncode = os.waitstatus_to_exitcode(status)
     for t in readers:
@@ -148,9 +123,3 @@ def run_process(argv: list[str], env: dict | None = None, timeout: float | None 
 
 def python_argv(module: str, *args: str) -> list[str]:
     return [sys.executable, "-m", module, *args]
-
-
-def timed(fn: Callable[[], object]) -> tuple[float, object]:
-    started = time.perf_counter()
-    value = fn()
-    return time.perf_counter() - started, value
