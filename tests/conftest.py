@@ -68,4 +68,4 @@ def db(stack):
 
 
 # the chain's own stack (tests/chain_fixtures.py), shared by the chain and notebook tests
-from tests.chain_fixtures import chain_stack, chained  # noqa: E402,F401
+from tests.chain_fixtures import chain_stack, chained, nbval_run  # noqa: E402,F401
