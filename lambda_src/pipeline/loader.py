@@ -19,7 +19,7 @@ from psycopg2 import sql
 from pipeline.config import SourceConfig
 from pipeline.model import TABLES, Table
 from pipeline.sources import LoadError, RawSheet, Reader
-from pipeline.typing_sql import Mapped, fast_lane, typed_select
+from pipeline.typing_sql import Mapped, fast_lane, fast_row_hash, row_hash, typed_select
 
 
 class TimeBudgetExceeded(RuntimeError):
@@ -70,7 +70,8 @@ class BatchLoad:
         # e.g. an API source saving its incremental cursor: (cursor, batch_id), inside the batch's transaction
         self.before_commit = before_commit
         self.rejects = 0
-        self.reject_amount = 0
+        self.direct = False  # loading straight into an empty table (decided per batch in run)
+        self.fast_lane_refused = False
 
     # -- the batch ----------------------------------------------------------------------------------
     def run(self, commit_margin_s: float = 5.0) -> dict:
@@ -78,6 +79,9 @@ class BatchLoad:
         started = time.time()
         with self.conn.cursor() as cur:
             cur.execute("set local timezone = %s", (self.timezone,))
+            # dates print as ISO whatever the server's default: the fast lane compares their text, the row
+            # hash includes it
+            cur.execute("set local datestyle = 'ISO'")
             # the typing pass's LATERAL steps never repeat a value: caching them is pure overhead; and
             # compiling its long expressions costs more than it saves
             cur.execute("set local enable_memoize = off; set local jit = off")
@@ -98,10 +102,13 @@ class BatchLoad:
                  self.request_id, *(d.window or (None, None))))
             self.batch_id = cur.fetchone()[0]
             self._create_typed(cur)
+            # a one-sheet delivery into an empty table: its rows go straight in (see _load_direct)
+            self.direct = getattr(self.reader, "one_sheet", False) and self._empty_target_held(cur)
+            summary = None
             for sheet in self.reader.sheets():
-                self._load_sheet(cur, sheet)
+                summary = self._load_sheet(cur, sheet)
                 self._check_time(commit_margin_s)
-            summary = self._merge(cur)
+            summary = summary or self._merge(cur)
             self._check_time(commit_margin_s)
             cur.execute(
                 "update meta.batches set status = 'committed', finished_at = clock_timestamp(),"
@@ -160,47 +167,56 @@ class BatchLoad:
         parsed.copy(cur, "raw")
         return parsed
 
-    def _load_sheet(self, cur, sheet: RawSheet) -> None:
+    def _load_sheet(self, cur, sheet: RawSheet) -> dict | None:
+        """Raw COPY, typing and quarantine of one sheet; the batch's summary when it also loaded it directly."""
         sheet = self._copy(cur, sheet)
         mapped = [Mapped(self.table.column(c), f"c{pos}", sheet.header[pos]) for c, pos in sheet.mapping.items()]
         opts = self.delivery.config.read
-        names = [m.column.name for m in mapped]
-        # an accepted row gets its content hash here, in the same pass: money hashed by value, not by how
-        # many decimals the source wrote (10.5 and 10.50 are one amount); a null hash marks a rejected row
-        hashed = sql.SQL(", ").join(
-            sql.SQL("trim_scale(s.{})" if self.table.column(c).type == "money" else "s.{}").format(sql.Identifier(c))
-            if c in names else sql.SQL("null") for c in self.table.column_names)
-
-        def typed_rows(select: sql.Composable) -> None:
-            cur.execute(sql.SQL(
-                "insert into typed (_sheet, _row, {cols}, _reasons, _skip, _row_hash) "
-                "select {sheet}, s._row, {scols}, s._reasons, s._skip, "
-                "case when not s._skip and cardinality(s._reasons) = 0 then md5(row({hashed})::text) end "
-                "from ({select}) s").format(
-                cols=_ident_list(names), sheet=sql.Literal(sheet.name), hashed=hashed, select=select,
-                scols=sql.SQL(", ").join(sql.SQL("s.{}").format(sql.Identifier(n)) for n in names)))
-
         width = len(sheet.header)
-        lane = fast_lane(mapped, opts, width)
+        lane = None if self.fast_lane_refused else fast_lane(mapped, opts, width)
+        if lane is not None and self.direct:
+            summary = self._load_direct(cur, sheet, mapped, *lane)
+            if summary:
+                return summary
         if lane is not None:
             guard, typed = lane
             cur.execute("savepoint fast_lane")
             try:  # rows already canonical: cast, no per-value tests; the rest the careful way
-                typed_rows(sql.SQL("select r._row, {}, '{{}}'::text[] as _reasons, false as _skip from raw r "
-                                   "where {}").format(typed, guard))
+                self._typed_rows(cur, sheet, mapped, sql.SQL(
+                    "select r._row, {}, {} as _h, '{{}}'::text[] as _reasons, false as _skip from raw r where {}"
+                ).format(typed, fast_row_hash(self.table, mapped), guard), hashed=True)
                 fast = cur.rowcount
                 cur.execute("select count(*) from raw")
                 if cur.fetchone()[0] > fast:  # the rows the guard did not admit
                     rest = sql.SQL("not exists (select 1 from typed t where t._row = r._row"
                                    " and t._sheet is not distinct from {})").format(sql.Literal(sheet.name))
-                    typed_rows(typed_select(self.table, mapped, opts, width, rest))
+                    self._typed_rows(cur, sheet, mapped, typed_select(self.table, mapped, opts, width, rest))
                 cur.execute("release savepoint fast_lane")
                 lane = True
             except psycopg2.errors.DataError:  # a shape the guard admits that the cast refuses: 2025-02-30
                 cur.execute("rollback to savepoint fast_lane")
                 lane = None
         if lane is None:
-            typed_rows(typed_select(self.table, mapped, opts, width))
+            self._typed_rows(cur, sheet, mapped, typed_select(self.table, mapped, opts, width))
+        self._quarantine(cur, sheet, mapped)
+        return None
+
+    def _typed_rows(self, cur, sheet: RawSheet, mapped: list[Mapped], select: sql.Composable,
+                    hashed: bool = False) -> None:
+        """Rows of `select` into typed; an accepted row gets its content hash in the same pass (a null hash
+        marks a rejected row). hashed: `select` brings it, as _h."""
+        names = [m.column.name for m in mapped]
+        cur.execute(sql.SQL(
+            "insert into typed (_sheet, _row, {cols}, _reasons, _skip, _row_hash) "
+            "select {sheet}, s._row, {scols}, s._reasons, s._skip, "
+            "case when not s._skip and cardinality(s._reasons) = 0 then {hash} end "
+            "from ({select}) s").format(
+            cols=_ident_list(names), sheet=sql.Literal(sheet.name), select=select,
+            hash=sql.SQL("s._h") if hashed else row_hash(self.table, names),
+            scols=sql.SQL(", ").join(sql.SQL("s.{}").format(sql.Identifier(n)) for n in names)))
+
+    def _quarantine(self, cur, sheet: RawSheet, mapped: list[Mapped]) -> None:
+        """The sheet's rejected rows, each with its raw values and reasons, and the rows its reader refused."""
         ref = self._ref(sheet.name)
         raw_json = sql.SQL(", ").join(
             sql.SQL("{}, r.{}").format(sql.Literal(m.header), sql.Identifier(m.raw)) for m in mapped)
@@ -217,6 +233,77 @@ class BatchLoad:
                         (self.batch_id, self.delivery.source, ref, row, psycopg2.extras.Json(raw), reason, code))
         self.rejects += len(sheet.rejects)
 
+    # -- a first load: straight into the empty table --------------------------------------------------
+    def _empty_target_held(self, cur) -> bool:
+        """The target is empty, and stays so for this batch: it holds the table's merge turn from here on."""
+        target = sql.Identifier("core", self.table.name)
+        cur.execute(sql.SQL("select exists (select from {})").format(target))
+        if cur.fetchone()[0]:
+            return False
+        self._merge_turn(cur)
+        cur.execute(sql.SQL("select exists (select from {})").format(target))
+        return not cur.fetchone()[0]
+
+    def _load_direct(self, cur, sheet: RawSheet, mapped: list[Mapped], guard: sql.Composable,
+                     typed: sql.Composable) -> dict | None:
+        """The canonical rows of a one-sheet delivery straight into the empty table: no staging copy of them.
+
+        The rest are typed the careful way (quarantined with reasons, or inserted too), and the primary key
+        is built once at the end. A key the batch repeats fails that build, a value the guard admits but its
+        cast refuses fails the insert: either way everything since the raw COPY is rolled back and None
+        returned, and the sheet takes the staged way, which collapses repeats and spells out every reason.
+        """
+        t = self.table
+        target = sql.Identifier("core", t.name)
+        names = [m.column.name for m in mapped]
+        rejects = self.rejects
+        cur.execute("savepoint direct")
+        try:
+            deferred = self._defer_primary_key(cur)
+            if not deferred:  # a reader in it (we go through the index), or rows from outside any batch
+                cur.execute(sql.SQL("select exists (select from {})").format(target))
+                if cur.fetchone()[0]:
+                    cur.execute("release savepoint direct")
+                    return None
+            cur.execute(sql.SQL(
+                "insert into {target} ({cols}, _batch_id, _source, _source_ref, _source_row, _row_hash) "
+                "select {scols}, %s, %s, %s, s._row, s._h from (select r._row, {typed}, {hash} as _h from raw r "
+                "where {guard}) s"
+            ).format(target=target, cols=_ident_list(t.column_names), typed=typed, guard=guard,
+                     hash=fast_row_hash(t, mapped),
+                     scols=sql.SQL(", ").join(sql.SQL("s.{}").format(sql.Identifier(c)) if c in names
+                                              else sql.SQL("null") for c in t.column_names)),
+                (self.batch_id, self.delivery.source, self._ref(sheet.name)))
+            fast = cur.rowcount
+            amount_fast = None
+            if t.amount:  # the table held nothing else
+                cur.execute(sql.SQL("select coalesce(sum({}), 0) from {}").format(sql.Identifier(t.amount), target))
+                amount_fast = cur.fetchone()[0]
+            cur.execute("select count(*) from raw")
+            if cur.fetchone()[0] > fast:
+                rest = sql.SQL("not coalesce({}, false)").format(guard)
+                self._typed_rows(cur, sheet, mapped, typed_select(t, mapped, self.delivery.config.read,
+                                                                  len(sheet.header), rest))
+            self._quarantine(cur, sheet, mapped)
+            counts = self._typed_counts(cur)
+            inserted, _ = self._merge_rows(cur, list(t.column_names), list(self.delivery.config.key), empty=True,
+                                           defer_key=False)
+            if deferred:
+                cur.execute("select core.restore_primary_key(%s::regclass)", (f"core.{t.name}",))
+            cur.execute("release savepoint direct")
+        except (psycopg2.errors.UniqueViolation, psycopg2.errors.DataError) as exc:
+            cur.execute("rollback to savepoint direct")
+            self.rejects, self.direct = rejects, False
+            # a cast that refused a value the guard admitted would refuse it again in the fast lane
+            self.fast_lane_refused = isinstance(exc, psycopg2.errors.DataError)
+            return None
+        skipped, read, quarantined, accepted, amount_in, amount_q, amount_loaded = counts
+        if t.amount:
+            amount_in, amount_loaded = amount_fast + amount_in, amount_fast + amount_loaded
+        return self._summary(read=fast + read, inserted=fast + inserted, updated=0, accepted=fast + accepted,
+                             duplicates=0, quarantined=quarantined, skipped=skipped, amount_in=amount_in,
+                             amount_loaded=amount_loaded, amount_q=amount_q, amount_dup=0)
+
     def _ref(self, sheet: str | None) -> str:
         return f"{self.delivery.ref}#{sheet}" if sheet else self.delivery.ref
 
@@ -226,18 +313,7 @@ class BatchLoad:
         cols = list(t.column_names)
         key = list(self.delivery.config.key)
         amount = sql.Identifier(t.amount) if t.amount else None
-
-        def amt(where: str) -> sql.Composable:
-            if not amount:
-                return sql.SQL("null::numeric")
-            return sql.SQL("coalesce(sum({}) filter (where {}), 0)").format(amount, sql.SQL(where))
-
-        cur.execute(sql.SQL(
-            "select count(*) filter (where _skip), count(*) filter (where not _skip),"
-            " count(*) filter (where not _skip and _row_hash is null), count(*) filter (where _row_hash is not null),"
-            " {}, {}, {} from typed").format(
-            amt("not _skip"), amt("not _skip and _row_hash is null"), amt("_row_hash is not null")))
-        skipped, read, quarantined, accepted, amount_in, amount_q, amount_loaded = cur.fetchone()
+        skipped, read, quarantined, accepted, amount_in, amount_q, amount_loaded = self._typed_counts(cur)
         duplicates, amount_dup = 0, 0
 
         def collapse() -> None:
@@ -249,9 +325,7 @@ class BatchLoad:
                 amount_q += amount_conflicts
                 amount_loaded -= amount_dup + amount_conflicts
 
-        # Merges into one table take turns (a transaction-scoped lock), so two batches never both find a key
-        # absent and both insert it.
-        cur.execute("select pg_advisory_xact_lock(hashtextextended(%s, 0))", (f"merge into core.{self.table.name}",))
+        self._merge_turn(cur)
         cur.execute(sql.SQL("select exists (select from {})").format(sql.Identifier("core", self.table.name)))
         empty = not cur.fetchone()[0]
         # A key twice in one batch would make the merge ambiguous: only then is the batch collapsed (exact copies
@@ -269,14 +343,41 @@ class BatchLoad:
             cur.execute("rollback to savepoint merge")
             collapse()
             inserted, updated = self._merge_rows(cur, cols, key, empty)
-        read += self.rejects
-        quarantined += self.rejects
-        return {"rows_read": read, "rows_inserted": inserted, "rows_updated": updated,
+        return self._summary(read=read, inserted=inserted, updated=updated, accepted=accepted,
+                             duplicates=duplicates, quarantined=quarantined, skipped=skipped, amount_in=amount_in,
+                             amount_loaded=amount_loaded, amount_q=amount_q, amount_dup=amount_dup)
+
+    def _merge_turn(self, cur) -> None:
+        """Merges into one table take turns (a transaction-scoped lock), so two batches never both find a key
+        absent and both insert it."""
+        cur.execute("select pg_advisory_xact_lock(hashtextextended(%s, 0))", (f"merge into core.{self.table.name}",))
+
+    def _typed_counts(self, cur) -> tuple:
+        """(skipped, read, quarantined, accepted, amount in, amount quarantined, amount accepted) of typed."""
+        amount = sql.Identifier(self.table.amount) if self.table.amount else None
+
+        def amt(where: str) -> sql.Composable:
+            if not amount:
+                return sql.SQL("null::numeric")
+            return sql.SQL("coalesce(sum({}) filter (where {}), 0)").format(amount, sql.SQL(where))
+
+        cur.execute(sql.SQL(
+            "select count(*) filter (where _skip), count(*) filter (where not _skip),"
+            " count(*) filter (where not _skip and _row_hash is null), count(*) filter (where _row_hash is not null),"
+            " {}, {}, {} from typed").format(
+            amt("not _skip"), amt("not _skip and _row_hash is null"), amt("_row_hash is not null")))
+        return cur.fetchone()
+
+    def _summary(self, *, read, inserted, updated, accepted, duplicates, quarantined, skipped, amount_in,
+                 amount_loaded, amount_q, amount_dup) -> dict:
+        """The ledger's counts; rows the reader refused (self.rejects) are read and quarantined."""
+        money = self.table.amount is not None
+        return {"rows_read": read + self.rejects, "rows_inserted": inserted, "rows_updated": updated,
                 "rows_unchanged": accepted - inserted - updated, "rows_duplicate": duplicates,
-                "rows_quarantined": quarantined, "rows_skipped": skipped,
+                "rows_quarantined": quarantined + self.rejects, "rows_skipped": skipped,
                 "amount_in": amount_in, "amount_loaded": amount_loaded,
-                "amount_quarantined": amount_q if amount else None,
-                "amount_duplicate": amount_dup if amount else None}
+                "amount_quarantined": amount_q if money else None,
+                "amount_duplicate": amount_dup if money else None}
 
     def _collapse(self, cur, key: list[str], amount) -> tuple[int, object, int, object]:
         """Exact copies within the batch count as duplicates; a key repeated with other values keeps its last row."""
@@ -310,7 +411,8 @@ class BatchLoad:
                             "having count(*) > 1)").format(_ident_list(key)))
         return cur.fetchone()[0]
 
-    def _merge_rows(self, cur, cols: list[str], key: list[str], empty: bool) -> tuple[int, int]:
+    def _merge_rows(self, cur, cols: list[str], key: list[str], empty: bool,
+                    defer_key: bool = True) -> tuple[int, int]:
         """Changed rows updated in place, new keys inserted: two set-wise statements, exact counts.
 
         Keys are unique in `typed` by now (or, into an empty table, the primary key says they are not), so a
@@ -326,6 +428,7 @@ class BatchLoad:
         joined = sql.SQL(" and ").join(sql.SQL("c.{k} = s.{k}").format(k=sql.Identifier(k)) for k in key)
         params = {"batch": self.batch_id, "source": self.delivery.source, "ref": self.delivery.ref}
         updated, new_only = 0, sql.SQL("")
+        key_deferred = empty and defer_key and self._defer_primary_key(cur)
         if not empty:
             sets = sql.SQL(", ").join(
                 [sql.SQL("{} = s.{}").format(sql.Identifier(c), sql.Identifier(c)) for c in cols if c not in key]
@@ -343,7 +446,30 @@ class BatchLoad:
             target=target, cols=_ident_list(cols), lineage=_ident_list(lineage),
             scols=sql.SQL(", ").join(sql.SQL("s.{}").format(sql.Identifier(c)) for c in cols),
             values=sql.SQL(", ").join(values[c] for c in lineage), new_only=new_only), params)
-        return cur.rowcount, updated
+        inserted = cur.rowcount
+        if key_deferred:  # a key repeated in the batch fails here, as a unique violation, like the insert would
+            cur.execute("select core.restore_primary_key(%s::regclass)", (f"core.{t.name}",))
+        return inserted, updated
+
+    def _defer_primary_key(self, cur) -> bool:
+        """Into an empty table: take its primary key off until the rows are in, then build it once, sorted.
+
+        core.defer_primary_key holds the table exclusively until commit (it is empty: nobody has rows to
+        read in it yet). A reader already in it makes us wait a few seconds at most, then the rows go in
+        through the index as usual.
+        """
+        cur.execute("show lock_timeout")
+        lock_timeout = cur.fetchone()[0]
+        cur.execute("savepoint defer_key; set local lock_timeout = '5s'")
+        try:
+            cur.execute("select core.defer_primary_key(%s::regclass)", (f"core.{self.table.name}",))
+            deferred = cur.fetchone()[0]
+            cur.execute("release savepoint defer_key")
+        except psycopg2.errors.LockNotAvailable:
+            cur.execute("rollback to savepoint defer_key")
+            deferred = False
+        cur.execute("select set_config('lock_timeout', %s, true)", (lock_timeout,))
+        return deferred
 
 
 @contextlib.contextmanager

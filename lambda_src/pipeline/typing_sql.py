@@ -159,33 +159,43 @@ def typed_select(table: Table, mapped: list[Mapped], options: ReadOptions, width
 
 
 # -- the fast lane ------------------------------------------------------------------------------------------
-_DIGITS = "0123456789"
 _TIMESTAMP_SHAPE = r"^[0-9]{4}-[0-9]{2}-[0-9]{2}[T ][0-9]{2}:[0-9]{2}(:[0-9]{2})?(Z|[+-][0-9]{2}:[0-9]{2})?$"
+_PG_TYPE = {"integer": "int8", "money": "numeric", "date": "date"}
 
 
-def _shape(m: Mapped, raw: sql.Composable) -> sql.Composable:
-    """A canonical value of its type, by character class and length (translate, not a regex: half the cost)."""
-    def only(chars: str) -> sql.Composable:
-        return sql.SQL("translate({}, {}, '') = ''").format(raw, sql.Literal(chars))
+def _canonical(m: Mapped, raw: sql.Composable) -> sql.Composable:
+    """The value is exactly its type's own spelling of itself: it casts, and casting it back gives the same
+    text. pg_input_is_valid comes first (a CASE keeps the order), so nothing here raises; '007', '+5',
+    ' 5', '1_000', '0x1F', '5.', '.5' and '2024-1-5' all fail, and take the careful lane.
 
+    A few canonical spellings the careful lane refuses are refused here too, so both lanes accept exactly
+    the same rows: integers of more than 18 digits, years of more than four, NaN and Infinity, and a
+    negative value in a column that must not be negative (the careful lane says why).
+    """
     kind = m.column.type
+    if kind == "timestamp":  # its text depends on the session's time zone: a shape test, then the cast
+        return sql.SQL("({} ~ {})").format(raw, sql.Literal(_TIMESTAMP_SHAPE))
+    pg_type = sql.SQL(_PG_TYPE[kind])
+    checks = [sql.SQL("{}::{}::text = {}").format(raw, pg_type, raw)]
     if kind == "integer":
-        return sql.SQL("({} and length({}) between 1 and 18)").format(only(_DIGITS), raw)
-    if kind == "money":
-        return sql.SQL("({} and {} <> '')").format(only(_DIGITS + "."), raw)
-    if kind == "date":
-        return sql.SQL("(length({r}) = 10 and substr({r}, 5, 1) = '-' and substr({r}, 8, 1) = '-' and {o})").format(
-            r=raw, o=only(_DIGITS + "-"))
-    return sql.SQL("({} ~ {})").format(raw, sql.Literal(_TIMESTAMP_SHAPE))
+        checks.append(sql.SQL("length({}) <= 18").format(raw))
+    elif kind == "date":
+        checks.append(sql.SQL("length({}) = 10").format(raw))
+    else:
+        checks.append(sql.SQL("right({}, 1) collate \"C\" between '0' and '9'").format(raw))
+    if m.column.non_negative:
+        checks.append(sql.SQL("left({}, 1) <> '-'").format(raw))
+    return sql.SQL("case when pg_input_is_valid({}, {}) then {} end").format(
+        raw, sql.Literal(_PG_TYPE[kind]), sql.SQL(" and ").join(checks))
 
 
 def fast_lane(mapped: list[Mapped], options: ReadOptions, width: int) -> tuple[sql.Composable, sql.Composable] | None:
     """(guard, typed columns) for rows already in canonical form, or None when the layout is not canonical.
 
-    The guard admits a row only when every value has its type's canonical shape (digits, one layout of date,
-    no sign: a negative or a rewritten value takes the careful lane and gets its reason there); the row is
-    then simply cast. A value the guard admits but the cast refuses (2025-02-30, 1.2.3) fails the lane, and
-    the caller types the whole sheet the careful way, so both ways accept exactly the same rows.
+    The guard admits a row only when every value is canonical for its type (see _canonical); the row is
+    then simply cast, and types to what the careful lane would make of it. A guard that is null or false
+    sends the row to the careful lane. Should a cast still refuse an admitted value, the lane fails and
+    the caller types the whole sheet the careful way.
     """
     if options.decimal != "." or options.thousands or options.date_format or options.dayfirst:
         return None
@@ -198,7 +208,7 @@ def fast_lane(mapped: list[Mapped], options: ReadOptions, width: int) -> tuple[s
             if m.column.required:
                 conditions.append(sql.SQL("btrim({}) <> ''").format(raw))
             continue
-        shape = _shape(m, raw)
+        shape = _canonical(m, raw)
         conditions.append(shape if m.column.required else
                           sql.SQL("(coalesce({}, '') = '' or {})").format(raw, shape))
         typed.append(sql.SQL("nullif({}, '')::{} as {}").format(raw, sql.SQL(_CAST[m.column.type]), name))
@@ -206,3 +216,42 @@ def fast_lane(mapped: list[Mapped], options: ReadOptions, width: int) -> tuple[s
         conditions.append(sql.SQL("{} !~ {}").format(first_cell(width), sql.Literal(options.skip_rows_matching)))
     guard = sql.SQL(" and ").join(conditions) if conditions else sql.SQL("true")
     return guard, sql.SQL(", ").join(typed)
+
+
+def row_hash(table: Table, names: list[str], alias: str = "s") -> sql.Composable:
+    """The content hash of a typed row: md5 of its text, money by value, not by how many decimals the
+    source wrote (10.5 and 10.50 are one amount). Columns the source does not map hash as null."""
+    def value(c: str) -> sql.Composable:
+        if c not in names:
+            return sql.SQL("null")
+        ref = sql.SQL("{}.{}").format(sql.Identifier(alias), sql.Identifier(c))
+        return sql.SQL("trim_scale({})").format(ref) if table.column(c).type == "money" else ref
+
+    return sql.SQL("md5(row({})::text)").format(sql.SQL(", ").join(value(c) for c in table.column_names))
+
+
+def fast_row_hash(table: Table, mapped: list[Mapped]) -> sql.Composable:
+    """row_hash of a row the fast lane admitted, from its raw text (over `raw r`), without casting it.
+
+    The guard made every integer, date and money value its type's own spelling, so that text is what the
+    typed value prints as; money drops its trailing zeros as trim_scale does ('10.50' -> '10.5', '3.00'
+    -> '3'). A timestamp prints in the session's time zone, so it is cast.
+    """
+    by_name = {m.column.name: m for m in mapped}
+
+    def value(c: str) -> sql.Composable:
+        m = by_name.get(c)
+        if m is None:
+            return sql.SQL("null")
+        raw = sql.SQL("r.{}").format(sql.Identifier(m.raw))
+        kind = m.column.type
+        if kind == "text":
+            return sql.SQL("nullif(btrim({}), '')").format(raw)
+        if kind == "timestamp":
+            return sql.SQL("nullif({}, '')::timestamptz").format(raw)
+        if kind == "money":
+            return sql.SQL("case when strpos({r}, '.') > 0 then rtrim(rtrim({r}, '0'), '.') else nullif({r}, '') end"
+                           ).format(r=raw)
+        return sql.SQL("nullif({}, '')").format(raw)
+
+    return sql.SQL("md5(row({})::text)").format(sql.SQL(", ").join(value(c) for c in table.column_names))

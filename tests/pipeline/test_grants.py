@@ -166,6 +166,64 @@ def test_ingest_writes_core_and_meta_without_ddl(stack, logins, db):
         conn.close()
 
 
+def test_ingest_takes_a_primary_key_off_only_by_the_rules_and_always_puts_it_back(stack, logins, db):
+    """core.defer_primary_key runs with the owner's rights: an empty core table held exclusively, the same key
+    back from a ledger the ingest role cannot touch, and no commit while a key is still off."""
+    key = ("select pg_get_constraintdef(oid) from pg_constraint where conrelid = 'core.probe'::regclass "
+           "and contype = 'p'")
+    with db.cursor() as cur:
+        cur.execute("create table core.probe (n int primary key, note text)")
+    db.commit()
+    conn = connect_as(logins, INGEST)
+    try:
+        with conn.cursor() as cur:
+            cur.execute("select core.defer_primary_key('core.probe')")
+            assert cur.fetchone() == (True,)
+            cur.execute(key)
+            assert cur.fetchall() == []
+            cur.execute("insert into core.probe values (1, 'a'), (2, 'b')")
+            cur.execute("select core.restore_primary_key('core.probe')")
+            cur.execute(key)
+            assert cur.fetchall() == [("PRIMARY KEY (n)",)]
+        conn.commit()
+        with conn.cursor() as cur:  # a table with rows keeps its key
+            cur.execute("select core.defer_primary_key('core.probe')")
+            assert cur.fetchone() == (False,)
+        conn.rollback()
+        with db.cursor() as cur:
+            cur.execute("truncate core.probe")
+        db.commit()
+        with conn.cursor() as cur:  # a key left off cannot commit
+            cur.execute("select core.defer_primary_key('core.probe')")
+            cur.execute("insert into core.probe values (1, 'a'), (1, 'again')")
+        with pytest.raises(errors.RaiseException, match="not put back"):
+            conn.commit()
+        with conn.cursor() as cur:  # a repeated key fails the build, as the insert would have
+            cur.execute("select core.defer_primary_key('core.probe')")
+            cur.execute("insert into core.probe values (1, 'a'), (1, 'again')")
+            with pytest.raises(errors.UniqueViolation):
+                cur.execute("select core.restore_primary_key('core.probe')")
+        conn.rollback()
+        assert "took no primary key off" in refused(conn, "select core.restore_primary_key('core.probe')",
+                                                    error=errors.RaiseException)
+        assert "not a core table" in refused(conn, "select core.defer_primary_key('meta.batches')",
+                                             error=errors.RaiseException)
+        for statement in ("select * from meta.deferred_keys",
+                          "insert into meta.deferred_keys values ('core.probe', 'x', 'primary key (note)')"):
+            refused(conn, statement)
+        with db.cursor() as cur:
+            cur.execute(key)
+            assert cur.fetchall() == [("PRIMARY KEY (n)",)]
+            cur.execute("select count(*) from core.probe")
+            assert cur.fetchone() == (0,)
+        db.rollback()
+    finally:
+        conn.close()
+        with db.cursor() as cur:
+            cur.execute("drop table core.probe")
+        db.commit()
+
+
 def test_tables_created_later_reach_the_ingest_role(stack, logins, db):
     with db.cursor() as cur:
         cur.execute("create table staging.later_batch (n int)")

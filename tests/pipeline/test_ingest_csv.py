@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from decimal import Decimal
 
+import psycopg2
 import pytest
 
 from pipeline.handlers import ingest_object
@@ -113,6 +114,42 @@ def test_repeats_are_found_whether_or_not_the_table_already_holds_their_keys(lan
             result["rows_quarantined"]) == (1, 1, 1, 1)
     assert landing.query("select order_id, quantity from core.sales order by 1") == [("SO-1", 5), ("SO-2", 1)]
     assert reconciles(ledger(landing, result["batch_id"]))
+
+
+PRIMARY_KEY = "select conname, pg_get_constraintdef(oid) from pg_constraint where conrelid = 'core.sales'::regclass " \
+              "and contype = 'p'"
+
+
+def test_a_first_load_builds_the_primary_key_after_its_rows_and_puts_back_the_same_key(landing):
+    assert landing.query(PRIMARY_KEY) == [("sales_pkey", "PRIMARY KEY (order_id, line_no)")]
+    first = landing.ingest("landing/sales/2024/k0.csv", sales(  # the key build finds the repeat, then collapse
+        "SO-1,1,2024-01-05,00042,Widget,2,10.50,21.00,GBP",
+        "SO-1,1,2024-01-05,00042,Widget,3,10.50,31.50,GBP",
+        "SO-2,1,2024-01-05,00043,Widget,1,10.50,10.50,GBP"))
+    assert (first["rows_inserted"], first["rows_quarantined"]) == (2, 1)
+    assert landing.query(PRIMARY_KEY) == [("sales_pkey", "PRIMARY KEY (order_id, line_no)")]
+    assert landing.query("select count(*) from meta.deferred_keys") == [(0,)]
+    with pytest.raises(psycopg2.errors.UniqueViolation):  # and it still refuses a repeat
+        landing.query("insert into core.sales select * from core.sales limit 1")
+
+
+def test_a_reader_in_the_empty_table_sends_the_first_load_through_the_index(landing):
+    """The key is only taken off a table held exclusively: with a reader in it, the load does not wait for
+    the reader to finish (a few seconds at most), it inserts through the primary key as usual."""
+    reader = psycopg2.connect(landing.database_url)
+    reader.set_session(isolation_level="REPEATABLE READ")
+    try:
+        with reader.cursor() as cur:
+            cur.execute("select count(*) from core.sales")  # holds its lock until the transaction ends
+            result = landing.ingest("landing/sales/2024/k1.csv", sales(
+                "SO-1,1,2024-01-05,00042,Widget,2,10.50,21.00,GBP"))
+            assert result["status"] == "committed" and result["rows_inserted"] == 1
+            cur.execute("select count(*) from core.sales")  # its snapshot: still empty
+            assert cur.fetchone() == (0,)
+    finally:
+        reader.close()
+    assert landing.query("select order_id from core.sales") == [("SO-1",)]
+    assert landing.query(PRIMARY_KEY) == [("sales_pkey", "PRIMARY KEY (order_id, line_no)")]
 
 
 def test_ragged_rows_are_quarantined_and_the_rest_loads(landing):
@@ -252,3 +289,39 @@ def test_both_typing_lanes_accept_and_reject_the_same_rows(landing, impossible_d
     reasons = [r[0] for r in landing.query("select reason from meta.quarantine order by source_row")]
     assert reasons[:3] == ["row 4: amount 'NaN' is not a number", "row 5: amount '1e3' is not a number",
                            "row 6: amount '-21.00' is negative"]
+
+
+MIXED = sales(  # canonical rows, rows only the careful lane reads, rejects, a blank row
+    "SO-1,1,2024-01-05,00042,Widget,2,10.50,21.00,GBP",
+    "SO-1,2,2024-01-05,00042,Gadget, 3 ,£1.20,£3.60,GBP",
+    "SO-2,1,2024-1-6,00043,Widget,1,0.20,0.20,GBP",
+    "SO-2,2,2024-01-06,00043,Widget,x,0.20,0.20,GBP",
+    ",,,,,,,,",
+    "SO-3,1,2024-01-07,,Widget,1,5.00,5.00,GBP",
+    "SO-4,1,2024-01-07,00044,,4,2.50,10.00,")
+
+
+def test_a_first_load_straight_into_the_empty_table_gives_what_the_staged_merge_gives(landing):
+    """The same file loaded into an empty table (its canonical rows straight in) and into a table that
+    already has rows (every row staged, then merged): the same rows, hashes, ledger and reasons."""
+    def outcome(batch_id):
+        rows = landing.query("select order_id, line_no, order_date, client_id, product, quantity, unit_price, amount,"
+                             " currency, _source_row, _row_hash from core.sales where _batch_id = %s "
+                             "order by 1, 2", (batch_id,))
+        reasons = landing.query("select source_row, reason from meta.quarantine where batch_id = %s order by 1",
+                                (batch_id,))
+        return rows, reasons, {k: v for k, v in ledger(landing, batch_id).items()}
+
+    direct = landing.ingest("landing/sales/2024/m.csv", MIXED)
+    first = outcome(direct["batch_id"])
+    landing.query("truncate core.sales, meta.quarantine; select 1")
+    landing.ingest("landing/sales/2024/other.csv", sales("SO-9,1,2024-01-05,00042,Widget,1,1.00,1.00,GBP"))
+    staged = landing.ingest("landing/sales/2024/m2.csv", MIXED)
+    assert outcome(staged["batch_id"]) == first
+    rows, reasons, entry = first
+    assert [r[:2] for r in rows] == [("SO-1", 1), ("SO-1", 2), ("SO-2", 1), ("SO-4", 1)]
+    assert rows[1][5:8] == (3, Decimal("1.20"), Decimal("3.60")) and rows[3][4] is None and rows[3][8] is None
+    assert reasons == [(5, "row 5: quantity 'x' is not a whole number"), (7, "row 7: client_id is empty")]
+    assert reconciles(entry) and (entry["rows_read"], entry["rows_inserted"], entry["rows_quarantined"],
+                                  entry["rows_skipped"]) == (6, 4, 2, 1)
+    assert entry["amount_loaded"] == Decimal("34.80")

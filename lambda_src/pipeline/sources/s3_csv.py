@@ -56,6 +56,8 @@ class CsvReader:
         header = next(csv.reader([text], delimiter=self.options.delimiter, quotechar=self.options.quotechar))
         return header, offset
 
+    one_sheet = True  # a file is one sheet: the loader may load it straight into an empty table
+
     def sheets(self) -> Iterator[RawSheet]:
         header, offset = self._read_header()
         mapping = map_header(header, self.columns, f"{self.display}, row {self.options.header_row + 1}",
