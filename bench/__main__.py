@@ -46,7 +46,7 @@ def main(argv: list[str] | None = None) -> int:
     common.add_argument("--json", action="store_true", help="one JSON object a line")
     ing = sub.add_parser("ingest", parents=[common], help="P1/P2: CSV through the ingest function vs baselines")
     ing.add_argument("--rows", type=int, default=1_000_000)
-    ing.add_argument("--only", help="comma-separated: copy,project,pandas_copy,pandas_upsert,to_sql,dlt")
+    ing.add_argument("--only", help="comma-separated: copy,copy_core,project,pandas_copy,pandas_upsert,to_sql,dlt")
     ing.add_argument("--to-sql-rows", type=int, default=100_000, help="cap for DataFrame.to_sql (slow)")
     xl = sub.add_parser("excel", parents=[common], help="P3: a workbook: openpyxl, calamine, the ingest function")
     xl.add_argument("--rows", type=int, default=100_000)

@@ -15,7 +15,7 @@ from bench.data import sales_csv
 from bench.measure import Result, Run, median_result, python_argv, run_process
 from bench.stack import BenchStack, psql_binary
 
-ALL = ("copy", "project", "pandas_copy", "pandas_upsert", "to_sql", "dlt")
+ALL = ("copy", "copy_core", "project", "pandas_copy", "pandas_upsert", "to_sql", "dlt")
 TO_SQL_ROWS = 100_000
 BASELINE_TIMEOUT_S = 900
 
@@ -35,6 +35,37 @@ def raw_copy(stack: BenchStack, path: Path) -> Run:
     got = run_process([psql_binary(), stack.database_url, "-X", "-q", "-v", "ON_ERROR_STOP=1", "-c", command])
     loaded = stack.execute("select count(*) from bench.sales_copy")[0][0]
     got.extra = {"rows": loaded}
+    return got
+
+
+LINEAGE = ("_batch_id", "_source", "_source_ref", "_source_row", "_row_hash")
+
+
+def lineage_csv(path: Path) -> Path:
+    """The same rows with the lineage a load gives each of them (batch, source, object, row, content hash)."""
+    import hashlib
+
+    out = path.with_name(path.stem + "-lineage.csv")
+    if not out.exists():
+        ref = f"s3://landing/landing/sales/{path.name}?versionId=3HL4kqtJlcpXroDTDmJ.rmSpXd3dIbrHY"
+        tmp = out.with_suffix(".part")
+        with path.open(encoding="utf-8") as src, tmp.open("w", encoding="utf-8") as dst:
+            next(src)
+            for n, line in enumerate(src, start=2):
+                line = line.rstrip("\n")
+                dst.write(f"{line},1,sales,{ref},{n},{hashlib.md5(line.encode(), usedforsecurity=False).hexdigest()}\n")
+        tmp.rename(out)
+    return out
+
+
+def core_copy(stack: BenchStack, path: Path) -> Run:
+    """psql's \\copy of the same rows, already typed and hashed, with their lineage, into a table built like
+    core.sales (its primary key, its batch index, its defaults): what writing these rows costs at the least,
+    before any reading, checking or merging."""
+    columns = ", ".join((*contenders.COLUMNS, *LINEAGE))
+    got = run_process([psql_binary(), stack.database_url, "-X", "-q", "-v", "ON_ERROR_STOP=1", "-c",
+                       f"\\copy bench.sales_core ({columns}) from '{path}' with (format csv)"])
+    got.extra = {"rows": stack.execute("select count(*) from bench.sales_core")[0][0]}
     return got
 
 
@@ -85,6 +116,10 @@ def run(stack: BenchStack, rows: int, only: list[str] | None = None, repeat: int
         chosen.remove("dlt")
         progress("dlt is not installed (pip install -e '.[bench]'): skipped")
     path = sales_csv(stack.work_dir, rows)
+    if "copy_core" in chosen:
+        wide = lineage_csv(path)
+        notes["copy_core"] = ("the same rows typed and hashed, with lineage, by psql \\copy into a copy of "
+                              "core.sales with its primary key: the least a load of this table costs")
     contenders.setup(stack.database_url)
     project = ProjectFunction(stack) if "project" in chosen else None
     key = f"landing/sales/bench-{rows}.csv"
@@ -107,6 +142,8 @@ def run(stack: BenchStack, rows: int, only: list[str] | None = None, repeat: int
             stack.checkpoint()
             if name == "copy":
                 got = raw_copy(stack, path)
+            elif name == "copy_core":
+                got = core_copy(stack, wide)
             elif name == "project":
                 got = project.invoke(key)
             else:

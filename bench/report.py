@@ -58,8 +58,10 @@ def targets(by: dict[str, dict]) -> list[tuple[str, str, str, str]]:
         return (target, goal, measured, "not measured" if ok is None else ("met" if ok else "**not met**"))
 
     out = []
-    r = get("project", "ratio_to_copy")
-    out.append(row("P1 first load 1M rows", "<= 2.5x raw COPY", f"{_fmt(r, 2)}x", None if r is None else r <= 2.5))
+    r, floor = get("project", "ratio_to_copy"), get("copy_core", "ratio_to_copy")
+    out.append(row("P1 first load 1M rows", "<= 2.5x raw COPY", f"{_fmt(r, 2)}x" + (
+        f" (the typed rows alone copied into core.sales: {_fmt(floor, 2)}x)" if floor is not None else ""),
+        None if r is None else r <= 2.5))
     r = get("project_same_object", "extra", "ratio_to_first_load")
     cold = get("project_same_object_cold", "extra", "ratio_to_first_load")
     out.append(row("P2 identical object again", "<= 0.05x first load",
