@@ -413,11 +413,13 @@ class BatchLoad:
 
     def _merge_rows(self, cur, cols: list[str], key: list[str], empty: bool,
                     defer_key: bool = True) -> tuple[int, int]:
-        """Changed rows updated in place, new keys inserted: two set-wise statements, exact counts.
+        """Changed rows updated in place, new keys inserted: set-wise statements, exact counts.
 
         Keys are unique in `typed` by now (or, into an empty table, the primary key says they are not), so a
-        join finds at most one row either way. An update writes only rows whose content hash differs (the
-        history trigger keeps the old version); an identical row costs a hash comparison, not a write.
+        join finds at most one row either way. One join first counts the batch's keys already there and how
+        many of them changed: the update runs only when some did, and the insert only when some keys are
+        new, so a re-export of rows already loaded costs one join. An update writes only rows whose content
+        hash differs (the history trigger keeps the old version).
         """
         t = self.table
         target = sql.Identifier("core", t.name)
@@ -429,7 +431,17 @@ class BatchLoad:
         params = {"batch": self.batch_id, "source": self.delivery.source, "ref": self.delivery.ref}
         updated, new_only = 0, sql.SQL("")
         key_deferred = empty and defer_key and self._defer_primary_key(cur)
+        new_keys, changed = True, 0
         if not empty:
+            present = sql.SQL("c.{}").format(sql.Identifier(key[0]))
+            cur.execute(sql.SQL(
+                "select count(*), count({present}), count(*) filter (where {present} is not null"
+                " and c._row_hash is distinct from s._row_hash) "
+                "from typed s left join {target} c on {joined} where s._row_hash is not null").format(
+                present=present, target=target, joined=joined))
+            accepted, matched, changed = cur.fetchone()
+            new_keys = matched < accepted
+        if changed:
             sets = sql.SQL(", ").join(
                 [sql.SQL("{} = s.{}").format(sql.Identifier(c), sql.Identifier(c)) for c in cols if c not in key]
                 + [sql.SQL("{} = {}").format(sql.Identifier(c), values[c]) for c in lineage]
@@ -438,15 +450,18 @@ class BatchLoad:
                                 " and c._row_hash is distinct from s._row_hash").format(
                 target=target, sets=sets, joined=joined), params)
             updated = cur.rowcount
+        if not empty:
             new_only = sql.SQL(" and not exists (select from {} c where {})").format(target, joined)
         # into an empty table every row is new: no anti-join, whose plan would scan the table it fills
-        cur.execute(sql.SQL(
-            "insert into {target} ({cols}, {lineage}) select {scols}, {values} from typed s "
-            "where s._row_hash is not null{new_only}").format(
-            target=target, cols=_ident_list(cols), lineage=_ident_list(lineage),
-            scols=sql.SQL(", ").join(sql.SQL("s.{}").format(sql.Identifier(c)) for c in cols),
-            values=sql.SQL(", ").join(values[c] for c in lineage), new_only=new_only), params)
-        inserted = cur.rowcount
+        inserted = 0
+        if new_keys:
+            cur.execute(sql.SQL(
+                "insert into {target} ({cols}, {lineage}) select {scols}, {values} from typed s "
+                "where s._row_hash is not null{new_only}").format(
+                target=target, cols=_ident_list(cols), lineage=_ident_list(lineage),
+                scols=sql.SQL(", ").join(sql.SQL("s.{}").format(sql.Identifier(c)) for c in cols),
+                values=sql.SQL(", ").join(values[c] for c in lineage), new_only=new_only), params)
+            inserted = cur.rowcount
         if key_deferred:  # a key repeated in the batch fails here, as a unique violation, like the insert would
             cur.execute("select core.restore_primary_key(%s::regclass)", (f"core.{t.name}",))
         return inserted, updated
