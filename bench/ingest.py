@@ -28,14 +28,18 @@ def dlt_available() -> bool:
     return True
 
 
+def _psql_copy(stack: BenchStack, table: str, columns, path: Path, header: bool) -> Run:
+    """psql's \\copy of a file into `table`, measured as its own process; the rows it holds after."""
+    options = f"format csv, header {'true' if header else 'false'}"
+    got = run_process([psql_binary(), stack.database_url, "-X", "-q", "-v", "ON_ERROR_STOP=1", "-c",
+                       f"\\copy {table} ({', '.join(columns)}) from '{path}' with ({options})"])
+    got.extra = {"rows": stack.execute(f"select count(*) from {table}")[0][0]}
+    return got
+
+
 def raw_copy(stack: BenchStack, path: Path) -> Run:
     """psql's \\copy of the file into a plain typed table (no key, no index): the floor to compare with."""
-    command = (f"\\copy bench.sales_copy ({', '.join(contenders.COLUMNS)}) from '{path}' "
-               "with (format csv, header true)")
-    got = run_process([psql_binary(), stack.database_url, "-X", "-q", "-v", "ON_ERROR_STOP=1", "-c", command])
-    loaded = stack.execute("select count(*) from bench.sales_copy")[0][0]
-    got.extra = {"rows": loaded}
-    return got
+    return _psql_copy(stack, "bench.sales_copy", contenders.COLUMNS, path, header=True)
 
 
 LINEAGE = ("_batch_id", "_source", "_source_ref", "_source_row", "_row_hash")
@@ -53,7 +57,8 @@ def lineage_csv(path: Path) -> Path:
             next(src)
             for n, line in enumerate(src, start=2):
                 line = line.rstrip("\n")
-                dst.write(f"{line},1,sales,{ref},{n},{hashlib.md5(line.encode(), usedforsecurity=False).hexdigest()}\n")
+                digest = hashlib.md5(line.encode(), usedforsecurity=False).hexdigest()
+                dst.write(f"{line},1,sales,{ref},{n},{digest}\n")
         tmp.rename(out)
     return out
 
@@ -62,11 +67,7 @@ def core_copy(stack: BenchStack, path: Path) -> Run:
     """psql's \\copy of the same rows, already typed and hashed, with their lineage, into a table built like
     core.sales (its primary key, its batch index, its defaults): what writing these rows costs at the least,
     before any reading, checking or merging."""
-    columns = ", ".join((*contenders.COLUMNS, *LINEAGE))
-    got = run_process([psql_binary(), stack.database_url, "-X", "-q", "-v", "ON_ERROR_STOP=1", "-c",
-                       f"\\copy bench.sales_core ({columns}) from '{path}' with (format csv)"])
-    got.extra = {"rows": stack.execute("select count(*) from bench.sales_core")[0][0]}
-    return got
+    return _psql_copy(stack, "bench.sales_core", (*contenders.COLUMNS, *LINEAGE), path, header=False)
 
 
 class ProjectFunction:

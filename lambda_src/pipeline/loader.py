@@ -19,7 +19,7 @@ from psycopg2 import sql
 from pipeline.config import SourceConfig
 from pipeline.model import TABLES, Table
 from pipeline.sources import LoadError, RawSheet, Reader
-from pipeline.typing_sql import Mapped, fast_lane, fast_row_hash, row_hash, typed_select
+from pipeline.typing_sql import SQL_TYPE, FastLane, Mapped, fast_lane, row_hash, typed_select
 
 
 class TimeBudgetExceeded(RuntimeError):
@@ -70,8 +70,7 @@ class BatchLoad:
         # e.g. an API source saving its incremental cursor: (cursor, batch_id), inside the batch's transaction
         self.before_commit = before_commit
         self.rejects = 0
-        self.direct = False  # loading straight into an empty table (decided per batch in run)
-        self.fast_lane_refused = False
+        self.direct = False  # a one-sheet delivery into an empty table (decided in run)
 
     # -- the batch ----------------------------------------------------------------------------------
     def run(self, commit_margin_s: float = 5.0) -> dict:
@@ -131,8 +130,7 @@ class BatchLoad:
 
     # -- per sheet: raw COPY, typing, quarantine ----------------------------------------------------
     def _create_typed(self, cur) -> None:
-        types = {"text": "text", "integer": "bigint", "money": "numeric", "date": "date", "timestamp": "timestamptz"}
-        cols = sql.SQL(", ").join(sql.SQL("{} {}").format(sql.Identifier(c.name), sql.SQL(types[c.type]))
+        cols = sql.SQL(", ").join(sql.SQL("{} {}").format(sql.Identifier(c.name), sql.SQL(SQL_TYPE[c.type]))
                                   for c in self.table.columns)
         cur.execute(sql.SQL("create temp table typed (_sheet text, _row bigint, {}, _reasons text[], _skip boolean,"
                             " _row_hash text) on commit drop").format(cols))
@@ -172,34 +170,28 @@ class BatchLoad:
         sheet = self._copy(cur, sheet)
         mapped = [Mapped(self.table.column(c), f"c{pos}", sheet.header[pos]) for c, pos in sheet.mapping.items()]
         opts = self.delivery.config.read
-        width = len(sheet.header)
-        lane = None if self.fast_lane_refused else fast_lane(mapped, opts, width)
+        lane = fast_lane(self.table, mapped, opts, len(sheet.header))
         if lane is not None and self.direct:
-            summary = self._load_direct(cur, sheet, mapped, *lane)
+            summary = self._load_direct(cur, sheet, mapped, lane)
             if summary:
                 return summary
-        if lane is not None:
-            guard, typed = lane
-            cur.execute("savepoint fast_lane")
-            try:  # rows already canonical: cast, no per-value tests; the rest the careful way
-                self._typed_rows(cur, sheet, mapped, sql.SQL(
-                    "select r._row, {}, {} as _h, '{{}}'::text[] as _reasons, false as _skip from raw r where {}"
-                ).format(typed, fast_row_hash(self.table, mapped), guard), hashed=True)
-                fast = cur.rowcount
-                cur.execute("select count(*) from raw")
-                if cur.fetchone()[0] > fast:  # the rows the guard did not admit
-                    rest = sql.SQL("not exists (select 1 from typed t where t._row = r._row"
-                                   " and t._sheet is not distinct from {})").format(sql.Literal(sheet.name))
-                    self._typed_rows(cur, sheet, mapped, typed_select(self.table, mapped, opts, width, rest))
-                cur.execute("release savepoint fast_lane")
-                lane = True
-            except psycopg2.errors.DataError:  # a shape the guard admits that the cast refuses: 2025-02-30
-                cur.execute("rollback to savepoint fast_lane")
-                lane = None
         if lane is None:
-            self._typed_rows(cur, sheet, mapped, typed_select(self.table, mapped, opts, width))
+            self._typed_rows(cur, sheet, mapped, typed_select(self.table, mapped, opts, len(sheet.header)))
+        else:  # rows already canonical: cast, no per-value tests; the rest the careful way
+            self._typed_rows(cur, sheet, mapped, sql.SQL(
+                "select r._row, {}, {} as _h, '{{}}'::text[] as _reasons, false as _skip from raw r where {}"
+            ).format(lane.typed, lane.row_hash, lane.guard), hashed=True)
+            self._type_the_rest(cur, sheet, mapped, lane, fast=cur.rowcount)
         self._quarantine(cur, sheet, mapped)
         return None
+
+    def _type_the_rest(self, cur, sheet: RawSheet, mapped: list[Mapped], lane: FastLane, fast: int) -> None:
+        """The rows the fast lane did not admit (most often none: one count), into typed the careful way."""
+        cur.execute("select count(*) from raw")
+        if cur.fetchone()[0] > fast:
+            rest = sql.SQL("not coalesce({}, false)").format(lane.guard)
+            self._typed_rows(cur, sheet, mapped, typed_select(self.table, mapped, self.delivery.config.read,
+                                                              len(sheet.header), rest))
 
     def _typed_rows(self, cur, sheet: RawSheet, mapped: list[Mapped], select: sql.Composable,
                     hashed: bool = False) -> None:
@@ -244,58 +236,41 @@ class BatchLoad:
         cur.execute(sql.SQL("select exists (select from {})").format(target))
         return not cur.fetchone()[0]
 
-    def _load_direct(self, cur, sheet: RawSheet, mapped: list[Mapped], guard: sql.Composable,
-                     typed: sql.Composable) -> dict | None:
+    def _load_direct(self, cur, sheet: RawSheet, mapped: list[Mapped], lane: FastLane) -> dict | None:
         """The canonical rows of a one-sheet delivery straight into the empty table: no staging copy of them.
 
         The rest are typed the careful way (quarantined with reasons, or inserted too), and the primary key
-        is built once at the end. A key the batch repeats fails that build, a value the guard admits but its
-        cast refuses fails the insert: either way everything since the raw COPY is rolled back and None
-        returned, and the sheet takes the staged way, which collapses repeats and spells out every reason.
+        is built once at the end. A key the batch repeats fails that build (or the insert, when a reader kept
+        the key on): then everything since the raw COPY is rolled back and None returned, and the sheet takes
+        the staged way, which collapses repeats.
         """
         t = self.table
-        target = sql.Identifier("core", t.name)
         names = [m.column.name for m in mapped]
+        unmapped = [sql.SQL("null::{} as {}").format(sql.SQL(SQL_TYPE[c.type]), sql.Identifier(c.name))
+                    for c in t.columns if c.name not in names]
         rejects = self.rejects
         cur.execute("savepoint direct")
         try:
             deferred = self._defer_primary_key(cur)
-            if not deferred:  # a reader in it (we go through the index), or rows from outside any batch
-                cur.execute(sql.SQL("select exists (select from {})").format(target))
-                if cur.fetchone()[0]:
-                    cur.execute("release savepoint direct")
-                    return None
-            cur.execute(sql.SQL(
-                "insert into {target} ({cols}, _batch_id, _source, _source_ref, _source_row, _row_hash) "
-                "select {scols}, %s, %s, %s, s._row, s._h from (select r._row, {typed}, {hash} as _h from raw r "
-                "where {guard}) s"
-            ).format(target=target, cols=_ident_list(t.column_names), typed=typed, guard=guard,
-                     hash=fast_row_hash(t, mapped),
-                     scols=sql.SQL(", ").join(sql.SQL("s.{}").format(sql.Identifier(c)) if c in names
-                                              else sql.SQL("null") for c in t.column_names)),
-                (self.batch_id, self.delivery.source, self._ref(sheet.name)))
-            fast = cur.rowcount
+            fast = self._insert_rows(cur, sql.SQL(
+                "(select {sheet}::text as _sheet, r._row, {typed}, {hash} as _row_hash from raw r where {guard})"
+            ).format(sheet=sql.Literal(sheet.name), typed=sql.SQL(", ").join([lane.typed, *unmapped]),
+                     hash=lane.row_hash, guard=lane.guard))
             amount_fast = None
             if t.amount:  # the table held nothing else
-                cur.execute(sql.SQL("select coalesce(sum({}), 0) from {}").format(sql.Identifier(t.amount), target))
+                cur.execute(sql.SQL("select coalesce(sum({}), 0) from {}").format(
+                    sql.Identifier(t.amount), sql.Identifier("core", t.name)))
                 amount_fast = cur.fetchone()[0]
-            cur.execute("select count(*) from raw")
-            if cur.fetchone()[0] > fast:
-                rest = sql.SQL("not coalesce({}, false)").format(guard)
-                self._typed_rows(cur, sheet, mapped, typed_select(t, mapped, self.delivery.config.read,
-                                                                  len(sheet.header), rest))
+            self._type_the_rest(cur, sheet, mapped, lane, fast)
             self._quarantine(cur, sheet, mapped)
             counts = self._typed_counts(cur)
-            inserted, _ = self._merge_rows(cur, list(t.column_names), list(self.delivery.config.key), empty=True,
-                                           defer_key=False)
+            inserted = self._insert_rows(cur, sql.SQL("typed"), sql.SQL("s._row_hash is not null"))
             if deferred:
-                cur.execute("select core.restore_primary_key(%s::regclass)", (f"core.{t.name}",))
+                self._restore_primary_key(cur)
             cur.execute("release savepoint direct")
-        except (psycopg2.errors.UniqueViolation, psycopg2.errors.DataError) as exc:
+        except psycopg2.errors.UniqueViolation:
             cur.execute("rollback to savepoint direct")
-            self.rejects, self.direct = rejects, False
-            # a cast that refused a value the guard admitted would refuse it again in the fast lane
-            self.fast_lane_refused = isinstance(exc, psycopg2.errors.DataError)
+            self.rejects = rejects
             return None
         skipped, read, quarantined, accepted, amount_in, amount_q, amount_loaded = counts
         if t.amount:
@@ -411,59 +386,66 @@ class BatchLoad:
                             "having count(*) > 1)").format(_ident_list(key)))
         return cur.fetchone()[0]
 
-    def _merge_rows(self, cur, cols: list[str], key: list[str], empty: bool,
-                    defer_key: bool = True) -> tuple[int, int]:
+    _LINEAGE = ("_batch_id", "_source", "_source_ref", "_source_row", "_row_hash")
+
+    def _lineage(self) -> tuple[dict[str, sql.Composable], dict]:
+        """Each lineage column's value for a row `s` (with _sheet, _row and _row_hash), and its parameters."""
+        values = {"_batch_id": sql.Placeholder("batch"), "_source": sql.Placeholder("source"),
+                  "_source_ref": sql.SQL("%(ref)s || coalesce('#' || s._sheet, '')"), "_source_row": sql.SQL("s._row"),
+                  "_row_hash": sql.SQL("s._row_hash")}
+        return values, {"batch": self.batch_id, "source": self.delivery.source, "ref": self.delivery.ref}
+
+    def _insert_rows(self, cur, rows: sql.Composable, where: sql.Composable = sql.SQL("true")) -> int:
+        """Rows `s` of `rows` (the table's columns, _sheet, _row, _row_hash) inserted with their lineage."""
+        cols = list(self.table.column_names)
+        values, params = self._lineage()
+        cur.execute(sql.SQL("insert into {target} ({cols}, {lineage}) select {scols}, {values} from {rows} s "
+                            "where {where}").format(
+            target=sql.Identifier("core", self.table.name), cols=_ident_list(cols), lineage=_ident_list(self._LINEAGE),
+            scols=sql.SQL(", ").join(sql.SQL("s.{}").format(sql.Identifier(c)) for c in cols),
+            values=sql.SQL(", ").join(values[c] for c in self._LINEAGE), rows=rows, where=where), params)
+        return cur.rowcount
+
+    def _merge_rows(self, cur, cols: list[str], key: list[str], empty: bool) -> tuple[int, int]:
         """Changed rows updated in place, new keys inserted: set-wise statements, exact counts.
 
         Keys are unique in `typed` by now (or, into an empty table, the primary key says they are not), so a
         join finds at most one row either way. One join first counts the batch's keys already there and how
         many of them changed: the update runs only when some did, and the insert only when some keys are
         new, so a re-export of rows already loaded costs one join. An update writes only rows whose content
-        hash differs (the history trigger keeps the old version).
+        hash differs (the history trigger keeps the old version). Into an empty table every row is new: a
+        plain insert (an anti-join's plan would scan the table it fills), the primary key built after it.
         """
-        t = self.table
-        target = sql.Identifier("core", t.name)
-        lineage = ("_batch_id", "_source", "_source_ref", "_source_row", "_row_hash")
-        values = {"_batch_id": sql.Placeholder("batch"), "_source": sql.Placeholder("source"),
-                  "_source_ref": sql.SQL("%(ref)s || coalesce('#' || s._sheet, '')"), "_source_row": sql.SQL("s._row"),
-                  "_row_hash": sql.SQL("s._row_hash")}
+        accepted = sql.SQL("s._row_hash is not null")
+        if empty:
+            deferred = self._defer_primary_key(cur)
+            inserted = self._insert_rows(cur, sql.SQL("typed"), accepted)
+            if deferred:  # a key repeated in the batch fails here, as a unique violation, like the insert would
+                self._restore_primary_key(cur)
+            return inserted, 0
+        target = sql.Identifier("core", self.table.name)
         joined = sql.SQL(" and ").join(sql.SQL("c.{k} = s.{k}").format(k=sql.Identifier(k)) for k in key)
-        params = {"batch": self.batch_id, "source": self.delivery.source, "ref": self.delivery.ref}
-        updated, new_only = 0, sql.SQL("")
-        key_deferred = empty and defer_key and self._defer_primary_key(cur)
-        new_keys, changed = True, 0
-        if not empty:
-            present = sql.SQL("c.{}").format(sql.Identifier(key[0]))
-            cur.execute(sql.SQL(
-                "select count(*), count({present}), count(*) filter (where {present} is not null"
-                " and c._row_hash is distinct from s._row_hash) "
-                "from typed s left join {target} c on {joined} where s._row_hash is not null").format(
-                present=present, target=target, joined=joined))
-            accepted, matched, changed = cur.fetchone()
-            new_keys = matched < accepted
+        present = sql.SQL("c.{}").format(sql.Identifier(key[0]))
+        cur.execute(sql.SQL(
+            "select count(*), count({present}), count(*) filter (where {present} is not null"
+            " and c._row_hash is distinct from s._row_hash) "
+            "from typed s left join {target} c on {joined} where {accepted}").format(
+            present=present, target=target, joined=joined, accepted=accepted))
+        batch_keys, present_keys, changed = cur.fetchone()
+        updated = inserted = 0
         if changed:
+            values, params = self._lineage()
             sets = sql.SQL(", ").join(
                 [sql.SQL("{} = s.{}").format(sql.Identifier(c), sql.Identifier(c)) for c in cols if c not in key]
-                + [sql.SQL("{} = {}").format(sql.Identifier(c), values[c]) for c in lineage]
+                + [sql.SQL("{} = {}").format(sql.Identifier(c), values[c]) for c in self._LINEAGE]
                 + [sql.SQL("_updated_at = now()")])
-            cur.execute(sql.SQL("update {target} c set {sets} from typed s where {joined} and s._row_hash is not null"
+            cur.execute(sql.SQL("update {target} c set {sets} from typed s where {joined} and {accepted}"
                                 " and c._row_hash is distinct from s._row_hash").format(
-                target=target, sets=sets, joined=joined), params)
+                target=target, sets=sets, joined=joined, accepted=accepted), params)
             updated = cur.rowcount
-        if not empty:
-            new_only = sql.SQL(" and not exists (select from {} c where {})").format(target, joined)
-        # into an empty table every row is new: no anti-join, whose plan would scan the table it fills
-        inserted = 0
-        if new_keys:
-            cur.execute(sql.SQL(
-                "insert into {target} ({cols}, {lineage}) select {scols}, {values} from typed s "
-                "where s._row_hash is not null{new_only}").format(
-                target=target, cols=_ident_list(cols), lineage=_ident_list(lineage),
-                scols=sql.SQL(", ").join(sql.SQL("s.{}").format(sql.Identifier(c)) for c in cols),
-                values=sql.SQL(", ").join(values[c] for c in lineage), new_only=new_only), params)
-            inserted = cur.rowcount
-        if key_deferred:  # a key repeated in the batch fails here, as a unique violation, like the insert would
-            cur.execute("select core.restore_primary_key(%s::regclass)", (f"core.{t.name}",))
+        if present_keys < batch_keys:
+            inserted = self._insert_rows(cur, sql.SQL("typed"), sql.SQL(
+                "{} and not exists (select from {} c where {})").format(accepted, target, joined))
         return inserted, updated
 
     def _defer_primary_key(self, cur) -> bool:
@@ -485,6 +467,9 @@ class BatchLoad:
             deferred = False
         cur.execute("select set_config('lock_timeout', %s, true)", (lock_timeout,))
         return deferred
+
+    def _restore_primary_key(self, cur) -> None:
+        cur.execute("select core.restore_primary_key(%s::regclass)", (f"core.{self.table.name}",))
 
 
 @contextlib.contextmanager

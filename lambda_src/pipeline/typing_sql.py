@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from psycopg2 import sql
 
@@ -103,7 +104,8 @@ def _valid(m: Mapped, n: sql.Composable) -> sql.Composable:
     return sql.SQL("true")
 
 
-_CAST = {"money": "numeric", "integer": "bigint", "date": "date", "timestamp": "timestamptz", "text": "text"}
+# each column type as PostgreSQL holds it
+SQL_TYPE = {"money": "numeric", "integer": "bigint", "date": "date", "timestamp": "timestamptz", "text": "text"}
 _WHAT = {"money": "is not a number", "integer": "is not a whole number", "date": "is not a valid date",
          "timestamp": "is not a valid timestamp", "text": ""}
 
@@ -127,7 +129,7 @@ def typed_select(table: Table, mapped: list[Mapped], options: ReadOptions, width
         n, v = sql.SQL(f"n.n{i}"), sql.SQL(f"v.v{i}")
         norms.append(sql.SQL("{} as {}").format(_normalised(m, options), sql.Identifier(f"n{i}")))
         checks.append(sql.SQL("{} as {}").format(_valid(m, n), sql.Identifier(f"v{i}")))
-        cast = sql.SQL(_CAST[m.column.type])
+        cast = sql.SQL(SQL_TYPE[m.column.type])
         typed.append(sql.SQL("case when {} then {}::{} end as {}").format(v, n, cast, sql.Identifier(m.column.name)))
         label = sql.Literal(m.column.name)
         raw_value = sql.SQL("r.{}").format(sql.Identifier(m.raw))
@@ -163,18 +165,26 @@ _TIMESTAMP_SHAPE = r"^[0-9]{4}-[0-9]{2}-[0-9]{2}[T ][0-9]{2}:[0-9]{2}(:[0-9]{2})
 _PG_TYPE = {"integer": "int8", "money": "numeric", "date": "date"}
 
 
+class FastLane(NamedTuple):
+    guard: sql.Composable  # over `raw r`: true for a row already in canonical form
+    typed: sql.Composable  # its typed columns, named as the table's
+    row_hash: sql.Composable  # its content hash, as row_hash gives it
+
+
 def _canonical(m: Mapped, raw: sql.Composable) -> sql.Composable:
     """The value is exactly its type's own spelling of itself: it casts, and casting it back gives the same
-    text. pg_input_is_valid comes first (a CASE keeps the order), so nothing here raises; '007', '+5',
-    ' 5', '1_000', '0x1F', '5.', '.5' and '2024-1-5' all fail, and take the careful lane.
+    text. pg_input_is_valid comes first (a CASE keeps the order), so neither this test nor the cast of an
+    admitted value ever raises; '007', '+5', ' 5', '1_000', '0x1F', '5.', '.5', '2024-1-5' and
+    '2025-02-30' all fail, and take the careful lane.
 
     A few canonical spellings the careful lane refuses are refused here too, so both lanes accept exactly
     the same rows: integers of more than 18 digits, years of more than four, NaN and Infinity, and a
     negative value in a column that must not be negative (the careful lane says why).
     """
     kind = m.column.type
-    if kind == "timestamp":  # its text depends on the session's time zone: a shape test, then the cast
-        return sql.SQL("({} ~ {})").format(raw, sql.Literal(_TIMESTAMP_SHAPE))
+    if kind == "timestamp":  # its text depends on the session's time zone: valid, and of one shape
+        return sql.SQL("case when pg_input_is_valid({}, 'timestamptz') then {} ~ {} end").format(
+            raw, raw, sql.Literal(_TIMESTAMP_SHAPE))
     pg_type = sql.SQL(_PG_TYPE[kind])
     checks = [sql.SQL("{}::{}::text = {}").format(raw, pg_type, raw)]
     if kind == "integer":
@@ -189,13 +199,12 @@ def _canonical(m: Mapped, raw: sql.Composable) -> sql.Composable:
         raw, sql.Literal(_PG_TYPE[kind]), sql.SQL(" and ").join(checks))
 
 
-def fast_lane(mapped: list[Mapped], options: ReadOptions, width: int) -> tuple[sql.Composable, sql.Composable] | None:
-    """(guard, typed columns) for rows already in canonical form, or None when the layout is not canonical.
+def fast_lane(table: Table, mapped: list[Mapped], options: ReadOptions, width: int) -> FastLane | None:
+    """The fast lane for rows already in canonical form, or None when the layout is not canonical.
 
     The guard admits a row only when every value is canonical for its type (see _canonical); the row is
-    then simply cast, and types to what the careful lane would make of it. A guard that is null or false
-    sends the row to the careful lane. Should a cast still refuse an admitted value, the lane fails and
-    the caller types the whole sheet the careful way.
+    then simply cast, and types and hashes as the careful lane would make it. A guard that is null or false
+    sends the row to the careful lane.
     """
     if options.decimal != "." or options.thousands or options.date_format or options.dayfirst:
         return None
@@ -211,26 +220,31 @@ def fast_lane(mapped: list[Mapped], options: ReadOptions, width: int) -> tuple[s
         shape = _canonical(m, raw)
         conditions.append(shape if m.column.required else
                           sql.SQL("(coalesce({}, '') = '' or {})").format(raw, shape))
-        typed.append(sql.SQL("nullif({}, '')::{} as {}").format(raw, sql.SQL(_CAST[m.column.type]), name))
+        typed.append(sql.SQL("nullif({}, '')::{} as {}").format(raw, sql.SQL(SQL_TYPE[m.column.type]), name))
     if options.skip_rows_matching:  # a footer is never a fast row, whatever its values look like
         conditions.append(sql.SQL("{} !~ {}").format(first_cell(width), sql.Literal(options.skip_rows_matching)))
     guard = sql.SQL(" and ").join(conditions) if conditions else sql.SQL("true")
-    return guard, sql.SQL(", ").join(typed)
+    return FastLane(guard, sql.SQL(", ").join(typed), _fast_row_hash(table, mapped))
 
 
-def row_hash(table: Table, names: list[str], alias: str = "s") -> sql.Composable:
-    """The content hash of a typed row: md5 of its text, money by value, not by how many decimals the
-    source wrote (10.5 and 10.50 are one amount). Columns the source does not map hash as null."""
-    def value(c: str) -> sql.Composable:
-        if c not in names:
-            return sql.SQL("null")
-        ref = sql.SQL("{}.{}").format(sql.Identifier(alias), sql.Identifier(c))
-        return sql.SQL("trim_scale({})").format(ref) if table.column(c).type == "money" else ref
-
+def _md5_row(table: Table, value) -> sql.Composable:
+    """md5 of the row's text: `value(column)` for each of the table's columns, in the table's order."""
     return sql.SQL("md5(row({})::text)").format(sql.SQL(", ").join(value(c) for c in table.column_names))
 
 
-def fast_row_hash(table: Table, mapped: list[Mapped]) -> sql.Composable:
+def row_hash(table: Table, names: list[str]) -> sql.Composable:
+    """The content hash of a typed row `s`: money by value, not by how many decimals the source wrote
+    (10.5 and 10.50 are one amount). Columns the source does not map hash as null."""
+    def value(c: str) -> sql.Composable:
+        if c not in names:
+            return sql.SQL("null")
+        ref = sql.SQL("s.{}").format(sql.Identifier(c))
+        return sql.SQL("trim_scale({})").format(ref) if table.column(c).type == "money" else ref
+
+    return _md5_row(table, value)
+
+
+def _fast_row_hash(table: Table, mapped: list[Mapped]) -> sql.Composable:
     """row_hash of a row the fast lane admitted, from its raw text (over `raw r`), without casting it.
 
     The guard made every integer, date and money value its type's own spelling, so that text is what the
@@ -254,4 +268,4 @@ def fast_row_hash(table: Table, mapped: list[Mapped]) -> sql.Composable:
                            ).format(r=raw)
         return sql.SQL("nullif({}, '')").format(raw)
 
-    return sql.SQL("md5(row({})::text)").format(sql.SQL(", ").join(value(c) for c in table.column_names))
+    return _md5_row(table, value)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+from collections.abc import Iterator
 from datetime import date
 from decimal import Decimal
 
@@ -27,6 +29,21 @@ def logins(stack) -> dict[str, str]:
 
 def connect_as(logins, role: str):
     return psycopg2.connect(logins[role], connect_timeout=5)
+
+
+@contextlib.contextmanager
+def owner_did(db, setup: str, undo: str) -> Iterator[None]:
+    """`setup` run and committed by the owner for the body; `undo` after it, whatever happened there."""
+    with db.cursor() as cur:
+        cur.execute(setup)
+    db.commit()
+    try:
+        yield
+    finally:
+        db.rollback()
+        with db.cursor() as cur:
+            cur.execute(undo)
+        db.commit()
 
 
 def refused(conn, statement: str, params=(), error=errors.InsufficientPrivilege) -> str:
@@ -98,12 +115,10 @@ def test_reporting_reads_marts_only(stack, logins):
 
 
 def test_reporting_cannot_write_or_create_anything(stack, logins, db):
-    conn = connect_as(logins, REPORTING)
-    try:
-        with db.cursor() as cur:  # a plain table in marts: writable in principle, so the grant is what stops it
-            cur.execute("create table marts.targets (year int primary key, target numeric)")
-            cur.execute("insert into marts.targets values (2024, 1000000.01)")
-        db.commit()
+    # a plain table in marts: writable in principle, so the grant is what stops it
+    with owner_did(db, "create table marts.targets (year int primary key, target numeric); "
+                       "insert into marts.targets values (2024, 1000000.01)", "drop table marts.targets"), \
+            contextlib.closing(connect_as(logins, REPORTING)) as conn:
         refused(conn, "insert into marts.targets values (2025, 1)")
         refused(conn, "update marts.targets set target = 0")
         refused(conn, "delete from marts.targets")
@@ -115,28 +130,15 @@ def test_reporting_cannot_write_or_create_anything(stack, logins, db):
             refused(conn, f"create function {schema}.f() returns int language sql as 'select 1'")
         assert "temporary" in refused(conn, "create temp table scratch (n int)")
         refused(conn, "create schema mine")
-    finally:
-        conn.close()
-        with db.cursor() as cur:
-            cur.execute("drop table if exists marts.targets")
-        db.commit()
 
 
 def test_reporting_reads_a_mart_created_after_the_grants(stack, logins, db):
-    with db.cursor() as cur:
-        cur.execute("create materialized view marts.later_mart as select 1::int as n, 2.50::numeric as amount")
-        cur.execute("create unique index later_mart_n on marts.later_mart (n)")
-    db.commit()
-    conn = connect_as(logins, REPORTING)
-    try:
-        with conn.cursor() as cur:
-            cur.execute("select n, amount from marts.later_mart")
-            assert cur.fetchall() == [(1, Decimal("2.50"))]
-    finally:
-        conn.close()
-        with db.cursor() as cur:
-            cur.execute("drop materialized view marts.later_mart")
-        db.commit()
+    with owner_did(db, "create materialized view marts.later_mart as select 1::int as n, 2.50::numeric as amount;"
+                       " create unique index later_mart_n on marts.later_mart (n)",
+                   "drop materialized view marts.later_mart"), \
+            contextlib.closing(connect_as(logins, REPORTING)) as conn, conn.cursor() as cur:
+        cur.execute("select n, amount from marts.later_mart")
+        assert cur.fetchall() == [(1, Decimal("2.50"))]
 
 
 def test_ingest_writes_core_and_meta_without_ddl(stack, logins, db):
@@ -171,11 +173,8 @@ def test_ingest_takes_a_primary_key_off_only_by_the_rules_and_always_puts_it_bac
     back from a ledger the ingest role cannot touch, and no commit while a key is still off."""
     key = ("select pg_get_constraintdef(oid) from pg_constraint where conrelid = 'core.probe'::regclass "
            "and contype = 'p'")
-    with db.cursor() as cur:
-        cur.execute("create table core.probe (n int primary key, note text)")
-    db.commit()
-    conn = connect_as(logins, INGEST)
-    try:
+    with owner_did(db, "create table core.probe (n int primary key, note text)", "drop table core.probe"), \
+            contextlib.closing(connect_as(logins, INGEST)) as conn:
         with conn.cursor() as cur:
             cur.execute("select core.defer_primary_key('core.probe')")
             assert cur.fetchone() == (True,)
@@ -217,30 +216,17 @@ def test_ingest_takes_a_primary_key_off_only_by_the_rules_and_always_puts_it_bac
             cur.execute("select count(*) from core.probe")
             assert cur.fetchone() == (0,)
         db.rollback()
-    finally:
-        conn.close()
-        with db.cursor() as cur:
-            cur.execute("drop table core.probe")
-        db.commit()
 
 
 def test_tables_created_later_reach_the_ingest_role(stack, logins, db):
-    with db.cursor() as cur:
-        cur.execute("create table staging.later_batch (n int)")
-    db.commit()
-    ingest, reporting = connect_as(logins, INGEST), connect_as(logins, REPORTING)
-    try:
+    with owner_did(db, "create table staging.later_batch (n int)", "drop table staging.later_batch"), \
+            contextlib.closing(connect_as(logins, INGEST)) as ingest, \
+            contextlib.closing(connect_as(logins, REPORTING)) as reporting:
         with ingest.cursor() as cur:
             cur.execute("insert into staging.later_batch values (1)")
             cur.execute("truncate staging.later_batch")
         ingest.commit()
         refused(reporting, "select * from staging.later_batch")
-    finally:
-        ingest.close()
-        reporting.close()
-        with db.cursor() as cur:
-            cur.execute("drop table staging.later_batch")
-        db.commit()
 
 
 def test_public_has_nothing(stack, db):
@@ -313,16 +299,12 @@ def test_the_refresh_handler_fails_loudly_and_logs_the_error(stack, logins, db, 
     handler_module.logger.addHandler(capture)
 
     monkeypatch.setenv("DB_SECRET_ARN", warehouse.secret_arn(INGEST))
-    with db.cursor() as cur:
-        cur.execute("revoke select on core.operating_costs from playbook_owner")
-    db.commit()
     try:
-        with pytest.raises(MartRefreshError, match="daily_costs_by_category"):
+        with owner_did(db, "revoke select on core.operating_costs from playbook_owner",
+                       "grant select on core.operating_costs to playbook_owner"), \
+                pytest.raises(MartRefreshError, match="daily_costs_by_category"):
             handler_module.handler({}, None)
     finally:
-        with db.cursor() as cur:
-            cur.execute("grant select on core.operating_costs to playbook_owner")
-        db.commit()
         handler_module.logger.removeHandler(capture)
     logged = [json.loads(line) for line in stream.getvalue().splitlines()]
     failure = [e for e in logged if e["message"] == "mart refresh failed"]

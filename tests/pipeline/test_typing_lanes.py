@@ -7,13 +7,13 @@ from psycopg2 import sql
 
 from pipeline.config import ReadOptions
 from pipeline.model import TABLES
-from pipeline.typing_sql import Mapped, fast_lane, fast_row_hash, row_hash, typed_select
+from pipeline.typing_sql import Mapped, fast_lane, row_hash, typed_select
 
 pytestmark = pytest.mark.stack
 
-SALES = TABLES["sales"]
-ORDER = ["order_id", "line_no", "order_date", "client_id", "product", "quantity", "unit_price", "amount", "currency"]
-CANONICAL = ["SO-1", "1", "2024-01-05", "C1", "Widget", "2", "10.50", "21.00", "GBP"]
+# a row in canonical form of each table tried, in its columns' order
+CANONICAL = {"sales": ["SO-1", "1", "2024-01-05", "C1", "Widget", "2", "10.50", "21.00", "GBP"],
+             "interactions": ["I-1", "2024-01-05T10:30:00Z", "C1", "phone", "won"]}
 # what exports really hold, and what PostgreSQL's own input functions would take that the careful lane would not
 TRICKY = {
     "line_no": ["1", "42", "007", "+5", " 5", "5 ", "1_000", "0x1F", "-3", "1234567890123456789", "123456789012345678",
@@ -25,28 +25,33 @@ TRICKY = {
     "amount": ["21.00", "21", "0.10", "0", "0.00", "-21.00", "-0", ".5", "5.", "021.00", "+21.00", "1e3", "NaN",
                "Infinity", "-Infinity", "1_000.00", "£21.00", " 21.00", "21.00 ", "(21.00)", "12.3.4", ""],
     "unit_price": ["10.50", "1234567.891", "0.005", "-0.01", "10,50"],
+    "occurred_at": ["2024-01-05T10:30:00Z", "2024-01-05 10:30", "2024-01-05T10:30:00+01:00", "2024-13-45T99:99",
+                    "2024-02-30T10:30:00Z", "2024-01-05T10:30:00.5Z", "2024-01-05", "now", ""],
 }
+TABLE_OF = {c: "interactions" if c == "occurred_at" else "sales" for c in TRICKY}
 
 
 def _lanes(db, column: str, values: list[str]):
     """{row: typed values and hash} the fast lane admits, {row: (typed values and hash, reasons)} the careful one."""
-    mapped = [Mapped(SALES.column(c), f"c{i}", c) for i, c in enumerate(ORDER)]
-    guard, typed = fast_lane(mapped, ReadOptions(), len(ORDER))
-    careful = typed_select(SALES, mapped, ReadOptions(), len(ORDER))
-    names = sql.SQL(", ").join(sql.Identifier(c) for c in ORDER)
+    table = TABLES[TABLE_OF[column]]
+    order = list(table.column_names)
+    mapped = [Mapped(table.column(c), f"c{i}", c) for i, c in enumerate(order)]
+    lane = fast_lane(table, mapped, ReadOptions(), len(order))
+    careful = typed_select(table, mapped, ReadOptions(), len(order))
+    names = sql.SQL(", ").join(sql.Identifier(c) for c in order)
     with db.cursor() as cur:
         cur.execute("set local datestyle = 'ISO'; set local timezone = 'UTC'")
         cur.execute(sql.SQL("create temp table raw (_sheet text, _row bigint, {}) on commit drop").format(
-            sql.SQL(", ").join(sql.SQL("{} text").format(sql.Identifier(f"c{i}")) for i in range(len(ORDER)))))
-        pos = ORDER.index(column)
+            sql.SQL(", ").join(sql.SQL("{} text").format(sql.Identifier(f"c{i}")) for i in range(len(order)))))
+        canonical, pos = CANONICAL[table.name], order.index(column)
         for n, value in enumerate(values):
-            row = [*CANONICAL[:pos], value, *CANONICAL[pos + 1:]]
-            cur.execute("insert into raw values (null, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)", (n, *row))
+            row = [*canonical[:pos], value, *canonical[pos + 1:]]
+            cur.execute("insert into raw values (null, %s, {})".format(", ".join(["%s"] * len(row))), (n, *row))
         cur.execute(sql.SQL("select r._row, {}, {} from raw r where coalesce({}, false) order by 1").format(
-            typed, fast_row_hash(SALES, mapped), guard))
+            lane.typed, lane.row_hash, lane.guard))
         fast = {r[0]: r[1:] for r in cur.fetchall()}
         cur.execute(sql.SQL("select s._row, {}, {}, s._reasons from ({}) s order by 1").format(
-            names, row_hash(SALES, ORDER), careful))
+            names, row_hash(table, order), careful))
         slow = {r[0]: (r[1:-1], r[-1]) for r in cur.fetchall()}
     db.rollback()
     return fast, slow
@@ -63,7 +68,9 @@ def test_every_row_the_fast_lane_admits_the_careful_lane_reads_and_hashes_the_sa
 
 
 def test_what_the_fast_lane_leaves_to_the_careful_one(db):
-    admitted = {c: {TRICKY[c][n] for n in _lanes(db, c, TRICKY[c])[0]} for c in ("line_no", "order_date", "amount")}
+    admitted = {c: {TRICKY[c][n] for n in _lanes(db, c, TRICKY[c])[0]}
+                for c in ("line_no", "order_date", "amount", "occurred_at")}
     assert admitted["line_no"] == {"1", "42", "-3", "123456789012345678"}
     assert admitted["order_date"] == {"2024-01-05", "0999-01-01"}
     assert admitted["amount"] == {"21.00", "21", "0.10", "0", "0.00"}
+    assert admitted["occurred_at"] == {"2024-01-05T10:30:00Z", "2024-01-05 10:30", "2024-01-05T10:30:00+01:00"}
