@@ -12,7 +12,7 @@ import xlsxwriter
 
 from pipeline.sources import LoadError
 from pipeline.sources.excel import cell_text, excel_serial_to_date
-from tests.pipeline.test_ingest_csv import with_read
+from tests.pipeline.test_ingest_csv import ledger, reconciles, with_read
 
 HEADER = ["Payment Ref", "Date Received", "Client Code", "Invoice", "Method", "Amount"]
 
@@ -67,6 +67,44 @@ def test_payment_sheets_load_and_the_rest_is_ignored(landing):
     assert rows[0][:4] == ("P-1", "2024-01-03", "00042", Decimal("1200.5"))
     assert rows[0][4].endswith("#Payments - Barclays") and rows[0][5] == 5
     assert rows[3][2] == "007" and rows[3][4].endswith("#Payments - HSBC")
+
+
+def test_one_sheet_into_an_empty_table_goes_straight_in_as_the_staged_merge_would_load_it(landing):
+    """A workbook of one payments sheet, into an empty table (its rows straight in) and into a table that has
+    rows (staged, then merged): the same rows, hashes, reasons and ledger. A sheet that repeats a key takes
+    the staged way even into an empty table, and says so in its ledger."""
+    def outcome(batch_id):
+        rows = landing.query("select payment_id, payment_date, client_id, invoice_ref, method, amount, _source_ref,"
+                             " _source_row, _row_hash from core.payments where _batch_id = %s order by 1", (batch_id,))
+        reasons = landing.query("select source_row, reason from meta.quarantine where batch_id = %s order by 1",
+                                (batch_id,))
+        return rows, reasons, ledger(landing, batch_id)
+
+    sheet = [payment("P-1", 1200.5), payment("P-2", "12,3O"), payment("P-3", 0.1, day=45292),
+             payment("P-4", 7, client="007"), [None] * 6, payment("P-5", -3.25)]
+    body = workbook({"Payments - Barclays": sheet})
+    direct = outcome(landing.ingest("landing/payments/2024/d1.xlsx", body)["batch_id"])
+    landing.query("truncate core.payments, meta.quarantine; select 1")
+    landing.ingest("landing/payments/2024/other.xlsx", workbook({"Payments - HSBC": [payment("P-9", 1.0)]}))
+    staged = outcome(landing.ingest("landing/payments/2024/d2.xlsx", body)["batch_id"])
+    def sheet_of_ref(rows):  # each batch's own object, the same sheet
+        return [r[:6] + (r[6].rsplit("#", 1)[-1], *r[7:]) for r in rows]
+
+    assert sheet_of_ref(staged[0]) == sheet_of_ref(direct[0]) and staged[1:] == direct[1:]
+    rows, reasons, entry = direct
+    assert [(r[0], r[1], r[5], r[7]) for r in rows] == [
+        ("P-1", dt.date(2024, 1, 3), Decimal("1200.5"), 5), ("P-3", dt.date(2024, 1, 1), Decimal("0.1"), 7),
+        ("P-4", dt.date(2024, 1, 3), Decimal("7"), 8)]
+    assert reasons == [(6, "row 6: amount '12,3O' is not a number"), (10, "row 10: amount '-3.25' is negative")]
+    assert reconciles(entry) and (entry["rows_read"], entry["rows_inserted"], entry["rows_quarantined"],
+                                  entry["rows_skipped"]) == (5, 3, 2, 2)
+
+    landing.query("truncate core.payments, meta.quarantine; select 1")
+    twice = landing.ingest("landing/payments/2024/d3.xlsx", workbook({"Payments - Barclays": [
+        payment("P-1", 1.0), payment("P-2", 2.0), payment("P-1", 1.0)]}))
+    assert (twice["rows_inserted"], twice["rows_duplicate"]) == (2, 1)
+    assert landing.query("select payment_id, amount from core.payments order by 1") == [
+        ("P-1", Decimal("1")), ("P-2", Decimal("2"))]
 
 
 def test_named_sheets_missing_or_renamed_are_named_in_the_error(landing):

@@ -6,10 +6,15 @@ and streams rows as text. PostgreSQL does the rest set-wise (see pipeline.typing
 
 from __future__ import annotations
 
+import csv
+import io
+import itertools
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Protocol
+
+import psycopg2.errors
 
 
 class LoadError(ValueError):
@@ -29,6 +34,47 @@ class RawSheet:
     copy: Callable[[object, str], None]
     raw_rows_copy: bool = False  # True: copy() sends the file itself (PostgreSQL parses the CSV)
     rejects: list[tuple[int, dict, str, str]] = field(default_factory=list)  # (row, raw, reason, code)
+
+
+class _Pieces:
+    """A file for COPY FROM STDIN whose text is written as COPY reads it. The driver turns an error in
+    read() into a cancelled COPY: the error itself is kept, for copy_csv to raise."""
+
+    def __init__(self, pieces: Iterator[str]):
+        self._pieces = pieces
+        self.error: Exception | None = None
+
+    def read(self, size: int = -1) -> str:
+        try:
+            return next(self._pieces, "")
+        except Exception as exc:
+            self.error = exc
+            raise
+
+
+PIECE_ROWS = 5_000  # rows written per piece: about what a socket buffers, so writing and parsing overlap
+
+
+def copy_csv(cur, statement: str, rows: Iterable[Iterable]) -> None:
+    """One COPY (format csv) of `rows`, written a piece at a time as COPY asks for it.
+
+    PostgreSQL parses each piece while the next is being made, so the reader's work and the server's run
+    side by side; memory holds one piece.
+    """
+    def pieces() -> Iterator[str]:
+        it = iter(rows)
+        while chunk := list(itertools.islice(it, PIECE_ROWS)):
+            buffer = io.StringIO()
+            csv.writer(buffer).writerows(chunk)
+            yield buffer.getvalue()
+
+    source = _Pieces(pieces())
+    try:
+        cur.copy_expert(statement, source)
+    except psycopg2.errors.QueryCanceled:
+        if source.error is None:
+            raise
+        raise source.error from None
 
 
 class Reader(Protocol):

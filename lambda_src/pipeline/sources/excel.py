@@ -8,9 +8,8 @@ the 1900 leap-year quirk. A formula cell without a cached value is an error nami
 
 from __future__ import annotations
 
-import csv
 import datetime as dt
-import io
+import functools
 import itertools
 import re
 import zipfile
@@ -23,10 +22,9 @@ from python_calamine import CalamineWorkbook
 
 from pipeline.config import ReadOptions
 from pipeline.model import Table
-from pipeline.sources import LoadError, RawSheet, map_header
+from pipeline.sources import PIECE_ROWS, LoadError, RawSheet, copy_csv, map_header
 from pipeline.sources.s3_csv import raw_columns
 
-_BATCH_ROWS = 50_000
 _FORMULA_NO_VALUE = re.compile(
     rb'<c r="([A-Z]+)([0-9]+)"[^>]*>\s*<f[^>]*?(?:/>|>[^<]*</f>)\s*(?:<v\s*/>|<v>\s*</v>)?\s*</c>')
 
@@ -64,10 +62,6 @@ def cell_text(value: object, kind: str | None) -> str:
     return str(value)
 
 
-def _as_text(value: object) -> str:
-    return value if type(value) is str else cell_text(value, None)
-
-
 def _as_number(value: object) -> str:
     if type(value) is float and value:
         text = repr(value)
@@ -87,7 +81,7 @@ def _as_date(value: object) -> str:
     return cell_text(value, "date")
 
 
-_CONVERTERS = {None: _as_text, "text": _as_text, "money": _as_number, "integer": _as_number, "date": _as_date,
+_CONVERTERS = {"money": _as_number, "integer": _as_number, "date": _as_date,
                "timestamp": lambda value: cell_text(value, "timestamp")}
 
 
@@ -167,13 +161,25 @@ class ExcelReader:
                             f"sheets: {', '.join(repr(s) for s in workbook.sheet_names)}")
         return chosen
 
+    @functools.cached_property
+    def _workbook(self) -> CalamineWorkbook:
+        return self._open()
+
+    @functools.cached_property
+    def _sheet_names(self) -> list[str]:
+        return self._chosen(self._workbook)
+
+    @property
+    def one_sheet(self) -> bool:
+        """One sheet chosen: the loader may load it straight into an empty table."""
+        return len(self._sheet_names) == 1
+
     def sheets(self) -> Iterator[RawSheet]:
-        workbook = self._open()
         try:
-            for name in self._chosen(workbook):
-                yield self._sheet(workbook, name)
+            for name in self._sheet_names:
+                yield self._sheet(self._workbook, name)
         finally:
-            workbook.close()
+            self._workbook.close()
 
     def _sheet(self, workbook: CalamineWorkbook, name: str) -> RawSheet:
         rows = workbook.get_sheet_by_name(name).to_python(skip_empty_area=False)
@@ -194,20 +200,23 @@ class ExcelReader:
         def copy_rows(cur, target: str) -> None:
             statement = sql.SQL("copy {} (_sheet, _row, {}) from stdin with (format csv)").format(
                 sql.Identifier(target), raw_columns(width)).as_string(cur)
-            for start in range(0, len(data), _BATCH_ROWS):
-                chunk = data[start:start + _BATCH_ROWS]
-                # column by column, each with the converter of its type: one cheap test per cell for the
-                # common case (a float in a money column, a date in a date column), the general rules otherwise
-                columns = list(itertools.zip_longest(*chunk, fillvalue=None))[:width]
-                columns += [(None,) * len(chunk)] * (width - len(columns))
-                texts = [list(map(_CONVERTERS.get(kinds[c], _as_text), columns[c])) for c in range(width)]
-                buffer = io.StringIO()
-                csv.writer(buffer).writerows(zip(itertools.repeat(name), range(first_row + start, first_row + start
-                                                                               + len(chunk)), *texts))
-                buffer.seek(0)
-                cur.copy_expert(statement, buffer)
+            copy_csv(cur, statement, itertools.chain.from_iterable(
+                self._text_rows(name, data[start:start + PIECE_ROWS], first_row + start, kinds)
+                for start in range(0, len(data), PIECE_ROWS)))
 
         return RawSheet(name, header, mapping, first_row, copy_rows)
+
+    @staticmethod
+    def _text_rows(name: str, chunk: list[list], first_row: int, kinds: list[str | None]) -> Iterator[tuple]:
+        """(sheet, row number, text of each cell) of a chunk of rows, converted column by column, each with
+        the converter of its type: one cheap test per cell for the common case (a string in a text column,
+        a float in a money column, a date in a date column), the general rules otherwise."""
+        width = len(kinds)
+        columns = list(itertools.zip_longest(*chunk, fillvalue=None))[:width]
+        columns += [(None,) * len(chunk)] * (width - len(columns))
+        texts = [[v if type(v) is str else cell_text(v, None) for v in column] if kinds[c] in (None, "text")
+                 else list(map(_CONVERTERS[kinds[c]], column)) for c, column in enumerate(columns)]
+        return zip(itertools.repeat(name), range(first_row, first_row + len(chunk)), *texts)
 
     def _check_formulas(self, name: str, where: str, data: list, first_row: int, mapping: dict[str, int]) -> None:
         cells = formulas_without_value(self.path, name)

@@ -11,9 +11,7 @@ pages and keeps `next_position` to resume from.
 
 from __future__ import annotations
 
-import csv
 import hashlib
-import io
 import json
 import random
 import time
@@ -30,11 +28,10 @@ from botocore.exceptions import BotoCoreError, ClientError
 from psycopg2 import sql
 
 from pipeline.config import ApiOptions
-from pipeline.sources import LoadError, RawSheet, map_header
+from pipeline.sources import LoadError, RawSheet, copy_csv, map_header
 from pipeline.sources.s3_csv import raw_columns
 
 _MISSING = object()
-_BATCH_ROWS = 50_000
 _SECRET_FIELDS = {"bearer": ("token",), "api_key_header": ("api_key",), "api_key_query": ("api_key",),
                   "basic": ("username", "password")}
 _HINTS = {401: "check the credential in auth.secret", 403: "the credential may not read this resource",
@@ -406,12 +403,6 @@ class ApiReader:
         def copy_rows(cur, target: str) -> None:
             statement = sql.SQL("copy {} (_sheet, _row, {}) from stdin with (format csv)").format(
                 sql.Identifier(target), raw_columns(width)).as_string(cur)
-            for start in range(0, len(rows), _BATCH_ROWS):
-                buffer = io.StringIO()
-                writer = csv.writer(buffer)
-                for i, row in enumerate(rows[start:start + _BATCH_ROWS], start):
-                    writer.writerow([name, first_row + i, *row])
-                buffer.seek(0)
-                cur.copy_expert(statement, buffer)
+            copy_csv(cur, statement, ([name, first_row + i, *row] for i, row in enumerate(rows)))
 
         yield RawSheet(name, self.header, mapping, first_row, copy_rows)

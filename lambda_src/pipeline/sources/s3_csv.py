@@ -9,17 +9,15 @@ from __future__ import annotations
 
 import codecs
 import csv
-import io
 from collections.abc import Iterator
 from pathlib import Path
 
 from psycopg2 import sql
 
 from pipeline.config import ReadOptions
-from pipeline.sources import LoadError, RawSheet, map_header
+from pipeline.sources import LoadError, RawSheet, copy_csv, map_header
 
 PG_ENCODING = {"utf-8": "UTF8", "utf-8-sig": "UTF8", "cp1252": "WIN1252", "latin-1": "LATIN1"}
-_BATCH_ROWS = 50_000
 
 
 def raw_columns(n: int) -> sql.Composed:
@@ -84,8 +82,9 @@ class CsvReader:
         def copy_parsed(cur, target: str) -> None:
             statement = sql.SQL("copy {} (_row, {}) from stdin with (format csv)").format(
                 sql.Identifier(target), raw_columns(width)).as_string(cur)
-            buffer, writer, pending = io.StringIO(), None, 0
-            writer = csv.writer(buffer)
+            copy_csv(cur, statement, records())
+
+        def records() -> Iterator[list]:
             for row_no, values in self._records():
                 if not any(v.strip() for v in values):
                     continue
@@ -96,16 +95,7 @@ class CsvReader:
                                           f"row {row_no}: {len(values)} values where the header has {width}",
                                           "ragged_row"))
                     continue
-                writer.writerow([row_no, *values])
-                pending += 1
-                if pending >= _BATCH_ROWS:
-                    buffer.seek(0)
-                    cur.copy_expert(statement, buffer)
-                    buffer, pending = io.StringIO(), 0
-                    writer = csv.writer(buffer)
-            if pending:
-                buffer.seek(0)
-                cur.copy_expert(statement, buffer)
+                yield [row_no, *values]
 
         sheet.copy = copy_parsed
         return sheet
