@@ -8,6 +8,7 @@ the 1900 leap-year quirk. A formula cell without a cached value is an error nami
 
 from __future__ import annotations
 
+import concurrent.futures
 import datetime as dt
 import functools
 import itertools
@@ -182,7 +183,12 @@ class ExcelReader:
             self._workbook.close()
 
     def _sheet(self, workbook: CalamineWorkbook, name: str) -> RawSheet:
-        rows = workbook.get_sheet_by_name(name).to_python(skip_empty_area=False)
+        # the sheet's XML is searched for formulas without a value while calamine parses it: both spend
+        # most of their time in native code (inflating, parsing) that lets the other thread run
+        with concurrent.futures.ThreadPoolExecutor(1) as pool:
+            formulas = pool.submit(formulas_without_value, self.path, name)
+            rows = workbook.get_sheet_by_name(name).to_python(skip_empty_area=False)
+            cells = formulas.result()
         where = f"{self.display}, sheet '{name}'"
         h = self.options.header_row
         if len(rows) <= h:
@@ -194,7 +200,7 @@ class ExcelReader:
             kinds[pos] = self.table.column(canonical).type
         data = rows[h + 1:]
         first_row = h + 2
-        self._check_formulas(name, where, data, first_row, mapping)
+        self._check_formulas(cells, where, data, first_row, mapping)
         width = len(header)
 
         def copy_rows(cur, target: str) -> None:
@@ -218,8 +224,8 @@ class ExcelReader:
                  else list(map(_CONVERTERS[kinds[c]], column)) for c, column in enumerate(columns)]
         return zip(itertools.repeat(name), range(first_row, first_row + len(chunk)), *texts)
 
-    def _check_formulas(self, name: str, where: str, data: list, first_row: int, mapping: dict[str, int]) -> None:
-        cells = formulas_without_value(self.path, name)
+    def _check_formulas(self, cells: list[tuple[str, int]], where: str, data: list, first_row: int,
+                        mapping: dict[str, int]) -> None:
         if not cells:
             return
         mapped_letters = {_column_letters(pos) for pos in mapping.values()}
