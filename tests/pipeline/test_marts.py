@@ -110,24 +110,48 @@ def test_daily_activity_is_the_wide_table_headline(loaded, db):
             "from marts.company_daily order by day")
 
 
-def test_yearly_sales_and_growth(loaded, db):
-    core = dict((y, (s, o)) for y, s, o in fetch(
-        db, "select extract(year from order_date)::int, sum(amount), count(distinct order_id) from core.sales "
-            "group by 1"))
-    mart = fetch(db, "select year, sales_amount, orders, growth_abs, growth_pct from marts.yearly_sales order by 1")
-    years = [r[0] for r in mart]
-    assert years == list(range(min(core), max(years) + 1)) and 2022 in years and 2022 not in core
-    previous = None
-    for year, amount, orders, growth_abs, growth_pct in mart:
-        assert (amount, orders) == core.get(year, (0, 0))
-        if previous is None:
-            assert growth_abs is None and growth_pct is None
-        else:
-            assert growth_abs == amount - previous
-            want = None if previous == 0 else round(100 * (amount - previous) / abs(previous), 2)
-            assert growth_pct == want
-        previous = amount
-    assert dict((r[0], r[4]) for r in mart)[2023] is None  # 2022 sold nothing
+def year_before(day: date) -> date:
+    return date(day.year - 1, 2, 28) if (day.month, day.day) == (2, 29) else day.replace(year=day.year - 1)
+
+
+def test_yearly_sales_and_growth_on_the_same_dates_a_year_earlier(loaded, db):
+    """Each year's sales and orders come from core; its growth compares the days the data covers with the
+    same dates one year earlier, computed here from core.sales, and there is none when the data does not
+    reach back that far. Sales early in 2023 give the year to date (2024, to March) a figure to compare."""
+    early = {"sales": [("GO1", 1, date(2023, 1, 2), "S0001", "tea", 1, Decimal("40.00"), Decimal("40.00"), "GBP"),
+                       ("GO2", 1, date(2023, 3, 1), "S0002", "jam", 2, Decimal("30.00"), Decimal("60.00"), "GBP"),
+                       ("GO3", 1, date(2023, 6, 1), "S0002", "jam", 1, Decimal("99.00"), Decimal("99.00"), "GBP")]}
+    batch_ids = synthetic_core.insert(db, early, tag="G")
+    try:
+        refresh_marts(db)
+        core = dict((y, (s, o)) for y, s, o in fetch(
+            db, "select extract(year from order_date)::int, sum(amount), count(distinct order_id) from core.sales "
+                "group by 1"))
+        ((start, end),) = fetch(db, "select min(day), max(day) from marts.company_daily")
+        mart = fetch(db, "select year, sales_amount, orders, first_day, last_day, partial_year, compared_amount,"
+                         " growth_abs, growth_pct from marts.yearly_sales order by 1")
+        years = [r[0] for r in mart]
+        assert years == list(range(min(core), max(years) + 1)) and 2022 in years and 2022 not in core
+        for year, amount, orders, first, last, partial, compared, growth_abs, growth_pct in mart:
+            assert (amount, orders) == core.get(year, (0, 0))
+            assert (first, last) == (max(start, date(year, 1, 1)), min(end, date(year, 12, 31)))
+            assert partial == ((first, last) != (date(year, 1, 1), date(year, 12, 31)))
+            before = (year_before(first), year_before(last))
+            if before[0] < start:
+                assert (compared, growth_abs, growth_pct) == (None, None, None)
+                continue
+            ((then,),) = fetch(db, "select coalesce(sum(amount), 0) from core.sales where order_date between %s"
+                                   " and %s", before)
+            assert compared == then and growth_abs == amount - then
+            assert growth_pct == (None if then == 0 else round(100 * (amount - then) / abs(then), 2))
+        by_year = {r[0]: r for r in mart}
+        assert by_year[2022][6:] == (None, None, None)  # the data begins on 31 Dec 2021: no 2021 to compare
+        assert by_year[2023][8] is None  # 2022 sold nothing
+        assert by_year[2024][5] and by_year[2024][6] == Decimal("100.00")  # to March, against Jan-Mar 2023
+        assert by_year[2024][8] is not None
+    finally:
+        synthetic_core.remove(db, batch_ids)
+        refresh_marts(db)
 
 
 def test_client_day_sales_per_client_and_day(loaded, db):
