@@ -68,7 +68,9 @@ def run(repeat: int = 1, progress=print) -> list[Result]:
             walls.append(time.monotonic() - started)
             progress(f"  demo rep {rep + 1}/{repeat}: {walls[-1]:.1f}s, exit {done.returncode}")
             if done.returncode != 0:
-                status, tail = f"exit {done.returncode}", (done.stdout + done.stderr)[-600:]
+                # the end of what it printed, without the kernels' routine warnings that would hide the error
+                said = [s for s in (done.stdout + done.stderr).splitlines() if "[IPKernelApp] WARNING" not in s]
+                status, tail = f"exit {done.returncode}", "\n".join(said)[-1500:]
                 break
             manifest = json.loads((reports / "latest" / "manifest.json").read_text())
             stages = {name: s.get("seconds") for name, s in manifest.get("stages", {}).items()}

@@ -232,13 +232,18 @@ class BatchLoad:
 
     # -- a first load: straight into the empty table --------------------------------------------------
     def _empty_target_held(self, cur) -> bool:
-        """The target is empty, and stays so for this batch: it holds the table's merge turn from here on."""
-        target = sql.Identifier("core", self.table.name)
-        cur.execute(sql.SQL("select exists (select from {})").format(target))
+        """The target is empty, and stays so for this batch: it holds the table's merge turn from here on.
+
+        The table itself is read only once the turn is held. A batch that read it first would keep a lock on
+        it while waiting for its turn, and the batch whose turn it is could not take the table for its key
+        build: the two would deadlock. So the ledger answers first: has any batch put rows in this table?
+        """
+        cur.execute("select exists (select from meta.batches where target_table = %s and status = 'committed'"
+                    " and rows_inserted > 0)", (self.table.name,))
         if cur.fetchone()[0]:
             return False
         self._merge_turn(cur)
-        cur.execute(sql.SQL("select exists (select from {})").format(target))
+        cur.execute(sql.SQL("select exists (select from {})").format(sql.Identifier("core", self.table.name)))
         return not cur.fetchone()[0]
 
     def _load_direct(self, cur, sheet: RawSheet, mapped: list[Mapped], lane: FastLane) -> dict | None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+from concurrent.futures import ThreadPoolExecutor
 from decimal import Decimal
 
 import psycopg2
@@ -149,6 +151,30 @@ def test_a_reader_in_the_empty_table_sends_the_first_load_through_the_index(land
     finally:
         reader.close()
     assert landing.query("select order_id from core.sales") == [("SO-1",)]
+    assert landing.query(PRIMARY_KEY) == [("sales_pkey", "PRIMARY KEY (order_id, line_no)")]
+
+
+def test_a_first_load_waiting_for_its_turn_holds_nothing_on_the_table(landing):
+    """Two first loads into one empty table take turns. The one waiting must hold no lock on the table, or
+    the one whose turn it is could never take the table for its key build: they would deadlock."""
+    landing.put("landing/sales/2024/t1.csv", sales("SO-1,1,2024-01-05,00042,Widget,2,10.50,21.00,GBP"))
+    turn = psycopg2.connect(landing.database_url)  # plays the batch whose turn it is
+    try:
+        with turn.cursor() as cur, ThreadPoolExecutor(1) as pool:
+            cur.execute("select pg_advisory_xact_lock(hashtextextended('merge into core.sales', 0))")
+            waiting = pool.submit(landing.ingest, "landing/sales/2024/t1.csv")
+            deadline = time.monotonic() + 30
+            while not landing.query("select exists (select from pg_locks where locktype = 'advisory'"
+                                    " and not granted)")[0][0]:
+                assert time.monotonic() < deadline and not waiting.done(), "the load never waited for its turn"
+                time.sleep(0.05)
+            cur.execute("set local lock_timeout = '3s'")
+            cur.execute("lock table core.sales in access exclusive mode")  # what the key build takes
+            turn.rollback()
+            result = waiting.result(timeout=60)
+    finally:
+        turn.close()
+    assert result["status"] == "committed" and result["rows_inserted"] == 1
     assert landing.query(PRIMARY_KEY) == [("sales_pkey", "PRIMARY KEY (order_id, line_no)")]
 
 
