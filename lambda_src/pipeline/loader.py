@@ -266,13 +266,14 @@ class BatchLoad:
                 "(select {sheet}::text as _sheet, r._row, {typed}, {hash} as _row_hash from raw r where {guard})"
             ).format(sheet=sql.Literal(sheet.name), typed=sql.SQL(", ").join([lane.typed, *unmapped]),
                      hash=lane.row_hash, guard=lane.guard))
+            # the table held nothing else: what it holds now is what the fast lane took
             amount_fast = None
-            if t.amount:  # the table held nothing else
+            if t.amount:
                 cur.execute(sql.SQL("select coalesce(sum({}), 0) from {}").format(
                     sql.Identifier(t.amount), sql.Identifier("core", t.name)))
                 amount_fast = cur.fetchone()[0]
             self._type_the_rest(cur, sheet, mapped, fast, sql.SQL("(select _source_row as _row from {})").format(
-                sql.Identifier("core", t.name)))  # the table held nothing else
+                sql.Identifier("core", t.name)))
             self._quarantine(cur, sheet, mapped)
             counts = self._typed_counts(cur)
             inserted = self._insert_rows(cur, sql.SQL("typed"), sql.SQL("s._row_hash is not null"))

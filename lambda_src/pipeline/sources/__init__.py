@@ -55,20 +55,27 @@ class _Pieces:
 PIECE_ROWS = 5_000  # rows written per piece: about what a socket buffers, so writing and parsing overlap
 
 
-def copy_csv(cur, statement: str, rows: Iterable[Iterable]) -> None:
-    """One COPY (format csv) of `rows`, written a piece at a time as COPY asks for it.
+def in_pieces(rows: Iterable[Iterable]) -> Iterator[list]:
+    """`rows` in pieces of PIECE_ROWS, for copy_csv."""
+    it = iter(rows)
+    while piece := list(itertools.islice(it, PIECE_ROWS)):
+        yield piece
+
+
+def copy_csv(cur, statement: str, pieces: Iterable[Iterable[Iterable]]) -> None:
+    """One COPY (format csv) of the rows of `pieces`, each piece written only when COPY asks for it.
 
     PostgreSQL parses each piece while the next is being made, so the reader's work and the server's run
     side by side; memory holds one piece.
     """
-    def pieces() -> Iterator[str]:
-        it = iter(rows)
-        while chunk := list(itertools.islice(it, PIECE_ROWS)):
+    def texts() -> Iterator[str]:
+        for piece in pieces:
             buffer = io.StringIO()
-            csv.writer(buffer).writerows(chunk)
-            yield buffer.getvalue()
+            csv.writer(buffer).writerows(piece)
+            if text := buffer.getvalue():
+                yield text
 
-    source = _Pieces(pieces())
+    source = _Pieces(texts())
     try:
         cur.copy_expert(statement, source)
     except psycopg2.errors.QueryCanceled:

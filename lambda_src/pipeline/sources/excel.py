@@ -206,17 +206,16 @@ class ExcelReader:
         def copy_rows(cur, target: str) -> None:
             statement = sql.SQL("copy {} (_sheet, _row, {}) from stdin with (format csv)").format(
                 sql.Identifier(target), raw_columns(width)).as_string(cur)
-            copy_csv(cur, statement, itertools.chain.from_iterable(
-                self._text_rows(name, data[start:start + PIECE_ROWS], first_row + start, kinds)
-                for start in range(0, len(data), PIECE_ROWS)))
+            copy_csv(cur, statement, (self._text_rows(name, data[start:start + PIECE_ROWS], first_row + start, kinds)
+                                      for start in range(0, len(data), PIECE_ROWS)))
 
         return RawSheet(name, header, mapping, first_row, copy_rows)
 
     @staticmethod
     def _text_rows(name: str, chunk: list[list], first_row: int, kinds: list[str | None]) -> Iterator[tuple]:
-        """(sheet, row number, text of each cell) of a chunk of rows, converted column by column, each with
-        the converter of its type: one cheap test per cell for the common case (a string in a text column,
-        a float in a money column, a date in a date column), the general rules otherwise."""
+        """A piece for copy_csv: (sheet, row number, text of each cell) of a chunk of rows, converted column
+        by column, each with the converter of its type: one cheap test per cell for the common case (a string
+        in a text column, a float in a money column, a date in a date column), the general rules otherwise."""
         width = len(kinds)
         columns = list(itertools.zip_longest(*chunk, fillvalue=None))[:width]
         columns += [(None,) * len(chunk)] * (width - len(columns))

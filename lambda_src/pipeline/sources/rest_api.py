@@ -28,7 +28,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 from psycopg2 import sql
 
 from pipeline.config import ApiOptions
-from pipeline.sources import LoadError, RawSheet, copy_csv, map_header
+from pipeline.sources import LoadError, RawSheet, copy_csv, in_pieces, map_header
 from pipeline.sources.s3_csv import raw_columns
 
 _MISSING = object()
@@ -403,6 +403,6 @@ class ApiReader:
         def copy_rows(cur, target: str) -> None:
             statement = sql.SQL("copy {} (_sheet, _row, {}) from stdin with (format csv)").format(
                 sql.Identifier(target), raw_columns(width)).as_string(cur)
-            copy_csv(cur, statement, ([name, first_row + i, *row] for i, row in enumerate(rows)))
+            copy_csv(cur, statement, in_pieces([name, first_row + i, *row] for i, row in enumerate(rows)))
 
         yield RawSheet(name, self.header, mapping, first_row, copy_rows)

@@ -15,7 +15,7 @@ from pathlib import Path
 from psycopg2 import sql
 
 from pipeline.config import ReadOptions
-from pipeline.sources import LoadError, RawSheet, copy_csv, map_header
+from pipeline.sources import LoadError, RawSheet, copy_csv, in_pieces, map_header
 
 PG_ENCODING = {"utf-8": "UTF8", "utf-8-sig": "UTF8", "cp1252": "WIN1252", "latin-1": "LATIN1"}
 
@@ -82,7 +82,7 @@ class CsvReader:
         def copy_parsed(cur, target: str) -> None:
             statement = sql.SQL("copy {} (_row, {}) from stdin with (format csv)").format(
                 sql.Identifier(target), raw_columns(width)).as_string(cur)
-            copy_csv(cur, statement, records())
+            copy_csv(cur, statement, in_pieces(records()))
 
         def records() -> Iterator[list]:
             for row_no, values in self._records():
