@@ -60,6 +60,8 @@ def main(argv: list[str] | None = None) -> int:
     prof.add_argument("--rows", type=int, default=1_000_000)
     prof.add_argument("--explain", action="store_true", help="EXPLAIN ANALYZE each statement (in a savepoint)")
     prof.add_argument("--excel", action="store_true", help="a payments workbook instead of a sales CSV")
+    prof.add_argument("--again", action="store_true",
+                      help="profile the same file delivered again under a new key (every row already loaded)")
     sub.add_parser("all", parents=[common], help="every benchmark at its default size")
     rep = sub.add_parser("report", help="bench/RESULTS.md from the JSON lines of `all --json`")
     rep.add_argument("results")
@@ -78,7 +80,7 @@ def main(argv: list[str] | None = None) -> int:
         from bench import profile
 
         with bench_stack() as stack:
-            print(profile.run(stack, args.rows, args.explain, excel=args.excel))
+            print(profile.run(stack, args.rows, args.explain, excel=args.excel, again=args.again))
         return 0
     if args.bench == "demo":
         from bench import demo
