@@ -19,7 +19,18 @@ from psycopg2 import sql
 from pipeline.config import SourceConfig
 from pipeline.model import TABLES, Table
 from pipeline.sources import LoadError, RawSheet, Reader
-from pipeline.typing_sql import SQL_TYPE, FastLane, Mapped, fast_lane, row_hash, typed_select
+from pipeline.typing_sql import (
+    SQL_TYPE,
+    FastLane,
+    Mapped,
+    canonical_value,
+    fast_lane,
+    first_cell,
+    row_hash,
+    typed_select,
+)
+
+UNCHANGED_SAMPLE = 1_000  # rows of a delivery looked up in core to see whether most are loaded already
 
 
 class TimeBudgetExceeded(RuntimeError):
@@ -71,6 +82,14 @@ class BatchLoad:
         self.before_commit = before_commit
         self.rejects = 0
         self.direct = False  # a one-sheet delivery into an empty table (decided in run)
+        self.unchanged = 0  # rows found already in core as they are (see _find_unchanged)
+        self._updates_seen: tuple | None = None  # the ledger's updating batches when they were found
+        self._sheet_found: tuple | None = None  # the sheet they are rows of: (sheet, mapped, lane)
+        self._raw_rows = 0
+        self._has_turn = False
+
+    # a re-export's rows already in core, unchanged, are found by their content hash instead of being typed
+    recognise_unchanged = True
 
     # -- the batch ----------------------------------------------------------------------------------
     def run(self, commit_margin_s: float = 5.0) -> dict:
@@ -178,13 +197,128 @@ class BatchLoad:
         if lane is None:
             self._typed_rows(cur, sheet, mapped, typed_select(self.table, mapped, opts, len(sheet.header)))
         else:  # rows already canonical: cast, no per-value tests; the rest the careful way
-            self._typed_rows(cur, sheet, mapped, sql.SQL(
-                "select r._row, {}, {} as _h, '{{}}'::text[] as _reasons, false as _skip from raw r where {}"
-            ).format(lane.typed, lane.row_hash, lane.guard), hashed=True)
-            self._type_the_rest(cur, sheet, mapped, cur.rowcount, sql.SQL(
-                "(select _row from typed where _sheet is not distinct from {}) ").format(sql.Literal(sheet.name)))
+            self.unchanged = self._find_unchanged(cur, sheet, mapped, lane)
+            if not self.unchanged or self._raw_rows > self.unchanged:  # else: every row is as it was
+                self._fast_rows(cur, sheet, mapped, lane, sql.SQL("unchanged") if self.unchanged else None)
+                self._type_the_rest(cur, sheet, mapped, cur.rowcount + self.unchanged, self._taken(sheet))
         self._quarantine(cur, sheet, mapped)
         return None
+
+    def _fast_rows(self, cur, sheet: RawSheet, mapped: list[Mapped], lane: FastLane,
+                   skip: sql.Composable | None = None) -> None:
+        """The canonical rows of raw into typed, but for those in `skip` (by _row); cur.rowcount says how many."""
+        rows = sql.SQL("raw")
+        if skip is not None:  # fenced, so the anti-join comes before any value is tested
+            rows = sql.SQL("(select * from raw r where not exists (select from {} u where u._row = r._row) offset 0)"
+                           ).format(skip)
+        self._typed_rows(cur, sheet, mapped, sql.SQL(
+            "select r._row, {}, {} as _h, '{{}}'::text[] as _reasons, false as _skip from {} r where {}"
+        ).format(lane.typed, lane.row_hash, rows, lane.guard), hashed=True)
+
+    def _taken(self, sheet: RawSheet) -> sql.Composable:
+        """The rows of the sheet already typed (or found unchanged), by _row."""
+        typed = sql.SQL("select _row from typed where _sheet is not distinct from {}").format(sql.Literal(sheet.name))
+        if self.unchanged:
+            typed = sql.SQL("{} union all select _row from unchanged").format(typed)
+        return sql.SQL("({})").format(typed)
+
+    # -- a re-export: rows already loaded, found without typing them -----------------------------------
+    def _updating_batches(self, cur) -> tuple:
+        """(batches that put rows in the table, batches that changed rows in it, the last of those)."""
+        cur.execute("select count(*) filter (where rows_inserted > 0), count(*) filter (where rows_updated > 0),"
+                    " max(batch_id) filter (where rows_updated > 0) from meta.batches"
+                    " where target_table = %s and status = 'committed'", (self.table.name,))
+        return cur.fetchone()
+
+    def _find_unchanged(self, cur, sheet: RawSheet, mapped: list[Mapped], lane: FastLane) -> int:
+        """Rows of raw that core already holds exactly as they are: kept in `unchanged` (row, key, amount), and
+        neither typed nor merged. Their number.
+
+        A row's content hash is md5 of its values' text. The fast lane's hash of a raw row (see typing_sql) is
+        md5 of its raw text, trimmed as typing trims it: equal to the hash of a row in core only when that
+        text is the row's own typed values (md5 aside), so the row would type to exactly that row. No value
+        is tested or cast; the key, when canonical, finds the row in core (by its index for a small file).
+
+        Only for one sheet (raw is still there at the merge) of a table that has rows, a layout whose
+        spellings are canonical, and no timestamp column (its text depends on the time zone). _settle_unchanged
+        checks what the merge would have seen differently, under the merge turn.
+        """
+        if not (self.recognise_unchanged and getattr(self.reader, "one_sheet", False)):
+            return 0
+        if any(m.column.type == "timestamp" for m in mapped):
+            return 0
+        updates = self._updating_batches(cur)
+        if not updates[0]:
+            return 0
+        by_name = {m.column.name: m for m in mapped}
+        t = self.table
+        where = sql.SQL("true")
+        if self.delivery.config.read.skip_rows_matching:  # a footer is never a row, whatever it looks like
+            where = sql.SQL("{} !~ {}").format(first_cell(len(sheet.header)),
+                                               sql.Literal(self.delivery.config.read.skip_rows_matching))
+        keys = [sql.SQL("{} as {}").format(canonical_value(by_name[k], sql.SQL("r.{}").format(
+            sql.Identifier(by_name[k].raw))), sql.Identifier(k)) for k in t.natural_key]
+
+        def hashed(condition: sql.Composable) -> sql.Composable:  # each row's key (when canonical) and hash
+            return sql.SQL("select r._row, {}, {} as _h from raw r where {} and {}").format(
+                sql.SQL(", ").join(keys), lane.row_hash, where, condition)
+
+        target = sql.Identifier("core", t.name)
+        found = sql.SQL(" and ").join(sql.SQL("c.{k} = h.{k}").format(k=sql.Identifier(k)) for k in t.natural_key)
+        # a sample first: finding rows costs about what typing two thirds of them would, so it is only worth it
+        # for a file that is mostly rows already loaded (a new day's rows cost one sample, a few index probes)
+        cur.execute("select count(*) from raw")
+        self._raw_rows = cur.fetchone()[0]
+        step = max(1, self._raw_rows // UNCHANGED_SAMPLE)
+        sample = hashed(sql.SQL("r._row % {} = 0").format(sql.Literal(step)))
+        cur.execute(sql.SQL("select count(c._row_hash), count(*) from ({}) h "
+                            "left join {} c on {} and c._row_hash = h._h").format(sample, target, found))
+        matched, sampled = cur.fetchone()
+        if not sampled or 3 * matched < 2 * sampled:
+            return 0
+        # then every row: their keys and hashes, one join (a few index probes for a small file, a hash join
+        # for a big one: the planner sees which from the statistics)
+        cur.execute(sql.SQL("create temp table hashed on commit drop as {}").format(hashed(sql.SQL("true"))))
+        cur.execute("analyze hashed")
+        chosen = sql.SQL(", ").join(sql.SQL("c.{}").format(sql.Identifier(k)) for k in self.delivery.config.key)
+        amount = sql.SQL("c.{}").format(sql.Identifier(t.amount)) if t.amount else sql.SQL("null::numeric")
+        cur.execute(sql.SQL(
+            "create temp table unchanged on commit drop as select h._row, {chosen}, {amount} as _amount "
+            "from hashed h join {target} c on {found} and c._row_hash = h._h").format(
+            chosen=chosen, amount=amount, target=target, found=found))
+        found_rows = cur.rowcount
+        cur.execute("drop table hashed")
+        self._updates_seen, self._sheet_found = updates, (sheet, mapped, lane)
+        return found_rows
+
+    def _settle_unchanged(self, cur) -> None:
+        """Under the merge turn: the rows found unchanged stay so, unless the merge would see them otherwise.
+
+        That is when a batch has changed rows in the table since they were found, when the batch repeats the
+        key of one of them (an exact copy, or the same key with other values), since the batch is collapsed
+        then. In those cases they are typed after all, the way every other row is, and merged with the rest.
+        """
+        if not self.unchanged:
+            return
+        keys = _ident_list(self.delivery.config.key)
+        joined = sql.SQL(" and ").join(sql.SQL("t.{k} = u.{k}").format(k=sql.Identifier(k))
+                                       for k in self.delivery.config.key)
+        stale = self._updating_batches(cur) != self._updates_seen
+        if not stale:
+            cur.execute(sql.SQL("select exists (select from unchanged group by {} having count(*) > 1) or exists "
+                                "(select from typed t join unchanged u on {} where t._row_hash is not null)").format(
+                keys, joined))
+            stale = cur.fetchone()[0]
+        if not stale:
+            return
+        cur.execute("drop table unchanged")
+        self.unchanged = 0
+        sheet, mapped, lane = self._sheet_found
+        taken = self._taken(sheet)  # the rows typed already: the rest of the sheet
+        cur.execute(sql.SQL("select count(*) from {} t").format(taken))
+        before = cur.fetchone()[0]
+        self._fast_rows(cur, sheet, mapped, lane, taken)
+        self._type_the_rest(cur, sheet, mapped, before + cur.rowcount, taken)
 
     def _type_the_rest(self, cur, sheet: RawSheet, mapped: list[Mapped], fast: int, taken: sql.Composable) -> None:
         """The rows the fast lane did not admit (most often none: one count), into typed the careful way.
@@ -300,7 +434,12 @@ class BatchLoad:
         cols = list(t.column_names)
         key = list(self.delivery.config.key)
         amount = sql.Identifier(t.amount) if t.amount else None
-        skipped, read, quarantined, accepted, amount_in, amount_q, amount_loaded = self._typed_counts(cur)
+        counts = self._typed_counts(cur)
+        if self.unchanged:
+            self._merge_turn(cur)
+            self._settle_unchanged(cur)
+            counts = self._typed_counts(cur) if not self.unchanged else self._with_unchanged(cur, counts)
+        skipped, read, quarantined, accepted, amount_in, amount_q, amount_loaded = counts
         duplicates, amount_dup = 0, 0
 
         def collapse() -> None:
@@ -334,9 +473,21 @@ class BatchLoad:
                              duplicates=duplicates, quarantined=quarantined, skipped=skipped, amount_in=amount_in,
                              amount_loaded=amount_loaded, amount_q=amount_q, amount_dup=amount_dup)
 
+    def _with_unchanged(self, cur, counts: tuple) -> tuple:
+        """typed's counts with the rows found unchanged: read and accepted, their amount in and loaded."""
+        skipped, read, quarantined, accepted, amount_in, amount_q, amount_loaded = counts
+        cur.execute("select count(*), coalesce(sum(_amount), 0) from unchanged")
+        n, amount = cur.fetchone()
+        if self.table.amount:
+            amount_in, amount_loaded = amount_in + amount, amount_loaded + amount
+        return skipped, read + n, quarantined, accepted + n, amount_in, amount_q, amount_loaded
+
     def _merge_turn(self, cur) -> None:
         """Merges into one table take turns (a transaction-scoped lock), so two batches never both find a key
         absent and both insert it."""
+        if self._has_turn:  # held until the batch ends
+            return
+        self._has_turn = True
         cur.execute("select pg_advisory_xact_lock(hashtextextended(%s, 0))", (f"merge into core.{self.table.name}",))
 
     def _typed_counts(self, cur) -> tuple:

@@ -199,6 +199,14 @@ def _canonical(m: Mapped, raw: sql.Composable) -> sql.Composable:
         raw, sql.Literal(_PG_TYPE[kind]), sql.SQL(" and ").join(checks))
 
 
+def canonical_value(m: Mapped, raw: sql.Composable) -> sql.Composable:
+    """The typed value of raw text already in its type's own spelling (see _canonical), else null; never
+    raises. Text is trimmed, as typing trims it."""
+    if m.column.type == "text":
+        return sql.SQL("nullif(btrim({}), '')").format(raw)
+    return sql.SQL("case when {} then {}::{} end").format(_canonical(m, raw), raw, sql.SQL(SQL_TYPE[m.column.type]))
+
+
 def fast_lane(table: Table, mapped: list[Mapped], options: ReadOptions, width: int) -> FastLane | None:
     """The fast lane for rows already in canonical form, or None when the layout is not canonical.
 

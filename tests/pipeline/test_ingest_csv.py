@@ -351,3 +351,106 @@ def test_a_first_load_straight_into_the_empty_table_gives_what_the_staged_merge_
     assert reconciles(entry) and (entry["rows_read"], entry["rows_inserted"], entry["rows_quarantined"],
                                   entry["rows_skipped"]) == (6, 4, 2, 1)
     assert entry["amount_loaded"] == Decimal("34.80")
+
+
+LOADED = [f"SO-{n},1,2024-02-{n % 28 + 1:02d},00042,Widget,2,10.50,21.00,GBP" for n in range(1, 31)]
+RE_EXPORT = (LOADED[:24]  # as they were
+             + ["SO-25,1,2024-02-26,00042,Widget,2,10.5,21,GBP",  # the same values, written otherwise
+                "SO-26,1,2024-02-27,00042,Widget,3,10.50,31.50,GBP",  # changed
+                "SO-40,1,2024-03-01,00042,Widget,1,10.50,10.50,GBP",  # new
+                "SO-41,1,2024-03-01,00042,Widget,1,10.50,1O.50,GBP",  # bad
+                LOADED[0],  # an exact copy of a row already loaded
+                "SO-2,1,2024-02-03,00042,Widget,9,10.50,94.50,GBP"])  # a loaded key again, with other values
+
+
+def _batch_outcome(landing, batch_id: int) -> tuple:
+    rows = landing.query("select order_id, quantity, amount, _batch_id = %s, _source_row, _row_hash from core.sales "
+                         "order by 1", (batch_id,))
+    reasons = landing.query("select source_row, reason, reason_code from meta.quarantine where batch_id = %s "
+                            "order by 1", (batch_id,))
+    history = landing.query("select order_id, quantity from core.sales_history order by 1")
+    return rows, reasons, history, ledger(landing, batch_id)
+
+
+TRUNCATE_SALES = "truncate meta.quarantine, core.sales, core.sales_history, meta.batches cascade; select 1"
+
+
+@pytest.mark.parametrize(("lines", "found", "expected"), [
+    (LOADED, 30, (30, 0, 0, 30, 0, 0)),
+    (RE_EXPORT[:28], 25, (28, 1, 1, 25, 0, 1)),
+    (RE_EXPORT, 26, (30, 1, 2, 24, 1, 2)),
+], ids=["same-rows", "mixed", "with-repeats"])
+def test_a_re_export_found_loaded_by_its_hashes_gives_what_typing_every_row_gives(landing, monkeypatch, lines, found,
+                                                                                    expected):
+    """A re-export under a new name: rows already in core as they are found by content hash, without typing
+    them. The outcome (rows, lineage, history, reasons, ledger) is what typing and merging every row gives,
+    with repeats of loaded keys in the batch too (then the rows found are typed after all)."""
+    seen = []
+    real = ingest_object.BatchLoad._find_unchanged
+
+    def spy(self, *args):
+        seen.append(real(self, *args))
+        return seen[-1]
+
+    monkeypatch.setattr(ingest_object.BatchLoad, "_find_unchanged", spy)
+    outcomes = []
+    for recognise in (True, False):
+        monkeypatch.setattr(ingest_object.BatchLoad, "recognise_unchanged", recognise)
+        landing.query(TRUNCATE_SALES)
+        landing.ingest("landing/sales/2024/loaded.csv", sales(*LOADED))
+        again = landing.ingest("landing/sales/2024/re-export.csv", sales(*lines))
+        outcomes.append(_batch_outcome(landing, again["batch_id"]))
+    assert seen == [found, 0]
+    assert outcomes[0] == outcomes[1]
+    entry = outcomes[0][3]
+    assert reconciles(entry)
+    assert (entry["rows_read"], entry["rows_inserted"], entry["rows_updated"], entry["rows_unchanged"],
+            entry["rows_duplicate"], entry["rows_quarantined"]) == expected
+
+
+def test_a_new_days_rows_are_not_searched_for_in_core(landing, monkeypatch):
+    """A sample of the file tells whether it is mostly rows already loaded: a file of new rows pays for no
+    search of core beyond it."""
+    seen = []
+    landing.ingest("landing/sales/2024/loaded.csv", sales(*LOADED))
+    real = ingest_object.BatchLoad._find_unchanged
+
+    def spy(self, *args):
+        seen.append(real(self, *args))
+        return seen[-1]
+
+    monkeypatch.setattr(ingest_object.BatchLoad, "_find_unchanged", spy)
+    new = [line.replace("SO-", "SO-9") for line in LOADED[:20]] + LOADED[:5]
+    result = landing.ingest("landing/sales/2024/new.csv", sales(*new))
+    assert seen == [0] and (result["rows_inserted"], result["rows_unchanged"]) == (20, 5)
+
+
+def test_rows_found_loaded_are_looked_at_again_when_another_batch_changed_the_table_meanwhile(landing):
+    """The rows a re-export finds already loaded are found before its merge turn. If another batch changes
+    rows of the table before the turn comes, they are typed and merged after all: the later batch wins."""
+    landing.ingest("landing/sales/2024/loaded.csv", sales(*LOADED))
+    landing.put("landing/sales/2024/re-export.csv", sales(*LOADED))
+    turn = psycopg2.connect(landing.database_url)  # plays a batch changing SO-3 while the re-export waits
+    try:
+        with turn.cursor() as cur, ThreadPoolExecutor(1) as pool:
+            cur.execute("select pg_advisory_xact_lock(hashtextextended('merge into core.sales', 0))")
+            waiting = pool.submit(landing.ingest, "landing/sales/2024/re-export.csv")
+            deadline = time.monotonic() + 30
+            while not landing.query("select exists (select from pg_locks where locktype = 'advisory'"
+                                    " and not granted)")[0][0]:
+                assert time.monotonic() < deadline and not waiting.done(), "the load never waited for its turn"
+                time.sleep(0.05)
+            cur.execute("insert into meta.batches (source, source_kind, target_table, source_ref, status, "
+                        "rows_read, rows_updated) values ('sales', 's3_csv', 'sales', 'by hand', 'committed', 1, 1) "
+                        "returning batch_id")
+            other = cur.fetchone()[0]
+            cur.execute("update core.sales set quantity = 7, _row_hash = md5('changed'), _batch_id = %s "
+                        "where order_id = 'SO-3'", (other,))
+            turn.commit()
+            result = waiting.result(timeout=60)
+    finally:
+        turn.close()
+    assert (result["rows_updated"], result["rows_unchanged"]) == (1, 29)
+    assert landing.query("select quantity from core.sales where order_id = 'SO-3'") == [(2,)]
+    assert landing.query("select quantity from core.sales_history where order_id = 'SO-3' order by _replaced_at"
+                         ) == [(2,), (7,)]
