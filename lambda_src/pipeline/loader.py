@@ -63,6 +63,19 @@ def already_loaded(cur, source: str, object_key: str, sha256: str | None = None,
     return row[0] if row else None
 
 
+@contextlib.contextmanager
+def _hashing_a_batch(cur) -> Iterator[None]:
+    """A statement that hashes every row of a big batch against the table (some 100 bytes a row): with the
+    memory to do it in one pass rather than in batches spilled to disk."""
+    cur.execute("show work_mem")
+    before = cur.fetchone()[0]
+    cur.execute("set local work_mem = '256MB'")
+    try:
+        yield
+    finally:
+        cur.execute("select set_config('work_mem', %s, true)", (before,))
+
+
 def _ident_list(names) -> sql.Composed:
     return sql.SQL(", ").join(sql.Identifier(n) for n in names)
 
@@ -271,8 +284,10 @@ class BatchLoad:
         self._raw_rows = cur.fetchone()[0]
         step = max(1, self._raw_rows // UNCHANGED_SAMPLE)
         sample = hashed(sql.SQL("r._row % {} = 0").format(sql.Literal(step)))
-        cur.execute(sql.SQL("select count(c._row_hash), count(*) from ({}) h "
-                            "left join {} c on {} and c._row_hash = h._h").format(sample, target, found))
+        cur.execute(sql.SQL(  # a lateral probe each, by the primary key: never a scan of the table
+            "select count(c._row_hash), count(*) from ({}) h left join lateral "
+            "(select c._row_hash from {} c where {} and c._row_hash = h._h limit 1) c on true").format(
+            sample, target, found))
         matched, sampled = cur.fetchone()
         if not sampled or 3 * matched < 2 * sampled:
             return 0
@@ -282,11 +297,12 @@ class BatchLoad:
         cur.execute("analyze hashed")
         chosen = sql.SQL(", ").join(sql.SQL("c.{}").format(sql.Identifier(k)) for k in self.delivery.config.key)
         amount = sql.SQL("c.{}").format(sql.Identifier(t.amount)) if t.amount else sql.SQL("null::numeric")
-        cur.execute(sql.SQL(
-            "create temp table unchanged on commit drop as select h._row, {chosen}, {amount} as _amount "
-            "from hashed h join {target} c on {found} and c._row_hash = h._h").format(
-            chosen=chosen, amount=amount, target=target, found=found))
-        found_rows = cur.rowcount
+        with _hashing_a_batch(cur):
+            cur.execute(sql.SQL(
+                "create temp table unchanged on commit drop as select h._row, {chosen}, {amount} as _amount "
+                "from hashed h join {target} c on {found} and c._row_hash = h._h").format(
+                chosen=chosen, amount=amount, target=target, found=found))
+            found_rows = cur.rowcount
         cur.execute("drop table hashed")
         self._updates_seen, self._sheet_found = updates, (sheet, mapped, lane)
         return found_rows
@@ -305,10 +321,11 @@ class BatchLoad:
                                        for k in self.delivery.config.key)
         stale = self._updating_batches(cur) != self._updates_seen
         if not stale:
-            cur.execute(sql.SQL("select exists (select from unchanged group by {} having count(*) > 1) or exists "
-                                "(select from typed t join unchanged u on {} where t._row_hash is not null)").format(
-                keys, joined))
-            stale = cur.fetchone()[0]
+            with _hashing_a_batch(cur):
+                cur.execute(sql.SQL("select exists (select from unchanged group by {} having count(*) > 1) or exists "
+                                    "(select from typed t join unchanged u on {} where t._row_hash is not null)"
+                                    ).format(keys, joined))
+                stale = cur.fetchone()[0]
         if not stale:
             return
         cur.execute("drop table unchanged")
