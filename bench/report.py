@@ -105,7 +105,8 @@ def render(lines: list[dict], profile: str | None = None) -> str:
     info = machine()
     parts = ["# Benchmark results", "",
              "Produced by `python -m bench all --json > results.jsonl` and `python -m bench report results.jsonl",
-             "--profile profile.md` (the profile from `python -m bench profile`). Wall times and peak memory are",
+             "--profile profile.md` (the profiles from `python -m bench profile` and `python -m bench profile",
+             "--again`: a first load, and the same file again under a new key). Wall times and peak memory are",
              "medians of K runs (K in each table); the details listed under a table are those of its last run. In",
              "each repetition the first-load contenders run in turn, each from an empty target and after a",
              "checkpoint; the redeliveries (same object, same rows under a new key) run after them. Files are",
