@@ -52,6 +52,7 @@ def replay_batch(conn, config: PipelineConfig, batch: dict[str, Any]) -> Replay:
             return result
         load = BatchLoad(conn, delivery, reader_for(delivery, path), config.company.timezone)
         load.batch_id = batch["batch_id"]
+        load.recognise_unchanged = False  # every row typed, the ones core already holds too
         with conn.cursor() as cur:
             cur.execute("set local timezone = %s", (config.company.timezone,))
             load._create_typed(cur)
