@@ -304,22 +304,24 @@ class BatchLoad:
                 chosen=chosen, amount=amount, target=target, found=found))
             found_rows = cur.rowcount
         cur.execute("drop table hashed")
-        self._updates_seen, self._sheet_found = updates, (sheet, mapped, lane)
+        self._updates_seen, self._sheet_found = updates[1:], (sheet, mapped, lane)
         return found_rows
 
     def _settle_unchanged(self, cur) -> None:
         """Under the merge turn: the rows found unchanged stay so, unless the merge would see them otherwise.
 
-        That is when a batch has changed rows in the table since they were found, when the batch repeats the
-        key of one of them (an exact copy, or the same key with other values), since the batch is collapsed
-        then. In those cases they are typed after all, the way every other row is, and merged with the rest.
+        That is when another batch has updated rows of the table since they were found, or when this batch
+        repeats the key of one of them (an exact copy, or the same key with other values: the batch is
+        collapsed then). In those cases they are typed after all, as every other row is, and merged with
+        the rest.
         """
         if not self.unchanged:
             return
         keys = _ident_list(self.delivery.config.key)
         joined = sql.SQL(" and ").join(sql.SQL("t.{k} = u.{k}").format(k=sql.Identifier(k))
                                        for k in self.delivery.config.key)
-        stale = self._updating_batches(cur) != self._updates_seen
+        # new rows cannot change the ones found: only a batch that updated rows can
+        stale = self._updating_batches(cur)[1:] != self._updates_seen
         if not stale:
             with _hashing_a_batch(cur):
                 cur.execute(sql.SQL("select exists (select from unchanged group by {} having count(*) > 1) or exists "
