@@ -12,7 +12,15 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from playbook.scheduler import Schedule, ScheduleError, croniter_expression, occurrences, replay, run_once
+from playbook.scheduler import (
+    Schedule,
+    ScheduleError,
+    croniter_expression,
+    occurrences,
+    replay,
+    run_once,
+    scheduled_event,
+)
 from tests.playbook.deployed import PREFIX
 
 LONDON = ZoneInfo("Europe/London")
@@ -137,6 +145,26 @@ def test_the_email_fires_at_eight_london_time_on_both_sides_of_each_clock_change
     assert event["job"] == "send_expense_email" and event["trigger"] == "schedule" and event["period"] == "week"
     assert event["id"] != autumn[0].event["id"] and event["id"] == replay(
         utc(2024, 10, 27), utc(2024, 10, 28), dry_run=True, schedules=email)[0].event["id"]  # stable per run
+
+
+def test_a_schedule_without_input_delivers_the_scheduled_event_envelope():
+    """As AWS does: Scheduler and EventBridge rules with no Input send their scheduled-event envelope; a rule
+    with a constant Input sends that alone, its placeholders untouched (only Scheduler fills them in)."""
+    arn = "arn:aws:scheduler:eu-west-2:123456789012:schedule/default/nightly"
+    when = datetime(2024, 7, 1, 9, 0, tzinfo=ZoneInfo("Europe/London"))
+    event = scheduled_event(Schedule(name="nightly", expression="cron(0 9 * * ? *)", arn=arn), when)
+    assert {k: event[k] for k in ("version", "detail-type", "source", "account", "time", "region", "resources",
+                                  "detail")} == {
+        "version": "0", "detail-type": "Scheduled Event", "source": "aws.scheduler", "account": "123456789012",
+        "time": "2024-07-01T08:00:00Z", "region": "eu-west-2", "resources": [arn], "detail": {}}
+    assert event["id"] == scheduled_event(Schedule(name="nightly", expression="cron(0 9 * * ? *)", arn=arn),
+                                          when)["id"]  # the same firing, the same id
+    rule = Schedule(name="rule", expression="rate(1 day)", origin="events",
+                    arn="arn:aws:events:eu-west-2:123456789012:rule/nightly")
+    assert scheduled_event(rule, when)["source"] == "aws.events"
+    constant = {"job": "x", "time": "<aws.scheduler.scheduled-time>"}
+    rule.input = constant
+    assert scheduled_event(rule, when) == constant
 
 
 def test_schedules_fire_lambda_and_command_targets(pipeline_stack, tmp_path):
