@@ -25,7 +25,6 @@ from pipeline.typing_sql import (
     Mapped,
     canonical_value,
     fast_lane,
-    first_cell,
     row_hash,
     typed_select,
 )
@@ -265,16 +264,12 @@ class BatchLoad:
             return 0
         by_name = {m.column.name: m for m in mapped}
         t = self.table
-        where = sql.SQL("true")
-        if self.delivery.config.read.skip_rows_matching:  # a footer is never a row, whatever it looks like
-            where = sql.SQL("{} !~ {}").format(first_cell(len(sheet.header)),
-                                               sql.Literal(self.delivery.config.read.skip_rows_matching))
         keys = [sql.SQL("{} as {}").format(canonical_value(by_name[k], sql.SQL("r.{}").format(
             sql.Identifier(by_name[k].raw))), sql.Identifier(k)) for k in t.natural_key]
 
         def hashed(condition: sql.Composable) -> sql.Composable:  # each row's key (when canonical) and hash
             return sql.SQL("select r._row, {}, {} as _h from raw r where {} and {}").format(
-                sql.SQL(", ").join(keys), lane.row_hash, where, condition)
+                sql.SQL(", ").join(keys), lane.row_hash, lane.data_row, condition)
 
         target = sql.Identifier("core", t.name)
         found = sql.SQL(" and ").join(sql.SQL("c.{k} = h.{k}").format(k=sql.Identifier(k)) for k in t.natural_key)
@@ -391,9 +386,7 @@ class BatchLoad:
         it while waiting for its turn, and the batch whose turn it is could not take the table for its key
         build: the two would deadlock. So the ledger answers first: has any batch put rows in this table?
         """
-        cur.execute("select exists (select from meta.batches where target_table = %s and status = 'committed'"
-                    " and rows_inserted > 0)", (self.table.name,))
-        if cur.fetchone()[0]:
+        if self._updating_batches(cur)[0]:
             return False
         self._merge_turn(cur)
         cur.execute(sql.SQL("select exists (select from {})").format(sql.Identifier("core", self.table.name)))
@@ -453,12 +446,11 @@ class BatchLoad:
         cols = list(t.column_names)
         key = list(self.delivery.config.key)
         amount = sql.Identifier(t.amount) if t.amount else None
-        counts = self._typed_counts(cur)
-        if self.unchanged:
+        if self.unchanged:  # under the turn: they may have to be typed after all
             self._merge_turn(cur)
             self._settle_unchanged(cur)
-            counts = self._typed_counts(cur) if not self.unchanged else self._with_unchanged(cur, counts)
-        skipped, read, quarantined, accepted, amount_in, amount_q, amount_loaded = counts
+        skipped, read, quarantined, accepted, amount_in, amount_q, amount_loaded = self._with_unchanged(
+            cur, self._typed_counts(cur))
         duplicates, amount_dup = 0, 0
 
         def collapse() -> None:
@@ -494,11 +486,14 @@ class BatchLoad:
 
     def _with_unchanged(self, cur, counts: tuple) -> tuple:
         """typed's counts with the rows found unchanged: read and accepted, their amount in and loaded."""
+        if not self.unchanged:
+            return counts
         skipped, read, quarantined, accepted, amount_in, amount_q, amount_loaded = counts
-        cur.execute("select count(*), coalesce(sum(_amount), 0) from unchanged")
-        n, amount = cur.fetchone()
         if self.table.amount:
+            cur.execute("select coalesce(sum(_amount), 0) from unchanged")
+            amount = cur.fetchone()[0]
             amount_in, amount_loaded = amount_in + amount, amount_loaded + amount
+        n = self.unchanged
         return skipped, read + n, quarantined, accepted + n, amount_in, amount_q, amount_loaded
 
     def _merge_turn(self, cur) -> None:

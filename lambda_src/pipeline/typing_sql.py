@@ -169,6 +169,7 @@ class FastLane(NamedTuple):
     guard: sql.Composable  # over `raw r`: true for a row already in canonical form
     typed: sql.Composable  # its typed columns, named as the table's
     row_hash: sql.Composable  # its content hash, as row_hash gives it
+    data_row: sql.Composable  # over `raw r`: the row is not a footer (part of the guard)
 
 
 def _canonical(m: Mapped, raw: sql.Composable) -> sql.Composable:
@@ -229,10 +230,12 @@ def fast_lane(table: Table, mapped: list[Mapped], options: ReadOptions, width: i
         conditions.append(shape if m.column.required else
                           sql.SQL("(coalesce({}, '') = '' or {})").format(raw, shape))
         typed.append(sql.SQL("nullif({}, '')::{} as {}").format(raw, sql.SQL(SQL_TYPE[m.column.type]), name))
+    data_row = sql.SQL("true")
     if options.skip_rows_matching:  # a footer is never a fast row, whatever its values look like
-        conditions.append(sql.SQL("{} !~ {}").format(first_cell(width), sql.Literal(options.skip_rows_matching)))
+        data_row = sql.SQL("{} !~ {}").format(first_cell(width), sql.Literal(options.skip_rows_matching))
+        conditions.append(data_row)
     guard = sql.SQL(" and ").join(conditions) if conditions else sql.SQL("true")
-    return FastLane(guard, sql.SQL(", ").join(typed), _fast_row_hash(table, mapped))
+    return FastLane(guard, sql.SQL(", ").join(typed), _fast_row_hash(table, mapped), data_row)
 
 
 def _md5_row(table: Table, value) -> sql.Composable:

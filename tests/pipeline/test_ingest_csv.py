@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
 from concurrent.futures import ThreadPoolExecutor
 from decimal import Decimal
@@ -154,26 +155,34 @@ def test_a_reader_in_the_empty_table_sends_the_first_load_through_the_index(land
     assert landing.query(PRIMARY_KEY) == [("sales_pkey", "PRIMARY KEY (order_id, line_no)")]
 
 
-def test_a_first_load_waiting_for_its_turn_holds_nothing_on_the_table(landing):
-    """Two first loads into one empty table take turns. The one waiting must hold no lock on the table, or
-    the one whose turn it is could never take the table for its key build: they would deadlock."""
-    landing.put("landing/sales/2024/t1.csv", sales("SO-1,1,2024-01-05,00042,Widget,2,10.50,21.00,GBP"))
+@contextlib.contextmanager
+def waiting_for_its_turn(landing, key: str):
+    """A load of `key` in a thread, waiting for the merge turn into core.sales, which this holds: yields a
+    cursor in the transaction that holds it, and the load's future. Ending that transaction lets it go on."""
     turn = psycopg2.connect(landing.database_url)  # plays the batch whose turn it is
     try:
         with turn.cursor() as cur, ThreadPoolExecutor(1) as pool:
             cur.execute("select pg_advisory_xact_lock(hashtextextended('merge into core.sales', 0))")
-            waiting = pool.submit(landing.ingest, "landing/sales/2024/t1.csv")
+            waiting = pool.submit(landing.ingest, key)
             deadline = time.monotonic() + 30
             while not landing.query("select exists (select from pg_locks where locktype = 'advisory'"
                                     " and not granted)")[0][0]:
                 assert time.monotonic() < deadline and not waiting.done(), "the load never waited for its turn"
                 time.sleep(0.05)
-            cur.execute("set local lock_timeout = '3s'")
-            cur.execute("lock table core.sales in access exclusive mode")  # what the key build takes
-            turn.rollback()
-            result = waiting.result(timeout=60)
+            yield cur, waiting
     finally:
         turn.close()
+
+
+def test_a_first_load_waiting_for_its_turn_holds_nothing_on_the_table(landing):
+    """Two first loads into one empty table take turns. The one waiting must hold no lock on the table, or
+    the one whose turn it is could never take the table for its key build: they would deadlock."""
+    landing.put("landing/sales/2024/t1.csv", sales("SO-1,1,2024-01-05,00042,Widget,2,10.50,21.00,GBP"))
+    with waiting_for_its_turn(landing, "landing/sales/2024/t1.csv") as (cur, waiting):
+        cur.execute("set local lock_timeout = '3s'")
+        cur.execute("lock table core.sales in access exclusive mode")  # what the key build takes
+        cur.connection.rollback()
+        result = waiting.result(timeout=60)
     assert result["status"] == "committed" and result["rows_inserted"] == 1
     assert landing.query(PRIMARY_KEY) == [("sales_pkey", "PRIMARY KEY (order_id, line_no)")]
 
@@ -372,6 +381,20 @@ def _batch_outcome(landing, batch_id: int) -> tuple:
     return rows, reasons, history, ledger(landing, batch_id)
 
 
+@pytest.fixture()
+def found_unchanged(monkeypatch) -> list[int]:
+    """How many rows each load found already in core (BatchLoad._find_unchanged), in order."""
+    seen = []
+    real = ingest_object.BatchLoad._find_unchanged
+
+    def spy(self, *args):
+        seen.append(real(self, *args))
+        return seen[-1]
+
+    monkeypatch.setattr(ingest_object.BatchLoad, "_find_unchanged", spy)
+    return seen
+
+
 TRUNCATE_SALES = "truncate meta.quarantine, core.sales, core.sales_history, meta.batches cascade; select 1"
 
 
@@ -380,19 +403,11 @@ TRUNCATE_SALES = "truncate meta.quarantine, core.sales, core.sales_history, meta
     (RE_EXPORT[:28], 25, (28, 1, 1, 25, 0, 1)),
     (RE_EXPORT, 26, (30, 1, 2, 24, 1, 2)),
 ], ids=["same-rows", "mixed", "with-repeats"])
-def test_a_re_export_found_loaded_by_its_hashes_gives_what_typing_every_row_gives(landing, monkeypatch, lines, found,
-                                                                                    expected):
+def test_a_re_export_found_loaded_by_its_hashes_gives_what_typing_every_row_gives(landing, monkeypatch, found_unchanged,
+                                                                                    lines, found, expected):
     """A re-export under a new name: rows already in core as they are found by content hash, without typing
     them. The outcome (rows, lineage, history, reasons, ledger) is what typing and merging every row gives,
     with repeats of loaded keys in the batch too (then the rows found are typed after all)."""
-    seen = []
-    real = ingest_object.BatchLoad._find_unchanged
-
-    def spy(self, *args):
-        seen.append(real(self, *args))
-        return seen[-1]
-
-    monkeypatch.setattr(ingest_object.BatchLoad, "_find_unchanged", spy)
     outcomes = []
     for recognise in (True, False):
         monkeypatch.setattr(ingest_object.BatchLoad, "recognise_unchanged", recognise)
@@ -400,7 +415,7 @@ def test_a_re_export_found_loaded_by_its_hashes_gives_what_typing_every_row_give
         landing.ingest("landing/sales/2024/loaded.csv", sales(*LOADED))
         again = landing.ingest("landing/sales/2024/re-export.csv", sales(*lines))
         outcomes.append(_batch_outcome(landing, again["batch_id"]))
-    assert seen == [found, 0]
+    assert found_unchanged == [found, 0]
     assert outcomes[0] == outcomes[1]
     entry = outcomes[0][3]
     assert reconciles(entry)
@@ -408,21 +423,13 @@ def test_a_re_export_found_loaded_by_its_hashes_gives_what_typing_every_row_give
             entry["rows_duplicate"], entry["rows_quarantined"]) == expected
 
 
-def test_a_new_days_rows_are_not_searched_for_in_core(landing, monkeypatch):
+def test_a_new_days_rows_are_not_searched_for_in_core(landing, found_unchanged):
     """A sample of the file tells whether it is mostly rows already loaded: a file of new rows pays for no
     search of core beyond it."""
-    seen = []
     landing.ingest("landing/sales/2024/loaded.csv", sales(*LOADED))
-    real = ingest_object.BatchLoad._find_unchanged
-
-    def spy(self, *args):
-        seen.append(real(self, *args))
-        return seen[-1]
-
-    monkeypatch.setattr(ingest_object.BatchLoad, "_find_unchanged", spy)
     new = [line.replace("SO-", "SO-9") for line in LOADED[:20]] + LOADED[:5]
     result = landing.ingest("landing/sales/2024/new.csv", sales(*new))
-    assert seen == [0] and (result["rows_inserted"], result["rows_unchanged"]) == (20, 5)
+    assert found_unchanged == [0] and (result["rows_inserted"], result["rows_unchanged"]) == (20, 5)
 
 
 def test_rows_found_loaded_are_looked_at_again_when_another_batch_changed_the_table_meanwhile(landing):
@@ -430,26 +437,16 @@ def test_rows_found_loaded_are_looked_at_again_when_another_batch_changed_the_ta
     rows of the table before the turn comes, they are typed and merged after all: the later batch wins."""
     landing.ingest("landing/sales/2024/loaded.csv", sales(*LOADED))
     landing.put("landing/sales/2024/re-export.csv", sales(*LOADED))
-    turn = psycopg2.connect(landing.database_url)  # plays a batch changing SO-3 while the re-export waits
-    try:
-        with turn.cursor() as cur, ThreadPoolExecutor(1) as pool:
-            cur.execute("select pg_advisory_xact_lock(hashtextextended('merge into core.sales', 0))")
-            waiting = pool.submit(landing.ingest, "landing/sales/2024/re-export.csv")
-            deadline = time.monotonic() + 30
-            while not landing.query("select exists (select from pg_locks where locktype = 'advisory'"
-                                    " and not granted)")[0][0]:
-                assert time.monotonic() < deadline and not waiting.done(), "the load never waited for its turn"
-                time.sleep(0.05)
-            cur.execute("insert into meta.batches (source, source_kind, target_table, source_ref, status, "
-                        "rows_read, rows_updated) values ('sales', 's3_csv', 'sales', 'by hand', 'committed', 1, 1) "
-                        "returning batch_id")
-            other = cur.fetchone()[0]
-            cur.execute("update core.sales set quantity = 7, _row_hash = md5('changed'), _batch_id = %s "
-                        "where order_id = 'SO-3'", (other,))
-            turn.commit()
-            result = waiting.result(timeout=60)
-    finally:
-        turn.close()
+    # the turn's holder plays a batch changing SO-3 while the re-export waits
+    with waiting_for_its_turn(landing, "landing/sales/2024/re-export.csv") as (cur, waiting):
+        cur.execute("insert into meta.batches (source, source_kind, target_table, source_ref, status, "
+                    "rows_read, rows_updated) values ('sales', 's3_csv', 'sales', 'by hand', 'committed', 1, 1) "
+                    "returning batch_id")
+        other = cur.fetchone()[0]
+        cur.execute("update core.sales set quantity = 7, _row_hash = md5('changed'), _batch_id = %s "
+                    "where order_id = 'SO-3'", (other,))
+        cur.connection.commit()
+        result = waiting.result(timeout=60)
     assert (result["rows_updated"], result["rows_unchanged"]) == (1, 29)
     assert landing.query("select quantity from core.sales where order_id = 'SO-3'") == [(2,)]
     assert landing.query("select quantity from core.sales_history where order_id = 'SO-3' order by _replaced_at"
