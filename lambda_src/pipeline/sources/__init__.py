@@ -40,13 +40,13 @@ class _Pieces:
     """A file for COPY FROM STDIN whose text is written as COPY reads it. The driver turns an error in
     read() into a cancelled COPY: the error itself is kept, for copy_csv to raise."""
 
-    def __init__(self, pieces: Iterator[str]):
-        self._pieces = pieces
+    def __init__(self, pieces: Iterator[str] | Iterator[bytes], end: str | bytes):
+        self._pieces, self._end = pieces, end
         self.error: Exception | None = None
 
-    def read(self, size: int = -1) -> str:
+    def read(self, size: int = -1) -> str | bytes:
         try:
-            return next(self._pieces, "")
+            return next(self._pieces, self._end)
         except Exception as exc:
             self.error = exc
             raise
@@ -75,7 +75,13 @@ def copy_csv(cur, statement: str, pieces: Iterable[Iterable[Iterable]]) -> None:
             if text := buffer.getvalue():
                 yield text
 
-    source = _Pieces(texts())
+    copy_pieces(cur, statement, texts(), "")
+
+
+def copy_pieces(cur, statement: str, pieces: Iterator[str] | Iterator[bytes], end: str | bytes = b"") -> None:
+    """One COPY FROM STDIN of `pieces`, each made only when COPY asks for it; an error raised while making
+    one cancels the COPY and is raised as itself."""
+    source = _Pieces(pieces, end)
     try:
         cur.copy_expert(statement, source)
     except psycopg2.errors.QueryCanceled:
