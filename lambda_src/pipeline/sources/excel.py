@@ -23,7 +23,7 @@ from python_calamine import CalamineWorkbook
 
 from pipeline.config import ReadOptions
 from pipeline.model import Table
-from pipeline.sources import PIECE_ROWS, LoadError, RawSheet, copy_csv, map_header
+from pipeline.sources import PIECE_ROWS, LoadError, RawSheet, copy_csv, copy_pieces, excel_arrow, map_header
 from pipeline.sources.s3_csv import raw_columns
 
 _FORMULA_NO_VALUE = re.compile(
@@ -86,6 +86,13 @@ _CONVERTERS = {"money": _as_number, "integer": _as_number, "date": _as_date,
                "timestamp": lambda value: cell_text(value, "timestamp")}
 
 
+def _convert_cell(value: object, kind: str | None) -> str:
+    """One cell's text, as the column-by-column conversion of _text_rows gives it."""
+    if kind in (None, "text"):
+        return value if type(value) is str else cell_text(value, None)
+    return _CONVERTERS[kind](value)
+
+
 def _column_letters(index: int) -> str:
     letters = ""
     index += 1
@@ -95,30 +102,56 @@ def _column_letters(index: int) -> str:
     return letters
 
 
-def formulas_without_value(path: Path, sheet_name: str) -> list[tuple[str, int]]:
-    """(column letters, row) of formula cells that carry no cached value, read from the sheet's XML."""
-    with zipfile.ZipFile(path) as zf:
-        workbook = zf.read("xl/workbook.xml").decode("utf-8")
-        rels = zf.read("xl/_rels/workbook.xml.rels").decode("utf-8")
-        rid = None
-        for match in re.finditer(r"<sheet\b[^>]*>", workbook):
-            tag = match.group(0)
-            name = re.search(r'name="([^"]*)"', tag)
-            if name and _xml_unescape(name.group(1)) == sheet_name:
-                found = re.search(r'r:id="([^"]*)"', tag)
-                rid = found.group(1) if found else None
-        target = None
-        for match in re.finditer(r"<Relationship\b[^>]*>", rels):
-            tag = match.group(0)
-            if rid and f'Id="{rid}"' in tag:
-                target = re.search(r'Target="([^"]*)"', tag).group(1)
-        if not target:
-            return []
-        member = target.lstrip("/") if target.startswith("/") else str(PurePosixPath("xl") / target)
-        data = zf.read(member)
+def _sheet_xml(zf: zipfile.ZipFile, sheet_name: str) -> bytes:
+    """The XML of the sheet of that name, b'' when the workbook does not say where it is."""
+    workbook = zf.read("xl/workbook.xml").decode("utf-8")
+    rels = zf.read("xl/_rels/workbook.xml.rels").decode("utf-8")
+    rid = None
+    for match in re.finditer(r"<sheet\b[^>]*>", workbook):
+        tag = match.group(0)
+        name = re.search(r'name="([^"]*)"', tag)
+        if name and _xml_unescape(name.group(1)) == sheet_name:
+            found = re.search(r'r:id="([^"]*)"', tag)
+            rid = found.group(1) if found else None
+    target = None
+    for match in re.finditer(r"<Relationship\b[^>]*>", rels):
+        tag = match.group(0)
+        if rid and f'Id="{rid}"' in tag:
+            target = re.search(r'Target="([^"]*)"', tag).group(1)
+    if not target:
+        return b""
+    member = target.lstrip("/") if target.startswith("/") else str(PurePosixPath("xl") / target)
+    return zf.read(member)
+
+
+def _formulas(data: bytes) -> list[tuple[str, int]]:
     if b"<f" not in data:
         return []
     return [(m.group(1).decode(), int(m.group(2))) for m in _FORMULA_NO_VALUE.finditer(data)]
+
+
+def formulas_without_value(path: Path, sheet_name: str) -> list[tuple[str, int]]:
+    """(column letters, row) of formula cells that carry no cached value, read from the sheet's XML."""
+    with zipfile.ZipFile(path) as zf:
+        return _formulas(_sheet_xml(zf, sheet_name))
+
+
+# strings fastexcel reads as empty in a column of numbers, dates or booleans (pandas' list, and more)
+_NULL_LIKE = re.compile(rb"<t(?:\s[^>]*)?>\s*(?:#?N/?A(?:\s*N/?A)?|#NA|<NA>|&lt;NA&gt;|NULL|NONE|-?NAN"
+                        rb"|-?1\.#(?:IND|QNAN))\s*</t>", re.IGNORECASE)
+
+
+def _arrow_survey(path: Path, sheet_name: str) -> tuple[list[tuple[str, int]], bool]:
+    """The formulas without a value, and whether fastexcel could read a cell as empty that is not: an
+    error cell, a formula's string, or a string such as 'N/A' (shared or inline) in a number column."""
+    with zipfile.ZipFile(path) as zf:
+        data = _sheet_xml(zf, sheet_name)
+        risky = not data or b't="e"' in data or b't="str"' in data
+        if not risky and b't="inlineStr"' in data:  # strings written in the sheet itself (streaming writers)
+            risky = _NULL_LIKE.search(data) is not None
+        if not risky and "xl/sharedStrings.xml" in zf.namelist():
+            risky = _NULL_LIKE.search(zf.read("xl/sharedStrings.xml")) is not None
+    return _formulas(data), risky
 
 
 def _xml_unescape(text: str) -> str:
@@ -183,6 +216,43 @@ class ExcelReader:
             self._workbook.close()
 
     def _sheet(self, workbook: CalamineWorkbook, name: str) -> RawSheet:
+        return self._arrow_sheet(name) or self._calamine_sheet(workbook, name)
+
+    def _arrow_sheet(self, name: str) -> RawSheet | None:
+        """The sheet through fastexcel and a binary COPY, when that gives the same text as the cell-by-cell
+        path (see pipeline.sources.excel_arrow); None sends it there."""
+        with concurrent.futures.ThreadPoolExecutor(1) as pool:
+            survey = pool.submit(_arrow_survey, self.path, name)
+            arrow = excel_arrow.read(self.path, name, self.options.header_row, _convert_cell)
+            formulas, risky = survey.result()
+            if formulas or risky or arrow is None:
+                return None  # a formula without a value is explained, with its row, by the other path
+        h = self.options.header_row
+        try:
+            mapping = map_header(arrow.header, self.columns, f"{self.display}, sheet '{name}', row {h + 1}",
+                                 self.required)
+        except LoadError:
+            return None  # the other path words the error, from the header as calamine spells it
+        kinds = self._kinds(mapping, len(arrow.header))
+        columns = arrow.columns(kinds)
+        if columns is None:
+            return None
+        first_row = h + 2
+
+        def copy_rows(cur, target: str) -> None:
+            statement = sql.SQL("copy {} (_sheet, _row, {}) from stdin with (format binary)").format(
+                sql.Identifier(target), raw_columns(len(columns))).as_string(cur)
+            copy_pieces(cur, statement, excel_arrow.copy_binary(name, first_row, columns, arrow.height))
+
+        return RawSheet(name, arrow.header, mapping, first_row, copy_rows)
+
+    def _kinds(self, mapping: dict[str, int], width: int) -> list[str | None]:
+        kinds: list[str | None] = [None] * width
+        for canonical, pos in mapping.items():
+            kinds[pos] = self.table.column(canonical).type
+        return kinds
+
+    def _calamine_sheet(self, workbook: CalamineWorkbook, name: str) -> RawSheet:
         # the sheet's XML is searched for formulas without a value while calamine parses it: both spend
         # most of their time in native code (inflating, parsing) that lets the other thread run
         with concurrent.futures.ThreadPoolExecutor(1) as pool:
@@ -195,9 +265,7 @@ class ExcelReader:
             raise LoadError(f"{where}: no header on row {h + 1} (the sheet has {len(rows)} rows)")
         header = [cell_text(v, None) for v in rows[h]]
         mapping = map_header(header, self.columns, f"{where}, row {h + 1}", self.required)
-        kinds = [None] * len(header)
-        for canonical, pos in mapping.items():
-            kinds[pos] = self.table.column(canonical).type
+        kinds = self._kinds(mapping, len(header))
         data = rows[h + 1:]
         first_row = h + 2
         self._check_formulas(cells, where, data, first_row, mapping)
