@@ -18,9 +18,9 @@ from bench.measure import Result
 from bench.stack import free_port
 
 NOTEBOOK = {"cells": [
-    {"cell_type": "code", "metadata": {"tags": ["parameters"]}, "source": "run_id = None", "outputs": [],
-     "execution_count": None},
-    {"cell_type": "code", "metadata": {}, "source": "pass", "outputs": [], "execution_count": None}],
+    {"id": "parameters", "cell_type": "code", "metadata": {"tags": ["parameters"]}, "source": "run_id = None",
+     "outputs": [], "execution_count": None},
+    {"id": "empty", "cell_type": "code", "metadata": {}, "source": "pass", "outputs": [], "execution_count": None}],
     "metadata": {"kernelspec": {"name": "playbook", "display_name": "Python (playbook)", "language": "python"}},
     "nbformat": 4, "nbformat_minor": 5}
 
