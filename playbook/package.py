@@ -20,6 +20,11 @@ REQUIREMENTS = LAMBDA_SRC / "requirements.txt"
 _EPOCH = (1980, 1, 1, 0, 0, 0)
 _SKIP_DIRS = {"__pycache__", ".pytest_cache", ".mypy_cache", ".ruff_cache"}
 _SKIP_SUFFIXES = (".pyc", ".pyo")
+# Lambda's limit on a function's code and all its layers together, unzipped
+UNZIPPED_LIMIT = 262_144_000
+# what the layer leaves out: the packages' own test suites (pandas' alone is ~40 MB), which no function
+# imports, and the AWS SDK, which the Python runtime provides (pip brings it back if a requirement needs it)
+_LAYER_SKIP_DIRS = {"tests"}
 
 
 def sha256(path: Path) -> str:
@@ -30,11 +35,31 @@ def sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _files(root: Path) -> list[Path]:
+def _files(root: Path, skip_dirs: set[str] = _SKIP_DIRS) -> list[Path]:
     return sorted(
         p for p in root.rglob("*")
-        if p.is_file() and not (_SKIP_DIRS & set(p.relative_to(root).parts)) and not p.name.endswith(_SKIP_SUFFIXES)
+        if p.is_file() and not (skip_dirs & set(p.relative_to(root).parts)) and not p.name.endswith(_SKIP_SUFFIXES)
     )
+
+
+def layer_entries(layer_root: Path, limit: int = UNZIPPED_LIMIT) -> list[tuple[str, bytes]]:
+    """The files of an installed layer (python/...) as zip entries, without caches and test suites.
+
+    Raises when they would not fit Lambda's unzipped limit, naming the largest packages, rather than let
+    the deployment fail later with AWS's bare 'unzipped size must be smaller than' message."""
+    entries = [(p.relative_to(layer_root).as_posix(), p.read_bytes())
+               for p in _files(layer_root, _SKIP_DIRS | _LAYER_SKIP_DIRS)]
+    total = sum(len(data) for _, data in entries)
+    if total > limit:
+        sizes: dict[str, int] = {}
+        for name, data in entries:
+            top = name.split("/")[1]  # python/<package>/...
+            sizes[top] = sizes.get(top, 0) + len(data)
+        largest = ", ".join(f"{n} {b / 2**20:.0f} MiB" for n, b in sorted(sizes.items(), key=lambda kv: -kv[1])[:5])
+        raise PlaybookError(f"the dependency layer is {total / 2**20:.0f} MiB unzipped, over Lambda's "
+                            f"{limit / 2**20:.0f} MiB for code and layers together; largest: {largest}. "
+                            f"Trim lambda_src/requirements.txt")
+    return entries
 
 
 def _write_zip(out: Path, entries: list[tuple[str, bytes]]) -> Path:
@@ -80,12 +105,10 @@ def build_dependency_layer(out_dir: Path, python_version: str = "3.12") -> Path:
     if out.exists():
         return out
     target = out_dir / f"layer-{stamp}" / "python"
-    cmd = [sys.executable, "-m", "pip", "install", "--quiet", "--platform", "manylinux2014_x86_64",
+    cmd = [sys.executable, "-m", "pip", "install", "--quiet", "--no-compile", "--platform", "manylinux2014_x86_64",
            "--implementation", "cp", "--only-binary=:all:", "--python-version", python_version,
            "--target", str(target), "-r", str(REQUIREMENTS)]
     result = subprocess.run(cmd, capture_output=True, text=True)
     if result.returncode != 0:
         raise PlaybookError(f"building the dependency layer failed: {result.stderr.strip()[-2000:]}")
-    layer_root = target.parent
-    entries = [(p.relative_to(layer_root).as_posix(), p.read_bytes()) for p in _files(layer_root)]
-    return _write_zip(out, entries)
+    return _write_zip(out, layer_entries(target.parent))
