@@ -141,16 +141,23 @@ _NULL_LIKE = re.compile(rb"<t(?:\s[^>]*)?>\s*(?:#?N/?A(?:\s*N/?A)?|#NA|<NA>|&lt;
                         rb"|-?1\.#(?:IND|QNAN))\s*</t>", re.IGNORECASE)
 
 
+def _shared_strings_risky(path: Path) -> bool:
+    """Whether the workbook shares a string such as 'N/A' that fastexcel reads as empty in a number
+    column: asked before fastexcel parses a sheet, since the shared strings are a small part of it."""
+    with zipfile.ZipFile(path) as zf:
+        if "xl/sharedStrings.xml" not in zf.namelist():
+            return False
+        return _NULL_LIKE.search(zf.read("xl/sharedStrings.xml")) is not None
+
+
 def _arrow_survey(path: Path, sheet_name: str) -> tuple[list[tuple[str, int]], bool]:
-    """The formulas without a value, and whether fastexcel could read a cell as empty that is not: an
-    error cell, a formula's string, or a string such as 'N/A' (shared or inline) in a number column."""
+    """The formulas without a value, and whether fastexcel could read a cell of the sheet as empty that
+    is not: an error cell, a formula's string, or an inline string such as 'N/A'."""
     with zipfile.ZipFile(path) as zf:
         data = _sheet_xml(zf, sheet_name)
-        risky = not data or b't="e"' in data or b't="str"' in data
-        if not risky and b't="inlineStr"' in data:  # strings written in the sheet itself (streaming writers)
-            risky = _NULL_LIKE.search(data) is not None
-        if not risky and "xl/sharedStrings.xml" in zf.namelist():
-            risky = _NULL_LIKE.search(zf.read("xl/sharedStrings.xml")) is not None
+    risky = not data or b't="e"' in data or b't="str"' in data
+    if not risky and b't="inlineStr"' in data:  # strings written in the sheet itself (streaming writers)
+        risky = _NULL_LIKE.search(data) is not None
     return _formulas(data), risky
 
 
@@ -218,9 +225,15 @@ class ExcelReader:
     def _sheet(self, workbook: CalamineWorkbook, name: str) -> RawSheet:
         return self._arrow_sheet(name) or self._calamine_sheet(workbook, name)
 
+    @functools.cached_property
+    def _shared_strings_risky(self) -> bool:
+        return _shared_strings_risky(self.path)
+
     def _arrow_sheet(self, name: str) -> RawSheet | None:
         """The sheet through fastexcel and a binary COPY, when that gives the same text as the cell-by-cell
         path (see pipeline.sources.excel_arrow); None sends it there."""
+        if self._shared_strings_risky:
+            return None
         with concurrent.futures.ThreadPoolExecutor(1) as pool:
             survey = pool.submit(_arrow_survey, self.path, name)
             arrow = excel_arrow.read(self.path, name, self.options.header_row, _convert_cell)
