@@ -22,8 +22,8 @@ _SKIP_DIRS = {"__pycache__", ".pytest_cache", ".mypy_cache", ".ruff_cache"}
 _SKIP_SUFFIXES = (".pyc", ".pyo")
 # Lambda's limit on a function's code and all its layers together, unzipped
 UNZIPPED_LIMIT = 262_144_000
-# what the layer leaves out: the packages' own test suites (pandas' alone is ~40 MB), which no function
-# imports, and the AWS SDK, which the Python runtime provides (pip brings it back if a requirement needs it)
+# what the layer leaves out besides caches: the packages' own test suites (pandas' alone is ~40 MB), which
+# no function imports (boto3 stays out by not being in lambda_src/requirements.txt: the runtime has it)
 _LAYER_SKIP_DIRS = {"tests"}
 
 

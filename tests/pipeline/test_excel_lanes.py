@@ -13,7 +13,7 @@ import xlsxwriter
 from pipeline.config import ReadOptions
 from pipeline.model import Column, Table
 from pipeline.sources import excel_arrow
-from pipeline.sources.excel import ExcelReader, _convert_cell
+from pipeline.sources.excel import ExcelReader, converter
 
 TABLE = Table("t", (Column("ref", "text"), Column("day", "date"), Column("amount", "money"),
                     Column("qty", "integer"), Column("stamp", "timestamp", False), Column("note", "text", False),
@@ -84,7 +84,7 @@ def raw_rows(db, sheet) -> list[tuple]:
 def lanes(db, path, name: str):
     reader = ExcelReader(path, "book.xlsx", ReadOptions(sheets=[name], header_row=3), COLUMNS, TABLE,
                          {"ref", "day", "amount", "qty"})
-    arrow = reader._arrow_sheet(name)
+    arrow, _ = reader._arrow_sheet(name)
     cell = reader._calamine_sheet(reader._workbook, name)
     return arrow, cell
 
@@ -149,7 +149,7 @@ def test_numbers_are_worded_column_wise_exactly_as_cell_by_cell(kind):
          45_000.5, 60.0, 2_958_465.0],
     ])
     valid = rng.random(len(values)) > 0.05
-    column = excel_arrow._numbers(values, valid, kind, _convert_cell)
+    column = excel_arrow._numbers(values, valid, kind, converter(kind))
     cells = zip(values.tolist(), valid.tolist(), strict=True)
-    want = [(_convert_cell(v, kind) or None) if ok else None for v, ok in cells]
+    want = [(converter(kind)(v) or None) if ok else None for v, ok in cells]
     assert _texts(column) == want

@@ -14,7 +14,7 @@ import functools
 import itertools
 import re
 import zipfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from decimal import Decimal
 from pathlib import Path, PurePosixPath
 
@@ -82,15 +82,17 @@ def _as_date(value: object) -> str:
     return cell_text(value, "date")
 
 
+def _as_text(value: object) -> str:
+    return value if type(value) is str else cell_text(value, None)
+
+
 _CONVERTERS = {"money": _as_number, "integer": _as_number, "date": _as_date,
                "timestamp": lambda value: cell_text(value, "timestamp")}
 
 
-def _convert_cell(value: object, kind: str | None) -> str:
-    """One cell's text, as the column-by-column conversion of _text_rows gives it."""
-    if kind in (None, "text"):
-        return value if type(value) is str else cell_text(value, None)
-    return _CONVERTERS[kind](value)
+def converter(kind: str | None) -> Callable[[object], str]:
+    """The text of one cell of a column of that type (None: unmapped): both lanes word cells with it."""
+    return _CONVERTERS.get(kind, _as_text)
 
 
 def _column_letters(index: int) -> str:
@@ -223,33 +225,34 @@ class ExcelReader:
             self._workbook.close()
 
     def _sheet(self, workbook: CalamineWorkbook, name: str) -> RawSheet:
-        return self._arrow_sheet(name) or self._calamine_sheet(workbook, name)
+        sheet, formulas = self._arrow_sheet(name)
+        return sheet or self._calamine_sheet(workbook, name, formulas)
 
     @functools.cached_property
     def _shared_strings_risky(self) -> bool:
         return _shared_strings_risky(self.path)
 
-    def _arrow_sheet(self, name: str) -> RawSheet | None:
+    def _arrow_sheet(self, name: str) -> tuple[RawSheet | None, list[tuple[str, int]] | None]:
         """The sheet through fastexcel and a binary COPY, when that gives the same text as the cell-by-cell
-        path (see pipeline.sources.excel_arrow); None sends it there."""
+        path (see pipeline.sources.excel_arrow), else None to send it there; and the sheet's formulas
+        without a value if they were found while fastexcel parsed, so that path need not search again."""
         if self._shared_strings_risky:
-            return None
+            return None, None
         with concurrent.futures.ThreadPoolExecutor(1) as pool:
             survey = pool.submit(_arrow_survey, self.path, name)
-            arrow = excel_arrow.read(self.path, name, self.options.header_row, _convert_cell)
+            arrow = excel_arrow.read(self.path, name, self.options.header_row, converter)
             formulas, risky = survey.result()
-            if formulas or risky or arrow is None:
-                return None  # a formula without a value is explained, with its row, by the other path
+        if formulas or risky or arrow is None:
+            return None, formulas  # a formula without a value is explained, with its row, by the other path
         h = self.options.header_row
         try:
             mapping = map_header(arrow.header, self.columns, f"{self.display}, sheet '{name}', row {h + 1}",
                                  self.required)
         except LoadError:
-            return None  # the other path words the error, from the header as calamine spells it
-        kinds = self._kinds(mapping, len(arrow.header))
-        columns = arrow.columns(kinds)
+            return None, formulas  # the other path words the error, from the header as calamine spells it
+        columns = arrow.columns(self._kinds(mapping, len(arrow.header)))
         if columns is None:
-            return None
+            return None, formulas
         first_row = h + 2
 
         def copy_rows(cur, target: str) -> None:
@@ -257,7 +260,7 @@ class ExcelReader:
                 sql.Identifier(target), raw_columns(len(columns))).as_string(cur)
             copy_pieces(cur, statement, excel_arrow.copy_binary(name, first_row, columns, arrow.height))
 
-        return RawSheet(name, arrow.header, mapping, first_row, copy_rows)
+        return RawSheet(name, arrow.header, mapping, first_row, copy_rows), formulas
 
     def _kinds(self, mapping: dict[str, int], width: int) -> list[str | None]:
         kinds: list[str | None] = [None] * width
@@ -265,13 +268,18 @@ class ExcelReader:
             kinds[pos] = self.table.column(canonical).type
         return kinds
 
-    def _calamine_sheet(self, workbook: CalamineWorkbook, name: str) -> RawSheet:
-        # the sheet's XML is searched for formulas without a value while calamine parses it: both spend
-        # most of their time in native code (inflating, parsing) that lets the other thread run
-        with concurrent.futures.ThreadPoolExecutor(1) as pool:
-            formulas = pool.submit(formulas_without_value, self.path, name)
+    def _calamine_sheet(self, workbook: CalamineWorkbook, name: str,
+                        cells: list[tuple[str, int]] | None = None) -> RawSheet:
+        """The sheet cell by cell; `cells`, the formulas without a value when they are known already."""
+        if cells is not None:
             rows = workbook.get_sheet_by_name(name).to_python(skip_empty_area=False)
-            cells = formulas.result()
+        else:
+            # the sheet's XML is searched for formulas without a value while calamine parses it: both spend
+            # most of their time in native code (inflating, parsing) that lets the other thread run
+            with concurrent.futures.ThreadPoolExecutor(1) as pool:
+                formulas = pool.submit(formulas_without_value, self.path, name)
+                rows = workbook.get_sheet_by_name(name).to_python(skip_empty_area=False)
+                cells = formulas.result()
         where = f"{self.display}, sheet '{name}'"
         h = self.options.header_row
         if len(rows) <= h:
@@ -300,8 +308,7 @@ class ExcelReader:
         width = len(kinds)
         columns = list(itertools.zip_longest(*chunk, fillvalue=None))[:width]
         columns += [(None,) * len(chunk)] * (width - len(columns))
-        texts = [[v if type(v) is str else cell_text(v, None) for v in column] if kinds[c] in (None, "text")
-                 else list(map(_CONVERTERS[kinds[c]], column)) for c, column in enumerate(columns)]
+        texts = [list(map(converter(kinds[c]), column)) for c, column in enumerate(columns)]
         return zip(itertools.repeat(name), range(first_row, first_row + len(chunk)), *texts)
 
     def _check_formulas(self, cells: list[tuple[str, int]], where: str, data: list, first_row: int,

@@ -108,11 +108,11 @@ def _booleans(array, buffers, valid: np.ndarray | None) -> _Column:
 
 
 def _numbers(values: np.ndarray, valid: np.ndarray | None, kind: str | None,
-             convert_text: Callable[[object, str | None], str]) -> _Column:
+             convert: Callable[[object], str]) -> _Column:
     """Numbers as the cell-by-cell converter words them. Where a float is exactly the nearest double to an
     amount in cents, its shortest repr is that amount, so those are formatted column-wise from integer
     cents ('12.3', '-0.05', '1500'); the rest (zero, other fractions, huge values, serial dates in a date
-    column) go through `convert_text` one by one."""
+    column) go through `convert` one by one."""
     n = len(values)
     present = np.ones(n, bool) if valid is None else valid
     fast, cents = np.zeros(n, bool), np.zeros(n, np.int64)
@@ -131,7 +131,7 @@ def _numbers(values: np.ndarray, valid: np.ndarray | None, kind: str | None,
     text = np.strings.add(text, tail)
     slow = np.flatnonzero(present & ~fast)
     if slow.size:
-        texts = [convert_text(v, kind).encode("utf-8") for v in values[slow].tolist()]
+        texts = [convert(v).encode("utf-8") for v in values[slow].tolist()]
         width = max(text.dtype.itemsize, max(map(len, texts)))
         text = text.astype(f"S{width}")
         text[slow] = texts
@@ -157,11 +157,12 @@ def _header(columns) -> list[str] | None:
     return header
 
 
-def read(path: Path, name: str, header_row: int, convert_text: Callable[[object, str | None], str]
+def read(path: Path, name: str, header_row: int, converter: Callable[[str | None], Callable[[object], str]]
          ) -> ArrowSheet | None:
     """The sheet through fastexcel, or None when only the cell-by-cell path can give its exact text.
 
-    `convert_text(value, kind)` is that path's converter for a single cell, used for numbers."""
+    `converter(kind)` is that path's wording of one cell of a column of that type, used for numbers. The
+    columns are built, or refused, before any row is sent."""
     try:
         sheet = fastexcel.read_excel(str(path)).load_sheet_by_name(
             name, header_row=header_row, schema_sample_rows=None, dtype_coercion="strict")
@@ -178,12 +179,6 @@ def read(path: Path, name: str, header_row: int, convert_text: Callable[[object,
     formats = [child.schema.format for child in children]
     if any(f not in ("u", "g", "l", "b", "n", "tsm:") for f in formats):
         return None
-    # timestamps are checked now, before any row is sent: a refusal must come before COPY starts
-    for child in children:
-        if child.schema.format == "tsm:":
-            buffers = list(child.view().buffers)
-            if _timestamps(child, buffers, _valid(buffers, child.length, child.offset), "date") is None:
-                return None
 
     def columns(kinds: list[str | None]) -> list[_Column] | None:
         built = [_Column.null(height) for _ in header]
@@ -200,7 +195,7 @@ def read(path: Path, name: str, header_row: int, convert_text: Callable[[object,
                     return None
                 built[pos] = column
             elif fmt in ("g", "l"):
-                built[pos] = _numbers(_values(child, buffers), valid, kind, convert_text)
+                built[pos] = _numbers(_values(child, buffers), valid, kind, converter(kind))
         return built
 
     return ArrowSheet(header, height, columns)
