@@ -18,6 +18,7 @@ from psycopg2 import sql
 
 from pipeline.config import SourceConfig
 from pipeline.model import TABLES, Table
+from pipeline.money import EXACT
 from pipeline.sources import LoadError, RawSheet, Reader
 from pipeline.typing_sql import (
     SQL_TYPE,
@@ -432,7 +433,7 @@ class BatchLoad:
             return None
         skipped, read, quarantined, accepted, amount_in, amount_q, amount_loaded = counts
         if t.amount:
-            amount_in, amount_loaded = amount_fast + amount_in, amount_fast + amount_loaded
+            amount_in, amount_loaded = EXACT.add(amount_fast, amount_in), EXACT.add(amount_fast, amount_loaded)
         return self._summary(read=fast + read, inserted=fast + inserted, updated=0, accepted=fast + accepted,
                              duplicates=0, quarantined=quarantined, skipped=skipped, amount_in=amount_in,
                              amount_loaded=amount_loaded, amount_q=amount_q, amount_dup=0)
@@ -459,8 +460,8 @@ class BatchLoad:
             quarantined += conflicts
             accepted -= duplicates + conflicts
             if amount:
-                amount_q += amount_conflicts
-                amount_loaded -= amount_dup + amount_conflicts
+                amount_q = EXACT.add(amount_q, amount_conflicts)
+                amount_loaded = EXACT.subtract(amount_loaded, EXACT.add(amount_dup, amount_conflicts))
 
         self._merge_turn(cur)
         cur.execute(sql.SQL("select exists (select from {})").format(sql.Identifier("core", self.table.name)))
@@ -492,7 +493,7 @@ class BatchLoad:
         if self.table.amount:
             cur.execute("select coalesce(sum(_amount), 0) from unchanged")
             amount = cur.fetchone()[0]
-            amount_in, amount_loaded = amount_in + amount, amount_loaded + amount
+            amount_in, amount_loaded = EXACT.add(amount_in, amount), EXACT.add(amount_loaded, amount)
         n = self.unchanged
         return skipped, read + n, quarantined, accepted + n, amount_in, amount_q, amount_loaded
 

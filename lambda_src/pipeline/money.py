@@ -6,8 +6,12 @@ unknown code is written as the code itself ("XYZ 12.00"), never guessed.
 
 from __future__ import annotations
 
-from decimal import ROUND_HALF_UP, Decimal
+from decimal import MAX_EMAX, MAX_PREC, MIN_EMIN, ROUND_HALF_UP, Context, Decimal
 from functools import lru_cache
+
+# Sums of money added without rounding: Python's default context keeps 28 significant digits, PostgreSQL's
+# numeric keeps every digit. EXACT.add(a, b), or `with decimal.localcontext(EXACT):`.
+EXACT = Context(prec=MAX_PREC, Emax=MAX_EMAX, Emin=MIN_EMIN)
 
 SYMBOLS = {
     "GBP": "£", "EUR": "€", "USD": "$", "JPY": "¥", "CNY": "CN¥", "INR": "₹", "CAD": "CA$", "AUD": "A$",

@@ -3,6 +3,7 @@ no delivery repeats another, no row changed after its first load, and what the q
 
 from __future__ import annotations
 
+import decimal
 from collections import defaultdict
 from decimal import Decimal
 from typing import Any
@@ -11,6 +12,7 @@ from psycopg2 import sql
 
 from pipeline.config import Accuracy, PipelineConfig
 from pipeline.model import TABLES
+from pipeline.money import EXACT
 from playbook.accuracy.results import CheckResult, judge, place, reason_kind
 
 CENT = Decimal("0.01")
@@ -48,8 +50,10 @@ def reconcile_batches(batches: list[dict[str, Any]], config: PipelineConfig, lim
                             f" updated {b['rows_updated']}, unchanged {b['rows_unchanged']}, duplicate "
                             f"{b['rows_duplicate']}, quarantined {b['rows_quarantined']})")
         if b["amount_in"] is not None:
-            out = _money(b["amount_loaded"]) + _money(b["amount_quarantined"]) + _money(b["amount_duplicate"])
-            if (_money(b["amount_in"]) - out).quantize(CENT) != 0:
+            with decimal.localcontext(EXACT):
+                out = _money(b["amount_loaded"]) + _money(b["amount_quarantined"]) + _money(b["amount_duplicate"])
+                off = (_money(b["amount_in"]) - out).quantize(CENT)
+            if off != 0:
                 problems.append(f"amount in {b['amount_in']} but {out} out (loaded {b['amount_loaded']}, quarantined "
                                 f"{b['amount_quarantined']}, duplicate {b['amount_duplicate']})")
         if b["quarantine_rows"] != b["rows_quarantined"]:

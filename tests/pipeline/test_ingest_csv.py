@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import decimal
 import time
 from concurrent.futures import ThreadPoolExecutor
 from decimal import Decimal
@@ -11,6 +12,7 @@ import psycopg2
 import pytest
 
 from pipeline.handlers import ingest_object
+from pipeline.money import EXACT
 from pipeline.sources import LoadError
 
 HEADER = "Order No,Line,Order Date,Client Code,Product,Qty,Unit Price,Line Total,Currency\n"
@@ -29,8 +31,9 @@ def ledger(landing, batch_id: int) -> dict:
 
 def reconciles(entry: dict) -> bool:
     parts = ("rows_inserted", "rows_updated", "rows_unchanged", "rows_duplicate", "rows_quarantined")
-    return entry["rows_read"] == sum(entry[p] for p in parts) and entry["amount_in"] == (
-        entry["amount_loaded"] + entry["amount_quarantined"] + entry["amount_duplicate"])
+    with decimal.localcontext(EXACT):  # every digit: a ledger that rounds must not pass
+        return entry["rows_read"] == sum(entry[p] for p in parts) and entry["amount_in"] == (
+            entry["amount_loaded"] + entry["amount_quarantined"] + entry["amount_duplicate"])
 
 
 def test_clean_file_loads_with_lineage_and_a_reconciling_ledger(landing):
@@ -451,3 +454,14 @@ def test_rows_found_loaded_are_looked_at_again_when_another_batch_changed_the_ta
     assert landing.query("select quantity from core.sales where order_id = 'SO-3'") == [(2,)]
     assert landing.query("select quantity from core.sales_history where order_id = 'SO-3' order by _replaced_at"
                          ) == [(2,), (7,)]
+
+
+def test_money_sums_keep_every_digit(landing):
+    """numeric keeps every digit of an amount: so do the ledger's sums (Python's default context keeps 28)."""
+    result = landing.ingest("landing/sales/2024/big.csv", sales(
+        "SO-1,1,2024-01-05,00042,Widget,1,1,123456789012345678901234567890.05,GBP",
+        "SO-2,1,2024-01-05,00042,Widget,1,1,0.05,GBP",
+        "SO-3,1,2024-01-05,00042,Widget,1,1,1O.00,GBP",
+        "SO-2,1,2024-01-05,00042,Widget,1,1,0.05,GBP"))
+    entry = ledger(landing, result["batch_id"])
+    assert entry["amount_loaded"] == Decimal("123456789012345678901234567890.10") and reconciles(entry)
