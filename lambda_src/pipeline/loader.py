@@ -19,7 +19,7 @@ from psycopg2 import sql
 from pipeline.config import SourceConfig
 from pipeline.model import TABLES, Table
 from pipeline.money import EXACT
-from pipeline.sources import LoadError, RawSheet, Reader
+from pipeline.sources import LoadError, RawSheet, Reader, copy_pieces, csv_lane
 from pipeline.typing_sql import (
     SQL_TYPE,
     FastLane,
@@ -31,6 +31,7 @@ from pipeline.typing_sql import (
 )
 
 UNCHANGED_SAMPLE = 1_000  # rows of a delivery looked up in core to see whether most are loaded already
+HANDLER_SAMPLE = 64  # rows of a CSV's first piece looked up in core to see whether it re-exports a batch
 
 
 class TimeBudgetExceeded(RuntimeError):
@@ -103,6 +104,9 @@ class BatchLoad:
 
     # a re-export's rows already in core, unchanged, are found by their content hash instead of being typed
     recognise_unchanged = True
+    # a CSV's canonical rows are typed and hashed in the handler while PostgreSQL stores the rows before them
+    # (pipeline.sources.csv_lane); the SQL lanes type the rest
+    type_in_handler = True
 
     # -- the batch ----------------------------------------------------------------------------------
     def run(self, commit_margin_s: float = 5.0) -> dict:
@@ -164,8 +168,8 @@ class BatchLoad:
     def _create_typed(self, cur) -> None:
         cols = sql.SQL(", ").join(sql.SQL("{} {}").format(sql.Identifier(c.name), sql.SQL(SQL_TYPE[c.type]))
                                   for c in self.table.columns)
-        cur.execute(sql.SQL("create temp table typed (_sheet text, _row bigint, {}, _reasons text[], _skip boolean,"
-                            " _row_hash text) on commit drop").format(cols))
+        cur.execute(sql.SQL("create temp table typed (_sheet text, _row bigint, {}, _reasons text[] default '{{}}',"
+                            " _skip boolean default false, _row_hash text) on commit drop").format(cols))
 
     def _create_raw(self, cur, sheet: RawSheet) -> None:
         cur.execute("drop table if exists raw; drop sequence if exists raw_row")
@@ -190,6 +194,8 @@ class BatchLoad:
         except (psycopg2.errors.CharacterNotInRepertoire, psycopg2.errors.UntranslatableCharacter) as exc:
             cur.execute("rollback to savepoint raw_copy")
             line = (exc.diag.context or "").rsplit("line ", 1)[-1].split(",")[0].strip()
+            if line.isdigit():  # COPY counts the lines it reads; the file has the header and the rows above it too
+                line = str(int(line) + sheet.first_row - 1)
             raise LoadError(f"{self.delivery.display}: line {line}: not {self.delivery.config.read.encoding} text "
                             f"({exc.diag.message_primary}); set read.encoding for this source") from None
         parsed = self.reader.parsed_sheet()  # type: ignore[attr-defined]
@@ -197,14 +203,21 @@ class BatchLoad:
         parsed.copy(cur, "raw")
         return parsed
 
+    def _mapped(self, sheet: RawSheet) -> list[Mapped]:
+        return [Mapped(self.table.column(c), f"c{pos}", sheet.header[pos]) for c, pos in sheet.mapping.items()]
+
     def _load_sheet(self, cur, sheet: RawSheet) -> dict | None:
-        """Raw COPY, typing and quarantine of one sheet; the batch's summary when it also loaded it directly."""
+        """Typing and quarantine of one sheet; the batch's summary when that also loaded it."""
+        if sheet.handler_typing is not None and self.type_in_handler:
+            taken, summary = self._load_typed_in_handler(cur, sheet)
+            if taken:
+                return summary
         sheet = self._copy(cur, sheet)
-        mapped = [Mapped(self.table.column(c), f"c{pos}", sheet.header[pos]) for c, pos in sheet.mapping.items()]
+        mapped = self._mapped(sheet)
         opts = self.delivery.config.read
         lane = fast_lane(self.table, mapped, opts, len(sheet.header))
         if lane is not None and self.direct:
-            summary = self._load_direct(cur, sheet, mapped, lane)
+            summary = self._load_direct(cur, mapped, lambda: self._fast_from_raw(cur, sheet, mapped, lane))
             if summary:
                 return summary
         if lane is None:
@@ -393,34 +406,27 @@ class BatchLoad:
         cur.execute(sql.SQL("select exists (select from {})").format(sql.Identifier("core", self.table.name)))
         return not cur.fetchone()[0]
 
-    def _load_direct(self, cur, sheet: RawSheet, mapped: list[Mapped], lane: FastLane) -> dict | None:
-        """The canonical rows of a one-sheet delivery straight into the empty table: no staging copy of them.
+    def _load_direct(self, cur, mapped: list[Mapped], fill: Callable[[], tuple[int, RawSheet]]) -> dict | None:
+        """A one-sheet delivery straight into the empty table: no staging copy of its canonical rows.
 
-        The rest are typed the careful way (quarantined with reasons, or inserted too), and the primary key
-        is built once at the end. A key the batch repeats fails that build (or the insert, when a reader kept
-        the key on): then everything since the raw COPY is rolled back and None returned, and the sheet takes
-        the staged way, which collapses repeats.
+        `fill` puts those rows in and types the rest the careful way into typed: it returns how many went
+        straight in, and the sheet raw holds (whose rejected rows are quarantined with their reasons). The
+        typed rows are inserted too, and the primary key is built once at the end. A key the batch repeats
+        fails that build (or the insert, when a reader kept the key on): then all of it is rolled back and
+        None returned, and the sheet takes the staged way, which collapses repeats.
         """
         t = self.table
-        names = [m.column.name for m in mapped]
-        unmapped = [sql.SQL("null::{} as {}").format(sql.SQL(SQL_TYPE[c.type]), sql.Identifier(c.name))
-                    for c in t.columns if c.name not in names]
         rejects = self.rejects
         cur.execute("savepoint direct")
         try:
             deferred = self._defer_primary_key(cur)
-            fast = self._insert_rows(cur, sql.SQL(
-                "(select {sheet}::text as _sheet, r._row, {typed}, {hash} as _row_hash from raw r where {guard})"
-            ).format(sheet=sql.Literal(sheet.name), typed=sql.SQL(", ").join([lane.typed, *unmapped]),
-                     hash=lane.row_hash, guard=lane.guard))
-            # the table held nothing else: what it holds now is what the fast lane took
+            fast, sheet = fill()
+            # the table held nothing else: what it holds now is what went straight in
             amount_fast = None
             if t.amount:
                 cur.execute(sql.SQL("select coalesce(sum({}), 0) from {}").format(
                     sql.Identifier(t.amount), sql.Identifier("core", t.name)))
                 amount_fast = cur.fetchone()[0]
-            self._type_the_rest(cur, sheet, mapped, fast, sql.SQL("(select _source_row as _row from {})").format(
-                sql.Identifier("core", t.name)))
             self._quarantine(cur, sheet, mapped)
             counts = self._typed_counts(cur)
             inserted = self._insert_rows(cur, sql.SQL("typed"), sql.SQL("s._row_hash is not null"))
@@ -437,6 +443,134 @@ class BatchLoad:
         return self._summary(read=fast + read, inserted=fast + inserted, updated=0, accepted=fast + accepted,
                              duplicates=0, quarantined=quarantined, skipped=skipped, amount_in=amount_in,
                              amount_loaded=amount_loaded, amount_q=amount_q, amount_dup=0)
+
+    def _fast_from_raw(self, cur, sheet: RawSheet, mapped: list[Mapped], lane: FastLane) -> tuple[int, RawSheet]:
+        """The fast lane's rows of raw straight into core; the rest into typed."""
+        t = self.table
+        names = [m.column.name for m in mapped]
+        unmapped = [sql.SQL("null::{} as {}").format(sql.SQL(SQL_TYPE[c.type]), sql.Identifier(c.name))
+                    for c in t.columns if c.name not in names]
+        fast = self._insert_rows(cur, sql.SQL(
+            "(select {sheet}::text as _sheet, r._row, {typed}, {hash} as _row_hash from raw r where {guard})"
+        ).format(sheet=sql.Literal(sheet.name), typed=sql.SQL(", ").join([lane.typed, *unmapped]),
+                 hash=lane.row_hash, guard=lane.guard))
+        self._type_the_rest(cur, sheet, mapped, fast, sql.SQL("(select _source_row as _row from {})").format(
+            sql.Identifier("core", t.name)))
+        return fast, sheet
+
+    # -- a CSV typed in the handler ----------------------------------------------------------------------
+    def _load_typed_in_handler(self, cur, sheet: RawSheet) -> tuple[bool, dict | None]:
+        """A CSV whose canonical rows the handler types (pipeline.sources.csv_lane), the rest going to the
+        careful lane: (whether it took the sheet, the batch's summary when that also finished the batch).
+
+        It steps aside, leaving nothing behind, for a file whose first piece is mostly records it would hand
+        on anyway, or whose records it cannot find (a quote never closed, a line break that never comes).
+        """
+        handler = sheet.handler_typing
+        mapped = self._mapped(sheet)
+        rejects = self.rejects
+        cur.execute("savepoint handler_lane")
+        try:
+            with handler.stream(sample=HANDLER_SAMPLE) as stream:
+                if stream.records >= 1_000 and 2 * stream.rows < stream.records:
+                    raise csv_lane.LaneAbandoned("most of the first piece is records for the SQL lanes")
+                summary = None
+                if self.direct:
+                    summary = self._load_direct(
+                        cur, mapped, lambda: self._fast_from_handler(cur, sheet, mapped, stream))
+                elif self.recognise_unchanged and self._updating_batches(cur)[0]:
+                    summary = self._unchanged_from_handler(cur, sheet, stream)
+                else:
+                    self._staged_from_handler(cur, sheet, mapped, stream)
+                    cur.execute("release savepoint handler_lane")
+                    return True, None
+            if summary is None:  # a key repeated in a first load, or not a batch again: a fresh pass, staged
+                with handler.stream() as stream:
+                    self._staged_from_handler(cur, sheet, mapped, stream)
+            cur.execute("release savepoint handler_lane")
+            return True, summary
+        except csv_lane.LaneAbandoned:
+            cur.execute("rollback to savepoint handler_lane")
+            self.rejects = rejects
+            return False, None
+
+    def _copy_from_handler(self, cur, target: sql.Composable, row_column: str, stream: csv_lane.LaneStream) -> None:
+        """The handler's rows into `target`. A quoted empty value ("") is null, as the SQL lanes read it."""
+        lane = stream.lane
+        values = _ident_list(c.name for c in lane.copied)
+        copy_pieces(cur, sql.SQL("copy {} ({}, {}, _row_hash) from stdin with (format csv, delimiter {}, quote {}, "
+                                 "force_null ({}), encoding 'UTF8')").format(
+            target, values, sql.Identifier(row_column), sql.Literal(chr(lane.delimiter)), sql.Literal(chr(lane.quote)),
+            values).as_string(cur), iter(stream))
+
+    def _handed_on(self, cur, sheet: RawSheet, mapped: list[Mapped], stream: csv_lane.LaneStream) -> RawSheet:
+        """The records the handler handed on, into raw and typed the careful way: the sheet raw holds."""
+        handed = sheet.handler_typing.handed_on(stream, sheet)
+        self._create_raw(cur, handed)
+        if stream.handed_on_count:
+            handed.copy(cur, "raw")
+            self._typed_rows(cur, handed, mapped, typed_select(self.table, mapped, self.delivery.config.read,
+                                                               len(sheet.header)))
+        return handed
+
+    def _fast_from_handler(self, cur, sheet: RawSheet, mapped: list[Mapped],
+                           stream: csv_lane.LaneStream) -> tuple[int, RawSheet]:
+        """The handler's rows straight into core, their lineage from the batch (migration 011); the rest typed."""
+        cur.execute("select set_config('pipeline.batch_id', %s, true), set_config('pipeline.source', %s, true),"
+                    " set_config('pipeline.source_ref', %s, true)",
+                    (str(self.batch_id), self.delivery.source, self._ref(sheet.name)))
+        self._copy_from_handler(cur, sql.Identifier("core", self.table.name), "_source_row", stream)
+        return stream.rows, self._handed_on(cur, sheet, mapped, stream)
+
+    def _staged_from_handler(self, cur, sheet: RawSheet, mapped: list[Mapped], stream: csv_lane.LaneStream) -> None:
+        """The handler's rows into typed, the rest typed the careful way, quarantined: ready for the merge."""
+        self._copy_from_handler(cur, sql.Identifier("typed"), "_row", stream)
+        self._quarantine(cur, self._handed_on(cur, sheet, mapped, stream), mapped)
+
+    def _unchanged_from_handler(self, cur, sheet: RawSheet, stream: csv_lane.LaneStream) -> dict | None:
+        """A re-export of a batch's rows, every one as core holds it: the batch's summary, with nothing to
+        write but the ledger; None when the file is anything else.
+
+        The first piece's sample names the batch that holds its rows (by key and content hash). Then the whole
+        file is hashed, and its rows' fingerprint (their number and the sum of their hashes) compared with that
+        of the rows core holds from that batch, under the merge turn, so no batch changes them before this one
+        commits. Equal, the file is that batch's rows again, as they are: none to type, insert or update.
+        """
+        batch = self._sampled_batch(cur, stream.first.sample)
+        if batch is None:
+            return None
+        with sheet.handler_typing.stream(copy=False, keep_handed_on=False) as whole:
+            whole.drain()
+        if whole.handed_on_count:
+            return None
+        t = self.table
+        self._merge_turn(cur)
+        total = sql.SQL("sum({})").format(sql.Identifier(t.amount)) if t.amount else sql.SQL("null::numeric")
+        cur.execute(sql.SQL("select count(*), coalesce(sum(('x' || left(_row_hash, 16))::bit(64)::bigint), 0), {} "
+                            "from {} where _batch_id = %s").format(total, sql.Identifier("core", t.name)), (batch,))
+        count, fingerprint, amount = cur.fetchone()
+        if (count, int(fingerprint)) != (whole.rows, whole.fingerprint):
+            return None
+        return self._summary(read=count, inserted=0, updated=0, accepted=count, duplicates=0, quarantined=0,
+                             skipped=0, amount_in=amount, amount_loaded=amount, amount_q=0, amount_dup=0)
+
+    def _sampled_batch(self, cur, sample: list[dict]) -> int | None:
+        """The batch whose rows in core are, by key and content hash, most of these sampled rows; or None."""
+        t = self.table
+        keys = list(t.natural_key)
+        probes = [[r[k] for k in keys] + [r["_row_hash"]] for r in sample if all(r.get(k) for k in keys)]
+        if not probes:
+            return None
+        row = sql.SQL("({})").format(sql.SQL(", ").join([sql.Placeholder()] * (len(keys) + 1)))
+        found = sql.SQL(" and ").join(
+            sql.SQL("c.{} = h.{}::{}").format(sql.Identifier(k), sql.Identifier(f"k{i}"),
+                                              sql.SQL(SQL_TYPE[t.column(k).type])) for i, k in enumerate(keys))
+        cur.execute(sql.SQL("select c._batch_id, count(*) from (values {}) h({}, _h) join {} c on {} "
+                            "and c._row_hash = h._h group by 1 order by 2 desc limit 1").format(
+            sql.SQL(", ").join([row] * len(probes)), _ident_list(f"k{i}" for i in range(len(keys))),
+            sql.Identifier("core", t.name), found), [v for p in probes for v in p])
+        best = cur.fetchone()
+        return best[0] if best and 3 * best[1] >= 2 * len(sample) else None
 
     def _ref(self, sheet: str | None) -> str:
         return f"{self.delivery.ref}#{sheet}" if sheet else self.delivery.ref

@@ -42,7 +42,7 @@ def reader_for(delivery: Delivery, path):
     if cfg.kind == "excel":
         return ExcelReader(path, delivery.display, cfg.read, cfg.columns, table, required)
     if cfg.kind == "s3_csv":
-        return CsvReader(path, delivery.display, cfg.read, cfg.columns, required)
+        return CsvReader(path, delivery.display, cfg.read, cfg.columns, required, table)
     raise LoadError(f"{delivery.display}: source kind {cfg.kind!r} does not deliver files")
 
 

@@ -34,6 +34,8 @@ class RawSheet:
     copy: Callable[[object, str], None]
     raw_rows_copy: bool = False  # True: copy() sends the file itself (PostgreSQL parses the CSV)
     rejects: list[tuple[int, dict, str, str]] = field(default_factory=list)  # (row, raw, reason, code)
+    # a CSV whose rows the handler can type itself (pipeline.sources.s3_csv.HandlerTyping), or None
+    handler_typing: object | None = None
 
 
 class _Pieces:

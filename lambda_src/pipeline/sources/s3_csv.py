@@ -1,21 +1,26 @@
 """CSV exports dropped in S3 (third-party systems, accounting packages).
 
-The fast path hands the file itself to PostgreSQL's COPY (it parses CSV in C, converting the encoding);
-only when COPY rejects the file's shape (ragged rows, a quote never closed) is it re-read here with the
-csv module, so that each bad row is quarantined with its reason and the rest still loads.
+Where the layout allows, the handler types the rows itself (pipeline.sources.csv_lane) while PostgreSQL
+stores them; the records it hands on are read here with the csv module. Otherwise the file itself goes to
+PostgreSQL's COPY (it parses CSV in C, converting the encoding), and only when COPY rejects the file's
+shape (ragged rows, a quote never closed) is it re-read here, so that each bad row is quarantined with
+its reason and the rest still loads.
 """
 
 from __future__ import annotations
 
 import codecs
 import csv
-from collections.abc import Iterator
+import io
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 from psycopg2 import sql
 
 from pipeline.config import ReadOptions
-from pipeline.sources import LoadError, RawSheet, copy_csv, in_pieces, map_header
+from pipeline.model import Table
+from pipeline.sources import LoadError, RawSheet, copy_csv, csv_lane, in_pieces, map_header
 
 PG_ENCODING = {"utf-8": "UTF8", "utf-8-sig": "UTF8", "cp1252": "WIN1252", "latin-1": "LATIN1"}
 
@@ -24,10 +29,54 @@ def raw_columns(n: int) -> sql.Composed:
     return sql.SQL(", ").join(sql.Identifier(f"c{i}") for i in range(n))
 
 
+def raw_record(row_no: int, values: list[str], width: int, sheet: RawSheet) -> list | None:
+    """A record as a raw row (its number, then its values), or None for a ragged one, kept in sheet.rejects
+    with its reason. A blank record (an empty line too) is a row of empty values, which the loader skips and
+    counts; trailing empty values past the header's width are ignored."""
+    if not any(v.strip() for v in values):
+        return [row_no, *[""] * width]
+    while len(values) > width and not values[-1].strip():
+        values = values[:-1]
+    if len(values) != width:
+        sheet.rejects.append((row_no, {"values": values}, f"row {row_no}: {len(values)} values where the header "
+                              f"has {width}", "ragged_row"))
+        return None
+    return [row_no, *values]
+
+
+@dataclass
+class HandlerTyping:
+    """A sheet's rows typed in the handler: the lane, and where the file's records start."""
+
+    lane: csv_lane.CsvLane
+    reader: CsvReader
+    offset: int  # the first data record's byte offset
+    first_row: int  # its record number (and line: the header and the rows above it are a line each)
+
+    def stream(self, **options) -> csv_lane.LaneStream:
+        """A pass of the lane over the file (see LaneStream for the options); close it when done."""
+        return csv_lane.LaneStream(self.lane, self.reader.path, self.offset, self.first_row, **options)
+
+    def handed_on(self, stream: csv_lane.LaneStream, sheet: RawSheet) -> RawSheet:
+        """The records the lane handed on, as a raw sheet for the SQL lanes: each parsed by the csv module
+        (so a quoted line break, an escaped quote, a ragged row are read as the forgiving path reads them)."""
+        width = len(sheet.header)
+        handed = RawSheet(sheet.name, sheet.header, sheet.mapping, sheet.first_row, lambda cur, target: None)
+
+        def copy(cur, target: str) -> None:
+            statement = sql.SQL("copy {} (_row, {}) from stdin with (format csv)").format(
+                sql.Identifier(target), raw_columns(width)).as_string(cur)
+            copy_csv(cur, statement, in_pieces(self.reader.parse_records(stream.handed_on(), handed)))
+
+        handed.copy = copy
+        return handed
+
+
 class CsvReader:
-    def __init__(self, path: Path, display: str, options: ReadOptions, columns: dict[str, str], required: set[str]):
+    def __init__(self, path: Path, display: str, options: ReadOptions, columns: dict[str, str], required: set[str],
+                 table: Table | None = None):
         self.path, self.display, self.options = path, display, options
-        self.columns, self.required = columns, required
+        self.columns, self.required, self.table = columns, required, table
 
     def _decoder_encoding(self) -> str:
         return "utf-8-sig" if self.options.encoding in ("utf-8", "utf-8-sig") else self.options.encoding
@@ -60,6 +109,8 @@ class CsvReader:
         header, offset = self._read_header()
         mapping = map_header(header, self.columns, f"{self.display}, row {self.options.header_row + 1}",
                              self.required)
+        first_row = self.options.header_row + 2
+        lane = csv_lane.lane_for(self.table, mapping, self.options, len(header)) if self.table else None
 
         def copy_file(cur, target: str) -> None:
             statement = sql.SQL(
@@ -70,7 +121,10 @@ class CsvReader:
                 fh.seek(offset)
                 cur.copy_expert(statement.as_string(cur), fh, size=1024 * 1024)
 
-        yield RawSheet(None, header, mapping, self.options.header_row + 2, copy_file, raw_rows_copy=True)
+        sheet = RawSheet(None, header, mapping, first_row, copy_file, raw_rows_copy=True)
+        if lane is not None:
+            sheet.handler_typing = HandlerTyping(lane, self, offset, first_row)
+        yield sheet
 
     def parsed_sheet(self) -> RawSheet:
         """The slow, forgiving path: every record checked here; ragged ones become rejects."""
@@ -86,19 +140,30 @@ class CsvReader:
 
         def records() -> Iterator[list]:
             for row_no, values in self._records():
-                if not any(v.strip() for v in values):
-                    continue
-                while len(values) > width and not values[-1].strip():
-                    values = values[:-1]
-                if len(values) != width:
-                    sheet.rejects.append((row_no, {"values": values},
-                                          f"row {row_no}: {len(values)} values where the header has {width}",
-                                          "ragged_row"))
-                    continue
-                yield [row_no, *values]
+                if (row := raw_record(row_no, values, width, sheet)) is not None:
+                    yield row
 
         sheet.copy = copy_parsed
         return sheet
+
+    def parse_records(self, records: Iterable[tuple[int, int, bytes]], sheet: RawSheet) -> Iterator[list]:
+        """Raw rows of these records (number, line, the record as the file has it), parsed one by one."""
+        width = len(sheet.header)
+        encoding = self._decoder_encoding()
+        for row_no, line, record in records:
+            try:
+                text = record.decode(encoding)
+            except UnicodeDecodeError as exc:
+                raise LoadError(f"{self.display}: row {row_no} (line {line}): not {self.options.encoding} text "
+                                f"({exc.reason}); set read.encoding for this source") from None
+            try:
+                values = next(csv.reader(io.StringIO(text, newline=""), delimiter=self.options.delimiter,
+                                         quotechar=self.options.quotechar, strict=True), [])
+            except csv.Error as exc:
+                raise LoadError(f"{self.display}: row {row_no} (line {line}): {exc}; "
+                                "a quoted field is probably never closed") from None
+            if (row := raw_record(row_no, values, width, sheet)) is not None:
+                yield row
 
     def _records(self) -> Iterator[tuple[int, list[str]]]:
         with open(self.path, encoding=self._decoder_encoding(), newline="") as fh:

@@ -1,0 +1,168 @@
+"""The handler's CSV lane: it admits exactly the rows the SQL lanes would take as they are, types and hashes
+them the same, and hands on everything else, so a file loads the same whichever way its rows go."""
+
+from __future__ import annotations
+
+import csv
+import io
+import random
+
+import numpy as np
+import pytest
+
+from pipeline.config import ReadOptions
+from pipeline.handlers import ingest_object
+from pipeline.model import TABLES
+from pipeline.sources import csv_lane
+from tests.pipeline.test_ingest_csv import HEADER, TRUNCATE_SALES, ledger, reconciles, sales
+from tests.pipeline.test_typing_lanes import TRICKY
+
+SALES = TABLES["sales"]
+COLUMNS = list(SALES.column_names)
+CANONICAL = ["SO-1", "1", "2024-01-05", "C1", "Widget", "2", "10.50", "21.00", "GBP"]
+# beyond the typing lanes' tricky values: what a CSV itself does to a value, and what the row hash quotes
+MORE = {
+    "order_id": ["Total", "TOTAL:", "grand total", " Total", "\tTotal", "SO 2", "", "SO-\u00e9"],
+    "product": ["Blue Widget", "a(b)", "x;y", 'say "hi"', "back\\slash", " pad", "pad ", "", "Caf\u00e9 cr\u00e8me",
+                "tab\there", "  ", "x" * 300],
+    "currency": ["GBP", "", "EUR "],
+    "amount": ["10.50", "100", "1.000", "0.5", "0.05", "-0.00", "12345678901234567890123.45", "1" * 45],
+    "unit_price": ["0", "00", "0.0", "-1", "1.", "1.2.3"],
+    "quantity": ["18", "-0", "0000", "9" * 19],
+    "order_date": ["2024-02-29", "2023-02-29", "0000-01-01", "2024-12-31", "2024-00-10", "9999-12-31"],
+}
+
+
+def tricky_rows(n: int, seed: int) -> list[list[str]]:
+    """n rows, each canonical but for a few values drawn from the tricky ones, keys unique."""
+    rng = random.Random(seed)
+    values = {c: TRICKY.get(c, []) + MORE.get(c, []) for c in COLUMNS}
+    rows = []
+    for i in range(n):
+        row = [*CANONICAL]
+        row[0] = f"SO-{i}"
+        for pos, column in enumerate(COLUMNS):
+            if values[column] and rng.random() < 0.12:
+                row[pos] = rng.choice(values[column])
+        rows.append(row)
+    return rows
+
+
+def as_csv(rows: list[list[str]], seed: int, delimiter: str = ",", crlf: bool = False) -> bytes:
+    """The rows as an export writes them: some quoted minimally, some every value, a blank or ragged record."""
+    rng = random.Random(seed)
+    out = io.StringIO()
+    out.write(HEADER.replace(",", delimiter))
+    for row in rows:
+        buffer = io.StringIO()
+        quoting = rng.choice([csv.QUOTE_MINIMAL, csv.QUOTE_MINIMAL, csv.QUOTE_ALL])
+        csv.writer(buffer, delimiter=delimiter, quoting=quoting, lineterminator="\n").writerow(row)
+        line = buffer.getvalue()
+        roll = rng.random()
+        if roll < 0.01:
+            line = "\n" + line  # a blank record
+        elif roll < 0.02:
+            line = line.replace(delimiter, delimiter * 2, 1)  # ragged
+        elif roll < 0.03:
+            line = delimiter * 8 + "\n" + line  # a record of empty values
+        out.write(line.replace("\n", "\r\n") if crlf else line)
+    return out.getvalue().encode()
+
+
+def outcome(landing, batch_id: int) -> tuple:
+    rows = landing.query(f"select {', '.join(COLUMNS)}, _source, _source_ref like 's3://%%', _source_row, _row_hash, "
+                         "_batch_id = %s from core.sales order by order_id, line_no", (batch_id,))
+    reasons = landing.query("select source_row, reason, reason_code, raw from meta.quarantine where batch_id = %s "
+                            "order by source_row, reason", (batch_id,))
+    entry = ledger(landing, batch_id)
+    return rows, reasons, entry
+
+
+@pytest.mark.parametrize(("seed", "delimiter", "crlf"), [(1, ",", False), (2, ";", True), (3, ",", True)])
+@pytest.mark.parametrize("into", ["empty", "loaded"])
+def test_the_handler_lane_loads_a_file_as_the_sql_lanes_do(landing, monkeypatch, seed, delimiter, crlf, into):
+    """Tricky values in every column, quoted or not, blank, ragged and empty records, footers: typed in the
+    handler or by the SQL lanes, the same rows (values, lineage, hashes), the same reasons, the same ledger;
+    into an empty table (straight in) and into one that holds rows (staged, merged)."""
+    body = as_csv(tricky_rows(1_500, seed), seed, delimiter, crlf)
+    config = landing.config
+    if delimiter != ",":
+        from tests.pipeline.test_ingest_csv import with_read
+
+        config = with_read(config, "sales", delimiter=delimiter)
+    results, lanes_used = [], []
+    real = ingest_object.BatchLoad._load_typed_in_handler
+
+    def spy(self, cur, sheet):
+        taken = real(self, cur, sheet)
+        lanes_used.append(taken[0])
+        return taken
+
+    monkeypatch.setattr(ingest_object.BatchLoad, "_load_typed_in_handler", spy)
+    for in_handler in (True, False):
+        monkeypatch.setattr(ingest_object.BatchLoad, "type_in_handler", in_handler)
+        landing.query(TRUNCATE_SALES)
+        if into == "loaded":
+            landing.ingest("landing/sales/2024/other.csv", sales("SO-X,1,2024-01-05,00042,Widget,1,1.00,1.00,GBP"))
+        result = landing.ingest(f"landing/sales/2024/tricky-{in_handler}.csv", body, config=config)
+        assert result["status"] == "committed"
+        results.append(outcome(landing, result["batch_id"]))
+    assert lanes_used == [True] * (2 if into == "loaded" else 1)  # the handler took its files, whole
+    handler, sql_lanes = results
+    assert handler[2] == sql_lanes[2]
+    assert handler[1] == sql_lanes[1]
+    assert handler[0] == sql_lanes[0]
+    entry = handler[2]
+    assert reconciles(entry), repr(entry)
+    # the file is tricky enough: rows of every kind
+    assert entry["rows_inserted"] > 500 and entry["rows_quarantined"] > 100 and entry["rows_skipped"] > 5
+
+
+def _admitted(column: str, values: list[str]) -> set[str]:
+    """Which of these values of `column` (each in an otherwise canonical row) the lane admits."""
+    lane = csv_lane.lane_for(SALES, {c: i for i, c in enumerate(COLUMNS)}, ReadOptions(), len(COLUMNS))
+    out = io.StringIO()
+    for value in values:
+        row = [*CANONICAL]
+        row[COLUMNS.index(column)] = value
+        csv.writer(out, lineterminator="\n").writerow(row)
+    piece = next(csv_lane.pieces(io.BytesIO(out.getvalue().encode()), 2, ord('"'), 2))
+    return {values[r - 2] for r in csv_lane.type_piece(lane, piece).rows.tolist()}
+
+
+def test_the_handler_admits_what_the_sql_fast_lane_admits():
+    """The values the SQL fast lane takes as they are (test_typing_lanes), the handler takes: no more."""
+    assert _admitted("line_no", TRICKY["line_no"]) == {"1", "42", "-3", "123456789012345678"}
+    assert _admitted("order_date", TRICKY["order_date"]) == {"2024-01-05", "0999-01-01"}
+    assert _admitted("amount", TRICKY["amount"]) == {"21.00", "21", "0.10", "0", "0.00"}
+    assert _admitted("order_id", MORE["order_id"]) == {"SO 2", "SO-\u00e9"}  # footers and blanks go on
+    assert _admitted("product", MORE["product"]) == {"Blue Widget", "a(b)", "x;y", "", "Caf\u00e9 cr\u00e8me",
+                                                      "tab\there"}
+
+
+def test_pieces_end_where_records_end():
+    """Pieces are cut at newlines outside quotes, whatever the block size, and number records and lines."""
+    data = b'a,1\n"b\nc",2\r\n"d,""e""",3\nf,4'
+    for size in (1, 3, 7, 64):
+        got = list(csv_lane.pieces(io.BytesIO(data), 2, ord('"'), 2, size=size))
+        records = [r for p in got for r in np.split(np.frombuffer(p.data, np.uint8), p.ends + 1)[:-1]]
+        assert [bytes(r) for r in records] == [b"a,1\n", b'"b\nc",2\r\n', b'"d,""e""",3\n', b"f,4\n"]
+        assert [(p.first, p.line) for p in got][0] == (2, 2)
+        assert sum(len(p.ends) for p in got) == 4
+
+
+def test_a_record_that_never_ends_is_not_the_lanes(monkeypatch):
+    monkeypatch.setattr(csv_lane, "MAX_RECORD_BYTES", 1_000)
+    data = b'a,1\n"never closed,' + b"x" * 5_000
+    with pytest.raises(csv_lane.LaneAbandoned):
+        list(csv_lane.pieces(io.BytesIO(data), 2, ord('"'), 2, size=100))
+
+
+def test_layouts_the_lane_leaves_to_the_sql_lanes():
+    mapping = {c: i for i, c in enumerate(COLUMNS)}
+    assert csv_lane.lane_for(SALES, mapping, ReadOptions(decimal=","), 9) is None
+    assert csv_lane.lane_for(SALES, mapping, ReadOptions(thousands=","), 9) is None
+    assert csv_lane.lane_for(SALES, mapping, ReadOptions(dayfirst=True), 9) is None
+    assert csv_lane.lane_for(TABLES["interactions"], {"interaction_id": 0}, ReadOptions(), 5) is None
+    assert csv_lane.lane_for(SALES, mapping, ReadOptions(), 9).whole_records
+    assert not csv_lane.lane_for(SALES, mapping, ReadOptions(), 10).whole_records
