@@ -33,7 +33,9 @@ try:  # CPython's own md5: for inputs of a row's size about twice as fast as Ope
 except ImportError:  # pragma: no cover - a Python built without it
     from hashlib import md5 as _md5
 
-PIECE_BYTES = 1 << 20  # about 20k sales records: memory holds a piece or two, COPY overlaps the next
+# about 2,400 sales records: the arrays of a piece stay in the core's cache, and COPY reads one piece while
+# the next is typed (128 KB measured fastest end to end here; 1 MB pieces made the COPY 30% slower)
+PIECE_BYTES = 128 << 10
 MAX_RECORD_BYTES = 4 << 20  # a record longer than this (a quote never closed?) is not the lane's to read
 TEXT_CAP = 256  # longer text values are handed on: a slot per value must stay small
 NUMBER_CAP = 40
@@ -41,12 +43,6 @@ ROW_DIGITS = 12  # record numbers are written zero-padded: bigint input reads th
 _PAD = bytes(TEXT_CAP + 1)  # so every slot window stays inside the buffer
 _HEX = np.frombuffer(b"0123456789abcdef", np.uint8)
 _DAYS = np.array([0, 31, 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31], np.int64)
-# what a byte is, as flags: PostgreSQL's record_out quotes a value holding (), a comma or white space in a
-# row's text, and doubles '"' and '\\' there (the lane leaves such values to the SQL lanes)
-_QUOTES, _ESCAPES = 1, 2
-_CLASS = np.zeros(256, np.uint8)
-_CLASS[[ord(c) for c in "(), \t\v\f"]] |= _QUOTES
-_CLASS[[ord('"'), ord("\\")]] |= _ESCAPES
 SPACE, DOT, MINUS, ZERO, NL, CR = 32, 46, 45, 48, 10, 13
 
 
@@ -77,6 +73,11 @@ class CsvLane:
     def whole_records(self) -> bool:
         """Every value of a record is loaded, once: COPY can take the record as the file spells it."""
         return sorted(c.position for c in self.columns if c.position is not None) == list(range(self.width))
+
+    @property
+    def table_order(self) -> bool:
+        """The file's values are the table's columns, in its order: a record is nearly the row's text."""
+        return [c.position for c in self.columns] == list(range(self.width))
 
     @property
     def copied(self) -> list[LaneColumn]:
@@ -123,9 +124,10 @@ def _record_ends(buf: np.ndarray, quote: int) -> np.ndarray:
     return newlines
 
 
-def pieces(fh: BinaryIO, first: int, quote: int, line: int, size: int = PIECE_BYTES) -> Iterator[Piece]:
+def pieces(fh: BinaryIO, first: int, quote: int, line: int, size: int | None = None) -> Iterator[Piece]:
     """The file from its current position (record `first`, on line `line`), in pieces of whole records of
     about `size` bytes each."""
+    size = size or PIECE_BYTES
     carry = b""
     while True:
         block = fh.read(size)
@@ -163,13 +165,39 @@ class Typed:
 
 @dataclass
 class _Checked:
-    """One mapped column of a piece: its values in slots, and how the row hash and COPY take each."""
+    """One mapped column of a piece's records: where each value is, and how the row hash takes it."""
 
     column: LaneColumn
-    slots: np.ndarray  # (records, width) bytes from each value's start
-    length: np.ndarray  # each value's length (0: null)
-    hashed: np.ndarray  # the length the row hash takes (money without its trailing zeros)
+    start: np.ndarray  # each value's first byte
+    length: np.ndarray  # its length (0: null)
+    hashed: np.ndarray  # the length the row hash takes (money without its fraction's trailing zeros)
     quoted: np.ndarray  # whether the row's text quotes it
+
+
+# Four counts a byte adds to, 16 bits each of one integer, so one running sum over a piece tells for every
+# value at once how many of each it holds (values are far shorter than 65,536 bytes).
+_NONDIGITS, _POINTS, _QUOTES, _ESCAPES = 0, 16, 32, 48
+_COUNTS = np.zeros(256, np.uint64)
+_COUNTS[:] = 1 << _NONDIGITS
+_COUNTS[ZERO:ZERO + 10] = 0
+_COUNTS[DOT] += 1 << _POINTS
+for _byte in b"(), \t\v\f":  # PostgreSQL's record_out quotes a value holding one of these in a row's text
+    _COUNTS[_byte] += 1 << _QUOTES
+for _byte in b'"\\':  # ... and doubles these (such values are left to the SQL lanes)
+    _COUNTS[_byte] += 1 << _ESCAPES
+_LANE = np.uint64(0xFFFF)
+
+
+def _running_counts(b: np.ndarray) -> np.ndarray:
+    """The packed counts of b[:i] at i, for every i (the sums wrap: only differences are read)."""
+    out = np.empty(len(b) + 1, np.uint64)
+    out[0] = 0
+    np.cumsum(_COUNTS[b], out=out[1:])
+    return out
+
+
+def _count(counts: np.ndarray, s: np.ndarray, e: np.ndarray, lane: int) -> np.ndarray:
+    return ((counts[e] - counts[s]) >> np.uint64(lane)) & _LANE
 
 
 def _slots(buf: np.ndarray, starts: np.ndarray, width: int) -> np.ndarray:
@@ -224,8 +252,9 @@ def type_piece(lane: CsvLane, piece: Piece, suffix: bytes = b"\n", sample: int =
     filled = length > 0
     first_cell = filled.argmax(axis=1)
     good &= filled.any(axis=1) & (buf[fs[np.arange(len(rec)), first_cell]] != SPACE)
+    counts = _running_counts(b)
     checked = [None if c.position is None else
-               _check(buf, fs[:, c.position], length[:, c.position], c, lane, good) for c in lane.columns]
+               _check(buf, counts, fs[:, c.position], fe[:, c.position], c, good) for c in lane.columns]
     keep = np.flatnonzero(good)
     if lane.footer is not None and len(keep):
         cell = first_cell[keep]
@@ -233,24 +262,19 @@ def type_piece(lane: CsvLane, piece: Piece, suffix: bytes = b"\n", sample: int =
     # every record kept (the usual case): views, not copies
     sel = slice(None) if len(keep) == len(rec) else keep
     rows = piece.first + rec[sel]
-    digests = _hashes(len(keep), sel, checked)
-    if not copy:
-        copied = None
-    elif lane.whole_records:
-        line = stops[rec] - starts[rec]
-        copied = [_value(_slots(buf, starts[rec][sel], int(line[sel].max()) if len(keep) else 0), line[sel])]
-    else:
-        copied = [_value(checked[lane.columns.index(c)].slots[sel], checked[lane.columns.index(c)].length[sel])
-                  for c in lane.copied]
-    typed = Typed(_copy_rows(copied, rows, digests, lane, suffix) if copy else b"", rows, digests,
-                  fingerprint(digests))
+    lines = (starts[rec][sel], stops[rec][sel])
+    # the record is the row's text but for money's trailing zeros: the table's columns in its order, no quotes
+    as_is = lane.table_order and lane.delimiter == ord(",") and not len(quotes)
+    digests = _hashes(buf, sel, len(keep), checked, lines if as_is else None)
+    typed = Typed(_copy_rows(buf, sel, len(keep), checked, lane, lines, rows, digests, suffix) if copy else b"",
+                  rows, digests, fingerprint(digests))
     admitted = np.zeros(len(ends), bool)
     admitted[rec[keep]] = True
     handed_on = np.flatnonzero(~admitted)
     if len(handed_on):
-        lines = piece.line + np.searchsorted(np.flatnonzero(b == NL), starts[handed_on])
+        at = piece.line + np.searchsorted(np.flatnonzero(b == NL), starts[handed_on])
         typed.rejected = [(piece.first + r, line, data[starts[r]:ends[r] + 1])
-                          for r, line in zip(handed_on.tolist(), lines.tolist(), strict=True)]
+                          for r, line in zip(handed_on.tolist(), at.tolist(), strict=True)]
     if sample and len(keep):
         for i in np.linspace(0, len(keep) - 1, min(sample, len(keep))).astype(np.int64).tolist():
             r = keep[i]
@@ -289,92 +313,74 @@ def _reject_inner(b: np.ndarray, starts: np.ndarray, ends: np.ndarray, stops: np
                 ok[r] = False
 
 
-def _check(buf: np.ndarray, s: np.ndarray, ln: np.ndarray, column: LaneColumn, lane: CsvLane,
+def _check(buf: np.ndarray, counts: np.ndarray, s: np.ndarray, e: np.ndarray, column: LaneColumn,
            good: np.ndarray) -> _Checked:
-    """Narrows `good` to the records whose value of `column` is the lane's, and returns the column's slots."""
+    """Narrows `good` to the records whose value of `column` is the lane's; where each value is and how the
+    row hash takes it."""
+    ln = e - s
     empty = ln == 0
     if column.required:
         good &= ~empty
     good &= ln <= (TEXT_CAP if column.kind == "text" else NUMBER_CAP)
-    width = int(ln[good].max()) if good.any() else 0
-    slots = _slots(buf, s, width)
-    quoted = np.zeros(len(s), bool)
-    hashed = ln
-    if width:  # else every value left is null
-        inside = np.arange(width)[None, :] < ln[:, None]
-        if column.kind == "text":
-            # nothing to trim, nothing the row's text would escape ('"', '\\'); it quotes (), spaces, tabs
-            flags = np.bitwise_or.reduce(np.where(inside, _CLASS[slots], 0), axis=1)
-            good &= empty | ((buf[s] != SPACE) & (buf[np.maximum(s + ln - 1, 0)] != SPACE) & (flags & _ESCAPES == 0))
-            quoted = (flags & _QUOTES) != 0
-        elif column.kind == "integer":
-            good &= empty | _integer(slots, ln, inside, column.non_negative)
-        elif column.kind == "money":
-            fine, hashed = _money(slots, ln, inside, column.non_negative)
-            good &= empty | fine
-        else:  # date
-            good &= empty | _date(slots, ln)
-    return _Checked(column, slots, ln, np.where(empty, 0, hashed), quoted & ~empty)
+    nondigits = _count(counts, s, e, _NONDIGITS)
+    first, last = buf[s], buf[np.maximum(e - 1, 0)]
+    hashed, quoted = ln, np.zeros(len(s), bool)
+    if column.kind == "text":
+        # nothing to trim, nothing the row's text would escape ('"', '\\'); it quotes (), spaces, tabs
+        good &= empty | ((first != SPACE) & (last != SPACE) & (_count(counts, s, e, _ESCAPES) == 0))
+        quoted = ~empty & (_count(counts, s, e, _QUOTES) > 0)
+    elif column.kind == "integer":
+        good &= empty | _integer(buf, s, ln, nondigits, column.non_negative)
+    elif column.kind == "money":
+        fine, hashed = _money(buf, s, e, ln, nondigits, _count(counts, s, e, _POINTS), column.non_negative)
+        good &= empty | fine
+    else:  # date
+        good &= empty | _date(buf, s, ln, nondigits)
+    return _Checked(column, s, ln, np.where(empty, 0, hashed), quoted)
 
 
-def _digits(slots: np.ndarray) -> np.ndarray:
-    return (slots - ZERO) < 10  # uint8 arithmetic: anything below '0' wraps past 9
-
-
-def _sign_and_lead(slots: np.ndarray, non_negative: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(a leading minus, whether the sign is allowed, the first digit after it)."""
-    minus = slots[:, 0] == MINUS
-    allowed = ~minus if non_negative else np.ones(len(slots), bool)
-    lead = slots[np.arange(len(slots)), np.minimum(minus, slots.shape[1] - 1)]
-    return minus, allowed, lead
-
-
-def _integer(slots: np.ndarray, ln: np.ndarray, inside: np.ndarray, non_negative: bool) -> np.ndarray:
+def _integer(buf: np.ndarray, s: np.ndarray, ln: np.ndarray, nondigits: np.ndarray, non_negative: bool) -> np.ndarray:
     """int8's own spelling: '0', or an optional '-' and digits without a leading zero; 18 characters at most."""
-    minus, fine, lead = _sign_and_lead(slots, non_negative)
-    number = inside.copy()
-    number[:, 0] &= ~minus
-    count = ln - minus
-    fine &= (_digits(slots) | ~number).all(axis=1) & (count >= 1) & (ln <= 18)
-    return fine & (((count == 1) & ~minus) | (lead != ZERO))
+    minus = buf[s] == MINUS
+    digits = ln - minus
+    fine = (nondigits == minus) & (digits >= 1) & (ln <= 18)
+    if non_negative:
+        fine &= ~minus
+    return fine & (((digits == 1) & ~minus) | (buf[s + minus] != ZERO))
 
 
-def _money(slots: np.ndarray, ln: np.ndarray, inside: np.ndarray, non_negative: bool) -> tuple:
+def _money(buf: np.ndarray, s: np.ndarray, e: np.ndarray, ln: np.ndarray, nondigits: np.ndarray,
+           points: np.ndarray, non_negative: bool) -> tuple[np.ndarray, np.ndarray]:
     """numeric's own spelling ('0.10', '21', '-3.5'; never '+1', '.5', '5.', '007' or '-0.00'), and each
     value's length as trim_scale prints it: the fraction's trailing zeros dropped, and its point when no
     digit is left ('10.50' -> '10.5', '3.00' -> '3')."""
-    n, width = slots.shape
-    rows = np.arange(n)
-    minus, fine, lead = _sign_and_lead(slots, non_negative)
-    dot = (slots == DOT) & inside
-    dots = dot.sum(axis=1)
-    number = inside & ~dot
-    number[:, 0] &= ~minus
-    fine &= (dots <= 1) & (_digits(slots) | ~number).all(axis=1)
-    point = np.where(dots == 1, dot.argmax(axis=1), ln)  # where the integer part ends
-    whole = point - minus
-    fraction = np.where(dots == 1, ln - point - 1, 0)
-    fine &= (whole >= 1) & ((whole == 1) | (lead != ZERO)) & ((dots == 0) | (fraction >= 1))
-    if not non_negative:  # '-0.00' is zero, which prints without its sign
-        fine &= ~minus | ((slots != ZERO) & number).any(axis=1)
-    zeros = np.zeros(n, np.int64)
-    trailing = dots == 1
-    for k in range(1, min(int(fraction.max()), width) + 1):
-        trailing &= (fraction >= k) & (slots[rows, np.clip(ln - k, 0, width - 1)] == ZERO)
+    minus = buf[s] == MINUS
+    lead = s + minus  # the integer part's first digit
+    fine = (nondigits == minus + points) & (points <= 1) & (ln > minus) & (buf[lead] != DOT)
+    fine &= (buf[np.maximum(e - 1, 0)] != DOT) & ((buf[lead] != ZERO) | (lead + 1 == e) | (buf[lead + 1] == DOT))
+    if non_negative:
+        fine &= ~minus
+    elif minus.any():  # '-0.00' is zero, which prints without its sign
+        signed = np.flatnonzero(minus & fine)
+        fine[signed] = [data.strip(b"0.") != b"" for data in map(bytes, map(buf.__getitem__, map(
+            slice, (s[signed] + 1).tolist(), e[signed].tolist())))]
+    zeros = np.zeros(len(s), np.int64)
+    trailing = points == 1
+    k = 1
+    while trailing.any():
+        trailing &= buf[np.maximum(e - k, 0)] == ZERO
         zeros += trailing
-    return fine, ln - zeros - ((dots == 1) & (zeros == fraction))
+        k += 1
+    return fine, ln - zeros - ((points == 1) & (buf[np.maximum(e - zeros - 1, 0)] == DOT))
 
 
-def _date(slots: np.ndarray, ln: np.ndarray) -> np.ndarray:
+def _date(buf: np.ndarray, s: np.ndarray, ln: np.ndarray, nondigits: np.ndarray) -> np.ndarray:
     """date's own ISO spelling of a day that exists: YYYY-MM-DD, years 1 to 9999."""
-    if slots.shape[1] < 10:
-        return np.zeros(len(ln), bool)
-    s = slots[:, :10]
-    fine = (ln == 10) & (s[:, 4] == MINUS) & (s[:, 7] == MINUS) & _digits(s)[:, [0, 1, 2, 3, 5, 6, 8, 9]].all(axis=1)
-    d = s.astype(np.int64) - ZERO
-    year = d[:, 0] * 1000 + d[:, 1] * 100 + d[:, 2] * 10 + d[:, 3]
-    month = d[:, 5] * 10 + d[:, 6]
-    day = d[:, 8] * 10 + d[:, 9]
+    fine = (ln == 10) & (nondigits == 2) & (buf[s + 4] == MINUS) & (buf[s + 7] == MINUS)
+    d = [buf[s + k].astype(np.int64) - ZERO for k in range(10)]
+    year = d[0] * 1000 + d[1] * 100 + d[2] * 10 + d[3]
+    month = d[5] * 10 + d[6]
+    day = d[8] * 10 + d[9]
     leap = (year % 4 == 0) & ((year % 100 != 0) | (year % 400 == 0))
     last = _DAYS[np.clip(month, 0, 12)] + ((month == 2) & leap)
     return fine & (year >= 1) & (month >= 1) & (month <= 12) & (day >= 1) & (day <= last)
@@ -384,11 +390,12 @@ def _not_footers(data: bytes, b: np.ndarray, starts: np.ndarray, ends: np.ndarra
                  ascii: bool) -> np.ndarray:
     """Which of these first cells the footer pattern does not find (each trimmed as the SQL lanes trim it:
     its leading spaces were refused already)."""
+    a, e = starts.tolist(), ends.tolist()
     if ascii:
         text = data.decode("ascii")
-        cells = [text[a:e] for a, e in zip(starts.tolist(), ends.tolist(), strict=True)]
+        cells = [text[i:j] for i, j in zip(a, e, strict=True)]
     else:
-        cells = [data[a:e].decode(lane.codec) for a, e in zip(starts.tolist(), ends.tolist(), strict=True)]
+        cells = [data[i:j].decode(lane.codec) for i, j in zip(a, e, strict=True)]
     for i in np.flatnonzero(b[ends - 1] == SPACE).tolist():
         cells[i] = cells[i].rstrip(" ")
     search = lane.footer.search
@@ -396,8 +403,9 @@ def _not_footers(data: bytes, b: np.ndarray, starts: np.ndarray, ends: np.ndarra
 
 
 # -- rows of fixed-width blocks, the counted bytes of each joined ------------------------------------------------
-def _assemble(blocks: list[tuple[np.ndarray, np.ndarray]]) -> bytes:
-    """Rows made of fixed-width blocks (bytes, which of them count): the counted bytes, row after row."""
+def _assemble(blocks: list[tuple[np.ndarray, np.ndarray | None]]) -> bytes:
+    """Rows made of fixed-width blocks (bytes, which of them count; None: all): the counted bytes, row after
+    row."""
     m = len(blocks[0][0])
     width = sum(block.shape[1] for block, _ in blocks)
     out, used = np.empty((m, width), np.uint8), np.empty((m, width), bool)
@@ -405,62 +413,85 @@ def _assemble(blocks: list[tuple[np.ndarray, np.ndarray]]) -> bytes:
     for block, counted in blocks:
         w = block.shape[1]
         out[:, at:at + w] = block
-        used[:, at:at + w] = counted
+        used[:, at:at + w] = True if counted is None else counted
         at += w
     return out[used].tobytes()
 
 
-def _constant(m: int, text: bytes) -> tuple[np.ndarray, np.ndarray]:
-    return np.broadcast_to(np.frombuffer(text, np.uint8), (m, len(text))), np.ones((m, len(text)), bool)
+def _constant(m: int, text: bytes) -> tuple[np.ndarray, None]:
+    return np.broadcast_to(np.frombuffer(text, np.uint8), (m, len(text))), None
 
 
-def _value(slots: np.ndarray, length: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def _value(buf: np.ndarray, start: np.ndarray, length: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """A block of values: each its first `length` bytes."""
-    return slots, np.arange(slots.shape[1])[None, :] < length[:, None]
+    width = int(length.max()) if len(length) else 0
+    return _slots(buf, start, width), np.arange(width)[None, :] < length[:, None]
 
 
-def _hashes(m: int, sel, checked: list[_Checked | None]) -> bytes:
+def _hashes(buf: np.ndarray, sel, m: int, checked: list[_Checked | None],
+            lines: tuple[np.ndarray, np.ndarray] | None) -> bytes:
     """md5 of each row's text as PostgreSQL prints a row of its typed values, '(SO-1,1,2024-01-05,...)':
-    exactly what typing_sql.row_hash hashes."""
+    exactly what typing_sql.row_hash hashes. lines: the records themselves, where they are that text but
+    for money's trailing zeros (the table's columns in its order, no quotes)."""
     if not m:
         return b""
     quote = np.full((m, 1), 34, np.uint8)
-    blocks, lengths = [_constant(m, b"(")], np.ones(m, np.int64)
-    for i, c in enumerate(checked):
-        if c is not None:
-            value = _value(c.slots[sel], c.hashed[sel])
-            q = c.quoted[sel]
-            if q.any():
-                blocks += [(quote, q[:, None]), value, (quote, q[:, None])]
-                lengths += 2 * q
-            else:
-                blocks.append(value)
-            lengths += c.hashed[sel]
-        blocks.append(_constant(m, b")" if i == len(checked) - 1 else b","))
-        lengths += 1
+    text_quoted = {c.column.name for c in checked if c is not None and c.column.kind == "text" and c.quoted[sel].any()}
+    if lines is not None and not text_quoted:
+        start, stop = lines
+        block, counted = _value(buf, start, stop - start)
+        rows = np.arange(m)
+        for c in checked:
+            if c is not None and c.column.kind == "money":
+                end = c.start[sel] + c.length[sel] - start  # where the value ends in the record
+                drop = c.length[sel] - c.hashed[sel]
+                for k in range(1, int(drop.max()) + 1):
+                    on = drop >= k
+                    counted[rows[on], end[on] - k] = False
+        blocks = [_constant(m, b"("), (block, counted), _constant(m, b")")]
+        lengths = counted.sum(axis=1) + 2
+    else:
+        blocks, lengths = [_constant(m, b"(")], np.ones(m, np.int64)
+        for i, c in enumerate(checked):
+            if c is not None:
+                value = _value(buf, c.start[sel], c.hashed[sel])
+                if c.column.name in text_quoted:
+                    q = c.quoted[sel]
+                    blocks += [(quote, q[:, None]), value, (quote, q[:, None])]
+                    lengths += 2 * q
+                else:
+                    blocks.append(value)
+                lengths += c.hashed[sel]
+            blocks.append(_constant(m, b")" if i == len(checked) - 1 else b","))
+            lengths += 1
     text = memoryview(_assemble(blocks))
     ends = np.cumsum(lengths).tolist()
     # a content hash, not a secret: md5 is what the SQL lanes compute too
     return b"".join([_md5(text[a:e]).digest() for a, e in zip([0, *ends[:-1]], ends, strict=True)])  # noqa: S324
 
 
-def _copy_rows(copied: list[tuple[np.ndarray, np.ndarray]], rows: np.ndarray, digests: bytes, lane: CsvLane,
-               suffix: bytes) -> bytes:
+_FOUR_DIGITS = np.frombuffer("".join(f"{i:04d}" for i in range(10_000)).encode(), np.uint8).reshape(10_000, 4)
+
+
+def _copy_rows(buf: np.ndarray, sel, m: int, checked: list[_Checked | None], lane: CsvLane,
+               lines: tuple[np.ndarray, np.ndarray], rows: np.ndarray, digests: bytes, suffix: bytes) -> bytes:
     """The COPY text of the admitted rows: the loaded values as the file spells them, row number and hash."""
-    m = len(rows)
     if not m:
         return b""
     delimiter = _constant(m, bytes([lane.delimiter]))
-    blocks = []
-    for value in copied:
-        blocks += [value, delimiter]
-    power = 10 ** np.arange(ROW_DIGITS - 1, -1, -1, dtype=np.int64)
-    number = ((rows[:, None] // power) % 10 + ZERO).astype(np.uint8)
+    if lane.whole_records:
+        start, stop = lines
+        blocks = [_value(buf, start, stop - start), delimiter]
+    else:
+        blocks = []
+        for c in lane.copied:
+            value = checked[lane.columns.index(c)]
+            blocks += [_value(buf, value.start[sel], value.length[sel]), delimiter]
+    number = _FOUR_DIGITS[np.stack([rows // 100_000_000 % 10_000, rows // 10_000 % 10_000, rows % 10_000], axis=1)]
     d = np.frombuffer(digests, np.uint8).reshape(m, 16)
     hexed = np.empty((m, 32), np.uint8)
     hexed[:, 0::2], hexed[:, 1::2] = _HEX[d >> 4], _HEX[d & 15]
-    every = np.ones((m, 32), bool)
-    blocks += [(number, every[:, :ROW_DIGITS]), delimiter, (hexed, every), _constant(m, suffix)]
+    blocks += [(number.reshape(m, ROW_DIGITS), None), delimiter, (hexed, None), _constant(m, suffix)]
     return _assemble(blocks)
 
 
@@ -474,7 +505,7 @@ class LaneStream:
     The records it hands on wait in a spooled file (`handed_on()`), for the SQL lanes; `rows`, `records`
     and `fingerprint` count what it admitted once it is done."""
 
-    QUEUED = 2  # pieces typed ahead: memory holds a few pieces, whatever the file's size
+    QUEUED = 8  # pieces typed ahead: memory holds a few pieces, whatever the file's size
 
     def __init__(self, lane: CsvLane, path: Path, offset: int, first: int, suffix: bytes = b"\n",
                  sample: int = 0, copy: bool = True, keep_handed_on: bool = True):
