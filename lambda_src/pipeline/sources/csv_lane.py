@@ -186,6 +186,8 @@ for _byte in b"(), \t\v\f":  # PostgreSQL's record_out quotes a value holding on
 for _byte in b'"\\':  # ... and doubles these (such values are left to the SQL lanes)
     _COUNTS[_byte] += 1 << _ESCAPES
 _LANE = np.uint64(0xFFFF)
+_SPECIAL = np.zeros(256, bool)  # a byte that makes the row's text quote or escape a text value
+_SPECIAL[list(b'(), \t\v\f"\\')] = True
 
 
 def _running_counts(b: np.ndarray) -> np.ndarray:
@@ -216,9 +218,14 @@ def fingerprint(digests: bytes) -> int:
     return int((first >> 32).sum()) * (1 << 32) + int((first & 0xFFFFFFFF).sum())
 
 
-def type_piece(lane: CsvLane, piece: Piece, suffix: bytes = b"\n", sample: int = 0, copy: bool = True) -> Typed:
+def type_piece(lane: CsvLane, piece: Piece, suffix: bytes = b"\n", sample: int = 0, copy: bool = True,
+               check: bool = True) -> Typed:
     """The piece's records the lane admits, as COPY rows ending in `suffix` (copy=False: hashed only); the
-    rest handed on. sample: also this many admitted rows (spread over the piece) as text, with their hashes."""
+    rest handed on. sample: also this many admitted rows (spread over the piece) as text, with their hashes.
+
+    check=False hashes every record of the right shape (a value per column, quotes only around values)
+    without testing its values: a raw row then hashes like a loaded row only if it would type to exactly
+    that row (see BatchLoad._unchanged_from_handler), which is all a comparison of hashes needs."""
     data = piece.data
     buf = np.frombuffer(data + _PAD, np.uint8)
     b = buf[:len(data)]
@@ -251,12 +258,16 @@ def type_piece(lane: CsvLane, piece: Piece, suffix: bytes = b"\n", sample: int =
     # spaces only is empty to the SQL lanes); the footer pattern is tried last, on admitted rows only
     filled = length > 0
     first_cell = filled.argmax(axis=1)
-    good &= filled.any(axis=1) & (buf[fs[np.arange(len(rec)), first_cell]] != SPACE)
-    counts = _running_counts(b)
+    if check:
+        good &= filled.any(axis=1) & (buf[fs[np.arange(len(rec)), first_cell]] != SPACE)
+        counts = _running_counts(b)
+    else:  # hashing only: what a text value holds matters only where the piece has such bytes at all
+        special = (_SPECIAL[b] & (b != lane.delimiter)).any() or len(quotes)
+        counts = _running_counts(b) if special else None
     checked = [None if c.position is None else
-               _check(buf, counts, fs[:, c.position], fe[:, c.position], c, good) for c in lane.columns]
+               _check(buf, counts, fs[:, c.position], fe[:, c.position], c, good, check) for c in lane.columns]
     keep = np.flatnonzero(good)
-    if lane.footer is not None and len(keep):
+    if check and lane.footer is not None and len(keep):
         cell = first_cell[keep]
         keep = keep[_not_footers(data, b, fs[keep, cell], fe[keep, cell], lane, ascii)]
     # every record kept (the usual case): views, not copies
@@ -313,29 +324,33 @@ def _reject_inner(b: np.ndarray, starts: np.ndarray, ends: np.ndarray, stops: np
                 ok[r] = False
 
 
-def _check(buf: np.ndarray, counts: np.ndarray, s: np.ndarray, e: np.ndarray, column: LaneColumn,
-           good: np.ndarray) -> _Checked:
-    """Narrows `good` to the records whose value of `column` is the lane's; where each value is and how the
-    row hash takes it."""
+def _check(buf: np.ndarray, counts: np.ndarray | None, s: np.ndarray, e: np.ndarray, column: LaneColumn,
+           good: np.ndarray, check: bool = True) -> _Checked:
+    """Narrows `good` to the records whose value of `column` is the lane's (check=False: to those whose value
+    fits a slot); where each value is and how the row hash takes it. counts None: no value holds a byte the
+    row's text would quote or escape."""
     ln = e - s
     empty = ln == 0
-    if column.required:
-        good &= ~empty
     good &= ln <= (TEXT_CAP if column.kind == "text" else NUMBER_CAP)
-    nondigits = _count(counts, s, e, _NONDIGITS)
-    first, last = buf[s], buf[np.maximum(e - 1, 0)]
     hashed, quoted = ln, np.zeros(len(s), bool)
     if column.kind == "text":
-        # nothing to trim, nothing the row's text would escape ('"', '\\'); it quotes (), spaces, tabs
-        good &= empty | ((first != SPACE) & (last != SPACE) & (_count(counts, s, e, _ESCAPES) == 0))
-        quoted = ~empty & (_count(counts, s, e, _QUOTES) > 0)
-    elif column.kind == "integer":
-        good &= empty | _integer(buf, s, ln, nondigits, column.non_negative)
+        # the row's text quotes a value holding (), a comma, spaces or tabs; the lane hands on what it escapes
+        if counts is not None:
+            quoted = ~empty & (_count(counts, s, e, _QUOTES) > 0)
+            good &= empty | (_count(counts, s, e, _ESCAPES) == 0)
+        if check:  # nothing to trim
+            good &= empty | ((buf[s] != SPACE) & (buf[np.maximum(e - 1, 0)] != SPACE))
     elif column.kind == "money":
-        fine, hashed = _money(buf, s, e, ln, nondigits, _count(counts, s, e, _POINTS), column.non_negative)
-        good &= empty | fine
-    else:  # date
-        good &= empty | _date(buf, s, ln, nondigits)
+        hashed = _trimmed(buf, e, ln)
+        if check:
+            good &= empty | _money(buf, s, e, ln, _count(counts, s, e, _NONDIGITS), _count(counts, s, e, _POINTS),
+                                   column.non_negative)
+    elif check and column.kind == "integer":
+        good &= empty | _integer(buf, s, ln, _count(counts, s, e, _NONDIGITS), column.non_negative)
+    elif check:  # date
+        good &= empty | _date(buf, s, ln, _count(counts, s, e, _NONDIGITS))
+    if check and column.required:
+        good &= ~empty
     return _Checked(column, s, ln, np.where(empty, 0, hashed), quoted)
 
 
@@ -350,10 +365,8 @@ def _integer(buf: np.ndarray, s: np.ndarray, ln: np.ndarray, nondigits: np.ndarr
 
 
 def _money(buf: np.ndarray, s: np.ndarray, e: np.ndarray, ln: np.ndarray, nondigits: np.ndarray,
-           points: np.ndarray, non_negative: bool) -> tuple[np.ndarray, np.ndarray]:
-    """numeric's own spelling ('0.10', '21', '-3.5'; never '+1', '.5', '5.', '007' or '-0.00'), and each
-    value's length as trim_scale prints it: the fraction's trailing zeros dropped, and its point when no
-    digit is left ('10.50' -> '10.5', '3.00' -> '3')."""
+           points: np.ndarray, non_negative: bool) -> np.ndarray:
+    """numeric's own spelling: '0.10', '21', '-3.5'; never '+1', '.5', '5.', '007' or '-0.00'."""
     minus = buf[s] == MINUS
     lead = s + minus  # the integer part's first digit
     fine = (nondigits == minus + points) & (points <= 1) & (ln > minus) & (buf[lead] != DOT)
@@ -364,14 +377,30 @@ def _money(buf: np.ndarray, s: np.ndarray, e: np.ndarray, ln: np.ndarray, nondig
         signed = np.flatnonzero(minus & fine)
         fine[signed] = [data.strip(b"0.") != b"" for data in map(bytes, map(buf.__getitem__, map(
             slice, (s[signed] + 1).tolist(), e[signed].tolist())))]
-    zeros = np.zeros(len(s), np.int64)
-    trailing = points == 1
+    return fine
+
+
+def _trimmed(buf: np.ndarray, e: np.ndarray, ln: np.ndarray) -> np.ndarray:
+    """Each amount's length as trim_scale prints it: the fraction's trailing zeros dropped, and its point
+    when no digit is left ('10.50' -> '10.5', '3.00' -> '3', '5.' -> '5'; '100' as it is). Read from each
+    value's end: its trailing zeros, then digits, up to the first byte that is not a digit."""
+    zeros = np.zeros(len(e), np.int64)
+    point = np.zeros(len(e), np.int64)  # how far from the end the point is, when that first byte is one
+    trailing = ln > 0
+    scanning = ln > 0
     k = 1
-    while trailing.any():
-        trailing &= buf[np.maximum(e - k, 0)] == ZERO
+    while scanning.any():
+        c = buf[np.maximum(e - k, 0)]
+        inside = k <= ln
+        trailing &= inside & (c == ZERO)
         zeros += trailing
+        scanning &= inside
+        point[scanning & (c == DOT)] = k
+        scanning &= (c - ZERO) < 10
         k += 1
-    return fine, ln - zeros - ((points == 1) & (buf[np.maximum(e - zeros - 1, 0)] == DOT))
+    fraction = point - 1
+    zeros = np.where(point > 0, np.minimum(zeros, fraction), 0)
+    return ln - zeros - ((point > 0) & (zeros == fraction))
 
 
 def _date(buf: np.ndarray, s: np.ndarray, ln: np.ndarray, nondigits: np.ndarray) -> np.ndarray:
@@ -508,11 +537,13 @@ class LaneStream:
     QUEUED = 8  # pieces typed ahead: memory holds a few pieces, whatever the file's size
 
     def __init__(self, lane: CsvLane, path: Path, offset: int, first: int, suffix: bytes = b"\n",
-                 sample: int = 0, copy: bool = True, keep_handed_on: bool = True):
+                 sample: int = 0, copy: bool = True, check: bool = True, keep_handed_on: bool = True):
         """The file's records from byte `offset` on, the first of them record (and line) `first`. suffix ends
         each COPY row; sample: rows of the first piece kept as text (Typed.sample); copy=False: count and hash
-        only; keep_handed_on=False: the records handed on are counted, not kept."""
+        only; check=False: values not tested (see type_piece); keep_handed_on=False: the records handed on
+        are counted, not kept."""
         self.lane, self.suffix, self.copy, self.keep_handed_on = lane, suffix, copy, keep_handed_on
+        self.check = check
         self.rows = self.records = self.fingerprint = self.handed_on_count = 0
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -524,7 +555,7 @@ class LaneStream:
         self.first = self._typed(piece, sample) if piece else Typed(b"", np.zeros(0, np.int64), b"", 0)
 
     def _typed(self, piece: Piece, sample: int = 0) -> Typed:
-        typed = type_piece(self.lane, piece, self.suffix, sample, self.copy)
+        typed = type_piece(self.lane, piece, self.suffix, sample, self.copy, self.check)
         self.rows += len(typed.rows)
         self.records += len(piece.ends)
         self.fingerprint += typed.fingerprint
@@ -567,9 +598,10 @@ class LaneStream:
         put(None)
 
     def drain(self) -> None:
-        """The whole pass, for its counts alone (copy=False)."""
-        for _ in self:
-            pass
+        """The whole pass in this thread, for its counts alone (copy=False). (Typing its pieces on two threads
+        was slower here: the threads pass the interpreter lock back and forth at every piece.)"""
+        for piece in self._pieces:
+            self._typed(piece)
 
     def handed_on(self) -> Iterator[tuple[int, int, bytes]]:
         """(record number, line, the record as the file has it) of every record the lane handed on."""
