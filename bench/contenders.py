@@ -30,7 +30,8 @@ create table if not exists bench.sales_pandas ({TYPED});
 create table if not exists bench.sales_to_sql ({TYPED});
 create table if not exists bench.sales_upsert ({TYPED}, row_hash text not null, loaded_at timestamptz not null
     default now(), updated_at timestamptz not null default now(), primary key (order_id, line_no));
--- the floor for loading core.sales: its columns, key, batch index and defaults, no history trigger
+-- the floor for loading core.sales: its columns, key, batch index and defaults (lineage from the batch's
+-- settings), no history trigger
 create table if not exists bench.sales_core (like core.sales including defaults including constraints
     including indexes);
 """

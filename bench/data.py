@@ -47,6 +47,17 @@ def sales_csv(directory: Path, rows: int, seed: int = SEED) -> Path:
     return path
 
 
+def reordered_csv(path: Path) -> Path:
+    """The same file with its rows in reverse order (the header first): the same rows, other bytes."""
+    out = path.with_name(path.stem + "-reordered.csv")
+    if not out.exists():
+        header, *lines = path.read_bytes().splitlines(keepends=True)
+        tmp = out.with_suffix(".part")
+        tmp.write_bytes(header + b"".join(reversed(lines)))
+        tmp.rename(out)
+    return out
+
+
 def payments_xlsx(directory: Path, rows: int, seed: int = SEED) -> Path:
     """A finance team's workbook: a title block, the header on row 4, nine columns, a Total footer."""
     import xlsxwriter

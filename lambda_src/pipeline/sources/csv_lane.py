@@ -186,8 +186,7 @@ for _byte in b"(), \t\v\f":  # PostgreSQL's record_out quotes a value holding on
 for _byte in b'"\\':  # ... and doubles these (such values are left to the SQL lanes)
     _COUNTS[_byte] += 1 << _ESCAPES
 _LANE = np.uint64(0xFFFF)
-_SPECIAL = np.zeros(256, bool)  # a byte that makes the row's text quote or escape a text value
-_SPECIAL[list(b'(), \t\v\f"\\')] = True
+_SPECIAL = b'(), \t\v\f"\\'  # the bytes that make the row's text quote or escape a text value
 
 
 def _running_counts(b: np.ndarray) -> np.ndarray:
@@ -262,7 +261,7 @@ def type_piece(lane: CsvLane, piece: Piece, suffix: bytes = b"\n", sample: int =
         good &= filled.any(axis=1) & (buf[fs[np.arange(len(rec)), first_cell]] != SPACE)
         counts = _running_counts(b)
     else:  # hashing only: what a text value holds matters only where the piece has such bytes at all
-        special = (_SPECIAL[b] & (b != lane.delimiter)).any() or len(quotes)
+        special = len(quotes) or any(data.find(c) >= 0 for c in _SPECIAL if c != lane.delimiter)
         counts = _running_counts(b) if special else None
     checked = [None if c.position is None else
                _check(buf, counts, fs[:, c.position], fe[:, c.position], c, good, check) for c in lane.columns]
