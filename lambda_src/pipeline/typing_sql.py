@@ -46,6 +46,11 @@ def date_pattern(options: ReadOptions) -> tuple[str, str] | None:
     return r"^([0-9]{1,2})/([0-9]{1,2})/([0-9]{4})$", r"\3-\1-\2"
 
 
+def identifiers(names) -> sql.Composed:
+    """Quoted identifiers, comma-separated: a column list."""
+    return sql.SQL(", ").join(sql.Identifier(n) for n in names)
+
+
 @dataclass(frozen=True)
 class Mapped:
     column: Column

@@ -118,8 +118,8 @@ def test_the_handler_lane_loads_a_file_as_the_sql_lanes_do(landing, monkeypatch,
     assert entry["rows_inserted"] > 500 and entry["rows_quarantined"] > 100 and entry["rows_skipped"] > 5
 
 
-def _admitted(column: str, values: list[str]) -> set[str]:
-    """Which of these values of `column` (each in an otherwise canonical row) the lane admits."""
+def _typed(column: str, values: list[str], check: bool = True) -> dict[int, str]:
+    """{i: the row hash} of the rows the lane admits, row i holding values[i] in `column` of a canonical row."""
     lane = csv_lane.lane_for(SALES, {c: i for i, c in enumerate(COLUMNS)}, ReadOptions(), len(COLUMNS))
     out = io.StringIO()
     for value in values:
@@ -127,7 +127,13 @@ def _admitted(column: str, values: list[str]) -> set[str]:
         row[COLUMNS.index(column)] = value
         csv.writer(out, lineterminator="\n").writerow(row)
     piece = next(csv_lane.pieces(io.BytesIO(out.getvalue().encode()), 2, ord('"'), 2))
-    return {values[r - 2] for r in csv_lane.type_piece(lane, piece).rows.tolist()}
+    typed = csv_lane.type_piece(lane, piece, check=check)
+    return {r - 2: typed.digests[16 * i:16 * i + 16].hex() for i, r in enumerate(typed.rows.tolist())}
+
+
+def _admitted(column: str, values: list[str]) -> set[str]:
+    """Which of these values of `column` (each in an otherwise canonical row) the lane admits."""
+    return {values[i] for i in _typed(column, values)}
 
 
 def test_the_handler_admits_what_the_sql_fast_lane_admits():
@@ -202,15 +208,7 @@ def test_an_unchecked_hash_is_a_loaded_rows_only_when_the_row_would_load_as_that
     values = [CANONICAL[COLUMNS.index(column)], *TRICKY.get(column, []), *MORE.get(column, [])]
     loaded = _careful(db, column, values)
     accepted = {h for h in loaded.values() if h}
-    lane = csv_lane.lane_for(SALES, {c: i for i, c in enumerate(COLUMNS)}, ReadOptions(), len(COLUMNS))
-    out = io.StringIO()
-    for value in values:
-        row = [*CANONICAL]
-        row[COLUMNS.index(column)] = value
-        csv.writer(out, lineterminator="\n").writerow(row)
-    piece = next(csv_lane.pieces(io.BytesIO(out.getvalue().encode()), 2, ord('"'), 2))
-    typed = csv_lane.type_piece(lane, piece, check=False)
-    unchecked = {r - 2: typed.digests[16 * i:16 * i + 16].hex() for i, r in enumerate(typed.rows.tolist())}
+    unchecked = _typed(column, values, check=False)
     matching = [n for n, h in unchecked.items() if h in accepted]
     for n in matching:
         assert loaded[n] == unchecked[n], f"{column} {values[n]!r} hashes like a loaded row it would not load as"
