@@ -4,10 +4,11 @@ with their row number and hash, so PostgreSQL's own input functions type them st
 The handler checks and hashes one piece while PostgreSQL stores the one before: two cores at work.
 
 A record is admitted only when every value is exactly what the SQL fast lane would admit (typing_sql's
-_canonical): integers and amounts without sign, padding or leading zero, ISO dates that exist, text with
-nothing to trim. Anything else is handed on as it is, with its record number, to the SQL lanes: a quoted
-delimiter or line break, a value to normalise or refuse, a footer, a blank or ragged record, a very long
-value, a text the row hash would have to escape. So both ways give the same rows, hashes and reasons.
+_canonical): integers and amounts without a plus sign, padding or leading zero (and no minus where the
+column must not be negative), ISO dates that exist, text with nothing to trim. Anything else is handed on
+as it is, with its record number, to the SQL lanes: a quoted delimiter or line break, a value to
+normalise or refuse, a footer, a blank or ragged record, a very long value, a text the row hash would
+have to escape. So both ways give the same rows, hashes and reasons.
 """
 
 from __future__ import annotations
@@ -224,7 +225,7 @@ def type_piece(lane: CsvLane, piece: Piece, suffix: bytes = b"\n", sample: int =
 
     check=False hashes every record of the right shape (a value per column, quotes only around values)
     without testing its values: a raw row then hashes like a loaded row only if it would type to exactly
-    that row (see BatchLoad._unchanged_from_handler), which is all a comparison of hashes needs."""
+    that row (see pipeline.re_exports), which is all a comparison of hashes needs."""
     data = piece.data
     buf = np.frombuffer(data + _PAD, np.uint8)
     b = buf[:len(data)]
@@ -234,7 +235,8 @@ def type_piece(lane: CsvLane, piece: Piece, suffix: bytes = b"\n", sample: int =
     stops = ends - ((ends > starts) & (buf[np.maximum(ends - 1, 0)] == CR))
     ok = stops > starts  # an empty record is blank: handed on
     ascii = data.isascii()
-    _reject_inner(b, starts, ends, stops, ok, lane, data, ascii)
+    quotes = np.flatnonzero(b == lane.quote)
+    _reject_inner(b, starts, ends, stops, ok, lane, data, ascii, bool(len(quotes)))
     # exactly width - 1 delimiters in a record, or it is ragged
     delimiters = np.flatnonzero(b == lane.delimiter)
     first_delimiter = np.searchsorted(delimiters, starts)
@@ -245,7 +247,6 @@ def type_piece(lane: CsvLane, piece: Piece, suffix: bytes = b"\n", sample: int =
     fe = np.concatenate([inner, stops[rec][:, None]], axis=1)
     good = np.ones(len(rec), bool)
     # a quoted value: quotes around it and none inside; any other quote hands the record on
-    quotes = np.flatnonzero(b == lane.quote)
     if len(quotes):
         in_value = np.searchsorted(quotes, fe) - np.searchsorted(quotes, fs)
         quoted = ((in_value == 2) & (fe - fs >= 2) & (buf[fs] == lane.quote)
@@ -255,9 +256,9 @@ def type_piece(lane: CsvLane, piece: Piece, suffix: bytes = b"\n", sample: int =
     length = fe - fs
     # the row's first non-empty cell tells blank rows and footers: it must not start with a space (a cell of
     # spaces only is empty to the SQL lanes); the footer pattern is tried last, on admitted rows only
-    filled = length > 0
-    first_cell = filled.argmax(axis=1)
     if check:
+        filled = length > 0
+        first_cell = filled.argmax(axis=1)
         good &= filled.any(axis=1) & (buf[fs[np.arange(len(rec)), first_cell]] != SPACE)
         counts = _running_counts(b)
     else:  # hashing only: what a text value holds matters only where the piece has such bytes at all
@@ -295,16 +296,17 @@ def type_piece(lane: CsvLane, piece: Piece, suffix: bytes = b"\n", sample: int =
 
 
 def _reject_inner(b: np.ndarray, starts: np.ndarray, ends: np.ndarray, stops: np.ndarray, ok: np.ndarray,
-                  lane: CsvLane, data: bytes, ascii: bool) -> None:
+                  lane: CsvLane, data: bytes, ascii: bool, quotes: bool) -> None:
     """Records holding a line break (inside quotes) or a carriage return other than their last, and records
     whose bytes the lane cannot vouch for (not ASCII in a file that is not UTF-8; not UTF-8 at all)."""
     last = len(ends) - 1
-    breaks = np.flatnonzero(b == NL)
-    if len(breaks) > len(ends):
-        where = np.searchsorted(ends, breaks)
-        ok[where[breaks != ends[where]]] = False
-    returns = np.flatnonzero(b == CR)
-    if len(returns):
+    if quotes:  # without quotes every line break ends a record
+        breaks = np.flatnonzero(b == NL)
+        if len(breaks) > len(ends):
+            where = np.searchsorted(ends, breaks)
+            ok[where[breaks != ends[where]]] = False
+    if data.find(b"\r") >= 0:
+        returns = np.flatnonzero(b == CR)
         where = np.minimum(np.searchsorted(ends, returns), last)
         ok[where[returns != stops[where]]] = False
     if ascii:
@@ -477,7 +479,10 @@ def _hashes(buf: np.ndarray, sel, m: int, checked: list[_Checked | None],
                     on = drop >= k
                     counted[rows[on], end[on] - k] = False
         blocks = [_constant(m, b"("), (block, counted), _constant(m, b")")]
-        lengths = counted.sum(axis=1) + 2
+        lengths = stop - start + 2
+        for c in checked:
+            if c is not None and c.column.kind == "money":
+                lengths = lengths - (c.length[sel] - c.hashed[sel])
     else:
         blocks, lengths = [_constant(m, b"(")], np.ones(m, np.int64)
         for i, c in enumerate(checked):
