@@ -140,8 +140,10 @@ class BatchLoad(TypedInHandler, ReExports):
     def _create_typed(self, cur) -> None:
         cols = sql.SQL(", ").join(sql.SQL("{} {}").format(sql.Identifier(c.name), sql.SQL(SQL_TYPE[c.type]))
                                   for c in self.table.columns)
-        cur.execute(sql.SQL("create temp table typed (_sheet text, _row bigint, {}, _reasons text[] default '{{}}',"
-                            " _skip boolean default false, _row_hash text) on commit drop").format(cols))
+        # a COPY of rows typed in the handler leaves out what every row of its sheet shares
+        cur.execute(sql.SQL("create temp table typed (_sheet text default nullif(current_setting('pipeline.sheet', "
+                            "true), ''), _row bigint, {}, _reasons text[] default '{{}}', _skip boolean default false,"
+                            " _row_hash text) on commit drop").format(cols))
 
     def _create_raw(self, cur, sheet: RawSheet) -> None:
         cur.execute("drop table if exists raw; drop sequence if exists raw_row")

@@ -17,7 +17,8 @@ from concurrent.futures import ThreadPoolExecutor
 from psycopg2 import sql
 
 from pipeline.money import EXACT
-from pipeline.sources import RawSheet, csv_lane
+from pipeline.sources import RawSheet
+from pipeline.sources.lane import LaneStream
 from pipeline.typing_sql import SQL_TYPE, FastLane, Mapped, canonical_value, identifiers
 
 UNCHANGED_SAMPLE = 1_000  # rows of a delivery looked up in core to see whether most are loaded already
@@ -154,7 +155,7 @@ class ReExports:
         n = self.unchanged
         return skipped, read + n, quarantined, accepted + n, amount_in, amount_q, amount_loaded
 
-    def _unchanged_from_handler(self, cur, sheet: RawSheet, stream: csv_lane.LaneStream) -> dict | None:
+    def _unchanged_from_handler(self, cur, sheet: RawSheet, stream: LaneStream) -> dict | None:
         """A re-export of a batch's rows, every one as core holds it: the batch's summary, with nothing to
         write but the ledger; None when the file is anything else.
 

@@ -1,26 +1,28 @@
-"""A CSV typed in the handler: how a batch loads a sheet whose canonical rows pipeline.sources.csv_lane types,
-and the SQL lanes the rest. Straight into an empty table, or staged for the merge; a file that is a
-loaded batch's rows again is known without either (pipeline.re_exports)."""
+"""Rows typed in the handler: how a batch loads a sheet whose canonical rows the handler's lane types
+(pipeline.sources.lane, for a CSV or a workbook sheet), and the SQL lanes the rest. Straight into an empty
+table, or staged for the merge; a delivery that is a loaded batch's rows again is known without either
+(pipeline.re_exports)."""
 
 from __future__ import annotations
 
 from psycopg2 import sql
 
 from pipeline.re_exports import HANDLER_SAMPLE
-from pipeline.sources import RawSheet, copy_pieces, csv_lane
+from pipeline.sources import RawSheet, copy_pieces
+from pipeline.sources.lane import LaneAbandoned, LaneStream
 from pipeline.typing_sql import Mapped, identifiers, typed_select
 
 
 class TypedInHandler:
     """BatchLoad's part for sheets the handler types (mixed into pipeline.loader.BatchLoad)."""
 
-    # a CSV's canonical rows are typed and hashed in the handler while PostgreSQL stores the rows before them
-    # (pipeline.sources.csv_lane); the SQL lanes type the rest
+    # canonical rows are typed and hashed in the handler while PostgreSQL stores the rows before them
+    # (pipeline.sources.lane); the SQL lanes type the rest
     type_in_handler = True
 
     def _load_typed_in_handler(self, cur, sheet: RawSheet) -> tuple[bool, dict | None]:
-        """A CSV whose canonical rows the handler types (pipeline.sources.csv_lane), the rest going to the
-        careful lane: (whether it took the sheet, the batch's summary when that also finished the batch).
+        """A sheet whose canonical rows the handler types (pipeline.sources.lane), the rest going to the careful
+        lane: (whether it took the sheet, the batch's summary when that also finished the batch).
 
         It steps aside, leaving nothing behind, for a file whose first piece is mostly records it would hand
         on anyway, or whose records it cannot find (a quote never closed, a line break that never comes).
@@ -31,13 +33,14 @@ class TypedInHandler:
         cur.execute("savepoint handler_lane")
         try:
             with handler.stream(sample=HANDLER_SAMPLE) as stream:
-                if stream.records >= 1_000 and 2 * stream.rows < stream.records:
-                    raise csv_lane.LaneAbandoned("most of the first piece is records for the SQL lanes")
+                if stream.considered >= 1_000 and 2 * stream.rows < stream.considered:
+                    raise LaneAbandoned("most of the first piece is records for the SQL lanes")
                 summary = None
                 if self.direct:
                     summary = self._load_direct(
                         cur, mapped, lambda: self._fast_from_handler(cur, sheet, mapped, stream))
-                elif self.recognise_unchanged and self._updating_batches(cur)[0]:
+                elif (self.recognise_unchanged and getattr(self.reader, "one_sheet", False)
+                      and self._updating_batches(cur)[0]):
                     summary = self._unchanged_from_handler(cur, sheet, stream)
                 else:
                     self._staged_from_handler(cur, sheet, mapped, stream)
@@ -48,21 +51,22 @@ class TypedInHandler:
                     self._staged_from_handler(cur, sheet, mapped, stream)
             cur.execute("release savepoint handler_lane")
             return True, summary
-        except csv_lane.LaneAbandoned:
+        except LaneAbandoned:
             cur.execute("rollback to savepoint handler_lane")
             self.rejects = rejects
             return False, None
 
-    def _copy_from_handler(self, cur, target: sql.Composable, row_column: str, stream: csv_lane.LaneStream) -> None:
+    def _copy_from_handler(self, cur, target: sql.Composable, row_column: str, sheet: RawSheet,
+                           stream: LaneStream) -> None:
         """The handler's rows into `target`. A quoted empty value ("") is null, as the SQL lanes read it."""
-        lane = stream.lane
-        values = identifiers(c.name for c in lane.copied)
+        lane = sheet.handler_typing.copy_lane
+        values = identifiers(lane.copy_columns)
         copy_pieces(cur, sql.SQL("copy {} ({}, {}, _row_hash) from stdin with (format csv, delimiter {}, quote {}, "
                                  "force_null ({}), encoding 'UTF8')").format(
             target, values, sql.Identifier(row_column), sql.Literal(chr(lane.delimiter)), sql.Literal(chr(lane.quote)),
             values).as_string(cur), iter(stream))
 
-    def _handed_on(self, cur, sheet: RawSheet, mapped: list[Mapped], stream: csv_lane.LaneStream) -> RawSheet:
+    def _handed_on(self, cur, sheet: RawSheet, mapped: list[Mapped], stream: LaneStream) -> RawSheet:
         """The records the handler handed on, into raw and typed the careful way: the sheet raw holds."""
         handed = sheet.handler_typing.handed_on(stream, sheet)
         self._create_raw(cur, handed)
@@ -73,15 +77,16 @@ class TypedInHandler:
         return handed
 
     def _fast_from_handler(self, cur, sheet: RawSheet, mapped: list[Mapped],
-                           stream: csv_lane.LaneStream) -> tuple[int, RawSheet]:
+                           stream: LaneStream) -> tuple[int, RawSheet]:
         """The handler's rows straight into core, their lineage from the batch (migration 011); the rest typed."""
         cur.execute("select set_config('pipeline.batch_id', %s, true), set_config('pipeline.source', %s, true),"
                     " set_config('pipeline.source_ref', %s, true)",
                     (str(self.batch_id), self.delivery.source, self._ref(sheet.name)))
-        self._copy_from_handler(cur, sql.Identifier("core", self.table.name), "_source_row", stream)
+        self._copy_from_handler(cur, sql.Identifier("core", self.table.name), "_source_row", sheet, stream)
         return stream.rows, self._handed_on(cur, sheet, mapped, stream)
 
-    def _staged_from_handler(self, cur, sheet: RawSheet, mapped: list[Mapped], stream: csv_lane.LaneStream) -> None:
+    def _staged_from_handler(self, cur, sheet: RawSheet, mapped: list[Mapped], stream: LaneStream) -> None:
         """The handler's rows into typed, the rest typed the careful way, quarantined: ready for the merge."""
-        self._copy_from_handler(cur, sql.Identifier("typed"), "_row", stream)
+        cur.execute("select set_config('pipeline.sheet', %s, true)", (sheet.name or "",))
+        self._copy_from_handler(cur, sql.Identifier("typed"), "_row", sheet, stream)
         self._quarantine(cur, self._handed_on(cur, sheet, mapped, stream), mapped)

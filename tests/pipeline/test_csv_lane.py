@@ -4,6 +4,7 @@ them the same, and hands on everything else, so a file loads the same whichever 
 from __future__ import annotations
 
 import csv
+import datetime as dt
 import io
 import random
 
@@ -213,3 +214,106 @@ def test_an_unchecked_hash_is_a_loaded_rows_only_when_the_row_would_load_as_that
     for n in matching:
         assert loaded[n] == unchecked[n], f"{column} {values[n]!r} hashes like a loaded row it would not load as"
     assert 0 in matching  # the canonical spelling is known
+
+
+# -- workbook sheets ------------------------------------------------------------------------------------------------
+def tricky_payments(n: int, seed: int, as_text: bool) -> list[list]:
+    """Payment rows as finance teams type them: references with spaces, commas, line breaks, quotes and
+    padding; blank rows and a subtotal in between. Each column holds one kind of cell (a sheet that mixes
+    them is read cell by cell): dates and amounts as date and number cells, or, as_text, typed as text."""
+    rng = random.Random(seed)
+    texts = ["BACS", "Card", "Faster Payment", "Bank, transfer", "line\nbreak", 'say "hi"', " padded", "a(b)",
+             "back\\slash", "Caf\u00e9", "tab\there", "x" * 300]
+    if as_text:
+        amounts = ["12.30", "1234.5", "1,234.50", "0.005", "-4.50", "+3", "1e3", "12.3.4", "0", "007", "5."]
+        dates = ["2024-02-29", "2024-02-30", "2024-1-5", "03/01/2024", "2024-01-03 00:00:00", "yesterday"]
+    else:
+        amounts = [12.5, 0.1, 1200.0, 99.99, 3, -4.5, 0.005, 1e16, 123456.789, 0]
+        dates = [dt.date(2024, 1, 3), dt.date(2023, 12, 31), dt.date(1999, 2, 28), dt.date(2024, 2, 29)]
+    rows = []
+    for i in range(n):
+        roll = rng.random()
+        if roll < 0.02:
+            rows.append([None] * 6)  # a blank row
+            continue
+        if roll < 0.03:
+            rows.append(["Subtotal", None, None, None, None, "10.00" if as_text else 10.0])
+            continue
+        amount = round(rng.random() * 1000, 2)
+        rows.append([f"P-{seed}-{i}" if rng.random() < 0.9 else rng.choice(["P 1", "Total", f" P-{i}", "a,b"]),
+                     rng.choice(dates) if rng.random() < 0.2 else (
+                         (dt.date(2024, 1, 3) + dt.timedelta(days=i % 20)).isoformat() if as_text else
+                         dt.date(2024, 1, 3) + dt.timedelta(days=i % 20)),
+                     rng.choice(["00042", "007", "C 9", "c,1"]),
+                     f"INV-{i}" if rng.random() < 0.8 else rng.choice(texts),
+                     rng.choice(texts) if rng.random() < 0.3 else "BACS",
+                     rng.choice(amounts) if rng.random() < 0.2 else (f"{amount:.2f}" if as_text else amount)])
+    return rows
+
+
+def text_workbook(sheets: dict[str, list[list]]) -> bytes:
+    """Sheets whose cells are all text, under a title and the header on row 4, with a text Total row."""
+    import xlsxwriter
+
+    from tests.pipeline.test_ingest_excel import HEADER
+
+    buffer = io.BytesIO()
+    wb = xlsxwriter.Workbook(buffer, {"in_memory": True})
+    for name, rows in sheets.items():
+        ws = wb.add_worksheet(name)
+        ws.write_string(0, 0, f"{name}: received payments")
+        ws.write_row(3, 0, HEADER)
+        for r, row in enumerate(rows, start=4):
+            for c, value in enumerate(row):
+                if value is not None:
+                    ws.write_string(r, c, value)
+        ws.write_row(4 + len(rows), 0, ["Total", "", "", "", "", "123.45"])
+    wb.close()
+    return buffer.getvalue()
+
+
+def payments_outcome(landing, batch_id: int) -> tuple:
+    rows = landing.query("select payment_id, payment_date, client_id, invoice_ref, method, amount, _source, "
+                         "_source_ref like 's3://%%', _source_row, _row_hash, _batch_id = %s from core.payments "
+                         "order by payment_id", (batch_id,))
+    reasons = landing.query("select source_row, source_ref like '%%#%%', reason, reason_code, raw from "
+                            "meta.quarantine where batch_id = %s order by source_ref, source_row, reason", (batch_id,))
+    return rows, reasons, ledger(landing, batch_id)
+
+
+@pytest.mark.parametrize("as_text", [False, True], ids=["cells", "text"])
+@pytest.mark.parametrize("sheets", [1, 3])
+@pytest.mark.parametrize("into", ["empty", "loaded"])
+def test_the_handler_lane_loads_a_workbook_as_the_sql_lanes_do(landing, monkeypatch, sheets, into, as_text):
+    """Tricky cells in every column: typed in the handler or by the SQL lanes, the same rows, hashes, reasons
+    and ledger; one sheet into an empty table (straight in), several sheets or a loaded table (staged)."""
+    from tests.pipeline.test_ingest_excel import workbook
+
+    sheets_rows = {f"Payments {s}": tricky_payments(700, 10 * sheets + s, as_text) for s in range(sheets)}
+    body = text_workbook(sheets_rows) if as_text else workbook(sheets_rows)
+    results, lanes_used = [], []
+    real = ingest_object.BatchLoad._load_typed_in_handler
+
+    def spy(self, cur, sheet):
+        taken = real(self, cur, sheet)
+        lanes_used.append(taken[0])
+        return taken
+
+    monkeypatch.setattr(ingest_object.BatchLoad, "_load_typed_in_handler", spy)
+    for in_handler in (True, False):
+        monkeypatch.setattr(ingest_object.BatchLoad, "type_in_handler", in_handler)
+        landing.query("truncate meta.quarantine, core.payments, core.payments_history, meta.batches cascade; select 1")
+        if into == "loaded":
+            landing.ingest("landing/payments/2024/other.xlsx", workbook({"Payments": [
+                ["P-X", dt.date(2024, 1, 3), "00042", "INV-X", "BACS", 1.0]]}))
+        result = landing.ingest(f"landing/payments/2024/tricky-{in_handler}.xlsx", body)
+        assert result["status"] == "committed"
+        results.append(payments_outcome(landing, result["batch_id"]))
+    assert lanes_used and all(lanes_used)  # the handler took every sheet it was offered
+    handler, sql_lanes = results
+    assert handler[2] == sql_lanes[2]
+    assert handler[1] == sql_lanes[1]
+    assert handler[0] == sql_lanes[0]
+    entry = handler[2]
+    assert reconciles(entry), repr(entry)
+    assert entry["rows_inserted"] > 300 * sheets and entry["rows_quarantined"] > 20 and entry["rows_skipped"] > 10

@@ -15,15 +15,17 @@ import itertools
 import re
 import zipfile
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path, PurePosixPath
 
+import numpy as np
 from psycopg2 import sql
 from python_calamine import CalamineWorkbook
 
 from pipeline.config import ReadOptions
 from pipeline.model import Table
-from pipeline.sources import PIECE_ROWS, LoadError, RawSheet, copy_csv, copy_pieces, excel_arrow, map_header
+from pipeline.sources import PIECE_ROWS, LoadError, RawSheet, copy_csv, copy_pieces, excel_arrow, excel_lane, map_header
 from pipeline.sources.s3_csv import raw_columns
 
 _FORMULA_NO_VALUE = re.compile(
@@ -93,6 +95,37 @@ _CONVERTERS = {"money": _as_number, "integer": _as_number, "date": _as_date,
 def converter(kind: str | None) -> Callable[[object], str]:
     """The text of one cell of a column of that type (None: unmapped): both lanes word cells with it."""
     return _CONVERTERS.get(kind, _as_text)
+
+
+@dataclass
+class WorkbookTyping:
+    """A sheet's rows typed in the handler (pipeline.sources.excel_lane), from the columns fastexcel read."""
+
+    sheet: excel_lane.SheetLane
+
+    @property
+    def copy_lane(self):
+        """The lane (pipeline.sources.lane.Lane): how its COPY text is written."""
+        return self.sheet.lane
+
+    def stream(self, **options):
+        """A pass of the lane over the sheet's rows (see LaneStream for the options); close it when done."""
+        return excel_lane.stream(self.sheet, **options)
+
+    def handed_on(self, stream, sheet: RawSheet) -> RawSheet:
+        """The rows the lane handed on, as a raw sheet for the SQL lanes: their cells' text from the same
+        columns, in one binary COPY."""
+        first_row, columns = self.sheet.first_row, self.sheet.columns
+        handed = RawSheet(sheet.name, sheet.header, sheet.mapping, first_row, lambda cur, target: None)
+        rows = np.fromiter((row - first_row for row, _, _ in stream.handed_on()), np.int64)
+
+        def copy(cur, target: str) -> None:
+            statement = sql.SQL("copy {} (_sheet, _row, {}) from stdin with (format binary)").format(
+                sql.Identifier(target), raw_columns(len(columns))).as_string(cur)
+            copy_pieces(cur, statement, excel_arrow.copy_binary(sheet.name, first_row, columns, len(rows), rows))
+
+        handed.copy = copy
+        return handed
 
 
 def _column_letters(index: int) -> str:
@@ -260,7 +293,11 @@ class ExcelReader:
                 sql.Identifier(target), raw_columns(len(columns))).as_string(cur)
             copy_pieces(cur, statement, excel_arrow.copy_binary(name, first_row, columns, arrow.height))
 
-        return RawSheet(name, arrow.header, mapping, first_row, copy_rows), formulas
+        sheet = RawSheet(name, arrow.header, mapping, first_row, copy_rows)
+        lane = excel_lane.lane_for(self.table, mapping, self.options)
+        if lane is not None:
+            sheet.handler_typing = WorkbookTyping(excel_lane.SheetLane(lane, first_row, arrow.height, columns))
+        return sheet, formulas
 
     def _kinds(self, mapping: dict[str, int], width: int) -> list[str | None]:
         kinds: list[str | None] = [None] * width

@@ -34,7 +34,7 @@ CHUNK_ROWS = 20_000  # rows per piece of the COPY stream: memory holds one piece
 
 
 @dataclass
-class _Column:
+class Column:
     """n values as UTF-8 bytes: value i is data[starts[i]:starts[i] + lengths[i]], a length of -1 is NULL."""
 
     data: np.ndarray  # uint8
@@ -42,7 +42,7 @@ class _Column:
     lengths: np.ndarray  # int64
 
     @classmethod
-    def null(cls, n: int) -> _Column:
+    def null(cls, n: int) -> Column:
         return cls(np.zeros(0, np.uint8), np.zeros(n, np.int64), np.full(n, -1, np.int64))
 
 
@@ -51,7 +51,7 @@ class ArrowSheet:
     header: list[str]  # as the sheet spells it, '' where a column has no name, from column A
     height: int  # data rows after the header
     # kinds by position -> each column's text, or None when a column needs the cell-by-cell path
-    columns: Callable[[list[str | None]], list[_Column] | None]
+    columns: Callable[[list[str | None]], list[Column] | None]
 
 
 def _valid(buffers, n: int, offset: int) -> np.ndarray | None:
@@ -68,16 +68,16 @@ def _values(array, buffers) -> np.ndarray:
     return np.frombuffer(buffers[1], np.float64 if array.schema.format == "g" else np.int64)[off:off + n]
 
 
-def _strings(array, buffers, valid: np.ndarray | None) -> _Column:
+def _strings(array, buffers, valid: np.ndarray | None) -> Column:
     n, off = array.length, array.offset
     offsets = np.frombuffer(buffers[1], np.int32)[off:off + n + 1].astype(np.int64)
     starts, lengths = offsets[:-1], np.diff(offsets)
     if valid is not None:
         lengths = np.where(valid, lengths, 0)
-    return _Column(np.frombuffer(buffers[2], np.uint8), starts, np.where(lengths == 0, -1, lengths))
+    return Column(np.frombuffer(buffers[2], np.uint8), starts, np.where(lengths == 0, -1, lengths))
 
 
-def _timestamps(array, buffers, valid: np.ndarray | None, kind: str | None) -> _Column | None:
+def _timestamps(array, buffers, valid: np.ndarray | None, kind: str | None) -> Column | None:
     """Dates as ISO text, when the cell-by-cell path would give exactly that: every value on or after
     1900-03-01 (no 1900 leap-year quirk, no time-only cell), and either a date column or no time of day.
     Each distinct day is formatted once: a sheet of 100k rows holds a few thousand days at most."""
@@ -95,20 +95,20 @@ def _timestamps(array, buffers, valid: np.ndarray | None, kind: str | None) -> _
     lengths = np.full(n, 10, np.int64)
     if valid is not None:
         lengths[~valid] = -1
-    return _Column(np.frombuffer(text.tobytes(), np.uint8), where.astype(np.int64) * 10, lengths)
+    return Column(np.frombuffer(text.tobytes(), np.uint8), where.astype(np.int64) * 10, lengths)
 
 
-def _booleans(array, buffers, valid: np.ndarray | None) -> _Column:
+def _booleans(array, buffers, valid: np.ndarray | None) -> Column:
     n, off = array.length, array.offset
     bits = np.unpackbits(np.frombuffer(buffers[1], np.uint8), bitorder="little")[off:off + n].astype(bool)
     lengths = np.where(bits, 4, 5).astype(np.int64)
     if valid is not None:
         lengths[~valid] = -1
-    return _Column(np.frombuffer(b"truefalse", np.uint8), np.where(bits, 0, 4).astype(np.int64), lengths)
+    return Column(np.frombuffer(b"truefalse", np.uint8), np.where(bits, 0, 4).astype(np.int64), lengths)
 
 
 def _numbers(values: np.ndarray, valid: np.ndarray | None, kind: str | None,
-             convert: Callable[[object], str]) -> _Column:
+             convert: Callable[[object], str]) -> Column:
     """Numbers as the cell-by-cell converter words them. Where a float is exactly the nearest double to an
     amount in cents, its shortest repr is that amount, so those are formatted column-wise from integer
     cents ('12.3', '-0.05', '1500'); the rest (zero, other fractions, huge values, serial dates in a date
@@ -138,7 +138,7 @@ def _numbers(values: np.ndarray, valid: np.ndarray | None, kind: str | None,
     width = text.dtype.itemsize
     lengths = np.strings.str_len(text).astype(np.int64)
     lengths[(lengths == 0) | ~present] = -1
-    return _Column(np.frombuffer(text.tobytes(), np.uint8), np.arange(n, dtype=np.int64) * width, lengths)
+    return Column(np.frombuffer(text.tobytes(), np.uint8), np.arange(n, dtype=np.int64) * width, lengths)
 
 
 def _header(columns) -> list[str] | None:
@@ -180,8 +180,8 @@ def read(path: Path, name: str, header_row: int, converter: Callable[[str | None
     if any(f not in ("u", "g", "l", "b", "n", "tsm:") for f in formats):
         return None
 
-    def columns(kinds: list[str | None]) -> list[_Column] | None:
-        built = [_Column.null(height) for _ in header]
+    def columns(kinds: list[str | None]) -> list[Column] | None:
+        built = [Column.null(height) for _ in header]
         for pos, child in zip(positions, children, strict=True):
             buffers, kind, fmt = list(child.view().buffers), kinds[pos], child.schema.format
             valid = _valid(buffers, child.length, child.offset) if fmt != "n" else None
@@ -201,22 +201,24 @@ def read(path: Path, name: str, header_row: int, converter: Callable[[str | None
     return ArrowSheet(header, height, columns)
 
 
-def copy_binary(sheet_name: str, first_row: int, columns: list[_Column], n: int) -> Iterator[bytes]:
-    """PostgreSQL's binary COPY of rows (_sheet text, _row bigint, c0 text, ...), in pieces of CHUNK_ROWS."""
+def copy_binary(sheet_name: str, first_row: int, columns: list[Column], n: int,
+                rows: np.ndarray | None = None) -> Iterator[bytes]:
+    """PostgreSQL's binary COPY of rows (_sheet text, _row bigint, c0 text, ...), in pieces of CHUNK_ROWS: the
+    sheet's n data rows, or only those at these indices."""
     yield _HEADER
     name = sheet_name.encode("utf-8")
     fields = 2 + len(columns)
-    for start in range(0, n, CHUNK_ROWS):
-        stop = min(n, start + CHUNK_ROWS)
-        yield _piece(name, first_row + start, [_slice(c, start, stop) for c in columns], stop - start, fields)
+    count = n if rows is None else len(rows)
+    for start in range(0, count, CHUNK_ROWS):
+        stop = min(count, start + CHUNK_ROWS)
+        which = slice(start, stop) if rows is None else rows[start:stop]
+        numbers = first_row + (np.arange(start, stop, dtype=np.int64) if rows is None else which)
+        yield _piece(name, numbers, [Column(c.data, c.starts[which], c.lengths[which]) for c in columns], fields)
     yield _TRAILER
 
 
-def _slice(column: _Column, start: int, stop: int) -> _Column:
-    return _Column(column.data, column.starts[start:stop], column.lengths[start:stop])
-
-
-def _piece(name: bytes, first_row: int, columns: list[_Column], rows: int, fields: int) -> bytes:
+def _piece(name: bytes, numbers: np.ndarray, columns: list[Column], fields: int) -> bytes:
+    rows = len(numbers)
     lengths = np.empty((rows, fields), np.int64)
     lengths[:, 0] = len(name)
     lengths[:, 1] = 8
@@ -239,14 +241,14 @@ def _piece(name: bytes, first_row: int, columns: list[_Column], rows: int, field
         out[field_starts + k] = be[:, :, k]
     payload = field_starts + 4
     out[payload[:, 0, None] + np.arange(len(name))] = np.frombuffer(name, np.uint8)
-    row_numbers = np.arange(first_row, first_row + rows, dtype=">i8").view(np.uint8).reshape(rows, 8)
+    row_numbers = numbers.astype(">i8").view(np.uint8).reshape(rows, 8)
     out[payload[:, 1, None] + np.arange(8)] = row_numbers
     for i, column in enumerate(columns):
         _scatter(out, payload[:, 2 + i], column)
     return out.tobytes()
 
 
-def _scatter(out: np.ndarray, destinations: np.ndarray, column: _Column) -> None:
+def _scatter(out: np.ndarray, destinations: np.ndarray, column: Column) -> None:
     """Copy each value's bytes to its place in `out`, all values of the column in one fancy-index."""
     lengths = np.maximum(column.lengths, 0)
     total = int(lengths.sum())

@@ -53,9 +53,14 @@ class HandlerTyping:
     offset: int  # the first data record's byte offset
     first_row: int  # its record number (and line: the header and the rows above it are a line each)
 
-    def stream(self, **options) -> csv_lane.LaneStream:
+    @property
+    def copy_lane(self):
+        """The lane (pipeline.sources.lane.Lane): how its COPY text is written."""
+        return self.lane.lane
+
+    def stream(self, **options):
         """A pass of the lane over the file (see LaneStream for the options); close it when done."""
-        return csv_lane.LaneStream(self.lane, self.reader.path, self.offset, self.first_row, **options)
+        return csv_lane.stream(self.lane, self.reader.path, self.offset, self.first_row, **options)
 
     def handed_on(self, stream: csv_lane.LaneStream, sheet: RawSheet) -> RawSheet:
         """The records the lane handed on, as a raw sheet for the SQL lanes: each parsed by the csv module
