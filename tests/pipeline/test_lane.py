@@ -1,5 +1,6 @@
-"""The handler's CSV lane: it admits exactly the rows the SQL lanes would take as they are, types and hashes
-them the same, and hands on everything else, so a file loads the same whichever way its rows go."""
+"""The handler's lane (pipeline.sources.lane, with its CSV and workbook front ends): it admits exactly the rows
+the SQL lanes would take as they are, types and hashes them the same, and hands on everything else, so a
+delivery loads the same whichever way its rows go."""
 
 from __future__ import annotations
 
@@ -79,6 +80,30 @@ def outcome(landing, batch_id: int) -> tuple:
     return rows, reasons, entry
 
 
+def both_ways(landing, monkeypatch, load, read) -> tuple[tuple, list[bool]]:
+    """The outcome of `load()` (a batch id) typed in the handler and by the SQL lanes, each read by
+    `read(batch_id)` after the same fresh start in `load`; and whether the handler took each sheet offered.
+    Asserts the two ways give the same rows, reasons and ledger, and that the ledger reconciles."""
+    results, lanes_used = [], []
+    real = ingest_object.BatchLoad._load_typed_in_handler
+
+    def spy(self, cur, sheet):
+        taken = real(self, cur, sheet)
+        lanes_used.append(taken[0])
+        return taken
+
+    monkeypatch.setattr(ingest_object.BatchLoad, "_load_typed_in_handler", spy)
+    for in_handler in (True, False):
+        monkeypatch.setattr(ingest_object.BatchLoad, "type_in_handler", in_handler)
+        results.append(read(load(in_handler)))
+    handler, sql_lanes = results
+    assert handler[2] == sql_lanes[2]
+    assert handler[1] == sql_lanes[1]
+    assert handler[0] == sql_lanes[0]
+    assert reconciles(handler[2]), repr(handler[2])
+    return handler, lanes_used
+
+
 @pytest.mark.parametrize(("seed", "delimiter", "crlf"), [(1, ",", False), (2, ";", True), (3, ",", True)])
 @pytest.mark.parametrize("into", ["empty", "loaded"])
 def test_the_handler_lane_loads_a_file_as_the_sql_lanes_do(landing, monkeypatch, seed, delimiter, crlf, into):
@@ -91,30 +116,16 @@ def test_the_handler_lane_loads_a_file_as_the_sql_lanes_do(landing, monkeypatch,
         from tests.pipeline.test_ingest_csv import with_read
 
         config = with_read(config, "sales", delimiter=delimiter)
-    results, lanes_used = [], []
-    real = ingest_object.BatchLoad._load_typed_in_handler
 
-    def spy(self, cur, sheet):
-        taken = real(self, cur, sheet)
-        lanes_used.append(taken[0])
-        return taken
-
-    monkeypatch.setattr(ingest_object.BatchLoad, "_load_typed_in_handler", spy)
-    for in_handler in (True, False):
-        monkeypatch.setattr(ingest_object.BatchLoad, "type_in_handler", in_handler)
+    def load(in_handler: bool) -> int:
         landing.query(TRUNCATE_SALES)
         if into == "loaded":
             landing.ingest("landing/sales/2024/other.csv", sales("SO-X,1,2024-01-05,00042,Widget,1,1.00,1.00,GBP"))
-        result = landing.ingest(f"landing/sales/2024/tricky-{in_handler}.csv", body, config=config)
-        assert result["status"] == "committed"
-        results.append(outcome(landing, result["batch_id"]))
+        return landing.ingest(f"landing/sales/2024/tricky-{in_handler}.csv", body, config=config)["batch_id"]
+
+    handler, lanes_used = both_ways(landing, monkeypatch, load, lambda batch_id: outcome(landing, batch_id))
     assert lanes_used == [True] * (2 if into == "loaded" else 1)  # the handler took its files, whole
-    handler, sql_lanes = results
-    assert handler[2] == sql_lanes[2]
-    assert handler[1] == sql_lanes[1]
-    assert handler[0] == sql_lanes[0]
     entry = handler[2]
-    assert reconciles(entry), repr(entry)
     # the file is tricky enough: rows of every kind
     assert entry["rows_inserted"] > 500 and entry["rows_quarantined"] > 100 and entry["rows_skipped"] > 5
 
@@ -291,29 +302,15 @@ def test_the_handler_lane_loads_a_workbook_as_the_sql_lanes_do(landing, monkeypa
 
     sheets_rows = {f"Payments {s}": tricky_payments(700, 10 * sheets + s, as_text) for s in range(sheets)}
     body = text_workbook(sheets_rows) if as_text else workbook(sheets_rows)
-    results, lanes_used = [], []
-    real = ingest_object.BatchLoad._load_typed_in_handler
 
-    def spy(self, cur, sheet):
-        taken = real(self, cur, sheet)
-        lanes_used.append(taken[0])
-        return taken
-
-    monkeypatch.setattr(ingest_object.BatchLoad, "_load_typed_in_handler", spy)
-    for in_handler in (True, False):
-        monkeypatch.setattr(ingest_object.BatchLoad, "type_in_handler", in_handler)
+    def load(in_handler: bool) -> int:
         landing.query("truncate meta.quarantine, core.payments, core.payments_history, meta.batches cascade; select 1")
         if into == "loaded":
             landing.ingest("landing/payments/2024/other.xlsx", workbook({"Payments": [
                 ["P-X", dt.date(2024, 1, 3), "00042", "INV-X", "BACS", 1.0]]}))
-        result = landing.ingest(f"landing/payments/2024/tricky-{in_handler}.xlsx", body)
-        assert result["status"] == "committed"
-        results.append(payments_outcome(landing, result["batch_id"]))
+        return landing.ingest(f"landing/payments/2024/tricky-{in_handler}.xlsx", body)["batch_id"]
+
+    handler, lanes_used = both_ways(landing, monkeypatch, load, lambda batch_id: payments_outcome(landing, batch_id))
     assert lanes_used and all(lanes_used)  # the handler took every sheet it was offered
-    handler, sql_lanes = results
-    assert handler[2] == sql_lanes[2]
-    assert handler[1] == sql_lanes[1]
-    assert handler[0] == sql_lanes[0]
     entry = handler[2]
-    assert reconciles(entry), repr(entry)
     assert entry["rows_inserted"] > 300 * sheets and entry["rows_quarantined"] > 20 and entry["rows_skipped"] > 10
