@@ -60,7 +60,8 @@ def targets(by: dict[str, dict]) -> list[tuple[str, str, str, str]]:
     out = []
     r, floor = get("project", "ratio_to_copy"), get("copy_core", "ratio_to_copy")
     out.append(row("P1 first load 1M rows", "<= 2.5x raw COPY", f"{_fmt(r, 2)}x" + (
-        f" (the typed rows alone copied into core.sales: {_fmt(floor, 2)}x)" if floor is not None else ""),
+        f" (the least a first load of core.sales costs, its typed rows copied in and its key built: "
+        f"{_fmt(floor, 2)}x)" if floor is not None else ""),
         None if r is None else r <= 2.5))
     r = get("project_same_object", "extra", "ratio_to_first_load")
     cold = get("project_same_object_cold", "extra", "ratio_to_first_load")
@@ -100,6 +101,21 @@ def targets(by: dict[str, dict]) -> list[tuple[str, str, str, str]]:
     return out
 
 
+def floor_note(by: dict[str, dict]) -> list[str]:
+    """What the floor says of P1, from this run's figures."""
+    floor, project = by.get("copy_core"), by.get("project")
+    if not floor or not project or not floor.get("ratio_to_copy") or not project.get("ratio_to_copy"):
+        return []
+    f, r = floor["ratio_to_copy"], project["ratio_to_copy"]
+    verdict = ("above P1's 2.5x before a byte of the file is read, checked or hashed: no loader of this table "
+               "can meet P1 here while every row keeps its lineage and the table its primary key"
+               if f > 2.5 else "below P1's 2.5x")
+    return ["", f"`copy_core` is the least a first load of core.sales costs in this run: the rows already typed "
+                f"and hashed, copied by psql into an empty copy of the table and its key built, {f:.2f}x raw COPY, "
+                f"{verdict}. The ingest function's first load costs {r / f:.2f}x that floor, its cold start, "
+                f"download, reading, checking and hashing included."]
+
+
 def render(lines: list[dict], profile: str | None = None) -> str:
     by = {r["name"]: r for r in lines}
     info = machine()
@@ -121,6 +137,7 @@ def render(lines: list[dict], profile: str | None = None) -> str:
     parts += [f"| {k} | {v} |" for k, v in info.items()]
     parts += ["", "## Targets", "", "| target | goal | measured | |", "| --- | --- | --- | --- |"]
     parts += [f"| {t} | {g} | {m} | {ok} |" for t, g, m, ok in targets(by)]
+    parts += floor_note(by)
     titles = {"ingest": "P1/P2 ingest of a 9-column sales CSV", "excel": "P3 Excel workbook, 9 columns",
               "memory": "P4 peak memory of the ingest function", "query": "P5 queries and refresh",
               "demo": "P6 the main command"}
