@@ -173,7 +173,8 @@ class ReExports:
         # Values are not tested: a raw row hashes like a loaded row only when it would type to exactly that
         # row (an accepted row's text is its values' own spellings; a raw value that is not one, '007' or
         # ' a' or '2025-02-30', hashes like none of them), so equal fingerprints mean the batch's rows again,
-        # and any other file (a footer, a blank or a changed row more) differs in its count or its sum.
+        # and any other file (a changed row, a row more or less) differs in its count or its sum. The rows the
+        # SQL lanes would skip (blank rows, a Total footer) are set aside and counted as skipped.
         with sheet.handler_typing.stream(copy=False, check=False, keep_handed_on=False) as whole, \
                 ThreadPoolExecutor(1) as pool:
             hashing = pool.submit(whole.drain)
@@ -186,7 +187,7 @@ class ReExports:
         if whole.handed_on_count or (count, int(fingerprint)) != (whole.rows, whole.fingerprint):
             return None
         return self._summary(read=count, inserted=0, updated=0, accepted=count, duplicates=0, quarantined=0,
-                             skipped=0, amount_in=amount, amount_loaded=amount, amount_q=0, amount_dup=0)
+                             skipped=whole.skipped, amount_in=amount, amount_loaded=amount, amount_q=0, amount_dup=0)
 
     def _sampled_batch(self, cur, sample: list[dict]) -> int | None:
         """The batch whose rows in core are, by key and content hash, most of these sampled rows; or None."""

@@ -73,3 +73,27 @@ def landing(landing_session: Landing) -> Landing:
     with psycopg2.connect(landing_session.database_url) as conn, conn.cursor() as cur:
         cur.execute(TRUNCATE)
     return landing_session
+
+
+@pytest.fixture()
+def found_unchanged(monkeypatch) -> list[int]:
+    """How many rows each load found already in core without typing them, in order: by the SQL lanes' search
+    (BatchLoad._find_unchanged) or, typed in the handler, as a loaded batch's rows again."""
+    from pipeline.loader import BatchLoad
+
+    seen = []
+    search = BatchLoad._find_unchanged
+    again = BatchLoad._unchanged_from_handler
+
+    def searched(self, *args):
+        seen.append(search(self, *args))
+        return seen[-1]
+
+    def recognised(self, *args):
+        summary = again(self, *args)
+        seen.append(summary["rows_unchanged"] if summary else 0)
+        return summary
+
+    monkeypatch.setattr(BatchLoad, "_find_unchanged", searched)
+    monkeypatch.setattr(BatchLoad, "_unchanged_from_handler", recognised)
+    return seen

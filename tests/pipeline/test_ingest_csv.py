@@ -389,28 +389,6 @@ def _batch_outcome(landing, batch_id: int) -> tuple:
     return rows, reasons, history, ledger(landing, batch_id)
 
 
-@pytest.fixture()
-def found_unchanged(monkeypatch) -> list[int]:
-    """How many rows each load found already in core without typing them, in order: by the SQL lanes' search
-    (BatchLoad._find_unchanged) or, typed in the handler, as a loaded batch's rows again."""
-    seen = []
-    search = ingest_object.BatchLoad._find_unchanged
-    again = ingest_object.BatchLoad._unchanged_from_handler
-
-    def searched(self, *args):
-        seen.append(search(self, *args))
-        return seen[-1]
-
-    def recognised(self, *args):
-        summary = again(self, *args)
-        seen.append(summary["rows_unchanged"] if summary else 0)
-        return summary
-
-    monkeypatch.setattr(ingest_object.BatchLoad, "_find_unchanged", searched)
-    monkeypatch.setattr(ingest_object.BatchLoad, "_unchanged_from_handler", recognised)
-    return seen
-
-
 TRUNCATE_SALES = "truncate meta.quarantine, core.sales, core.sales_history, meta.batches cascade; select 1"
 
 

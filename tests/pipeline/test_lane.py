@@ -314,3 +314,54 @@ def test_the_handler_lane_loads_a_workbook_as_the_sql_lanes_do(landing, monkeypa
     assert lanes_used and all(lanes_used)  # the handler took every sheet it was offered
     entry = handler[2]
     assert entry["rows_inserted"] > 300 * sheets and entry["rows_quarantined"] > 20 and entry["rows_skipped"] > 10
+
+
+def test_a_one_sheet_workbook_of_a_loaded_batchs_rows_is_known_without_typing_them(landing, monkeypatch,
+                                                                                    found_unchanged):
+    """The README's claim for workbooks: a one-sheet workbook holding a loaded batch's rows again, in another
+    order, is recognised as that batch (every row unchanged, nothing written but the ledger); the same
+    outcome as typing and merging every row. A sheet of three is not recognised (a batch of several sheets is
+    merged sheet by sheet)."""
+    from tests.pipeline.test_ingest_excel import workbook
+
+    rows = [[f"P-{i}", dt.date(2024, 1, 3), "00042", f"INV-{i}", "BACS", 10.5 + i] for i in range(40)]
+    outcomes = []
+    for recognise in (True, False):
+        monkeypatch.setattr(ingest_object.BatchLoad, "recognise_unchanged", recognise)
+        landing.query("truncate meta.quarantine, core.payments, core.payments_history, meta.batches cascade; select 1")
+        landing.ingest("landing/payments/2024/loaded.xlsx", workbook({"Payments": rows}))
+        again = landing.ingest("landing/payments/2024/again.xlsx", workbook({"Payments": rows[::-1]}))
+        outcomes.append(payments_outcome(landing, again["batch_id"]))
+    assert found_unchanged == [40]
+    assert outcomes[0] == outcomes[1]
+    entry = outcomes[0][2]
+    assert (entry["rows_read"], entry["rows_unchanged"], entry["rows_skipped"]) == (40, 40, 1)
+    assert reconciles(entry)
+    landing.ingest("landing/payments/2024/three.xlsx", workbook({"Payments A": rows[:10], "Payments B": rows[10:20],
+                                                                "Payments C": rows[20:]}))
+    assert found_unchanged == [40]  # not asked
+
+
+@pytest.mark.parametrize(("extra", "found"), [([], 30), (["SO-99,1,2024-01-05,,Widget,1,1.00,1.00,GBP"], 0)],
+                         ids=["footer-and-blank", "and-a-row-to-quarantine"])
+def test_a_re_export_with_a_footer_and_a_blank_line_is_known_as_the_batch_again(landing, monkeypatch,
+                                                                                  found_unchanged, extra, found):
+    """The rows the SQL lanes skip (a blank line, a Total footer) are set aside by the re-export's pass, not
+    hashed: the file is still that batch's rows again, with the skipped rows counted as the full way counts
+    them. A row missing a value that is no footer is not set aside: that file is merged the full way."""
+    from tests.pipeline.test_ingest_csv import LOADED
+
+    def body(lines: list[str]) -> bytes:
+        return sales(*lines, "", "Total,,,,,,,630.00,")
+
+    outcomes = []
+    for recognise in (True, False):
+        monkeypatch.setattr(ingest_object.BatchLoad, "recognise_unchanged", recognise)
+        landing.query(TRUNCATE_SALES)
+        landing.ingest("landing/sales/2024/loaded.csv", body(LOADED))
+        again = landing.ingest("landing/sales/2024/again.csv", body(LOADED[::-1] + extra))
+        outcomes.append(outcome(landing, again["batch_id"]))
+    assert found_unchanged == [found]
+    assert outcomes[0] == outcomes[1]
+    entry = outcomes[0][2]
+    assert entry["rows_skipped"] == 2 and entry["rows_unchanged"] == 30 and reconciles(entry)

@@ -12,7 +12,7 @@ import itertools
 import re
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 import psycopg2.errors
 
@@ -34,8 +34,22 @@ class RawSheet:
     copy: Callable[[object, str], None]
     raw_rows_copy: bool = False  # True: copy() sends the file itself (PostgreSQL parses the CSV)
     rejects: list[tuple[int, dict, str, str]] = field(default_factory=list)  # (row, raw, reason, code)
-    # a CSV whose rows the handler can type itself (pipeline.sources.s3_csv.HandlerTyping), or None
-    handler_typing: object | None = None
+    # how the handler types the sheet's rows itself, when it can (pipeline.sources.lane), else None
+    handler_typing: HandlerTyping | None = None
+
+
+class HandlerTyping(Protocol):
+    """A sheet's rows as the handler's lane reads them: s3_csv.CsvTyping, excel.WorkbookTyping."""
+
+    @property
+    def copy_lane(self) -> Any:
+        """The lane (pipeline.sources.lane.Lane): how its COPY text is written."""
+
+    def stream(self, **options) -> Any:
+        """A pass of the lane over the rows (a pipeline.sources.lane.LaneStream); close it when done."""
+
+    def handed_on(self, stream, sheet: RawSheet) -> RawSheet:
+        """The rows the lane handed on, as a raw sheet for the SQL lanes."""
 
 
 class _Pieces:

@@ -22,6 +22,7 @@ from pipeline.sources.lane import (
     PAD,
     SPACE,
     SPECIAL,
+    FirstCells,
     Lane,
     LaneAbandoned,
     LaneStream,
@@ -45,16 +46,8 @@ class CsvLane:
     lane: Lane
     width: int  # values in a record, as the header has
     ascii_only: bool  # a file in another encoding than UTF-8: only its ASCII records are the lane's
-
-    @property
-    def whole_records(self) -> bool:
-        """Every value of a record is loaded, once: COPY can take the record as the file spells it."""
-        return sorted(c.position for c in self.lane.loaded) == list(range(self.width))
-
-    @property
-    def table_order(self) -> bool:
-        """The file's values are the table's columns, in its order: a record is nearly the row's text."""
-        return [c.position for c in self.lane.columns] == list(range(self.width))
+    whole_records: bool  # every value of a record is loaded, once: COPY takes the record as the file spells it
+    table_order: bool  # the file's values are the table's columns, in its order: a record is nearly the row's text
 
 
 def lane_for(table: Table, mapping: dict[str, int], options: ReadOptions, width: int) -> CsvLane | None:
@@ -70,7 +63,8 @@ def lane_for(table: Table, mapping: dict[str, int], options: ReadOptions, width:
     copied = tuple(c.name for c in (sorted(loaded, key=lambda c: c.position) if whole else loaded))
     lane = Lane(columns, re.compile(options.skip_rows_matching) if options.skip_rows_matching else None,
                 "utf-8" if utf8 else "ascii", ord(options.delimiter), ord(options.quotechar), copied)
-    return CsvLane(lane, width, ascii_only=not utf8)
+    return CsvLane(lane, width, ascii_only=not utf8, whole_records=whole,
+                   table_order=[c.position for c in columns] == list(range(width)))
 
 
 # -- whole records, a piece at a time ----------------------------------------------------------------------
@@ -151,17 +145,12 @@ def type_piece(csv: CsvLane, piece: Piece, suffix: bytes = b"\n", sample: int = 
         good &= ~((in_value != 0) & ~quoted).any(axis=1)
         fs, fe = fs + quoted, fe - quoted
     length = fe - fs
-    first_cells = None
+    filled = length > 0
+    at = filled.argmax(axis=1)
+    first = FirstCells(~filled.any(axis=1), filled.any(axis=1) & (buf[fs[np.arange(len(rec)), at]] != SPACE),
+                       lambda rows: _cells(data, b, fs[rows, at[rows]], fe[rows, at[rows]], lane.codec, ascii))
     if check:
-        # the row's first non-empty cell tells blank rows and footers: it must not start with a space (a cell
-        # of spaces only is empty to the SQL lanes)
-        filled = length > 0
-        first = filled.argmax(axis=1)
-        good &= filled.any(axis=1) & (buf[fs[np.arange(len(rec)), first]] != SPACE)
         counts = running_counts(b)
-
-        def first_cells(keep: np.ndarray) -> list[str]:
-            return _cells(data, b, fs[keep, first[keep]], fe[keep, first[keep]], lane.codec, ascii)
     else:  # hashing only: what a text value holds matters only where the piece has such bytes at all (a line
         # break or carriage return in a record the lane reads ends it; the delimiter is never in a value)
         special = len(quotes) or any(data.find(c) >= 0 for c in SPECIAL if c not in (lane.delimiter, NL, CR))
@@ -176,12 +165,17 @@ def type_piece(csv: CsvLane, piece: Piece, suffix: bytes = b"\n", sample: int = 
         def copy_values(sel) -> list[tuple]:
             return [block(buf, lines.start[sel], lines.length[sel]), constant(len(lines.start[sel]), bytes([
                 lane.delimiter]))]
-    typed, keep = type_rows(lane, values, good, piece.first + rec, first_cells, copy_values, as_is, suffix, sample,
+    typed, keep = type_rows(lane, values, good, piece.first + rec, first, copy_values, as_is, suffix, sample,
                             copy, check)
     typed.considered = len(ends)
-    admitted = np.zeros(len(ends), bool)
-    admitted[rec[keep]] = True
-    handed_on = np.flatnonzero(~admitted)
+    settled = np.zeros(len(ends), bool)  # admitted, or set aside as the SQL lanes would skip it
+    settled[rec[keep]] = True
+    settled[rec[typed.skipped]] = True
+    if not check:  # an empty line is a blank record
+        empty = np.flatnonzero(stops == starts)
+        settled[empty] = True
+        typed.skipped = np.concatenate([rec[typed.skipped], empty])
+    handed_on = np.flatnonzero(~settled)
     if len(handed_on):
         at = piece.line + np.searchsorted(np.flatnonzero(b == NL), starts[handed_on])
         typed.rejected = [(piece.first + r, line, data[starts[r]:ends[r] + 1])

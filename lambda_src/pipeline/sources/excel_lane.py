@@ -6,16 +6,28 @@ the batch's raw table from the same columns.
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 
 from pipeline.config import ReadOptions
 from pipeline.model import Table
 from pipeline.sources.excel_arrow import Column
-from pipeline.sources.lane import PAD, SPACE, Lane, LaneStream, Typed, Values, lane_columns, running_counts, type_rows
+from pipeline.sources.lane import (
+    PAD,
+    SPACE,
+    FirstCells,
+    Lane,
+    LaneStream,
+    Typed,
+    Values,
+    lane_columns,
+    running_counts,
+    type_rows,
+)
 
 PIECE_ROWS = 2_048  # rows typed at a time: about the CSV lane's piece
 
@@ -26,10 +38,11 @@ class SheetLane:
     first_row: int  # the row number of the sheet's first data row
     height: int  # its data rows
     columns: list[Column]  # every header position's text
-    _buffers: list[np.ndarray] = field(default_factory=list)  # each column's bytes, padded for slot windows
 
-    def __post_init__(self) -> None:
-        self._buffers = [np.concatenate([c.data, np.frombuffer(PAD, np.uint8)]) for c in self.columns]
+    @functools.cached_property
+    def _buffers(self) -> list[np.ndarray]:
+        """Each column's bytes, padded for slot windows: made when the lane first types a row."""
+        return [np.concatenate([c.data, np.frombuffer(PAD, np.uint8)]) for c in self.columns]
 
     def values(self, position: int, rows: slice, counts: bool) -> Values:
         """One column's values over these rows; with the running counts of the bytes they span."""
@@ -58,30 +71,31 @@ def type_piece(sheet: SheetLane, start: int, suffix: bytes = b"\n", sample: int 
     n = rows.stop - rows.start
     good = np.ones(n, bool)
     values = [None if c.position is None else sheet.values(c.position, rows, True) for c in lane.columns]
-    first_cells = None
-    if check:
-        # the row's first non-empty cell, over every column of the sheet: none is a blank row, one that starts
-        # with a space may be a cell of spaces (empty to the SQL lanes); both go on to them
-        every = [sheet.values(p, rows, False) for p in range(len(sheet.columns))]
-        filled = np.stack([v.length > 0 for v in every], axis=1)
-        first = filled.argmax(axis=1)
-        good &= filled.any(axis=1)
-        for p, v in enumerate(every):
-            at = np.flatnonzero(first == p)
-            good[at] &= v.buf[v.start[at]] != SPACE
+    # the row's first non-empty cell, over every column of the sheet
+    mapped = {c.position: v for c, v in zip(lane.columns, values, strict=True) if v is not None}
+    every = [mapped.get(p) or sheet.values(p, rows, False) for p in range(len(sheet.columns))]
+    filled = np.stack([v.length > 0 for v in every], axis=1)
+    at = filled.argmax(axis=1)
+    plain = filled.any(axis=1)
+    for p, v in enumerate(every):
+        on = np.flatnonzero(at == p)
+        plain[on] &= v.buf[v.start[on]] != SPACE
 
-        def first_cells(keep: np.ndarray) -> list[str]:
-            cells = [""] * len(keep)
-            for p in np.unique(first[keep]).tolist():
-                v, which = every[p], np.flatnonzero(first[keep] == p)
-                for i, a, e in zip(which.tolist(), v.start[keep[which]].tolist(), v.end[keep[which]].tolist(),
-                                   strict=True):
-                    cells[i] = v.buf[a:e].tobytes().decode("utf-8").rstrip(" ")
-            return cells
+    def cells(which: np.ndarray) -> list[str]:
+        out = [""] * len(which)
+        for p in np.unique(at[which]).tolist():
+            v, these = every[p], np.flatnonzero(at[which] == p)
+            for i, a, e in zip(these.tolist(), v.start[which[these]].tolist(), v.end[which[these]].tolist(),
+                               strict=True):
+                out[i] = v.buf[a:e].tobytes().decode("utf-8").rstrip(" ")
+        return out
+
     numbers = sheet.first_row + np.arange(rows.start, rows.stop, dtype=np.int64)
-    typed, keep = type_rows(lane, values, good, numbers, first_cells, None, None, suffix, sample, copy, check)
+    typed, keep = type_rows(lane, values, good, numbers, FirstCells(~filled.any(axis=1), plain, cells), None, None,
+                            suffix, sample, copy, check)
     handed_on = np.ones(n, bool)
     handed_on[keep] = False
+    handed_on[typed.skipped] = False
     typed.rejected = [(row, row, b"") for row in numbers[handed_on].tolist()]
     return typed
 

@@ -108,12 +108,23 @@ class Values:
 
 
 @dataclass
+class FirstCells:
+    """Each row's first non-empty cell, over every column of the source (mapped or not): what tells blank rows
+    and footers, which the SQL lanes skip."""
+
+    blank: np.ndarray  # no cell holds anything
+    plain: np.ndarray  # there is one, and it starts with no space (a cell of spaces only is empty to SQL)
+    cells: Callable[[np.ndarray], list[str]]  # those rows' first cells (plain ones), trimmed as SQL trims them
+
+
+@dataclass
 class Typed:
     copy: bytes  # COPY text of the rows admitted: their values, row number and hash, each row ending in a suffix
     rows: np.ndarray  # the row numbers of the rows admitted
     digests: bytes  # their md5 digests, 16 bytes each
     fingerprint: int  # the sum of their hashes' first 8 bytes, each read as a signed big-endian integer
     considered: int = 0  # the rows the piece held
+    skipped: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))  # rows set aside (check=False)
     # (row number, its line in the file, the record as it is: empty where the front end keeps the rows)
     rejected: list[tuple[int, int, bytes]] = field(default_factory=list)
     sample: list[dict[str, str]] = field(default_factory=list)  # a few admitted rows: their values and _row_hash
@@ -172,25 +183,43 @@ def fingerprint(digests: bytes) -> int:
     return int((first >> 32).sum()) * (1 << 32) + int((first & 0xFFFFFFFF).sum())
 
 
-def type_rows(lane: Lane, values: list[Values | None], good: np.ndarray, rows: np.ndarray,
-              first_cells: Callable[[np.ndarray], list[str]] | None, copy_values: list[tuple] | None,
-              as_is: Values | None = None, suffix: bytes = b"\n", sample: int = 0, copy: bool = True,
-              check: bool = True) -> tuple[Typed, np.ndarray]:
+def type_rows(lane: Lane, values: list[Values | None], good: np.ndarray, rows: np.ndarray, first: FirstCells,
+              copy_values: list[tuple] | None, as_is: Values | None = None, suffix: bytes = b"\n", sample: int = 0,
+              copy: bool = True, check: bool = True) -> tuple[Typed, np.ndarray]:
     """The rows of a piece the lane admits, and which they are (indices into the piece's rows).
 
     values: each table column's values (None: not mapped); good: the rows the front end found whole (it is
-    narrowed); rows: their row numbers; first_cells(indices): the first non-empty cell of those rows, trimmed,
-    for the footer pattern; copy_values: the blocks of a COPY row before its number, or None for the loaded
-    values one by one; as_is: each row's own text when it is the row's text but for money's trailing zeros.
+    narrowed); rows: their row numbers; first: their first cells; copy_values: the blocks of a COPY row before
+    its number, or None for the loaded values one by one; as_is: each row's own text when it is the row's text
+    but for money's trailing zeros. Blank rows and footers are never admitted: they go on to the SQL lanes.
 
     check=False hashes every row of the right shape without testing its values: a raw row then hashes like a
     loaded row only if it would type to exactly that row (see pipeline.re_exports), which is all a
-    comparison of hashes needs."""
+    comparison of hashes needs. The rows the SQL lanes would skip are set aside instead (Typed.skipped):
+    blank rows, and footers among the rows missing a required value (a footer that has every value hashes
+    like no loaded row, which a comparison of hashes notices anyway)."""
+    skipped = np.zeros(len(good), bool)
+    if check:
+        good &= first.plain
+    else:
+        skipped |= first.blank
     checked = [None if v is None else _check(v, c, good, check) for c, v in zip(lane.columns, values, strict=True)]
-    keep = np.flatnonzero(good)
-    if check and lane.footer is not None and first_cells is not None and len(keep):
+    if lane.footer is not None:
         search = lane.footer.search
-        keep = keep[np.array([search(c) is None for c in first_cells(keep)], bool)]
+        if check:
+            candidates = np.flatnonzero(good)
+        else:
+            missing = np.zeros(len(good), bool)
+            for c in checked:
+                if c is not None and c.column.required:
+                    missing |= c.values.length == 0
+            candidates = np.flatnonzero(missing & first.plain & good)
+        if len(candidates):
+            footer = candidates[np.array([search(c) is not None for c in first.cells(candidates)], bool)]
+            good[footer] = False
+            skipped[footer] = not check
+    good &= ~skipped
+    keep = np.flatnonzero(good)
     sel = slice(None) if len(keep) == len(good) else keep  # every row kept (the usual case): views, not copies
     digests = _hashes(sel, len(keep), checked, as_is)
     kept_rows = rows[sel]
@@ -198,7 +227,8 @@ def type_rows(lane: Lane, values: list[Values | None], good: np.ndarray, rows: n
     if copy and len(keep):
         blocks = copy_values(sel) if copy_values is not None else _loaded_blocks(lane, checked, sel, len(keep))
         text = _copy_rows(blocks, lane, kept_rows, digests, suffix)
-    typed = Typed(text, kept_rows, digests, fingerprint(digests), considered=len(rows))
+    typed = Typed(text, kept_rows, digests, fingerprint(digests), considered=len(rows),
+                  skipped=np.flatnonzero(skipped))
     if sample and len(keep):
         for i in np.linspace(0, len(keep) - 1, min(sample, len(keep))).astype(np.int64).tolist():
             r = keep[i]
@@ -399,7 +429,7 @@ class LaneStream:
     """One pass of the lane over a delivery's pieces. Iterated, it gives the COPY text of the rows it admits,
     piece by piece: the pieces after the first are typed in a thread of its own, while PostgreSQL reads the
     last one. The rows it hands on wait in a spooled file (`handed_on()`), for the SQL lanes; `rows`,
-    `considered` and `fingerprint` count what it saw and admitted once it is done."""
+    `considered`, `skipped` and `fingerprint` count what it saw, admitted and set aside once it is done."""
 
     QUEUED = 8  # pieces typed ahead: memory holds a few pieces, whatever the delivery's size
 
@@ -410,7 +440,7 @@ class LaneStream:
         keep_handed_on=False: the rows handed on are counted, not kept; close: what else closing releases."""
         self.copy, self.check, self.keep_handed_on, self._close = copy, check, keep_handed_on, close
         self._type = type_piece
-        self.rows = self.considered = self.fingerprint = self.handed_on_count = 0
+        self.rows = self.considered = self.fingerprint = self.handed_on_count = self.skipped = 0
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._spill = tempfile.SpooledTemporaryFile(max_size=8 << 20)  # noqa: SIM115 - close() closes it
@@ -426,6 +456,7 @@ class LaneStream:
         typed = self._type(piece, sample=sample, copy=self.copy, check=self.check)
         self.rows += len(typed.rows)
         self.considered += typed.considered
+        self.skipped += len(typed.skipped)
         self.fingerprint += typed.fingerprint
         self.handed_on_count += len(typed.rejected)
         if self.keep_handed_on:

@@ -45,8 +45,8 @@ def raw_record(row_no: int, values: list[str], width: int, sheet: RawSheet) -> l
 
 
 @dataclass
-class HandlerTyping:
-    """A sheet's rows typed in the handler: the lane, and where the file's records start."""
+class CsvTyping:
+    """A file's rows typed in the handler (pipeline.sources.csv_lane): the lane, and where the records start."""
 
     lane: csv_lane.CsvLane
     reader: CsvReader
@@ -62,7 +62,7 @@ class HandlerTyping:
         """A pass of the lane over the file (see LaneStream for the options); close it when done."""
         return csv_lane.stream(self.lane, self.reader.path, self.offset, self.first_row, **options)
 
-    def handed_on(self, stream: csv_lane.LaneStream, sheet: RawSheet) -> RawSheet:
+    def handed_on(self, stream, sheet: RawSheet) -> RawSheet:
         """The records the lane handed on, as a raw sheet for the SQL lanes: each parsed by the csv module
         (so a quoted line break, an escaped quote, a ragged row are read as the forgiving path reads them)."""
         width = len(sheet.header)
@@ -128,7 +128,7 @@ class CsvReader:
 
         sheet = RawSheet(None, header, mapping, first_row, copy_file, raw_rows_copy=True)
         if lane is not None:
-            sheet.handler_typing = HandlerTyping(lane, self, offset, first_row)
+            sheet.handler_typing = CsvTyping(lane, self, offset, first_row)
         yield sheet
 
     def parsed_sheet(self) -> RawSheet:
