@@ -268,7 +268,7 @@ def _ledger_state(conn, window: Window, since: datetime) -> tuple[int, int, int]
     with conn.cursor() as cur:
         cur.execute("""
             select object_key, object_version, status, started_at >= %s as recent
-              from meta.batches where object_key = any(%s) and status <> 'running'""", (since, keys))
+              from meta.batches where object_key = any(%s) and status <> 'started'""", (since, keys))
         rows = cur.fetchall()
     conn.rollback()
     done: dict[tuple[str, str | None], str] = {}
@@ -286,7 +286,7 @@ def _window_state(conn, window: Window, since: datetime) -> tuple[int, int, int]
     """(0, committed since, failed since) for an API window: the latest batch of exactly its window."""
     with conn.cursor() as cur:
         cur.execute("select status from meta.batches where source = %s and window_from = %s and window_to = %s"
-                    " and started_at >= %s and status <> 'running' order by batch_id desc limit 1",
+                    " and started_at >= %s and status <> 'started' order by batch_id desc limit 1",
                     (window.source, *window.bounds, since))
         row = cur.fetchone()
     conn.rollback()
@@ -423,7 +423,7 @@ def batches_table(database_url: str | None = None, since: datetime | None = None
         with conn.cursor() as cur:
             cur.execute("""
                 select source, count(*) filter (where status = 'committed') as committed,
-                       count(*) filter (where status = 'failed') as failed,
+                       count(*) filter (where status in ('failed', 'abandoned')) as failed,
                        coalesce(sum(rows_read), 0) as rows_read, coalesce(sum(rows_inserted), 0) as inserted,
                        coalesce(sum(rows_updated), 0) as updated, coalesce(sum(rows_quarantined), 0) as quarantined,
                        sum(amount_in) as amount_in, sum(amount_loaded) as amount_loaded, max(finished_at) as last_batch

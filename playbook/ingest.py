@@ -74,12 +74,12 @@ def awaited_batch(source: str, object_key: str, since: datetime, timeout_s: floa
             with conn.cursor(cursor_factory=psycopg2.extras.RealDictCursor) as cur:
                 cur.execute("select batch_id, status, error, rows_read, rows_inserted, rows_updated, rows_unchanged,"
                             " rows_quarantined from meta.batches where source = %s and object_key = %s"
-                            " and started_at >= %s and status <> 'running' order by batch_id limit 1",
+                            " and started_at >= %s and status <> 'started' order by batch_id limit 1",
                             (source, object_key, since))
                 batch = cur.fetchone()
             conn.rollback()
             if batch:
-                failed = batch["status"] == "failed"
+                failed = batch["status"] != "committed"  # failed, or abandoned: the attempt died
                 return {"status": "error" if failed else "ok", "summary": None if failed else dict(batch),
                         "error": {"errorMessage": batch["error"]} if failed else None}
             if time.monotonic() > deadline:

@@ -6,6 +6,7 @@ The Lambda functions receive the validated JSON form of it (see `PIPELINE_CONFIG
 
 from __future__ import annotations
 
+import datetime as dt
 import re
 from typing import Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -27,6 +28,32 @@ class Company(Strict):
     name: str = Field(min_length=1)
     timezone: str
     currency: str = Field(pattern=r"^[A-Z]{3}$", description="ISO 4217 code, e.g. GBP")
+    locale: str | None = Field(None, description="where the company writes its dates, e.g. en-GB (day first) or "
+                                                 "en-US (month first): the order of 01/02/2024 in a source that "
+                                                 "does not declare read.dayfirst")
+
+    @field_validator("locale")
+    @classmethod
+    def _known_locale(cls, value: str | None) -> str | None:
+        if value is not None:
+            from babel import Locale, UnknownLocaleError
+
+            try:
+                Locale.parse(value, sep="-" if "-" in value else "_")
+            except (UnknownLocaleError, ValueError):
+                raise ValueError(f"unknown locale {value!r} (use a language and region such as en-GB)") from None
+        return value
+
+    @property
+    def dayfirst(self) -> bool | None:
+        """Whether the company's locale writes the day before the month (None: no locale, or year first)."""
+        if self.locale is None:
+            return None
+        from babel import Locale
+
+        pattern = Locale.parse(self.locale, sep="-" if "-" in self.locale else "_").date_formats["short"].pattern
+        first = next((c for c in pattern if c in "dMy"), "y")
+        return {"d": True, "M": False}.get(first)
 
     @field_validator("timezone")
     @classmethod
@@ -45,16 +72,23 @@ class ReadOptions(Strict):
     sheet_pattern: str | None = Field(None, description="regular expression on sheet names (Excel)")
     header_row: int = Field(0, ge=0, description="0-based row of the header")
     skip_rows_matching: str | None = Field(
-        r"(?i)^\s*(grand\s+)?totals?(\s|:|$)",
-        description="rows whose first non-empty cell matches are footers, not data (a regular expression that "
-                    "PostgreSQL and Python read alike: no \\b, \\d; use [0-9], (\\s|$))")
-    encoding: Literal["utf-8", "utf-8-sig", "cp1252", "latin-1"] = "utf-8"
+        r"(?i)^(grand[ \t]+)?totals?([ \t]|:|$)",
+        description="rows whose first non-empty cell (trimmed of white space) matches are footers, not data (a "
+                    "regular expression that PostgreSQL and Python read alike: no \\b, \\d, \\s; use [0-9], "
+                    "[ \\t], ([ \\t]|$))")
+    encoding: Literal["utf-8", "utf-8-sig", "cp1252", "latin-1", "utf-16", "utf-16le", "utf-16be"] = Field(
+        "utf-8", description="a file starting with a UTF-16 byte-order mark is UTF-16 whatever this says; utf-16 "
+                             "needs that mark, utf-16le and utf-16be do not")
     delimiter: str = Field(",", min_length=1, max_length=1)
     quotechar: str = Field('"', min_length=1, max_length=1)
     decimal: Literal[".", ","] = "."
     thousands: Literal[",", ".", " ", "'", "_"] | None = None
-    dayfirst: bool = False
-    date_format: str | None = Field(None, description="strftime format of dates, e.g. %d/%m/%Y")
+    dayfirst: bool | None = Field(None, description="01/02/2024 is 1 February (true) or 2 January (false); unset, "
+                                                    "the company's locale or the file's own dates must settle it")
+    date_format: str | None = Field(None, description="strftime format of dates, e.g. %d/%m/%Y, or %d/%m/%y for "
+                                                      "two-digit years (00-68 are 20xx, 69-99 are 19xx)")
+    earliest_date: dt.date = Field(dt.date(1950, 1, 1), description="earlier dates are quarantined, not loaded")
+    latest_date: dt.date = Field(dt.date(2099, 12, 31), description="later dates are quarantined, not loaded")
     chunk_rows: int = Field(100_000, ge=1_000, le=1_000_000)
 
     @field_validator("sheet_pattern", "skip_rows_matching")
@@ -67,10 +101,24 @@ class ReadOptions(Strict):
                 raise ValueError(f"not a valid regular expression: {exc}") from None
         return value
 
+    @field_validator("date_format")
+    @classmethod
+    def _date_format(cls, value: str | None) -> str | None:
+        if value is not None:
+            fields = re.findall(r"%.", value)
+            unknown = sorted(set(fields) - {"%d", "%m", "%Y", "%y", "%H", "%M", "%S"})
+            if unknown:
+                raise ValueError(f"{', '.join(unknown)} not supported: use %d, %m, %Y or %y, %H, %M, %S")
+            if [fields.count("%d"), fields.count("%m"), fields.count("%Y") + fields.count("%y")] != [1, 1, 1]:
+                raise ValueError(f"{value!r} needs %d, %m and one of %Y or %y, once each")
+        return value
+
     @model_validator(mode="after")
     def _separators_differ(self) -> ReadOptions:
         if self.thousands is not None and self.thousands == self.decimal:
             raise ValueError("thousands and decimal separators must differ")
+        if self.latest_date < self.earliest_date:
+            raise ValueError("latest_date is before earliest_date")
         return self
 
 
@@ -283,6 +331,12 @@ class Accuracy(Strict):
                                       description="sources whose files end in a totals row by design")
     snapshot_tables: list[str] = Field(["clients"], description="tables sent whole each time (master data): "
                                        "their dates are not delivery periods, so freshness is not read from them")
+    max_reread_differences: int = Field(0, ge=0, description="committed batches whose delivered object, read again "
+                                                             "independently, disagrees with the ledger")
+    reread_max_bytes: int = Field(64 * 1024 * 1024, ge=0, description="objects larger than this are not read "
+                                                                     "again (the report names them)")
+    reread_budget_s: float = Field(300, ge=0, description="seconds spent reading objects again; the objects left "
+                                                          "when it is spent are named in the report")
 
 
 class PipelineConfig(Strict):

@@ -13,20 +13,30 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import psycopg2
 import psycopg2.extras
 from psycopg2 import sql
 
-from pipeline.config import SourceConfig
+from pipeline.attempts import Attempt
+from pipeline.config import Company, SourceConfig
 from pipeline.model import TABLES, Table
 from pipeline.money import EXACT
 from pipeline.re_exports import ReExports
+from pipeline.reading import Reading, SettledReading
 from pipeline.sources import LoadError, RawSheet, Reader
 from pipeline.typed_in_handler import TypedInHandler
-from pipeline.typing_sql import SQL_TYPE, FastLane, Mapped, fast_lane, identifiers, row_hash, typed_select
+from pipeline.typing_sql import (
+    SQL_TYPE,
+    FastLane,
+    Mapped,
+    fast_lane,
+    identifiers,
+    row_hash,
+    typed_select,
+)
 
 
 class TimeBudgetExceeded(RuntimeError):
@@ -59,15 +69,15 @@ def already_loaded(cur, source: str, object_key: str, sha256: str | None = None,
     return row[0] if row else None
 
 
-class BatchLoad(TypedInHandler, ReExports):
-    """Loads one delivery inside the caller's open transaction; `run()` commits."""
+class BatchLoad(TypedInHandler, ReExports, SettledReading):
+    """Loads one delivery for its attempt (pipeline.attempts), in one transaction; `run()` commits."""
 
-    def __init__(self, conn, delivery: Delivery, reader: Reader, timezone: str,
-                 deadline: Callable[[], float] | None = None, request_id: str | None = None,
+    def __init__(self, conn, delivery: Delivery, reader: Reader, company: Company, attempt: Attempt,
+                 deadline: Callable[[], float] | None = None,
                  before_commit: Callable[[object, int], None] | None = None):
-        self.conn, self.delivery, self.reader = conn, delivery, reader
+        self.conn, self.delivery, self.reader, self.attempt = conn, delivery, reader, attempt
         self.table: Table = TABLES[delivery.config.table]
-        self.timezone, self.request_id = timezone, request_id
+        self.company = company
         self.remaining = deadline or (lambda: float("inf"))
         self.batch_id: int | None = None
         # e.g. an API source saving its incremental cursor: (cursor, batch_id), inside the batch's transaction
@@ -79,57 +89,68 @@ class BatchLoad(TypedInHandler, ReExports):
         self._sheet_found: tuple | None = None  # the sheet they are rows of: (sheet, mapped, lane)
         self._raw_rows = 0
         self._has_turn = False
+        self.plan = attempt.plan  # what the batch decided about the delivery, kept in its ledger row
+        if hasattr(reader, "plan"):
+            reader.plan = self.plan  # the reader notes its own decisions (an encoding, how quotes read) there
+        self._readings: dict[str | None, Reading] = {}  # each sheet's reading, once settled
+        self._dayfirst = self._declared_date_order()
 
     # -- the batch ----------------------------------------------------------------------------------
     def run(self, commit_margin_s: float = 5.0) -> dict:
         d = self.delivery
         started = time.time()
-        with self.conn.cursor() as cur:
-            cur.execute("set local timezone = %s", (self.timezone,))
-            # dates print as ISO whatever the server's default: the fast lane compares their text, the row
-            # hash includes it
-            cur.execute("set local datestyle = 'ISO'")
-            # the typing pass's LATERAL steps never repeat a value: caching them is pure overhead; and
-            # compiling its long expressions costs more than it saves
-            cur.execute("set local enable_memoize = off; set local jit = off")
-            # the key check and the merge hash a whole batch: in memory, not in spill files
-            cur.execute("set local work_mem = '64MB'")
-            if d.object_key:
-                cur.execute("select pg_advisory_xact_lock(hashtextextended(%s, 0))",
-                            (f"{d.source}|{d.object_key}|{d.sha256}",))
-                existing = already_loaded(cur, d.source, d.object_key, d.sha256)
+        self.batch_id = self.attempt.batch_id
+        try:
+            if d.object_key:  # one attempt at a time per object and content: the second finds it loaded
+                with self.conn.cursor() as cur:
+                    cur.execute("select pg_advisory_lock(hashtextextended(%s, 0))", (self._lock,))
+                    existing = already_loaded(cur, d.source, d.object_key, d.sha256)
+                self.conn.commit()
                 if existing:
-                    self.conn.rollback()
+                    self.attempt.discard()
                     return {"status": "already_loaded", "batch_id": existing, "source": d.source, "ref": d.ref}
-            cur.execute(
-                "insert into meta.batches (source, source_kind, target_table, source_ref, object_key, object_etag,"
-                " object_version, content_sha256, status, request_id, window_from, window_to)"
-                " values (%s, %s, %s, %s, %s, %s, %s, %s, 'running', %s, %s, %s) returning batch_id",
-                (d.source, d.kind, self.table.name, d.ref, d.object_key, d.etag, d.version, d.sha256,
-                 self.request_id, *(d.window or (None, None))))
-            self.batch_id = cur.fetchone()[0]
-            self._create_typed(cur)
-            # a one-sheet delivery into an empty table: its rows go straight in (see _load_direct)
-            self.direct = getattr(self.reader, "one_sheet", False) and self._empty_target_held(cur)
-            summary = None
-            for sheet in self.reader.sheets():
-                summary = self._load_sheet(cur, sheet)
+            with self.conn.cursor() as cur:
+                cur.execute("set local timezone = %s", (self.company.timezone,))
+                # dates print as ISO whatever the server's default: the fast lane compares their text, the row
+                # hash includes it
+                cur.execute("set local datestyle = 'ISO'")
+                # the typing pass's LATERAL steps never repeat a value: caching them is pure overhead; and
+                # compiling its long expressions costs more than it saves
+                cur.execute("set local enable_memoize = off; set local jit = off")
+                # the key check and the merge hash a whole batch: in memory, not in spill files
+                cur.execute("set local work_mem = '64MB'")
+                self._create_typed(cur)
+                # a one-sheet delivery into an empty table: its rows go straight in (see _load_direct)
+                self.direct = getattr(self.reader, "one_sheet", False) and self._empty_target_held(cur)
+                summary = None
+                for sheet in self.reader.sheets():
+                    summary = self._load_sheet(cur, sheet)
+                    self._check_time(commit_margin_s)
+                summary = summary or self._merge(cur)
                 self._check_time(commit_margin_s)
-            summary = summary or self._merge(cur)
-            self._check_time(commit_margin_s)
-            cur.execute(
-                "update meta.batches set status = 'committed', finished_at = clock_timestamp(),"
-                " rows_read = %(rows_read)s, rows_inserted = %(rows_inserted)s, rows_updated = %(rows_updated)s,"
-                " rows_unchanged = %(rows_unchanged)s, rows_duplicate = %(rows_duplicate)s,"
-                " rows_quarantined = %(rows_quarantined)s, rows_skipped = %(rows_skipped)s,"
-                " amount_in = %(amount_in)s, amount_loaded = %(amount_loaded)s,"
-                " amount_quarantined = %(amount_quarantined)s, amount_duplicate = %(amount_duplicate)s"
-                " where batch_id = %(batch_id)s", {**summary, "batch_id": self.batch_id})
-            if self.before_commit:
-                self.before_commit(cur, self.batch_id)
-        self.conn.commit()
+                self.attempt.committed(cur, summary)
+                if self.before_commit:
+                    self.before_commit(cur, self.batch_id)
+            self.conn.commit()
+        finally:
+            self._release()
         return {"status": "committed", "source": d.source, "ref": d.ref, "batch_id": self.batch_id,
                 "seconds": round(time.time() - started, 3), **summary}
+
+    @property
+    def _lock(self) -> str:
+        d = self.delivery
+        return f"{d.source}|{d.object_key}|{d.sha256}"
+
+    def _release(self) -> None:
+        """The batch's transaction ended (committed, or rolled back on a failure) and the object's lock let go;
+        on a lost connection the server lets go of both."""
+        with contextlib.suppress(psycopg2.Error):
+            self.conn.rollback()
+            if self.delivery.object_key:
+                with self.conn.cursor() as cur:
+                    cur.execute("select pg_advisory_unlock(hashtextextended(%s, 0))", (self._lock,))
+                self.conn.commit()
 
     def _check_time(self, margin: float) -> None:
         if self.remaining() < margin:
@@ -195,7 +216,8 @@ class BatchLoad(TypedInHandler, ReExports):
             if summary:
                 return summary
         if lane is None:
-            self._typed_rows(cur, sheet, mapped, typed_select(self.table, mapped, opts, len(sheet.header)))
+            self._typed_rows(cur, sheet, mapped, typed_select(self.table, mapped, self._reading(cur, sheet, mapped),
+                                                              len(sheet.header)))
         else:  # rows already canonical: cast, no per-value tests; the rest the careful way
             self.unchanged = self._find_unchanged(cur, sheet, mapped, lane)
             if not self.unchanged or self._raw_rows > self.unchanged:  # else: every row is as it was
@@ -231,7 +253,7 @@ class BatchLoad(TypedInHandler, ReExports):
         cur.execute("select count(*) from raw")
         if cur.fetchone()[0] > fast:
             rest = sql.SQL("not exists (select from {} t where t._row = r._row)").format(taken)
-            self._typed_rows(cur, sheet, mapped, typed_select(self.table, mapped, self.delivery.config.read,
+            self._typed_rows(cur, sheet, mapped, typed_select(self.table, mapped, self._reading(cur, sheet, mapped),
                                                               len(sheet.header), rest))
 
     def _typed_rows(self, cur, sheet: RawSheet, mapped: list[Mapped], select: sql.Composable,
@@ -530,31 +552,3 @@ class BatchLoad(TypedInHandler, ReExports):
 
     def _restore_primary_key(self, cur) -> None:
         cur.execute("select core.restore_primary_key(%s::regclass)", (f"core.{self.table.name}",))
-
-
-@contextlib.contextmanager
-def failures_recorded(conn, delivery: Delivery, request_id: str | None = None) -> Iterator[None]:
-    """Around a batch: on any error, roll back all of it and keep a failed ledger row with the reason."""
-    try:
-        yield
-    except BaseException as exc:
-        with contextlib.suppress(Exception):
-            conn.rollback()
-        if isinstance(exc, Exception):
-            with contextlib.suppress(Exception):
-                record_failure(conn, delivery, f"{type(exc).__name__}: {exc}", request_id)
-        raise
-
-
-def record_failure(conn, delivery: Delivery, error: str, request_id: str | None = None) -> int:
-    """After a rollback: a failed ledger row with the reason, in its own transaction (no data)."""
-    with conn.cursor() as cur:
-        cur.execute(
-            "insert into meta.batches (source, source_kind, target_table, source_ref, object_key, object_etag,"
-            " object_version, content_sha256, status, error, request_id, window_from, window_to, finished_at)"
-            " values (%s, %s, %s, %s, %s, %s, %s, %s, 'failed', %s, %s, %s, %s, clock_timestamp()) returning batch_id",
-            (delivery.source, delivery.kind, delivery.config.table, delivery.ref, delivery.object_key, delivery.etag,
-             delivery.version, delivery.sha256, error[:4000], request_id, *(delivery.window or (None, None))))
-        batch_id = cur.fetchone()[0]
-    conn.commit()
-    return batch_id

@@ -74,7 +74,7 @@ class ReExports:
         by_name = {m.column.name: m for m in mapped}
         t = self.table
         keys = [sql.SQL("{} as {}").format(canonical_value(by_name[k], sql.SQL("r.{}").format(
-            sql.Identifier(by_name[k].raw))), sql.Identifier(k)) for k in t.natural_key]
+            sql.Identifier(by_name[k].raw)), self.delivery.config.read), sql.Identifier(k)) for k in t.natural_key]
 
         def hashed(condition: sql.Composable) -> sql.Composable:  # each row's key (when canonical) and hash
             return sql.SQL("select r._row, {}, {} as _h from raw r where {} and {}").format(

@@ -72,7 +72,7 @@ class TypedInHandler:
         self._create_raw(cur, handed)
         if stream.handed_on_count:
             handed.copy(cur, "raw")
-            self._typed_rows(cur, handed, mapped, typed_select(self.table, mapped, self.delivery.config.read,
+            self._typed_rows(cur, handed, mapped, typed_select(self.table, mapped, self._reading(cur, handed, mapped),
                                                                len(sheet.header)))
         return handed
 

@@ -15,35 +15,53 @@ from psycopg2 import sql
 
 from pipeline.config import ReadOptions
 from pipeline.model import Column, Table
+from pipeline.reading import DAY_MONTH_YEAR, Reading
 
-_NUMBER = r"^[-+]?([0-9]+(\.[0-9]*)?|\.[0-9]+)$"
 _INTEGER = r"^[-+]?[0-9]{1,18}$"
-_STRFTIME = {"%d": r"([0-9]{1,2})", "%m": r"([0-9]{1,2})", "%Y": r"([0-9]{4})", "%H": r"[0-9]{1,2}",
-             "%M": r"[0-9]{2}", "%S": r"[0-9]{2}"}
+# white space a value is trimmed of: what Python's str.strip() trims (a no-break space too), in every lane
+WHITE_SPACE = "".join(c for c in map(chr, range(0x3001)) if c.isspace())
+_YEAR_FIRST = r"^([0-9]{4})[/.]([0-9]{1,2})[/.]([0-9]{1,2})"
+_FORMAT_FIELDS = {"%d": r"([0-9]{1,2})", "%m": r"([0-9]{1,2})", "%Y": r"([0-9]{4})", "%y": r"([0-9]{2})",
+                  "%H": r"([0-9]{1,2})", "%M": r"([0-9]{2})", "%S": r"([0-9]{2})"}
+_CLOCK = r"\s+([0-9]{1,2}:[0-9]{2}(:[0-9]{2}(\.[0-9]+)?)?)"  # a time after a date: 0:00, 14:05:30
+# currency signs, and three capitals (a currency code such as USD)
+_CURRENCY = r"[$£€¥₹₩₪₽¢]|(^|[^A-Za-z])[A-Z]{3}([^A-Za-z]|$)"
 
 
-def date_pattern(options: ReadOptions) -> tuple[str, str] | None:
-    """A (regex, replacement) that rewrites the source's date layout to ISO, or None for ISO only."""
+def _date_rewrite(reading: Reading, kind: str) -> list[tuple[str, str]]:
+    """(regex, replacement) pairs that rewrite the source's spellings of a date, or of a date and time, to
+    ISO text: 24/02/2003 -> 2003-02-24 (a date column drops a time after it; a timestamp column keeps it)."""
+    options = reading.options
     if options.date_format:
+        regex, fields, i = "^", [], 0
         fmt = options.date_format
-        regex, order, i = "^", [], 0
         while i < len(fmt):
             token = fmt[i:i + 2]
-            if token in _STRFTIME:
-                regex += _STRFTIME[token]
-                if token in ("%d", "%m", "%Y"):
-                    order.append(token)
+            if token in _FORMAT_FIELDS:
+                regex += _FORMAT_FIELDS[token]
+                fields.append(token)
                 i += 2
             else:
                 regex += re.escape(fmt[i])
                 i += 1
-        if sorted(order) != ["%Y", "%d", "%m"]:
-            raise ValueError(f"date_format {fmt!r} needs %d, %m and %Y")
-        groups = {token: f"\\{n + 1}" for n, token in enumerate(order)}
-        return regex + r"(\s.*)?$", f"{groups['%Y']}-{groups['%m']}-{groups['%d']}"
-    if options.dayfirst:
-        return r"^([0-9]{1,2})[/.-]([0-9]{1,2})[/.-]([0-9]{4})$", r"\3-\2-\1"
-    return r"^([0-9]{1,2})/([0-9]{1,2})/([0-9]{4})$", r"\3-\1-\2"
+        group = {token: f"\\{n + 1}" for n, token in enumerate(fields)}
+        year = group.get("%Y") or group["%y"]
+        iso = f"{year}-{group['%m']}-{group['%d']}"
+        if kind == "timestamp" and "%H" in group:
+            iso += f" {group['%H']}:{group.get('%M', '00')}" + (f":{group['%S']}" if "%S" in group else "")
+        return [(regex + (r"(\s.*)?$" if kind == "date" else "$"), iso)]
+    # a date column drops a time after the date; a timestamp column keeps it ('2003-02-24 14:05')
+    tail, keep = (r"(\s.*)?$", "") if kind == "date" else (f"({_CLOCK})?$", r" \5")
+    rewrites = []
+    if reading.dayfirst is not None:
+        rewrites.append((DAY_MONTH_YEAR + tail, (r"\3-\2-\1" if reading.dayfirst else r"\3-\1-\2") + keep))
+    rewrites.append((_YEAR_FIRST + tail, r"\1-\2-\3" + keep))
+    return rewrites
+
+
+def trimmed(value: sql.Composable) -> sql.Composable:
+    """The text without the white space around it."""
+    return sql.SQL("btrim({}, {})").format(value, sql.Literal(WHITE_SPACE))
 
 
 def identifiers(names) -> sql.Composed:
@@ -58,35 +76,84 @@ class Mapped:
     header: str  # the header as the source spells it
 
 
-def _normalised(m: Mapped, options: ReadOptions) -> sql.Composable:
-    """The raw text rewritten to the canonical text of its type (still text: tested, then cast).
+def _escaped(text: str) -> str:
+    """`text` as a literal inside a PostgreSQL regular expression."""
+    return "".join(c if c.isalnum() or c == " " else "\\" + c for c in text)
+
+
+def currency_marks(code: str | None) -> list[str]:
+    """How an amount may name the company's currency: its code and its signs (GBP, £)."""
+    if not code:
+        return []
+    from pipeline.money import SYMBOLS, currency_symbol
+
+    marks = {code, currency_symbol(code).strip(), SYMBOLS.get(code, code).strip()}
+    return sorted(marks, key=len, reverse=True)
+
+
+def _separators(options: ReadOptions) -> tuple[str, str | None]:
+    """The decimal separator and the class of thousands separators, as PostgreSQL regular expressions."""
+    point = _escaped(options.decimal)
+    if options.thousands is None:
+        return point, None
+    return point, "[ \u00a0\u202f]" if options.thousands == " " else _escaped(options.thousands)
+
+
+def _number_shape(options: ReadOptions, whole: bool) -> str:
+    """A number as this source writes it, signed with a leading '-' (see _normalised): digits with at most one
+    decimal separator, grouped in thousands by the thousands separator or not grouped at all."""
+    point, group = _separators(options)
+    fraction = "" if whole else f"({point}[0-9]*)?"
+    shapes = [f"[0-9]+{fraction}"] + ([] if whole else [f"{point}[0-9]+"])
+    if group:
+        shapes.append(f"[0-9]{{1,3}}({group}[0-9]{{3}})+{fraction}")
+    return f"^-?({'|'.join(shapes)})$"
+
+
+def _canonical_number(n: sql.Composable, options: ReadOptions) -> sql.Composable:
+    """A number written as this source writes them (it passed _number_shape) in its canonical spelling:
+    thousands separators dropped, a decimal comma made a point."""
+    drop = "" if options.thousands is None else (" \u00a0\u202f" if options.thousands == " " else options.thousands)
+    if options.decimal == "." and not drop:
+        return n
+    return sql.SQL("translate({}, {}, '.')").format(n, sql.Literal(options.decimal + drop))
+
+
+def _normalised(m: Mapped, reading: Reading) -> sql.Composable:
+    """The raw text as its type's value is read from it (still text: tested, then cast). A number keeps the
+    source's separators (they are tested, then dropped, see _canonical_number), without the company's
+    currency and with its sign in front; a date is rewritten to ISO.
 
     Built inline rather than as SQL functions so the planner never pays a function call per value.
     """
-    raw = sql.SQL("nullif(btrim(r.{}), '')").format(sql.Identifier(m.raw))
-    if m.column.type == "money":
-        # '£1.234,50' (decimal ',', thousands '.') -> '1234.50'; '(12.00)' and '12.00-' -> '-12.00'
-        expr = sql.SQL("regexp_replace({}, '[£$€¥[:space:]]', '', 'g')").format(raw)
-        if options.thousands:
-            expr = sql.SQL("replace({}, {}, '')").format(expr, sql.Literal(options.thousands))
-        if options.decimal != ".":
-            expr = sql.SQL("replace({}, {}, '.')").format(expr, sql.Literal(options.decimal))
-        expr = sql.SQL(r"regexp_replace(regexp_replace({}, '^\((.*)\)$', '-\1'), '^([^-].*)-$', '-\1')").format(expr)
-        # most values already are canonical ('1234.50'): one test, and the rewriting only for the rest
-        plain = r"^-?[0-9]+(\.[0-9]+)?$" if options.decimal == "." else r"^-?[0-9]+$"
-        return sql.SQL("case when {} ~ {} then {} else {} end").format(raw, sql.Literal(plain), raw, expr)
-    if m.column.type == "date":
-        pattern = date_pattern(options)
+    options = reading.options
+    raw = sql.SQL("nullif({}, '')").format(trimmed(sql.SQL("r.{}").format(sql.Identifier(m.raw))))
+    if m.column.type in ("money", "integer"):
         expr = raw
-        if pattern:
-            expr = sql.SQL("regexp_replace({}, {}, {})").format(expr, sql.Literal(pattern[0]), sql.Literal(pattern[1]))
+        marks = "|".join(_escaped(mark) for mark in currency_marks(reading.currency))
+        if marks and m.column.type == "money":  # '£12.00', '-£12', '12,00 GBP', '(£12.00)'
+            expr = sql.SQL(r"regexp_replace(regexp_replace({}, {}, '\1'), {}, '\2')").format(
+                expr, sql.Literal(rf"^([-+(]?)\s*({marks})\s*"), sql.Literal(rf"\s*({marks})\s*([-)]?)$"))
+        # '(12.00)' and '12.00-' are negative; '+12' is 12
+        expr = sql.SQL(r"regexp_replace(regexp_replace(regexp_replace({}, '^\((.*)\)$', '-\1'), '^([^-].*)-$', "
+                       r"'-\1'), '^\+', '')").format(expr)
+        # most values already are plain ('1234.50', '12'): one test, and the rewriting only for the rest
+        plain = r"^-?[0-9]+$" if options.decimal != "." or m.column.type == "integer" else r"^-?[0-9]+(\.[0-9]+)?$"
+        return sql.SQL("case when {} ~ {} then {} else {} end").format(raw, sql.Literal(plain), raw, expr)
+    if m.column.type in ("date", "timestamp"):
+        expr = raw
+        for regex, replacement in _date_rewrite(reading, m.column.type):
+            expr = sql.SQL("regexp_replace({}, {}, {})").format(expr, sql.Literal(regex), sql.Literal(replacement))
+        if options.date_format and "%y" in options.date_format:  # a two-digit year: 00-68 are 20xx, 69-99 19xx
+            expr = sql.SQL(r"regexp_replace(regexp_replace({}, '^([0-6][0-9])-', '20\1-'), '^([7-9][0-9])-', "
+                           r"'19\1-')").format(expr)
+        if m.column.type == "timestamp":
+            return expr
         # ISO with a time part, as Excel dates arrive: keep the date.
         expr = sql.SQL("regexp_replace({}, {}, {})").format(
             expr, sql.Literal(r"^([0-9]{4}-[0-9]{1,2}-[0-9]{1,2})[T ][0-9:.]+$"), sql.Literal(r"\1"))
         return sql.SQL("case when {} ~ {} then {} else {} end").format(
             raw, sql.Literal(r"^[0-9]{4}-[0-9]{2}-[0-9]{2}$"), raw, expr)
-    if m.column.type == "integer" and options.thousands:
-        return sql.SQL("replace({}, {}, '')").format(raw, sql.Literal(options.thousands))
     return raw
 
 
@@ -95,18 +162,26 @@ _TIMESTAMP = (r"^[0-9]{4}-[0-9]{1,2}-[0-9]{1,2}([T ][0-9]{1,2}:[0-9]{2}(:[0-9]{2
               r"\s*(Z|[+-][0-9]{2}(:?[0-9]{2})?)?$")
 
 
-def _valid(m: Mapped, n: sql.Composable) -> sql.Composable:
+def _valid(m: Mapped, n: sql.Composable, options: ReadOptions) -> sql.Composable:
     """Never raises: a regular expression first (nothing left to DateStyle guessing), then pg_input_is_valid."""
     kind = m.column.type
     if kind == "money":
-        return sql.SQL("{} ~ {}").format(n, sql.Literal(_NUMBER))
+        return sql.SQL("{} ~ {}").format(n, sql.Literal(_number_shape(options, whole=False)))
     if kind == "integer":  # at most 18 digits always fits a bigint
-        return sql.SQL("{} ~ {}").format(n, sql.Literal(_INTEGER))
+        return sql.SQL("({} ~ {} and {} ~ {})").format(n, sql.Literal(_number_shape(options, whole=True)),
+                                                      _canonical_number(n, options), sql.Literal(_INTEGER))
     if kind == "date":
         return sql.SQL("({} ~ {} and pg_input_is_valid({}, 'date'))").format(n, sql.Literal(_ISO_DATE), n)
     if kind == "timestamp":
         return sql.SQL("({} ~ {} and pg_input_is_valid({}, 'timestamptz'))").format(n, sql.Literal(_TIMESTAMP), n)
     return sql.SQL("true")
+
+
+def _value(m: Mapped, n: sql.Composable, options: ReadOptions) -> sql.Composable:
+    """The typed value of text that passed _valid."""
+    kind = m.column.type
+    text = _canonical_number(n, options) if kind in ("money", "integer") else n
+    return sql.SQL("{}::{}").format(text, sql.SQL(SQL_TYPE[kind]))
 
 
 # each column type as PostgreSQL holds it
@@ -115,13 +190,46 @@ _WHAT = {"money": "is not a number", "integer": "is not a whole number", "date":
          "timestamp": "is not a valid timestamp", "text": ""}
 
 
+def _why_not(m: Mapped, reading: Reading, label: sql.Composable, raw: sql.Composable,
+             n: sql.Composable) -> sql.Composable:
+    """Why a value of the column is refused (it is not null and did not pass _valid), in the user's words:
+    `raw` as the source has it, `n` as _normalised read it."""
+    options = reading.options
+    what = sql.SQL("format('%s %L {}', {}, {})").format(sql.SQL(_WHAT[m.column.type]), label, raw)
+    hints = []
+    if m.column.type in ("money", "integer"):
+        if reading.currency and m.column.type == "money":
+            hints.append((sql.SQL("{} ~ {}").format(n, sql.Literal(_CURRENCY)),
+                          sql.SQL("format('%s %L is not in {}, the company''s currency', {}, {})").format(
+                              sql.SQL(reading.currency), label, raw)))
+        thousands = f"thousands '{options.thousands}'" if options.thousands else "no thousands separator"
+        hints.append((sql.SQL("{} ~ {}").format(raw, sql.Literal(r"^[-+(]?[0-9]+([.,' ][0-9]+)+[)-]?$")),
+                      sql.SQL("{} || {}").format(what, sql.Literal(
+                          f" as this source writes numbers (decimal '{options.decimal}', {thousands}: "
+                          "read.decimal, read.thousands)"))))
+    elif m.column.type in ("date", "timestamp"):
+        hints.append((sql.SQL("{} ~ {}").format(raw, sql.Literal(r"^\s*[0-9]{1,2}[/.-][0-9]{1,2}[/.-][0-9]{2}(\s|$)")),
+                      sql.SQL("{} || {}").format(what, sql.Literal(
+                          " (a two-digit year: set read.date_format, e.g. %d/%m/%y)"))))
+    if not hints:
+        return what
+    return sql.SQL("case {} else {} end").format(
+        sql.SQL(" ").join(sql.SQL("when {} then {}").format(test, words) for test, words in hints), what)
+
+
+def _dated(m: Mapped, n: sql.Composable, options: ReadOptions) -> sql.Composable:
+    """The day of a valid date or timestamp `n` (a timestamp's in the session's time zone: the company's)."""
+    return sql.SQL("{}::{}::date").format(n, sql.SQL(SQL_TYPE[m.column.type]))
+
+
 def first_cell(width: int) -> sql.Composable:
     """The row's first non-empty cell (trimmed), null for a blank row."""
     return sql.SQL("coalesce({})").format(sql.SQL(", ").join(
-        sql.SQL("nullif(btrim(r.{}), '')").format(sql.Identifier(f"c{i}")) for i in range(width)))
+        sql.SQL("nullif({}, '')").format(trimmed(sql.SQL("r.{}").format(sql.Identifier(f"c{i}"))))
+        for i in range(width)))
 
 
-def typed_select(table: Table, mapped: list[Mapped], options: ReadOptions, width: int,
+def typed_select(table: Table, mapped: list[Mapped], reading: Reading | ReadOptions, width: int,
                  where: sql.Composable | None = None) -> sql.Composed:
     """SELECT over `raw r` giving _row, each canonical column typed (null when invalid), _reasons, _skip.
 
@@ -129,13 +237,17 @@ def typed_select(table: Table, mapped: list[Mapped], options: ReadOptions, width
     planner cannot fold them back into every place that reads them. Reasons are only spelled out for
     rows that have one.
     """
+    if isinstance(reading, ReadOptions):
+        reading = Reading.of(reading)
+    options = reading.options
+    earliest, latest = sql.Literal(options.earliest_date), sql.Literal(options.latest_date)
     norms, checks, typed, reasons, fine = [], [], [], [], []
     for i, m in enumerate(mapped):
         n, v = sql.SQL(f"n.n{i}"), sql.SQL(f"v.v{i}")
-        norms.append(sql.SQL("{} as {}").format(_normalised(m, options), sql.Identifier(f"n{i}")))
-        checks.append(sql.SQL("{} as {}").format(_valid(m, n), sql.Identifier(f"v{i}")))
-        cast = sql.SQL(SQL_TYPE[m.column.type])
-        typed.append(sql.SQL("case when {} then {}::{} end as {}").format(v, n, cast, sql.Identifier(m.column.name)))
+        norms.append(sql.SQL("{} as {}").format(_normalised(m, reading), sql.Identifier(f"n{i}")))
+        checks.append(sql.SQL("{} as {}").format(_valid(m, n, options), sql.Identifier(f"v{i}")))
+        value = _value(m, n, options)
+        typed.append(sql.SQL("case when {} then {} end as {}").format(v, value, sql.Identifier(m.column.name)))
         label = sql.Literal(m.column.name)
         raw_value = sql.SQL("r.{}").format(sql.Identifier(m.raw))
         if m.column.required:
@@ -143,12 +255,21 @@ def typed_select(table: Table, mapped: list[Mapped], options: ReadOptions, width
             reasons.append(sql.SQL("case when {} is null then format('%s is empty', {}) end").format(n, label))
         if m.column.type != "text":
             fine.append(sql.SQL("({} is null or {})").format(n, v))
-            reasons.append(sql.SQL("case when {} is not null and not {} then format('%s %L {}', {}, {}) end").format(
-                n, v, sql.SQL(_WHAT[m.column.type]), label, raw_value))
+            reasons.append(sql.SQL("case when {} is not null and not {} then {} end").format(
+                n, v, _why_not(m, reading, label, raw_value, n)))
         if m.column.non_negative:
             fine.append(sql.SQL("not coalesce(left({}, 1) = '-', false)").format(n))
-            reasons.append(sql.SQL("case when {} and {}::{} < 0 then format('%s %L is negative', {}, {}) end").format(
-                v, n, cast, label, raw_value))
+            reasons.append(sql.SQL("case when {} then case when {} < 0 then format('%s %L is negative', {}, {}) end "
+                                   "end").format(v, value, label, raw_value))
+        if m.column.type in ("date", "timestamp"):
+            day = _dated(m, n, options)
+            fine.append(sql.SQL("case when {} then {} between {} and {} else true end").format(
+                v, day, earliest, latest))
+            reasons.append(sql.SQL(
+                "case when {} then case when {} not between {} and {} then format('%s %L is outside this source''s "
+                "dates, {} to {} (read.earliest_date, read.latest_date)', {}, {}) end end").format(
+                v, day, earliest, latest, sql.SQL(str(options.earliest_date)), sql.SQL(str(options.latest_date)),
+                label, raw_value))
     # the row's first non-empty cell, once: none means a blank row; a match of the footer pattern ("Total") a
     # footer. Both are skipped and counted, never loaded.
     norms.append(sql.SQL("{} as _first").format(first_cell(width)))
@@ -177,7 +298,7 @@ class FastLane(NamedTuple):
     data_row: sql.Composable  # over `raw r`: the row is not a footer (part of the guard)
 
 
-def _canonical(m: Mapped, raw: sql.Composable) -> sql.Composable:
+def _canonical(m: Mapped, raw: sql.Composable, options: ReadOptions) -> sql.Composable:
     """The value is exactly its type's own spelling of itself: it casts, and casting it back gives the same
     text. pg_input_is_valid comes first (a CASE keeps the order), so neither this test nor the cast of an
     admitted value ever raises; '007', '+5', ' 5', '1_000', '0x1F', '5.', '.5', '2024-1-5' and
@@ -188,15 +309,17 @@ def _canonical(m: Mapped, raw: sql.Composable) -> sql.Composable:
     negative value in a column that must not be negative (the careful lane says why).
     """
     kind = m.column.type
-    if kind == "timestamp":  # its text depends on the session's time zone: valid, and of one shape
-        return sql.SQL("case when pg_input_is_valid({}, 'timestamptz') then {} ~ {} end").format(
-            raw, raw, sql.Literal(_TIMESTAMP_SHAPE))
+    earliest, latest = sql.Literal(options.earliest_date), sql.Literal(options.latest_date)
+    if kind == "timestamp":  # its text depends on the session's time zone: valid, of one shape, its day in range
+        return sql.SQL("case when pg_input_is_valid({}, 'timestamptz') then {} ~ {} and {}::timestamptz::date "
+                       "between {} and {} end").format(raw, raw, sql.Literal(_TIMESTAMP_SHAPE), raw, earliest, latest)
     pg_type = sql.SQL(_PG_TYPE[kind])
     checks = [sql.SQL("{}::{}::text = {}").format(raw, pg_type, raw)]
     if kind == "integer":
         checks.append(sql.SQL("length({}) <= 18").format(raw))
-    elif kind == "date":
-        checks.append(sql.SQL("length({}) = 10").format(raw))
+    elif kind == "date":  # ISO text compares as the days do
+        checks.append(sql.SQL("length({}) = 10 and {} between {} and {}").format(
+            raw, raw, sql.Literal(str(options.earliest_date)), sql.Literal(str(options.latest_date))))
     else:
         checks.append(sql.SQL("right({}, 1) collate \"C\" between '0' and '9'").format(raw))
     if m.column.non_negative:
@@ -205,12 +328,13 @@ def _canonical(m: Mapped, raw: sql.Composable) -> sql.Composable:
         raw, sql.Literal(_PG_TYPE[kind]), sql.SQL(" and ").join(checks))
 
 
-def canonical_value(m: Mapped, raw: sql.Composable) -> sql.Composable:
+def canonical_value(m: Mapped, raw: sql.Composable, options: ReadOptions) -> sql.Composable:
     """The typed value of raw text already in its type's own spelling (see _canonical), else null; never
     raises. Text is trimmed, as typing trims it."""
     if m.column.type == "text":
-        return sql.SQL("nullif(btrim({}), '')").format(raw)
-    return sql.SQL("case when {} then {}::{} end").format(_canonical(m, raw), raw, sql.SQL(SQL_TYPE[m.column.type]))
+        return sql.SQL("nullif({}, '')").format(trimmed(raw))
+    return sql.SQL("case when {} then {}::{} end").format(_canonical(m, raw, options), raw,
+                                                          sql.SQL(SQL_TYPE[m.column.type]))
 
 
 def fast_lane(table: Table, mapped: list[Mapped], options: ReadOptions, width: int) -> FastLane | None:
@@ -227,11 +351,11 @@ def fast_lane(table: Table, mapped: list[Mapped], options: ReadOptions, width: i
         raw = sql.SQL("r.{}").format(sql.Identifier(m.raw))
         name = sql.Identifier(m.column.name)
         if m.column.type == "text":
-            typed.append(sql.SQL("nullif(btrim({}), '') as {}").format(raw, name))
+            typed.append(sql.SQL("nullif({}, '') as {}").format(trimmed(raw), name))
             if m.column.required:
-                conditions.append(sql.SQL("btrim({}) <> ''").format(raw))
+                conditions.append(sql.SQL("{} <> ''").format(trimmed(raw)))
             continue
-        shape = _canonical(m, raw)
+        shape = _canonical(m, raw, options)
         conditions.append(shape if m.column.required else
                           sql.SQL("(coalesce({}, '') = '' or {})").format(raw, shape))
         typed.append(sql.SQL("nullif({}, '')::{} as {}").format(raw, sql.SQL(SQL_TYPE[m.column.type]), name))
@@ -276,7 +400,7 @@ def _fast_row_hash(table: Table, mapped: list[Mapped]) -> sql.Composable:
         raw = sql.SQL("r.{}").format(sql.Identifier(m.raw))
         kind = m.column.type
         if kind == "text":
-            return sql.SQL("nullif(btrim({}), '')").format(raw)
+            return sql.SQL("nullif({}, '')").format(trimmed(raw))
         if kind == "timestamp":
             return sql.SQL("nullif({}, '')::timestamptz").format(raw)
         if kind == "money":

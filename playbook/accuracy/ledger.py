@@ -10,6 +10,7 @@ from typing import Any
 
 from psycopg2 import sql
 
+from pipeline.attempts import ABANDONED
 from pipeline.config import Accuracy, PipelineConfig
 from pipeline.model import TABLES
 from pipeline.money import EXACT
@@ -202,21 +203,27 @@ def orphans(cur, limits: Accuracy) -> list[CheckResult]:
 
 
 def failed_batches(cur, config: PipelineConfig, limits: Accuracy) -> list[CheckResult]:
-    """A delivery (file) or API window whose load failed, rolled back whole, and that no later batch loaded:
-    its data is missing from core. Each is listed with where it came from and the loader's own words."""
+    """A delivery (file) or API window whose load failed or was abandoned (the attempt died), rolled back whole,
+    and that no later batch loaded: its data is missing from core. Each is listed with where it came from and
+    the loader's own words."""
     # one finding per delivery, however often it failed (Lambda retries a failed S3 event twice): its latest
     # attempt. A file counts as loaded again once a later batch commits the same key; an API window once a
     # later batch covers its whole window (a retry of it, or a wider catch-up).
+    # an attempt that died (killed, out of memory, its connection lost) is abandoned once its expiry passes,
+    # whether or not a later attempt has marked it so yet
     cur.execute(
         "select * from (select distinct on (f.source, coalesce(f.object_key, f.source_ref))"
-        "  f.batch_id, f.source, f.source_ref, f.object_key, f.object_version, f.error, f.finished_at"
-        "  from meta.batches f where f.status = 'failed' and not exists ("
+        "  f.batch_id, f.source, f.source_ref, f.object_key, f.object_version, coalesce(f.error, %s),"
+        "  coalesce(f.finished_at, f.expires_at)"
+        "  from meta.batches f where (f.status in ('failed', 'abandoned')"
+        "   or (f.status = 'started' and f.expires_at < clock_timestamp())) and not exists ("
         "   select 1 from meta.batches c where c.status = 'committed' and c.source = f.source"
         "   and c.batch_id > f.batch_id and case"
         "    when f.object_key is not null then c.object_key = f.object_key"
         "    when f.window_from is not null then c.window_from <= f.window_from and c.window_to >= f.window_to"
         "    else c.source_ref = f.source_ref end)"
-        "  order by f.source, coalesce(f.object_key, f.source_ref), f.batch_id desc) latest order by batch_id")
+        "  order by f.source, coalesce(f.object_key, f.source_ref), f.batch_id desc) latest order by batch_id",
+        (ABANDONED,))
     by_source: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for batch_id, source, ref, key, version, error, finished in cur.fetchall():
         b = {"batch_id": batch_id, "source": source, "source_ref": ref, "object_key": key, "object_version": version}

@@ -146,7 +146,7 @@ def test_ingest_writes_core_and_meta_without_ddl(stack, logins, db):
     try:
         with conn.cursor() as cur:
             cur.execute("insert into meta.batches (source, source_kind, target_table, source_ref, status) "
-                        "values ('grants_test', 'test', 'sales', 'test', 'running') returning batch_id")
+                        "values ('grants_test', 'test', 'sales', 'test', 'started') returning batch_id")
             batch_id = cur.fetchone()[0]
             cur.execute("insert into core.sales (order_id, line_no, order_date, client_id, quantity, unit_price, "
                         "amount, _batch_id, _source, _source_ref, _row_hash) "

@@ -206,7 +206,7 @@ def test_an_unclosed_quote_fails_the_batch_naming_the_row_and_leaves_nothing(lan
     body = sales("SO-1,1,2024-01-05,00042,Widget,2,10.50,21.00,GBP",
                  'SO-2,1,2024-01-05,00043,"Widget,1,10.50,10.50,GBP',
                  "SO-3,1,2024-01-05,00043,Widget,1,10.50,10.50,GBP")
-    with pytest.raises(LoadError, match=r"f.csv: row 3 \(line 3\).*quoted field"):
+    with pytest.raises(LoadError, match=r"f.csv: row 3 \(line 3\): a quoted value opens there and never closes"):
         landing.ingest(key, body)
     assert landing.query("select count(*) from core.sales") == [(0,)]
     assert landing.query("select status, error like '%row 3%' from meta.batches") == [("failed", True)]
@@ -253,6 +253,42 @@ def test_decimal_comma_thousands_dots_and_day_first_dates(landing):
         ("2024-01-03", Decimal("4250.00"))]
     reasons = [r[0] for r in landing.query("select reason from meta.quarantine order by source_row")]
     assert reasons == ["row 3: amount '(12,00)' is negative", "row 4: cost_date '13/13/2024' is not a valid date"]
+
+
+@pytest.mark.parametrize(("dayfirst", "read_as"), [(True, "2024-02-01"), (False, "2024-01-02")])
+def test_a_declared_day_order_alone_reads_every_slash_date(landing, dayfirst, read_as):
+    """read.dayfirst without a date_format: 01/02/2024 is 1 February day first and 2 January month first, its
+    time dropped; a value impossible in that order is refused, and the plan says what decided."""
+    body = (b"Expense ID;Date;Category;Supplier;Amount\n"
+            b"EX-1;01/02/2024;Rent;Harbour Estates;4.250,07\n"
+            b"EX-2;01.02.2024 0:00;IT;Byte Co;1,99\n"
+            b"EX-3;" + (b"02/13/2024" if dayfirst else b"13/02/2024") + b";IT;Byte Co;3,01\n")
+    config = with_read(landing.config, "operating_costs", date_format=None, dayfirst=dayfirst)
+    result = landing.ingest("landing/costs/2024/order.csv", body, config=config)
+    assert (result["rows_inserted"], result["rows_quarantined"]) == (2, 1)
+    assert landing.query("select cost_id, cost_date::text, amount from core.operating_costs order by 1") == [
+        ("EX-1", read_as, Decimal("4250.07")), ("EX-2", read_as, Decimal("1.99"))]
+    assert landing.query("select reason like '%is not a valid date' from meta.quarantine") == [(True,)]
+    assert landing.query("select plan->>'date_order' from meta.batches") == [
+        (f"{'day' if dayfirst else 'month'} first (read.dayfirst)",)]
+
+
+def test_white_space_of_every_kind_is_trimmed_and_old_mac_line_ends_read(landing):
+    """Values pasted from web pages carry no-break spaces, tabs pad exports: trimmed as str.strip() trims, in
+    every lane alike; a Total footer behind a no-break space is still a footer; lines that end in a carriage
+    return alone are lines."""
+    lines = [HEADER.rstrip("\n"),
+             "SO-1,1,2024-01-05,00042,\u00a0Widget\u00a0,1,1.07,\t1.07\t,GBP",
+             "SO-2,1,2024-01-05,00043,Gadget\u2003,2,2.03,4.06\u00a0,GBP",
+             "\u00a0Total,,,,,,,5.13,",
+             "\t,\u00a0,,,,,,,"]
+    body = "\r".join(lines).encode() + b"\r"
+    result = landing.ingest("landing/sales/2024/mac.csv", body)
+    assert (result["rows_read"], result["rows_inserted"], result["rows_skipped"]) == (2, 2, 2)
+    assert landing.query("select product, amount from core.sales order by order_id") == [
+        ("Widget", Decimal("1.07")), ("Gadget", Decimal("4.06"))]
+    assert landing.query("select plan->>'line_ends' from meta.batches") == [
+        ("a carriage return alone, read as line breaks",)]
 
 
 def test_leading_zero_ids_and_header_matching_ignore_case_and_spaces(landing):

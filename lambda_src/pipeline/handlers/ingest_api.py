@@ -23,9 +23,10 @@ from decimal import Decimal
 
 import psycopg2.extras
 
+from pipeline.attempts import attempted
 from pipeline.config import PipelineConfig, SourceConfig
 from pipeline.db import connect
-from pipeline.loader import BatchLoad, Delivery, TimeBudgetExceeded, failures_recorded
+from pipeline.loader import BatchLoad, Delivery, TimeBudgetExceeded
 from pipeline.logs import get_logger, log
 from pipeline.model import TABLES
 from pipeline.runtime_config import pipeline_config
@@ -149,12 +150,12 @@ def ingest_window(conn, config: PipelineConfig, name: str, source: SourceConfig,
                     " updated_at = excluded.updated_at",
                     (name, psycopg2.extras.Json(new_state), batch_id))
 
-    with failures_recorded(conn, delivery, request_id):
+    with attempted(conn, delivery, request_id, remaining) as attempt:
         reader.fetch()
         if reader.pages == 0 and not reader.complete:
             raise TimeBudgetExceeded(f"{reader.display}: no complete page within the time budget")
         new_state = state_after(state, plan, reader)
-        result = BatchLoad(conn, delivery, reader, config.company.timezone, remaining, request_id,
+        result = BatchLoad(conn, delivery, reader, config.company, attempt, remaining,
                            before_commit=save_state).run(COMMIT_MARGIN_S)
     return {"source": name, "window": {"from": plan.window[0].isoformat(), "to": plan.window[1].isoformat()},
             "pages": reader.pages, "records": len(reader.rows), "requests": reader.client.requests,

@@ -10,9 +10,10 @@ import json
 import time
 from decimal import Decimal
 
+from pipeline.attempts import attempted, describe
 from pipeline.config import PipelineConfig
 from pipeline.db import connect
-from pipeline.loader import BatchLoad, Delivery, TimeBudgetExceeded, already_loaded, failures_recorded
+from pipeline.loader import BatchLoad, Delivery, TimeBudgetExceeded, already_loaded
 from pipeline.logs import get_logger, log
 from pipeline.model import TABLES
 from pipeline.runtime_config import pipeline_config
@@ -51,7 +52,13 @@ def ingest(conn, config: PipelineConfig, ref: ObjectRef, remaining, request_id: 
         source, cfg = config.source_for_key(ref.key)
     except KeyError as exc:
         raise LoadError(str(exc.args[0])) from None
-    ref = head(ref)
+    try:
+        ref = head(ref)
+    except Exception:
+        # the object cannot be found or read (deleted since, no permission): a failed attempt in the ledger
+        with attempted(conn, Delivery(source, cfg, cfg.kind, ref.uri, ref.key, object_key=ref.key,
+                                      version=ref.version), request_id, remaining):
+            raise
     delivery = Delivery(source, cfg, cfg.kind, ref.uri, ref.key, object_key=ref.key, etag=ref.etag,
                         version=ref.version)
     with conn.cursor() as cur:  # the same object again: known by its ETag before any byte is read
@@ -61,16 +68,22 @@ def ingest(conn, config: PipelineConfig, ref: ObjectRef, remaining, request_id: 
         return {"status": "already_loaded", "batch_id": existing, "source": source, "ref": ref.uri}
     if remaining() < COMMIT_MARGIN_S * 2:
         raise TimeBudgetExceeded(f"{ref.key}: not enough time left to start loading it")
-    path, delivery.sha256 = download(ref)
-    try:
-        with failures_recorded(conn, delivery, request_id):
-            return BatchLoad(conn, delivery, reader_for(delivery, path), config.company.timezone, remaining,
-                             request_id).run(COMMIT_MARGIN_S)
-    finally:
-        path.unlink(missing_ok=True)
+    with attempted(conn, delivery, request_id, remaining) as attempt:
+        path, delivery.sha256 = download(ref)
+        reader = None
+        try:
+            reader = reader_for(delivery, path)
+            return BatchLoad(conn, delivery, reader, config.company, attempt, remaining).run(COMMIT_MARGIN_S)
+        finally:
+            if reader is not None and hasattr(reader, "close"):
+                reader.close()
+            path.unlink(missing_ok=True)
 
 
 def handler(event: dict, context=None) -> dict:
+    """Each object of the event has its own outcome and its own ledger row: one that fails never stops the
+    others. The invocation fails (so S3 retries it) when any object failed; the objects already loaded then
+    answer already_loaded."""
     started = time.monotonic()
     config = pipeline_config()
     remaining = _remaining(context)
@@ -81,10 +94,13 @@ def handler(event: dict, context=None) -> dict:
         for ref in objects_in_event(event):
             try:
                 result = ingest(conn, config, ref, remaining, request_id)
-            except (LoadError, TimeBudgetExceeded) as exc:
-                result = {"status": "failed", "ref": f"s3://{ref.bucket}/{ref.key}", "error": str(exc),
+            except Exception as exc:  # noqa: BLE001 - every failure is this object's outcome, in the ledger too
+                reason = describe(exc, ref.key)
+                result = {"status": "failed", "ref": f"s3://{ref.bucket}/{ref.key}", "error": reason,
                           "error_type": type(exc).__name__}
-                errors.append(str(exc))
+                errors.append(reason)
+                if conn.closed:  # the connection was lost: the next object gets a new one
+                    conn = connect()
             log(logger, "object processed", **result)
             results.append(result)
     finally:

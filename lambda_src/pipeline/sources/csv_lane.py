@@ -20,7 +20,6 @@ from pipeline.sources.lane import (
     CR,
     NL,
     PAD,
-    SPACE,
     SPECIAL,
     FirstCells,
     Lane,
@@ -32,6 +31,7 @@ from pipeline.sources.lane import (
     constant,
     lane_columns,
     running_counts,
+    spaced,
     type_rows,
 )
 
@@ -147,7 +147,8 @@ def type_piece(csv: CsvLane, piece: Piece, suffix: bytes = b"\n", sample: int = 
     length = fe - fs
     filled = length > 0
     at = filled.argmax(axis=1)
-    first = FirstCells(~filled.any(axis=1), filled.any(axis=1) & (buf[fs[np.arange(len(rec)), at]] != SPACE),
+    rows = np.arange(len(rec))
+    first = FirstCells(~filled.any(axis=1), filled.any(axis=1) & ~spaced(buf, fs[rows, at], length[rows, at], False),
                        lambda rows: _cells(data, b, fs[rows, at[rows]], fe[rows, at[rows]], lane.codec, ascii))
     if check:
         counts = running_counts(b)
@@ -214,16 +215,14 @@ def _reject_inner(b: np.ndarray, starts: np.ndarray, ends: np.ndarray, stops: np
 
 
 def _cells(data: bytes, b: np.ndarray, starts: np.ndarray, ends: np.ndarray, codec: str, ascii: bool) -> list[str]:
-    """The cells at these places, trimmed as the SQL lanes trim them (their leading spaces were refused)."""
+    """The cells at these places, trimmed as the SQL lanes trim them (their leading white space was refused)."""
     a, e = starts.tolist(), ends.tolist()
     if ascii:
         text = data.decode("ascii")
         cells = [text[i:j] for i, j in zip(a, e, strict=True)]
     else:
         cells = [data[i:j].decode(codec) for i, j in zip(a, e, strict=True)]
-    for i in np.flatnonzero(b[ends - 1] == SPACE).tolist():
-        cells[i] = cells[i].rstrip(" ")
-    return cells
+    return [cell.rstrip() for cell in cells]
 
 
 # -- a pass over a file ------------------------------------------------------------------------------------------

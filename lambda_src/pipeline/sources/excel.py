@@ -1,9 +1,12 @@
 """Payment workbooks (.xlsx) read with python-calamine: fast, and formula cells give their cached values.
 
 Sheets are chosen by name or pattern (hidden sheets only when named); the header row offset, footers
-and the column mapping come from the configuration. Values become exact text: Excel numbers through their
-shortest round-trip repr (12.3 stays '12.3', never 12.2999...), dates as ISO, serial dates converted with
-the 1900 leap-year quirk. A formula cell without a cached value is an error naming the cell.
+and the column mapping come from the configuration. Values become exact text: a numeric cell is a number
+whatever the source's separators, read at Excel's own precision of 15 significant digits (the
+22.368000000000002 a file stores is the 22.368 Excel shows) and worded with the source's decimal
+separator, so the typing reads it back as exactly that number; dates as ISO, serial dates converted with
+the 1900 leap-year quirk (serial 60, Excel's 29 February 1900, is worded as that day that never was, which
+the typing refuses). A formula cell without a cached value is an error naming the cell.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ import functools
 import itertools
 import re
 import zipfile
+import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from decimal import Decimal
@@ -21,7 +25,7 @@ from pathlib import Path, PurePosixPath
 
 import numpy as np
 from psycopg2 import sql
-from python_calamine import CalamineWorkbook
+from python_calamine import CalamineError, CalamineWorkbook
 
 from pipeline.config import ReadOptions
 from pipeline.model import Table
@@ -30,6 +34,9 @@ from pipeline.sources.s3_csv import raw_columns
 
 _FORMULA_NO_VALUE = re.compile(
     rb'<c r="([A-Z]+)([0-9]+)"[^>]*>\s*<f[^>]*?(?:/>|>[^<]*</f>)\s*(?:<v\s*/>|<v>\s*</v>)?\s*</c>')
+# a cell whose value is serial 60 (Excel's 29 February 1900 when it is formatted as a date)
+_SERIAL_60 = re.compile(rb'<c r="([A-Z]+)([0-9]+)"[^>]*>\s*(?:<f[^>]*?(?:/>|>[^<]*</f>)\s*)?<v>60(?:\.[0-9]*)?</v>')
+FICTITIOUS_DAY = "1900-02-29"  # Excel's serial 60: a day that never was, refused by the typing as not a date
 
 
 def excel_serial_to_date(serial: float) -> dt.date:
@@ -41,7 +48,20 @@ def excel_serial_to_date(serial: float) -> dt.date:
     return base + dt.timedelta(days=days)
 
 
-def cell_text(value: object, kind: str | None) -> str:
+def excel_number(value: float, decimal: str = ".") -> str:
+    """A numeric cell as Excel shows and computes it: 15 significant digits, no exponent, `decimal` as its
+    decimal separator. The file may store 17 digits (22.368000000000002); the number is 22.368."""
+    if value.is_integer() and abs(value) < 1e15:
+        return str(int(value))
+    text = format(value, ".15g")
+    if "e" in text:
+        text = format(Decimal(text), "f")
+    return text if decimal == "." else text.replace(".", decimal)
+
+
+def cell_text(value: object, kind: str | None, decimal: str = ".") -> str:
+    """The text of a cell of a column of that type (None: not mapped); numbers with `decimal` as the source's
+    decimal separator where they are money or integers, so that reading the text back gives the number."""
     if value is None or value == "":
         return ""
     if isinstance(value, bool):
@@ -54,25 +74,14 @@ def cell_text(value: object, kind: str | None) -> str:
         if kind == "date" and value > 0:
             try:
                 return excel_serial_to_date(value).isoformat()
-            except (ValueError, OverflowError):
-                return repr(value)
-        if value.is_integer() and abs(value) < 1e16:
-            return str(int(value))
-        text = repr(value)
-        return format(Decimal(text), "f") if "e" in text or "E" in text else text
+            except ValueError:
+                return FICTITIOUS_DAY
+            except OverflowError:
+                return excel_number(value)
+        return excel_number(value, decimal if kind in ("money", "integer") else ".")
     if isinstance(value, dt.time | dt.timedelta):
         return str(value)
     return str(value)
-
-
-def _as_number(value: object) -> str:
-    if type(value) is float and value:
-        text = repr(value)
-        if text.endswith(".0"):
-            return text[:-2]
-        if "e" not in text:
-            return text
-    return cell_text(value, "money")
 
 
 def _as_date(value: object) -> str:
@@ -88,13 +97,19 @@ def _as_text(value: object) -> str:
     return value if type(value) is str else cell_text(value, None)
 
 
-_CONVERTERS = {"money": _as_number, "integer": _as_number, "date": _as_date,
-               "timestamp": lambda value: cell_text(value, "timestamp")}
-
-
-def converter(kind: str | None) -> Callable[[object], str]:
+def converter(kind: str | None, decimal: str = ".") -> Callable[[object], str]:
     """The text of one cell of a column of that type (None: unmapped): both lanes word cells with it."""
-    return _CONVERTERS.get(kind, _as_text)
+    if kind in ("money", "integer"):
+        def as_number(value: object) -> str:
+            if type(value) is float:
+                return excel_number(value, decimal)
+            return cell_text(value, kind, decimal)
+        return as_number
+    if kind == "date":
+        return _as_date
+    if kind == "timestamp":
+        return functools.partial(cell_text, kind="timestamp")
+    return _as_text
 
 
 @dataclass
@@ -126,6 +141,13 @@ class WorkbookTyping:
 
         handed.copy = copy
         return handed
+
+
+def _column_index(letters: str) -> int:
+    index = 0
+    for letter in letters:
+        index = index * 26 + ord(letter) - 64
+    return index - 1
 
 
 def _column_letters(index: int) -> str:
@@ -171,6 +193,14 @@ def formulas_without_value(path: Path, sheet_name: str) -> list[tuple[str, int]]
         return _formulas(_sheet_xml(zf, sheet_name))
 
 
+def serial_60_cells(path: Path, sheet_name: str) -> set[tuple[int, int]]:
+    """(row, column index) of the sheet's cells holding 60: Excel's 29 February 1900 where they are dates.
+    Read from its XML only when a date cell says 28 February 1900, the day calamine makes of them."""
+    with zipfile.ZipFile(path) as zf:
+        data = _sheet_xml(zf, sheet_name)
+    return {(int(m.group(2)), _column_index(m.group(1).decode())) for m in _SERIAL_60.finditer(data)}
+
+
 # strings fastexcel reads as empty in a column of numbers, dates or booleans (pandas' list, and more)
 _NULL_LIKE = re.compile(rb"<t(?:\s[^>]*)?>\s*(?:#?N/?A(?:\s*N/?A)?|#NA|<NA>|&lt;NA&gt;|NULL|NONE|-?NAN"
                         rb"|-?1\.#(?:IND|QNAN))\s*</t>", re.IGNORECASE)
@@ -196,6 +226,21 @@ def _arrow_survey(path: Path, sheet_name: str) -> tuple[list[tuple[str, int]], b
     return _formulas(data), risky
 
 
+# what a damaged workbook raises while it is read: zip, inflate and XML errors, calamine's own
+_DAMAGED = (zipfile.BadZipFile, zipfile.LargeZipFile, KeyError, EOFError, zlib.error, CalamineError)
+
+
+def _damage(exc: Exception) -> str:
+    """What a damaged workbook's error means, in words for the person who sent it."""
+    if isinstance(exc, KeyError):
+        return "a part every workbook has is missing"
+    if isinstance(exc, zlib.error | EOFError):
+        return "its compressed data is cut short or corrupt"
+    if isinstance(exc, CalamineError):
+        return "its sheet data cannot be read"
+    return "its zip structure is broken"
+
+
 def _xml_unescape(text: str) -> str:
     return (text.replace("&lt;", "<").replace("&gt;", ">").replace("&quot;", '"').replace("&apos;", "'")
             .replace("&amp;", "&"))
@@ -215,10 +260,14 @@ class ExcelReader:
         if magic.startswith(b"\xd0\xcf\x11\xe0"):
             raise LoadError(f"{self.display}: the workbook is password-protected or in the old .xls format; "
                             "save it as an unprotected .xlsx and deliver it again")
+        if not magic.startswith(b"PK"):
+            raise LoadError(f"{self.display}: not an .xlsx workbook (the file is not a zip archive, as every .xlsx "
+                            "is); save it from Excel as .xlsx and deliver it again")
         try:
             return CalamineWorkbook.from_path(str(self.path))
-        except Exception as exc:  # noqa: BLE001 - calamine raises several types for unreadable files
-            raise LoadError(f"{self.display}: not a readable .xlsx workbook ({type(exc).__name__}: {exc})") from None
+        except Exception:  # noqa: BLE001 - calamine raises several types for unreadable files
+            raise LoadError(f"{self.display}: not a readable .xlsx workbook (it is damaged, or another kind of file "
+                            "with an .xlsx name); open it in Excel, save it as .xlsx and deliver it again") from None
 
     def _chosen(self, workbook: CalamineWorkbook) -> list[str]:
         metadata = {m.name: m for m in workbook.sheets_metadata}
@@ -253,7 +302,12 @@ class ExcelReader:
     def sheets(self) -> Iterator[RawSheet]:
         try:
             for name in self._sheet_names:
-                yield self._sheet(self._workbook, name)
+                try:
+                    sheet = self._sheet(self._workbook, name)
+                except _DAMAGED as exc:
+                    raise LoadError(f"{self.display}, sheet '{name}': the workbook is damaged ({_damage(exc)}); "
+                                    "open it in Excel, save it as .xlsx and deliver it again") from None
+                yield sheet
         finally:
             self._workbook.close()
 
@@ -265,6 +319,10 @@ class ExcelReader:
     def _shared_strings_risky(self) -> bool:
         return _shared_strings_risky(self.path)
 
+    def _converter(self, kind: str | None) -> Callable[[object], str]:
+        """How a cell of a column of that type is worded, numbers with the source's decimal separator."""
+        return converter(kind, self.options.decimal)
+
     def _arrow_sheet(self, name: str) -> tuple[RawSheet | None, list[tuple[str, int]] | None]:
         """The sheet through fastexcel and a binary COPY, when that gives the same text as the cell-by-cell
         path (see pipeline.sources.excel_arrow), else None to send it there; and the sheet's formulas
@@ -272,9 +330,10 @@ class ExcelReader:
         if self._shared_strings_risky:
             return None, None
         with concurrent.futures.ThreadPoolExecutor(1) as pool:
-            survey = pool.submit(_arrow_survey, self.path, name)
-            arrow = excel_arrow.read(self.path, name, self.options.header_row, converter)
-            formulas, risky = survey.result()
+            surveyed = pool.submit(_arrow_survey, self.path, name)
+            arrow = excel_arrow.read(self.path, name, self.options.header_row, self._converter,
+                                     self.options.decimal)
+            formulas, risky = surveyed.result()
         if formulas or risky or arrow is None:
             return None, formulas  # a formula without a value is explained, with its row, by the other path
         h = self.options.header_row
@@ -328,24 +387,41 @@ class ExcelReader:
         first_row = h + 2
         self._check_formulas(cells, where, data, first_row, mapping)
         width = len(header)
+        fictitious = self._fictitious_days(name, data, kinds)
 
         def copy_rows(cur, target: str) -> None:
             statement = sql.SQL("copy {} (_sheet, _row, {}) from stdin with (format csv)").format(
                 sql.Identifier(target), raw_columns(width)).as_string(cur)
-            copy_csv(cur, statement, (self._text_rows(name, data[start:start + PIECE_ROWS], first_row + start, kinds)
+            copy_csv(cur, statement, (self._text_rows(name, data[start:start + PIECE_ROWS], first_row + start, kinds,
+                                                      fictitious)
                                       for start in range(0, len(data), PIECE_ROWS)))
 
         return RawSheet(name, header, mapping, first_row, copy_rows)
 
-    @staticmethod
-    def _text_rows(name: str, chunk: list[list], first_row: int, kinds: list[str | None]) -> Iterator[tuple]:
+    def _fictitious_days(self, name: str, data: list[list], kinds: list[str | None]) -> set[tuple[int, int]]:
+        """(row, column) of the date cells holding serial 60, Excel's 29 February 1900, which calamine reads as
+        the 28th: looked for in the sheet's XML only when a date column holds a 28 February 1900."""
+        dated = [c for c, kind in enumerate(kinds) if kind in ("date", "timestamp")]
+        day = dt.date(1900, 2, 28)
+        if not any(isinstance(v, dt.date) and (v.date() if isinstance(v, dt.datetime) else v) == day
+                   for row in data for c in dated if c < len(row) and (v := row[c]) is not None):
+            return set()
+        return {(row, col) for row, col in serial_60_cells(self.path, name) if col in dated}
+
+    def _text_rows(self, name: str, chunk: list[list], first_row: int, kinds: list[str | None],
+                   fictitious: set[tuple[int, int]]) -> Iterator[tuple]:
         """A piece for copy_csv: (sheet, row number, text of each cell) of a chunk of rows, converted column
         by column, each with the converter of its type: one cheap test per cell for the common case (a string
-        in a text column, a float in a money column, a date in a date column), the general rules otherwise."""
+        in a text column, a float in a money column, a date in a date column), the general rules otherwise.
+        `fictitious`: (row, column) of date cells holding Excel's 29 February 1900."""
         width = len(kinds)
         columns = list(itertools.zip_longest(*chunk, fillvalue=None))[:width]
         columns += [(None,) * len(chunk)] * (width - len(columns))
-        texts = [list(map(converter(kinds[c]), column)) for c, column in enumerate(columns)]
+        texts = [list(map(self._converter(kinds[c]), column)) for c, column in enumerate(columns)]
+        for row, col in fictitious:
+            i = row - first_row
+            if 0 <= i < len(chunk) and isinstance(columns[col][i], dt.date):
+                texts[col][i] = FICTITIOUS_DAY
         return zip(itertools.repeat(name), range(first_row, first_row + len(chunk)), *texts)
 
     def _check_formulas(self, cells: list[tuple[str, int]], where: str, data: list, first_row: int,

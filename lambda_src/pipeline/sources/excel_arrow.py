@@ -108,11 +108,12 @@ def _booleans(array, buffers, valid: np.ndarray | None) -> Column:
 
 
 def _numbers(values: np.ndarray, valid: np.ndarray | None, kind: str | None,
-             convert: Callable[[object], str]) -> Column:
+             convert: Callable[[object], str], point: bytes = b".") -> Column:
     """Numbers as the cell-by-cell converter words them. Where a float is exactly the nearest double to an
-    amount in cents, its shortest repr is that amount, so those are formatted column-wise from integer
-    cents ('12.3', '-0.05', '1500'); the rest (zero, other fractions, huge values, serial dates in a date
-    column) go through `convert` one by one."""
+    amount in cents below 10^13, its 15 significant digits are that amount, so those are formatted
+    column-wise from integer cents ('12.3', '-0.05', '1500'; `point` as the decimal separator, as `convert`
+    words them); the rest (zero, other fractions, huge values, serial dates in a date column) go through
+    `convert` one by one."""
     n = len(values)
     present = np.ones(n, bool) if valid is None else valid
     fast, cents = np.zeros(n, bool), np.zeros(n, np.int64)
@@ -126,7 +127,7 @@ def _numbers(values: np.ndarray, valid: np.ndarray | None, kind: str | None,
     text = np.strings.add(np.where(values < 0, b"-", b""), whole.astype("S20"))
     tens, units = np.divmod(frac, 10)
     digits = np.array([str(d).encode() for d in range(10)])
-    tail = np.where(frac == 0, b"", np.strings.add(np.strings.add(b".", digits[tens]),
+    tail = np.where(frac == 0, b"", np.strings.add(np.strings.add(point, digits[tens]),
                                                        np.where(units == 0, b"", digits[units])))
     text = np.strings.add(text, tail)
     slow = np.flatnonzero(present & ~fast)
@@ -157,11 +158,12 @@ def _header(columns) -> list[str] | None:
     return header
 
 
-def read(path: Path, name: str, header_row: int, converter: Callable[[str | None], Callable[[object], str]]
-         ) -> ArrowSheet | None:
+def read(path: Path, name: str, header_row: int, converter: Callable[[str | None], Callable[[object], str]],
+         decimal: str = ".") -> ArrowSheet | None:
     """The sheet through fastexcel, or None when only the cell-by-cell path can give its exact text.
 
-    `converter(kind)` is that path's wording of one cell of a column of that type, used for numbers. The
+    `converter(kind)` is that path's wording of one cell of a column of that type, used for numbers (whose
+    decimal separator, in money and integer columns, is `decimal`). The
     columns are built, or refused, before any row is sent."""
     try:
         sheet = fastexcel.read_excel(str(path)).load_sheet_by_name(
@@ -195,7 +197,8 @@ def read(path: Path, name: str, header_row: int, converter: Callable[[str | None
                     return None
                 built[pos] = column
             elif fmt in ("g", "l"):
-                built[pos] = _numbers(_values(child, buffers), valid, kind, converter(kind))
+                point = decimal.encode() if kind in ("money", "integer") else b"."
+                built[pos] = _numbers(_values(child, buffers), valid, kind, converter(kind), point)
         return built
 
     return ArrowSheet(header, height, columns)

@@ -18,7 +18,6 @@ from pipeline.model import Table
 from pipeline.sources.excel_arrow import Column
 from pipeline.sources.lane import (
     PAD,
-    SPACE,
     FirstCells,
     Lane,
     LaneStream,
@@ -26,6 +25,7 @@ from pipeline.sources.lane import (
     Values,
     lane_columns,
     running_counts,
+    spaced,
     type_rows,
 )
 
@@ -79,7 +79,7 @@ def type_piece(sheet: SheetLane, start: int, suffix: bytes = b"\n", sample: int 
     plain = filled.any(axis=1)
     for p, v in enumerate(every):
         on = np.flatnonzero(at == p)
-        plain[on] &= v.buf[v.start[on]] != SPACE
+        plain[on] &= ~spaced(v.buf, v.start[on], v.length[on], False)
 
     def cells(which: np.ndarray) -> list[str]:
         out = [""] * len(which)
@@ -87,7 +87,7 @@ def type_piece(sheet: SheetLane, start: int, suffix: bytes = b"\n", sample: int 
             v, these = every[p], np.flatnonzero(at[which] == p)
             for i, a, e in zip(these.tolist(), v.start[which[these]].tolist(), v.end[which[these]].tolist(),
                                strict=True):
-                out[i] = v.buf[a:e].tobytes().decode("utf-8").rstrip(" ")
+                out[i] = v.buf[a:e].tobytes().decode("utf-8").rstrip()
         return out
 
     numbers = sheet.first_row + np.arange(rows.start, rows.stop, dtype=np.int64)

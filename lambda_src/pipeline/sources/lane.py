@@ -42,6 +42,10 @@ PAD = bytes(TEXT_CAP + 1)  # after a buffer of values, so every slot window stay
 _HEX = np.frombuffer(b"0123456789abcdef", np.uint8)
 _DAYS = np.array([0, 31, 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31], np.int64)
 SPACE, DOT, MINUS, ZERO, NL, CR = 32, 46, 45, 48, 10, 13
+# white space as Python's str.strip() and the SQL lanes' trim know it: ASCII, and these UTF-8 sequences
+_ASCII_SPACE = np.zeros(256, bool)
+_ASCII_SPACE[[9, 10, 11, 12, 13, 28, 29, 30, 31, 32]] = True
+_WIDE_SPACES = [c.encode() for c in map(chr, range(128, 0x3001)) if c.isspace()]
 
 
 class LaneAbandoned(RuntimeError):
@@ -55,6 +59,7 @@ class LaneColumn:
     position: int | None  # in the source's header; None when the source does not map it (null)
     required: bool
     non_negative: bool
+    days: tuple[int, int] = (0, 99991231)  # a date's first and last day allowed, as YYYYMMDD
 
 
 @dataclass(frozen=True)
@@ -84,7 +89,9 @@ def lane_columns(table: Table, mapping: dict[str, int], options: ReadOptions) ->
         return None
     if any(c.type == "timestamp" for c in table.columns):
         return None
-    return tuple(LaneColumn(c.name, c.type, mapping.get(c.name), c.required, c.non_negative) for c in table.columns)
+    days = tuple(int(d.strftime("%Y%m%d")) for d in (options.earliest_date, options.latest_date))
+    return tuple(LaneColumn(c.name, c.type, mapping.get(c.name), c.required, c.non_negative, days)
+                 for c in table.columns)
 
 
 @dataclass
@@ -251,7 +258,7 @@ def _check(v: Values, column: LaneColumn, good: np.ndarray, check: bool = True) 
             quoted = ~empty & (_count(v, _QUOTES) > 0)
             good &= empty | (_count(v, _ESCAPES) == 0)
         if check:  # nothing to trim
-            good &= empty | ((buf[s] != SPACE) & (buf[np.maximum(e - 1, 0)] != SPACE))
+            good &= empty | ~padded(buf, s, e, ln)
     elif column.kind == "money":
         hashed = _trimmed(buf, e, ln)
         if check:
@@ -259,10 +266,34 @@ def _check(v: Values, column: LaneColumn, good: np.ndarray, check: bool = True) 
     elif check and column.kind == "integer":
         good &= empty | _integer(buf, s, ln, _count(v, _NONDIGITS), column.non_negative)
     elif check:  # date
-        good &= empty | _date(buf, s, ln, _count(v, _NONDIGITS))
+        good &= empty | _date(buf, s, ln, _count(v, _NONDIGITS), column.days)
     if check and column.required:
         good &= ~empty
     return _Checked(column, v, np.where(empty, 0, hashed), quoted)
+
+
+def spaced(buf: np.ndarray, at: np.ndarray, ln: np.ndarray, end: bool) -> np.ndarray:
+    """Whether each value (of `ln` bytes, starting at `at`, or ending there when `end`) starts (ends) with white
+    space, which the SQL lanes trim."""
+    edge = buf[np.maximum(at - 1, 0)] if end else buf[at]
+    found = (ln > 0) & _ASCII_SPACE[edge]
+    wide = np.flatnonzero((ln > 1) & (edge >= 0x80))
+    for space in _WIDE_SPACES:
+        if not len(wide):
+            break
+        n = len(space)
+        fits = ln[wide] >= n
+        first = at[wide] - n if end else at[wide]
+        same = fits.copy()
+        for k, byte in enumerate(space):
+            same &= buf[np.maximum(first + k, 0)] == byte
+        found[wide[same]] = True
+    return found
+
+
+def padded(buf: np.ndarray, s: np.ndarray, e: np.ndarray, ln: np.ndarray) -> np.ndarray:
+    """Whether each value starts or ends with white space."""
+    return spaced(buf, s, ln, False) | spaced(buf, e, ln, True)
 
 
 def _integer(buf: np.ndarray, s: np.ndarray, ln: np.ndarray, nondigits: np.ndarray, non_negative: bool) -> np.ndarray:
@@ -314,8 +345,8 @@ def _trimmed(buf: np.ndarray, e: np.ndarray, ln: np.ndarray) -> np.ndarray:
     return ln - zeros - ((point > 0) & (zeros == fraction))
 
 
-def _date(buf: np.ndarray, s: np.ndarray, ln: np.ndarray, nondigits: np.ndarray) -> np.ndarray:
-    """date's own ISO spelling of a day that exists: YYYY-MM-DD, years 1 to 9999."""
+def _date(buf: np.ndarray, s: np.ndarray, ln: np.ndarray, nondigits: np.ndarray, days: tuple[int, int]) -> np.ndarray:
+    """date's own ISO spelling of a day that exists, within `days` (YYYYMMDD, both included): YYYY-MM-DD."""
     fine = (ln == 10) & (nondigits == 2) & (buf[s + 4] == MINUS) & (buf[s + 7] == MINUS)
     d = [buf[s + k].astype(np.int64) - ZERO for k in range(10)]
     year = d[0] * 1000 + d[1] * 100 + d[2] * 10 + d[3]
@@ -323,7 +354,8 @@ def _date(buf: np.ndarray, s: np.ndarray, ln: np.ndarray, nondigits: np.ndarray)
     day = d[8] * 10 + d[9]
     leap = (year % 4 == 0) & ((year % 100 != 0) | (year % 400 == 0))
     last = _DAYS[np.clip(month, 0, 12)] + ((month == 2) & leap)
-    return fine & (year >= 1) & (month >= 1) & (month <= 12) & (day >= 1) & (day <= last)
+    ymd = year * 10_000 + month * 100 + day
+    return fine & (month >= 1) & (month <= 12) & (day >= 1) & (day <= last) & (ymd >= days[0]) & (ymd <= days[1])
 
 
 # -- rows of fixed-width blocks, the counted bytes of each joined ------------------------------------------------

@@ -20,7 +20,7 @@ from psycopg2 import sql
 
 from pipeline.config import ReadOptions
 from pipeline.model import Table
-from pipeline.sources import LoadError, RawSheet, copy_csv, csv_lane, in_pieces, map_header
+from pipeline.sources import LoadError, RawSheet, copy_csv, csv_lane, in_pieces, map_header, text_files
 
 PG_ENCODING = {"utf-8": "UTF8", "utf-8-sig": "UTF8", "cp1252": "WIN1252", "latin-1": "LATIN1"}
 
@@ -29,15 +29,21 @@ def raw_columns(n: int) -> sql.Composed:
     return sql.SQL(", ").join(sql.Identifier(f"c{i}") for i in range(n))
 
 
-def raw_record(row_no: int, values: list[str], width: int, sheet: RawSheet) -> list | None:
+def raw_record(row_no: int, values: list[str], width: int, sheet: RawSheet, display: str) -> list | None:
     """A record as a raw row (its number, then its values), or None for a ragged one, kept in sheet.rejects
     with its reason. A blank record (an empty line too) is a row of empty values, which the loader skips and
-    counts; trailing empty values past the header's width are ignored."""
+    counts; trailing empty values past the header's width are ignored. A ragged record holding a line break
+    in a quoted value is no row at all: a quote that never closed took the lines after it, and the batch
+    fails rather than lose them."""
     if not any(v.strip() for v in values):
         return [row_no, *[""] * width]
     while len(values) > width and not values[-1].strip():
         values = values[:-1]
     if len(values) != width:
+        if any("\n" in v or "\r" in v for v in values):
+            raise LoadError(f"{display}: row {row_no}: a quoted value runs over several lines and leaves the record "
+                            f"with {len(values)} values where the header has {width}: a quote is probably never "
+                            "closed; nothing was loaded")
         sheet.rejects.append((row_no, {"values": values}, f"row {row_no}: {len(values)} values where the header "
                               f"has {width}", "ragged_row"))
         return None
@@ -82,6 +88,20 @@ class CsvReader:
                  table: Table | None = None):
         self.path, self.display, self.options = path, display, options
         self.columns, self.required, self.table = columns, required, table
+        self.plan: dict = {}  # what was decided about the file (its encoding, its quotes), for the ledger
+        self._text: text_files.TextFile | None = None
+
+    def close(self) -> None:
+        """Removes what reading made (a UTF-8 copy of a UTF-16 file)."""
+        if self._text is not None:
+            self._text.close()
+
+    def _prepared(self) -> None:
+        """The file as it is read: its encoding settled (UTF-16 turned into UTF-8), once."""
+        if self._text is None:
+            self._text = text_files.prepare(self.path, self.display, self.options)
+            self.path, self.options = self._text.path, self._text.options
+            self.plan.update(self._text.plan)
 
     def _decoder_encoding(self) -> str:
         return "utf-8-sig" if self.options.encoding in ("utf-8", "utf-8-sig") else self.options.encoding
@@ -111,10 +131,21 @@ class CsvReader:
     one_sheet = True  # a file is one sheet: the loader may load it straight into an empty table
 
     def sheets(self) -> Iterator[RawSheet]:
+        self._prepared()
         header, offset = self._read_header()
         mapping = map_header(header, self.columns, f"{self.display}, row {self.options.header_row + 1}",
                              self.required)
         first_row = self.options.header_row + 2
+        quotes = text_files.survey_quotes(self.path, offset, first_row, self.options.delimiter, self.options.quotechar)
+        if quotes.kind == "unclosed":
+            raise LoadError(f"{self.display}: row {quotes.row} (line {quotes.line}): a quoted value opens there and "
+                            "never closes; nothing was loaded (close the quote, or double a quote meant inside a "
+                            "value)")
+        if quotes.kind == "stray":  # only a reader of values finds its records: record by record
+            self.plan["quotes"] = (f"a quote inside a value (first on row {quotes.row}, line {quotes.line}) is a "
+                                   "literal character; records read one by one")
+            yield self.parsed_sheet()
+            return
         lane = csv_lane.lane_for(self.table, mapping, self.options, len(header)) if self.table else None
 
         def copy_file(cur, target: str) -> None:
@@ -133,6 +164,7 @@ class CsvReader:
 
     def parsed_sheet(self) -> RawSheet:
         """The slow, forgiving path: every record checked here; ragged ones become rejects."""
+        self._prepared()
         header, _ = self._read_header()
         mapping = map_header(header, self.columns, self.display, self.required)
         width = len(header)
@@ -145,7 +177,7 @@ class CsvReader:
 
         def records() -> Iterator[list]:
             for row_no, values in self._records():
-                if (row := raw_record(row_no, values, width, sheet)) is not None:
+                if (row := raw_record(row_no, values, width, sheet, self.display)) is not None:
                     yield row
 
         sheet.copy = copy_parsed
@@ -162,12 +194,17 @@ class CsvReader:
                 raise LoadError(f"{self.display}: row {row_no} (line {line}): not {self.options.encoding} text "
                                 f"({exc.reason}); set read.encoding for this source") from None
             try:
-                values = next(csv.reader(io.StringIO(text, newline=""), delimiter=self.options.delimiter,
-                                         quotechar=self.options.quotechar, strict=True), [])
+                parsed = csv.reader(io.StringIO(text, newline=""), delimiter=self.options.delimiter,
+                                    quotechar=self.options.quotechar, strict=True)
+                values = next(parsed, [])
+                more = next(parsed, None)
             except csv.Error as exc:
                 raise LoadError(f"{self.display}: row {row_no} (line {line}): {exc}; "
                                 "a quoted field is probably never closed") from None
-            if (row := raw_record(row_no, values, width, sheet)) is not None:
+            if more is not None:  # the records were cut where the csv module reads no record end
+                raise LoadError(f"{self.display}: row {row_no} (line {line}) reads as more than one record; "
+                                "its quotes are not where values start and end")
+            if (row := raw_record(row_no, values, width, sheet, self.display)) is not None:
                 yield row
 
     def _records(self) -> Iterator[tuple[int, list[str]]]:
