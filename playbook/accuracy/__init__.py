@@ -1,11 +1,12 @@
 """The validation stage that proves the numbers: `validate()` (the validate notebook) and `playbook validate`.
 
 From the ledger and the tables it checks that every batch reconciles (rows and money in equal out), that
-the marts equal core, that no failed load is left unloaded, that every row names a known client, that no
-delivery or row repeats and no row changed after its first load, that every scheduled delivery arrived,
-and what the quarantine holds. Each result goes to meta.accuracy_results and to accuracy.md in the run
-folder; any breach of the limits in the configuration's `accuracy` section raises AccuracyBreach, which
-stops the chain at this stage.
+each delivered object, read again by a reader that shares no code with the loader, holds the rows and money
+the ledger says it read, that the marts equal core, that no failed load is left unloaded, that every row
+names a known client, that no delivery or row repeats and no row changed after its first load, that every
+scheduled delivery arrived, and what the quarantine holds. Each result goes to meta.accuracy_results and to
+accuracy.md in the run folder; any breach of the limits in the configuration's `accuracy` section raises
+AccuracyBreach, which stops the chain at this stage.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ def validate(database_url: str | None = None, config=None, run_id: str | None = 
     """
     from pipeline.config import PipelineConfig
     from pipeline.marts import refresh_marts
-    from playbook.accuracy import freshness, ledger, marts, replay
+    from playbook.accuracy import freshness, ledger, marts, rereads
     from playbook.accuracy.report import store_results, write_report
     from playbook.config import load_config
     from playbook.database import connect
@@ -53,23 +54,26 @@ def validate(database_url: str | None = None, config=None, run_id: str | None = 
             with conn.cursor() as cur:
                 stale = marts.stale_marts(cur)
             conn.rollback()
-        replays = {b["batch_id"]: replay.replay_batch(conn, config, b) for b in batches if _needs_replay(b)}
-        holders = {i: r.holders for i, r in replays.items()}
+        reading_started = time.monotonic()
+        objects = rereads.reread_objects(config, batches, limits)
+        reading_seconds = round(time.monotonic() - reading_started, 3)
         conn.set_session(isolation_level="REPEATABLE READ", readonly=True)  # one snapshot for every check
         with conn.cursor() as cur:
+            holders = rereads.key_holders(cur, batches, objects, config)
             results: list[CheckResult] = []
             results += ledger.reconcile_batches(batches, config, limits)
+            results += rereads.independent_reconciliation(batches, objects, config, limits, reading_seconds)
             results += ledger.ledger_matches_core(cur, batches, limits)
             results += ledger.failed_batches(cur, config, limits)
             results += marts.compare_marts(cur, limits, stale)
             results += ledger.orphans(cur, limits)
-            results += replay.duplicate_rows(batches, replays, config, limits)
+            results += rereads.duplicate_rows(batches, objects, config, limits)
             results += ledger.duplicate_deliveries(batches, holders, config, limits)
             results += ledger.changed_rows(cur, batches, limits)
             fresh, data_end = freshness.check_freshness(cur, config, limits)
             results += fresh
             results += ledger.quarantine_summary(cur, config, limits)
-            results += replay.skipped_rows(batches, replays, config, limits)
+            results += rereads.skipped_rows(batches, objects, config, limits)
         conn.rollback()
         conn.set_session(isolation_level="DEFAULT", readonly=False)
         report = ValidationReport(run_id, results, str(data_end) if data_end else None)
@@ -84,12 +88,6 @@ def validate(database_url: str | None = None, config=None, run_id: str | None = 
         raise AccuracyBreach(f"{len(report.failures)} accuracy checks failed: {names}; see {report.report_path}",
                              report)
     return report
-
-
-def _needs_replay(batch: dict[str, Any]) -> bool:
-    """Re-read only what the ledger says was skipped or collapsed, or a delivery whose rows were all seen."""
-    all_seen = batch["rows_read"] > 0 and batch["rows_inserted"] == 0 and batch["rows_updated"] == 0
-    return bool(batch["object_key"]) and (batch["rows_skipped"] > 0 or batch["rows_duplicate"] > 0 or all_seen)
 
 
 # -- CLI --------------------------------------------------------------------------------------------
@@ -123,8 +121,8 @@ def _print_summary(report: ValidationReport) -> None:
 
 
 def register_commands(subparsers) -> None:
-    p = subparsers.add_parser("validate", help="prove the numbers: ledger, marts, clients, duplicates, freshness, "
-                              "quarantine; exits 1 on any breach of the configured limits")
+    p = subparsers.add_parser("validate", help="prove the numbers: ledger, objects read again, marts, clients, "
+                              "duplicates, freshness, quarantine; exits 1 on any breach of the configured limits")
     p.add_argument("--run-id", help="the run's id (default: a UTC timestamp); results are kept under it")
     p.add_argument("--out", help="folder for accuracy.md (default: reports/runs/<run id>/)")
     p.add_argument("--config", help="configuration file (default: $PLAYBOOK_CONFIG or playbook.yaml)")

@@ -77,6 +77,9 @@ def _finding_line(r: CheckResult, f: dict[str, Any]) -> str:
         return f"{_where(f)}: {values} - {f.get('note')}"
     if c == "batch_reconciliation":
         return f"{_where(f)}: " + "; ".join(f["problems"])
+    if c == "independent_reconciliation":
+        version = f", version {f['version']}" if f.get("version") else ""
+        return f"{_where(f)}{version}: " + "; ".join(f["problems"])
     return json.dumps(f, default=_plain)
 
 
@@ -109,7 +112,29 @@ def render_markdown(report: ValidationReport, company: str) -> str:
         else:
             lines += [f"- {_finding_line(r, f)}" for f in r.findings]
             lines.append("")
+    lines += _not_reread(report)
     return "\n".join(lines).rstrip() + "\n"
+
+
+def _not_reread(report: ValidationReport) -> list[str]:
+    """The objects the independent reading left out, and why; and what it saw differently for information."""
+    rereads = report.by_check("independent_reconciliation")
+    unread = [u for r in rereads for u in r.extra.get("not_re_read", [])]
+    info = [i for r in rereads for i in r.extra.get("information", [])]
+    lines = []
+    if rereads:
+        read = sum(r.extra.get("re_read", 0) for r in rereads)
+        seconds = rereads[0].extra.get("all_sources_seconds")
+        took = f" in {seconds:.1f}s" if seconds is not None else ""
+        lines += ["", "## Objects read again", "",
+                  f"{read} delivered objects were read again independently{took}, by a reader that shares no code "
+                  f"with the loader; {len(unread)} were not{':' if unread or info else '.'}", ""]
+    for u in unread:
+        version = f", version {u['version']}" if u.get("version") else ""
+        lines.append(f"- not read again: {_where(u)}{version}: {u['reason']}")
+    for i in info:
+        lines.append(f"- for information: {_where(i)}: " + "; ".join(i["notes"]))
+    return lines
 
 
 def write_report(report: ValidationReport, out_dir: Path, company: str) -> Path:
