@@ -341,7 +341,9 @@ def skipped_rows(batches: list[dict[str, Any]], rereads: dict[int, Reread], conf
                                  f"{len(wrong_total)} footers disagree with the rows they total", wrong_total))
         results.append(judge("skipped_rows", source, len(unexpected), 0,
                              f"{len(unexpected)} rows skipped as footers where none are expected" if unexpected
-                             else (f"{footers} footers, each equal to the rows it totals" if footers
+                             else (f"{footers} footers, each equal to the rows it totals" if footers and not wrong_total
+                                   else f"{footers} footers, {len(wrong_total)} not equal to the rows they total "
+                                        "(footer_totals)" if footers
                                    else "no row skipped"), unexpected, warn_only=True))
     return results
 

@@ -3,6 +3,7 @@ Manager), configuration from S3, SES and the idempotency claim in the moto serve
 
 from __future__ import annotations
 
+import json
 import re
 import subprocess
 import sys
@@ -182,3 +183,94 @@ def test_cli_report_sends_the_email_into_the_run_folder(stack, environment, conf
     assert msg["X-Playbook-Period"] == f"{last_cost_day - timedelta(days=6)}/{last_cost_day}"
     assert sent_so_far() - before == per_send(config)  # one message reached SES
     assert "expense_email" in capsys.readouterr().out
+
+
+def race(monkeypatch, environment, event: dict, *, unconditional: bool = False) -> tuple[list[dict], list[str]]:
+    """Two invocations of the handler with the same event at once, in two threads: each holds its claim (the put of
+    the .eml) at a barrier until the other has reached its own, so both claims reach S3 together after both found
+    the key free; SES's send is slowed so the winner is still sending while the loser claims. Returns the two
+    results and the invocations that called SendRawEmail. `unconditional` drops the put's If-None-Match."""
+    import threading
+    import time
+
+    from pipeline.handlers.send_expense_email import handler
+
+    for name, value in environment.items():
+        monkeypatch.setenv(name, value)
+    barrier = threading.Barrier(2, timeout=60)
+    made, sends, claims = threading.Lock(), [], []
+
+    def hold_the_claim(request, **_):
+        if request.url.split("?")[0].endswith(".eml"):
+            claims.append(threading.current_thread().name)
+            if claims.count(threading.current_thread().name) == 1:  # a retried put goes straight on
+                barrier.wait()
+
+    def drop_the_condition(params, **_):
+        params.pop("IfNoneMatch", None)
+
+    def slow_send(**_):
+        sends.append(threading.current_thread().name)
+        time.sleep(0.5)
+
+    real_client = boto3.client
+
+    def client(service, *args, **kwargs):
+        with made:  # building clients from boto3's default session is not thread-safe; using them is
+            built = real_client(service, *args, **kwargs)
+        if service == "s3":
+            built.meta.events.register("before-send.s3.PutObject", hold_the_claim)
+            if unconditional:
+                built.meta.events.register("before-parameter-build.s3.PutObject", drop_the_condition)
+        elif service == "ses":
+            built.meta.events.register("before-call.ses.SendRawEmail", slow_send)
+        return built
+
+    monkeypatch.setattr(boto3, "client", client)
+    results, failures = {}, {}
+
+    def invoke(name):
+        try:
+            results[name] = handler(dict(event), None)
+        except BaseException as exc:  # reported by the test, not lost in the thread
+            failures[name] = exc
+
+    threads = [threading.Thread(target=invoke, args=(name,), name=name) for name in ("first", "second")]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=180)
+    assert not failures, f"an invocation failed (a broken barrier: one of them never reached its claim): {failures}"
+    assert set(results) == {"first", "second"}, "an invocation did not finish"
+    return [results["first"], results["second"]], sends
+
+
+def test_two_invocations_racing_for_one_run_send_one_email(environment, config, monkeypatch):
+    """An EventBridge retry running beside the first delivery: both find the run's key free, both claim it at the
+    same moment, and the conditional put (If-None-Match: *) lets exactly one through. One message reaches SES; the
+    other invocation sends nothing and says the run was claimed by another; the kept .eml and the receipt are the
+    winner's."""
+    before = sent_so_far()
+    results, sends = race(monkeypatch, environment, {"period": "custom", "from": "2024-05-01", "to": "2024-05-07",
+                                                     "run_key": "test-race"})
+    assert sorted(r["status"] for r in results) == ["sent", "skipped"], results
+    assert len(sends) == 1, f"SendRawEmail was called by {sends}"
+    assert sent_so_far() - before == per_send(config), "exactly one message reached SES"
+    sent, skipped = sorted(results, key=lambda r: r["status"])
+    assert skipped["reason"] == "another invocation of this run claimed it"  # lost the put, not the first look
+    assert skipped["key"] == sent["key"]
+    s3 = boto3.client("s3")
+    kept = BytesParser(policy=policy.default).parsebytes(s3.get_object(Bucket=BUCKET, Key=sent["key"])["Body"].read())
+    assert kept["X-Playbook-Run-Key"] == "test-race" and kept["X-Playbook-Period"] == "2024-05-01/2024-05-07"
+    receipt = s3.get_object(Bucket=BUCKET, Key=sent["key"].removesuffix(".eml") + ".sent.json")["Body"].read()
+    assert json.loads(receipt)["message_id"] == sent["message_id"]
+
+
+def test_the_race_sends_twice_when_the_claim_is_not_conditional(environment, config, monkeypatch):
+    """The race above is a real one: with the put's If-None-Match dropped, both invocations get past the first look
+    and both claims succeed, so both send. What stops the second email there is the condition, nothing else."""
+    before = sent_so_far()
+    results, sends = race(monkeypatch, environment, {"period": "custom", "from": "2024-05-01", "to": "2024-05-07",
+                                                     "run_key": "test-race-unconditional"}, unconditional=True)
+    assert [r["status"] for r in results] == ["sent", "sent"] and len(sends) == 2
+    assert sent_so_far() - before == 2 * per_send(config)
