@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test install tools system-deps lint stack-up stack-down clean bench
+.PHONY: demo test install tools system-deps lint stack-up stack-down clean bench mutation
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -41,6 +41,12 @@ test: install tools system-deps
 ## Benchmarks against baselines on throwaway stacks (dlt when installed: pip install -e '.[bench]').
 bench: install
 	$(BIN)/python -m bench all
+
+## Mutation testing (mutmut) of the modules that decide the numbers; hours, not part of `make test`.
+## MUTANTS="pipeline.reading*" narrows it to the mutants of one module.
+mutation: install
+	$(BIN)/pip install --quiet -e '.[mutation]'
+	bash scripts/mutation.sh $(MUTANTS)
 
 lint: install
 	$(BIN)/ruff check .

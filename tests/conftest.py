@@ -33,27 +33,70 @@ def stack_env(state_dir: Path) -> dict[str, str]:
     }
 
 
+# a stack already running (its state directory, ports in PLAYBOOK_MOTO_PORT and PLAYBOOK_PG_PORT) that the
+# session uses and leaves running: many short sessions in a row, as mutation testing runs, start none
+REUSED_STACK = "PLAYBOOK_TEST_STACK_DIR"
+
+
 @pytest.fixture(scope="session")
 def stack() -> Iterator[dict]:
     """A running local stack (moto server + embedded PostgreSQL), migrated, shared by the session."""
     from playbook.database import migrate
     from playbook.local import stack as local_stack
 
-    directory = state_dir()
+    reused = os.environ.get(REUSED_STACK)
+    directory = Path(reused) if reused else state_dir()
     saved = dict(os.environ)
-    os.environ.update(stack_env(directory))
+    os.environ.update({"PLAYBOOK_STATE_DIR": str(directory), "AWS_DEFAULT_REGION": "eu-west-2"} if reused
+                      else stack_env(directory))
     os.environ.pop("PLAYBOOK_DATABASE_URL", None)
     st = local_stack.current()
     status = st.up()
     os.environ.update(local_stack.environment(status))
-    migrate(status["database_url"])
+    if reused:
+        fresh_state(st, status)
+    else:
+        migrate(status["database_url"])
     try:
         yield status
     finally:
-        st.down()
+        if not reused:
+            st.down()
         os.environ.clear()
         os.environ.update(saved)
-        shutil.rmtree(directory, ignore_errors=True)
+        if not reused:
+            shutil.rmtree(directory, ignore_errors=True)
+
+
+def fresh_state(st, status: dict) -> None:
+    """A reused stack as a new one is: moto emptied, the database made again from a migrated template."""
+    import psycopg2
+    import requests
+    from psycopg2 import sql
+
+    from playbook.database import migrate
+    from playbook.local.postgres import DATABASE, OWNER_ROLE, SUPERUSER
+
+    requests.post(f"{status['aws_endpoint_url']}/moto-api/reset", timeout=30).raise_for_status()
+    template = f"{DATABASE}_template"
+    admin = psycopg2.connect(st.pg.url(SUPERUSER, database="postgres"))
+    admin.autocommit = True
+    try:
+        with admin.cursor() as cur:
+            cur.execute("select exists (select from pg_database where datname = %s)", (template,))
+            if not cur.fetchone()[0]:
+                cur.execute(sql.SQL("create database {} owner {}").format(sql.Identifier(template),
+                                                                         sql.Identifier(OWNER_ROLE)))
+                migrate(st.pg.url(database=template))
+            cur.execute(sql.SQL("drop database if exists {} with (force)").format(sql.Identifier(DATABASE)))
+            cur.execute(sql.SQL("create database {} template {} owner {}").format(
+                sql.Identifier(DATABASE), sql.Identifier(template), sql.Identifier(OWNER_ROLE)))
+            # what migration 004 grants on the database itself, which a copy does not inherit
+            cur.execute(sql.SQL("revoke all on database {db} from public; grant connect, temporary on database {db} "
+                                "to pipeline_ingest; grant connect on database {db} to pipeline_reporting").format(
+                db=sql.Identifier(DATABASE)))
+    finally:
+        admin.close()
 
 
 @pytest.fixture()
