@@ -1,4 +1,4 @@
-"""python -m bench ingest|excel|memory|query|demo|profile|all [--json]: see bench/RESULTS.md."""
+"""python -m bench ingest|excel|memory|query|demo|paths|profile|all [--json]: see bench/RESULTS.md."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import sys
 from bench.measure import Result
 
 SHOWN = ("median_ms", "p95_ms", "max_query_ms_during_refresh", "finished_before_reader", "ratio_to_first_load",
+         "alternative_s", "ratio_alternative_to_path",
          "ratio_to_openpyxl", "ratio_to_calamine", "speedup_over_openpyxl", "rss_ratio_to_smallest", "duration_s",
          "stage_seconds")
 
@@ -56,6 +57,9 @@ def main(argv: list[str] | None = None) -> int:
     q.add_argument("--periods", type=int, default=200)
     q.add_argument("--lines", type=int, default=0, help="synthetic sales lines instead of the demo company")
     sub.add_parser("demo", parents=[common], help="P6: playbook demo's wall time and papermill overhead")
+    paths = sub.add_parser("paths", parents=[common], help="what each of the loader's paths saves against the "
+                                                            "path it stands in for, on the same rows")
+    paths.add_argument("--rows", type=int, default=300_000)
     prof = sub.add_parser("profile", help="the loader's statements, timed and EXPLAIN ANALYZEd, plus cProfile")
     prof.add_argument("--rows", type=int, default=1_000_000)
     prof.add_argument("--explain", action="store_true", help="EXPLAIN ANALYZE each statement (in a savepoint)")
@@ -81,6 +85,12 @@ def main(argv: list[str] | None = None) -> int:
 
         with bench_stack() as stack:
             print(profile.run(stack, args.rows, args.explain, excel=args.excel, again=args.again))
+        return 0
+    if args.bench == "paths":
+        from bench import paths
+
+        with bench_stack() as stack:
+            _emit(paths.run(stack, args.rows, args.repeat, progress), args.json)
         return 0
     if args.bench == "demo":
         from bench import demo

@@ -61,9 +61,7 @@ def lane_rows_csv(path: Path) -> Path:
 
 
 FLOOR = """begin;
-select set_config('pipeline.batch_id', '1', true), set_config('pipeline.source', 'sales', true),
-       set_config('pipeline.source_ref', 's3://landing/landing/sales/{name}?versionId=3HL4kqtJlcpXroDTDmJ.rmSpXd3dI',
-                  true);
+select set_config('pipeline.batch_id', '1', true);
 alter table bench.sales_core drop constraint sales_core_pkey;
 \\copy bench.sales_core ({columns}, _source_row, _row_hash) from '{path}' with (format csv)
 alter table bench.sales_core add constraint sales_core_pkey primary key (order_id, line_no);
@@ -71,13 +69,13 @@ commit;
 """
 
 
-def core_copy(stack: BenchStack, path: Path, name: str) -> Run:
+def core_copy(stack: BenchStack, path: Path) -> Run:
     """What a first load into core.sales does at the least, by psql in one transaction: the rows already
     typed and hashed, copied into an empty table built like core.sales (its defaults and batch index) with
     its primary key taken off, their lineage from the transaction's settings, then the key built. No file
     is read, checked, hashed or merged."""
     script = stack.work_dir / "floor.sql"
-    script.write_text(FLOOR.format(name=name, columns=", ".join(contenders.COLUMNS), path=path))
+    script.write_text(FLOOR.format(columns=", ".join(contenders.COLUMNS), path=path))
     got = run_process([psql_binary(), stack.database_url, "-X", "-q", "-v", "ON_ERROR_STOP=1", "-f", str(script)])
     got.extra = {"rows": stack.execute("select count(*) from bench.sales_core")[0][0]}
     return got
@@ -158,7 +156,7 @@ def run(stack: BenchStack, rows: int, only: list[str] | None = None, repeat: int
             if name == "copy":
                 got = raw_copy(stack, path)
             elif name == "copy_core":
-                got = core_copy(stack, lane_rows, path.name)
+                got = core_copy(stack, lane_rows)
             elif name == "project":
                 got = project.invoke(key)
             else:

@@ -30,12 +30,12 @@ def seed_core(stack: BenchStack, lines: int = 0) -> int:
         cur.execute("insert into meta.batches (source, source_kind, target_table, source_ref, status) "
                     "values ('bench', 'bench', 'sales', 'bench/query.py', 'committed') returning batch_id")
         batch = cur.fetchone()[0]
-        lineage = "%s, 'bench', 'bench/query.py', md5(g::text)"
-        cur.execute(f"insert into core.clients (client_id, name, segment, country, created_on, _batch_id, _source,"
-                    f" _source_ref, _row_hash) select 'C' || g, 'Client ' || g, (array['retail','trade','online'])"
+        lineage = "%s, md5(g::text)"
+        cur.execute(f"insert into core.clients (client_id, name, segment, country, created_on, _batch_id,"
+                    f" _row_hash) select 'C' || g, 'Client ' || g, (array['retail','trade','online'])"
                     f"[1 + g %% 3], 'GB', %s, {lineage} from generate_series(1, %s) g", (START, batch, CLIENTS))
         cur.execute(f"insert into core.sales (order_id, line_no, order_date, client_id, product, quantity,"
-                    f" unit_price, amount, currency, _batch_id, _source, _source_ref, _row_hash)"
+                    f" unit_price, amount, currency, _batch_id, _row_hash)"
                     f" select 'SO-' || o, l, %s + (o * %s / %s), 'C' || (1 + (o * 7919) %% %s),"
                     f" 'P-' || (o %% 500), q, p, q * p, 'GBP', {lineage}"
                     f" from (select o, l, 1 + (random() * 9)::int as q,"
@@ -43,11 +43,11 @@ def seed_core(stack: BenchStack, lines: int = 0) -> int:
                     f" from generate_series(0, %s - 1) o, generate_series(1, 1 + (o %% 4)) l) s",
                     (START, DAYS, orders, CLIENTS, batch, orders))
         cur.execute(f"insert into core.operating_costs (cost_id, cost_date, category, vendor, amount, _batch_id,"
-                    f" _source, _source_ref, _row_hash) select 'K' || g, %s + g %% %s, 'category ' || (g %% 8),"
+                    f" _row_hash) select 'K' || g, %s + g %% %s, 'category ' || (g %% 8),"
                     f" 'vendor ' || (g %% 40), round((random() * 500)::numeric, 2), {lineage}"
                     f" from generate_series(1, %s) g", (START, DAYS, batch, 14 * DAYS))
         cur.execute(f"insert into core.payments (payment_id, payment_date, client_id, invoice_ref, method, amount,"
-                    f" _batch_id, _source, _source_ref, _row_hash) select 'PAY-' || g, %s + g %% %s,"
+                    f" _batch_id, _row_hash) select 'PAY-' || g, %s + g %% %s,"
                     f" 'C' || (1 + g %% %s), 'INV-' || g, 'BACS', round((random() * 2000)::numeric, 2), {lineage}"
                     f" from generate_series(1, %s) g", (START, DAYS, CLIENTS, batch, 20 * DAYS))
         cur.execute("select count(*) from core.sales")

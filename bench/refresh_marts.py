@@ -28,15 +28,14 @@ def _grow(conn, lines: int, start: int) -> None:
         batch_id = cur.fetchone()[0]
         cur.execute(
             "insert into core.sales (order_id, line_no, order_date, client_id, quantity, unit_price, amount,"
-            " _batch_id, _source, _source_ref, _row_hash)"
+            " _batch_id, _row_hash)"
             " select 'B' || (g / 3), g %% 3, date '2020-01-01' + (g / 3 %% 1826), 'C' || (g / 3 %% 500), 1, 1.2345,"
-            " round((random() * 1000)::numeric, 4), %s, 'bench', 'bench', md5(g::text)"
+            " round((random() * 1000)::numeric, 4), %s, md5(g::text)"
             " from generate_series(%s, %s) g", (batch_id, start, start + lines - 1))
         cur.execute(
-            "insert into core.operating_costs (cost_id, cost_date, category, amount, _batch_id, _source,"
-            " _source_ref, _row_hash)"
+            "insert into core.operating_costs (cost_id, cost_date, category, amount, _batch_id, _row_hash)"
             " select 'K' || g, date '2020-01-01' + (g %% 1826), 'category ' || (g %% 8),"
-            " round((random() * 500)::numeric, 2), %s, 'bench', 'bench', md5(g::text)"
+            " round((random() * 500)::numeric, 2), %s, md5(g::text)"
             " from generate_series(%s, %s) g", (batch_id, start, start + lines // 10 - 1))
     conn.commit()
 

@@ -105,8 +105,11 @@ def bench_stack(provisioned: bool = True) -> Iterator[BenchStack]:
         outputs: dict[str, str] = {}
         if provisioned:
             from playbook.provision import provision
+            from playbook.targets import resolve_target
 
-            outputs = provision("local").outputs
+            target = resolve_target("local")
+            outputs = provision(target).outputs
+            target.migrate()  # the deployed migrate function gives the roles their logins
         yield BenchStack(work, status["database_url"], st.pg.url(SUPERUSER), outputs)
     finally:
         from playbook import runtime

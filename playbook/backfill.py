@@ -3,27 +3,29 @@
 The history is split per source into windows: for file sources, the landed objects (every version, oldest
 first) grouped by the month or quarter their key names (their LastModified when the key names none); for
 REST sources, date windows. Each window is one function invocation, sized so that none comes near Lambda's
-15-minute limit, and the windows fan out with bounded concurrency: locally through the Lambda runtime (the
-deployed zip, run as a Lambda would run it), on AWS as asynchronous invokes while the ledger (meta.batches)
-is polled for their batches. A second backfill changes nothing: every object answers `already_loaded`.
+15-minute limit, and the windows fan out with bounded concurrency through the target (playbook.targets):
+locally each waited for, through the Lambda runtime (the deployed zip, run as a Lambda would run it); on AWS
+as asynchronous invokes while the ledger (meta.batches) is polled for their batches. The marts are then
+refreshed by the deployed refresh function. A second backfill changes nothing: every object answers
+`already_loaded`.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import re
 import time
 from collections import defaultdict
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, date, datetime, timedelta
+from datetime import time as dt_time
 from pathlib import Path
 from typing import Any
 
 from playbook.errors import PlaybookError
+from playbook.targets import error_text
 
-FILE_KINDS = ("excel", "s3_csv")
 GRAINS = ("month", "quarter")
 # one window's budget: far below the 15-minute limit even on the slowest object seen so far
 MAX_OBJECTS_PER_WINDOW = 40
@@ -163,7 +165,7 @@ def plan_windows(config, outputs: dict[str, str], *, grain: str = "quarter", sou
         if not function:
             raise PlaybookError(f"no ingest function for source {name!r} in the stack outputs "
                                 f"({function_output_key(name)}): provision and deploy first")
-        if source.kind in FILE_KINDS:
+        if source.delivers == "files":
             periods: dict[str, list[dict[str, Any]]] = defaultdict(list)
             for version in landed_versions(s3, bucket, source.prefix):
                 periods[period_of(version["Key"], version.get("LastModified"), grain)].append(version)
@@ -176,15 +178,17 @@ def plan_windows(config, outputs: dict[str, str], *, grain: str = "quarter", sou
                                          {"bucket": bucket, "key": v["Key"]} for v in chunk]}
                     windows.append(Window(name, function, label, event, len(chunk), sum(v["Size"] for v in chunk)))
         else:
-            from pipeline.handlers.ingest_api import plan_window
-
             start = api_start or date.today().replace(year=date.today().year - 3)
             for window_from, window_to in date_windows(start, date.today(), grain):
                 event = {"source": name, "from": window_from.isoformat(), "to": window_to.isoformat()}
-                bounds = plan_window(event, source, None, config.company.timezone).window
                 windows.append(Window(name, function, window_from.isoformat()[:7], event,
-                                      bounds=(bounds[0].isoformat(), bounds[1].isoformat())))
+                                      bounds=(_midnight_utc(window_from), _midnight_utc(window_to))))
     return windows
+
+
+def _midnight_utc(day: date) -> str:
+    """An explicit window's bound as its batch records it: the API function reads a date as midnight UTC."""
+    return datetime.combine(day, dt_time.min, UTC).isoformat()
 
 
 # -- running -----------------------------------------------------------------------------------------
@@ -198,60 +202,14 @@ def _apply(window: Window, status: str, payload: dict[str, Any] | None, error: s
     return window
 
 
-def _runtime():
-    """playbook.runtime (the deployed zip run as Lambda runs it), or None where it is not installed."""
-    try:
-        from playbook import runtime
-    except ImportError:
-        return None
-    return runtime
-
-
-def _invoke_in_process(function: str, event: dict[str, Any]) -> tuple[str, dict | None, str | None, float]:
-    """The deployed function's handler and environment, called in this process (without playbook.runtime)."""
-    import importlib
-
-    import boto3
-
-    from playbook.reports.email import _environment
-
-    conf = boto3.client("lambda").get_function_configuration(FunctionName=function)
-    module, _, attr = conf["Handler"].rpartition(".")
-    env = {k: str(v) for k, v in (conf.get("Environment") or {}).get("Variables", {}).items()}
-    env["AWS_LAMBDA_FUNCTION_NAME"] = function
-    started = time.monotonic()
-    with _environment(env):
-        try:
-            payload = getattr(importlib.import_module(module), attr)(event, None)
-        except Exception as exc:  # noqa: BLE001 - a failed invocation is a result, as Lambda reports it
-            return "failed", None, f"{type(exc).__name__}: {exc}", time.monotonic() - started
-    return "ok", payload, None, time.monotonic() - started
-
-
-def _error_text(result) -> str:
-    error = result.error or {}
-    if isinstance(error, dict):
-        return f"{error.get('errorType', result.status)}: {error.get('errorMessage', '')}".strip()
-    return str(error)
-
-
-def _run_local(windows: list[Window], concurrency: int, log_dir: Path | None, progress) -> str:
-    runtime = _runtime()
-    if runtime is None:
-        # without the runtime the handlers share this process's environment: one at a time
-        for window in windows:
-            status, payload, error, seconds = _invoke_in_process(window.function, window.event)
-            _apply(window, status, payload, error, seconds, None)
-            progress(window)
-        return "in-process handler (playbook.runtime not available)"
-
-    deployed = {name: runtime.prepare(name) for name in sorted({w.function for w in windows})}
-
+def _run_waiting(target, windows: list[Window], concurrency: int, log_dir: Path | None, progress,
+                 timeout_s: float, poll_s: float) -> str:
+    """Each window's invocation waited for, `concurrency` at a time (locally: warm handler processes)."""
     def one(window: Window) -> Window:
-        result = runtime.invoke(window.function, window.event, log_dir=log_dir, deployed=deployed[window.function])
+        result = target.invoke(window.function, window.event, log_dir=log_dir)
         ok = result.status == "ok"
         payload = result.payload if isinstance(result.payload, dict) else None
-        error = None if ok else _error_text(result)
+        error = None if ok else error_text(result)
         return _apply(window, "ok" if ok else "failed", payload, error, result.duration_ms / 1000.0,
                       result.log_path or None)
 
@@ -259,7 +217,7 @@ def _run_local(windows: list[Window], concurrency: int, log_dir: Path | None, pr
         futures = [pool.submit(one, w) for w in windows]
         for future in as_completed(futures):
             progress(future.result())
-    return "playbook.runtime (the deployed zip, in warm handler processes)"
+    return f"{target.runs_functions}, each invocation waited for"
 
 
 def _ledger_state(conn, window: Window, since: datetime) -> tuple[int, int, int]:
@@ -294,14 +252,12 @@ def _window_state(conn, window: Window, since: datetime) -> tuple[int, int, int]
     return 0, int(status == "committed"), int(status == "failed")
 
 
-def _run_aws(windows: list[Window], concurrency: int, progress, timeout_s: float, poll_s: float) -> str:
+def _run_queued(target, windows: list[Window], concurrency: int, log_dir: Path | None, progress,
+                timeout_s: float, poll_s: float) -> str:
     """Asynchronous invokes, at most `concurrency` windows in flight, each finished when the ledger says so."""
-    import boto3
-
     from playbook.database import connect
 
-    client = boto3.client("lambda")
-    conn = connect()
+    conn = connect(target.database_url())
     pending = list(windows)
     in_flight: dict[int, tuple[Window, float, datetime]] = {}
     try:
@@ -309,8 +265,7 @@ def _run_aws(windows: list[Window], concurrency: int, progress, timeout_s: float
             while pending and len(in_flight) < concurrency:
                 window = pending.pop(0)
                 since = datetime.now(UTC) - timedelta(seconds=5)
-                client.invoke(FunctionName=window.function, InvocationType="Event",
-                              Payload=json.dumps(window.event).encode())
+                target.invoke(window.function, window.event, wait=False)
                 in_flight[id(window)] = (window, time.monotonic(), since)
             time.sleep(poll_s)
             for key, (window, started, since) in list(in_flight.items()):
@@ -337,44 +292,22 @@ def _run_aws(windows: list[Window], concurrency: int, progress, timeout_s: float
     return "asynchronous Lambda invokes (InvocationType=Event), completion read from meta.batches"
 
 
-def refresh_marts(target: str, outputs: dict[str, str], log_dir: Path | None = None) -> dict[str, Any]:
-    """The refresh function, as the schedule would run it (locally through the runtime)."""
-    function = outputs["RefreshMartsFunctionName"]
-    if target == "aws":
-        import boto3
-
-        response = boto3.client("lambda").invoke(FunctionName=function, Payload=b"{}")
-        payload = json.loads(response["Payload"].read() or b"{}")
-        if response.get("FunctionError"):
-            raise PlaybookError(f"{function} failed: {payload.get('errorMessage', payload)}")
-        return payload
-    runtime = _runtime()
-    if runtime is None:
-        status, payload, error, _ = _invoke_in_process(function, {})
-    else:
-        result = runtime.invoke(function, {}, log_dir=log_dir)
-        status, payload, error = result.status, result.payload, _error_text(result)
-    if status != "ok":
-        raise PlaybookError(f"{function} failed: {error}")
-    return payload or {}
-
-
-def backfill(target: str = "local", config_file: str | None = None, *, grain: str = "quarter",
+def backfill(target, config_file: str | None = None, *, grain: str = "quarter",
              concurrency: int = 2, sources: list[str] | None = None, log_dir: str | Path | None = None,
              refresh: bool = True, progress: bool = True, timeout_s: float = LAMBDA_LIMIT_S + 60,
              poll_s: float = 5.0) -> BackfillResult:
-    """Load every landed object (every window), then refresh the marts; raises BackfillFailed on a failed window."""
+    """Load every landed object (every window) through the target's deployed functions, then refresh the marts
+    through its refresh function; raises BackfillFailed on a failed window."""
     import sys
     import warnings
 
     from tqdm import TqdmWarning
 
     from playbook.config import load_config
-    from playbook.stack_outputs import stack_outputs
 
     started = time.monotonic()
     config = load_config(config_file)
-    outputs = stack_outputs(target)
+    outputs = target.outputs()
     windows = plan_windows(config, outputs, grain=grain, sources=sources)
     log_path = Path(log_dir) if log_dir else None
     if log_path:
@@ -389,17 +322,12 @@ def backfill(target: str = "local", config_file: str | None = None, *, grain: st
         bar.set_postfix_str(f"{window.source} {window.period}: {window.status}", refresh=False)
         bar.update(1)
 
+    run = _run_queued if target.asynchronous_fan_out else _run_waiting
     try:
-        if target == "aws":
-            through = _run_aws(windows, concurrency, advance, timeout_s, poll_s)
-        else:
-            from playbook.local.stack import activate
-
-            activate()
-            through = _run_local(windows, concurrency, log_path, advance)
+        through = run(target, windows, concurrency, log_path, advance, timeout_s, poll_s)
     finally:
         bar.close()
-    result = BackfillResult(target, grain, windows, invoked_through=through)
+    result = BackfillResult(target.name, grain, windows, invoked_through=through)
     failed = [w for w in windows if w.status == "failed"]
     if failed:
         result.seconds = time.monotonic() - started
@@ -407,18 +335,19 @@ def backfill(target: str = "local", config_file: str | None = None, *, grain: st
         raise BackfillFailed(f"{len(failed)} of {len(windows)} windows failed, e.g. {first.source} {first.period}: "
                              f"{first.error}" + (f" (log: {first.log})" if first.log else ""))
     if refresh:
-        result.refresh = refresh_marts(target, outputs, log_path)
+        result.refresh = target.refresh_marts(log_path)
     result.seconds = time.monotonic() - started
     return result
 
 
-def batches_table(database_url: str | None = None, since: datetime | None = None):
-    """The ledger per source: batches, rows and money in and out, quarantined rows (meta.batches)."""
+def batches_table(target=None, since: datetime | None = None):
+    """The ledger per source: batches, rows and money in and out, quarantined rows (meta.batches), read where
+    the target's warehouse is (the local database by default)."""
     import pandas as pd
 
     from playbook.database import connect
 
-    conn = connect(database_url)
+    conn = connect(target.database_url() if target is not None else None)
     try:
         with conn.cursor() as cur:
             cur.execute("""
@@ -438,7 +367,9 @@ def batches_table(database_url: str | None = None, since: datetime | None = None
 
 # -- CLI ---------------------------------------------------------------------------------------------
 def cmd_backfill(args: argparse.Namespace) -> int:
-    result = backfill(args.target, args.config, grain=args.grain, concurrency=args.concurrency,
+    from playbook.targets import resolve_target
+
+    result = backfill(resolve_target(args.target), args.config, grain=args.grain, concurrency=args.concurrency,
                       sources=args.source or None)
     print(result.table().to_string(index=False))
     totals = result.totals

@@ -193,9 +193,9 @@ def run_chain(target: str = "local", parameters: dict[str, Any] | None = None, *
     from papermill.exceptions import PapermillExecutionError
 
     from playbook.runs import find_outputs, run_dir_for
+    from playbook.targets import target_named
 
-    if target not in ("local", "aws"):
-        raise PlaybookError(f"unknown target {target!r}: choose local or aws")
+    target_named(target)  # the notebooks resolve it; an unknown name fails here, before any of them runs
     parameters = dict(parameters or {})
     _refuse_credentials(parameters)
     stages = select_stages(from_stage, only)

@@ -9,7 +9,6 @@ import sys
 from collections.abc import Callable
 
 from pipeline.config import ConfigError
-from pipeline.migrations import MigrationError
 from playbook.errors import PlaybookError
 from playbook.local.processes import StackError
 
@@ -62,9 +61,10 @@ def cmd_local_down(args: argparse.Namespace) -> int:
 
 # -- warehouse and configuration --------------------------------------------------------------------
 def cmd_migrate(args: argparse.Namespace) -> int:
-    from playbook.database import migrate
+    from playbook.targets import resolve_target
 
-    applied = migrate()
+    done = resolve_target("local").migrate()  # the deployed migrate function: schema, time zone, logins
+    applied = done.get("applied", [])
     print(f"applied: {', '.join(applied)}" if applied else "database is up to date")
     return 0
 
@@ -103,7 +103,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("demo", help="the main job: local stack up, whole pipeline on the demo company")
     p.set_defaults(func=cmd_demo)
 
-    p = sub.add_parser("migrate", help="apply pending database migrations")
+    p = sub.add_parser("migrate", help="apply pending database migrations (the deployed migrate function)")
     p.set_defaults(func=cmd_migrate)
 
     config = sub.add_parser("config", help="the company configuration")
@@ -121,7 +121,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (StackError, ConfigError, MigrationError, PlaybookError) as exc:
+    except (StackError, ConfigError, PlaybookError) as exc:
         print(f"playbook: {exc}", file=sys.stderr)
         return 2
 

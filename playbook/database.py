@@ -1,4 +1,4 @@
-"""The warehouse as the playbook sees it: which URL, a connection, and the migrations."""
+"""The warehouse as the playbook sees it: which URL, a connection, and the migrations of a throwaway database."""
 
 from __future__ import annotations
 
@@ -40,7 +40,10 @@ def connect(url: str | None = None):
 
 
 def migrate(url: str | None = None, timezone: str | None = None) -> list[str]:
-    """Apply pending migrations and pin the database's time zone to the company's."""
+    """Apply pending migrations and pin the database's time zone to the company's, in this process.
+
+    For a database no deployment serves (the tests' and benchmarks' throwaway ones): a deployment's database is
+    migrated by its own migrate function, through the target (`Target.migrate()`, `playbook migrate`)."""
     if timezone is None:
         from playbook.config import load_config
 

@@ -35,7 +35,7 @@ class Deployed:
     code_sha256: str
     functions: dict[str, str] = field(default_factory=dict)  # function name -> updated | unchanged
     config: str = "unchanged"  # uploaded | unchanged
-    layer: str = "not built (the local runtime uses this machine's dependencies)"
+    layer: str = ""  # what the target did with the dependency layer
 
     @property
     def changed(self) -> bool:
@@ -93,18 +93,17 @@ def _etag(s3, bucket: str, key: str) -> str | None:
         return None
 
 
-def deploy(target: str = "local", config_file: str | None = None, source: Path | None = None) -> Deployed:
-    """Build, upload and roll out the function code (and configuration) to the deployed pipeline."""
+def deploy(target, config_file: str | None = None, source: Path | None = None) -> Deployed:
+    """Build, upload and roll out the function code (and configuration) to the pipeline deployed on a target."""
     import boto3
 
     from playbook.config import load_config
-    from playbook.package import LAMBDA_SRC, build_dependency_layer, build_function_zip, sha256
+    from playbook.package import LAMBDA_SRC, build_function_zip, sha256
     from playbook.provision import _upload_if_absent
     from playbook.settings import local_settings
-    from playbook.stack_outputs import stack_outputs
 
     config = load_config(config_file)
-    outputs = stack_outputs(target, parts=("storage", "pipeline"))  # activates the local stack when local
+    outputs = target.outputs(parts=("storage", "pipeline"))
     bucket = outputs.get("ArtifactBucketName")
     functions = pipeline_functions(outputs)
     if not bucket or not functions:
@@ -114,12 +113,8 @@ def deploy(target: str = "local", config_file: str | None = None, source: Path |
     code_key = f"lambda/pipeline-{sha256(code)[:16]}.zip"  # the key provisioning gives the same bytes
     s3, lam = boto3.client("s3"), boto3.client("lambda")
     _upload_if_absent(s3, bucket, code_key, code)
-    result = Deployed(target, code_key, _sha_b64(code))
-    if target == "aws":
-        layer = build_dependency_layer(build_dir)
-        layer_key = f"lambda/layer-{sha256(layer)[:16]}.zip"
-        _upload_if_absent(s3, bucket, layer_key, layer)
-        result.layer = f"uploaded as {layer_key}; `playbook provision --target aws` publishes it if it changed"
+    result = Deployed(target.name, code_key, _sha_b64(code))
+    result.layer = target.deploy_layer(build_dir, s3, bucket)
     config_uris = set()
     for name in functions:
         conf = lam.get_function_configuration(FunctionName=name)
@@ -130,7 +125,7 @@ def deploy(target: str = "local", config_file: str | None = None, source: Path |
             result.functions[name] = "unchanged"
             continue
         lam.update_function_code(FunctionName=name, S3Bucket=bucket, S3Key=code_key)
-        updated = wait_for_update(lam, name, delay=0.2 if target == "local" else 2)
+        updated = wait_for_update(lam, name, delay=target.update_poll_s)
         if updated.get("CodeSha256") != result.code_sha256:
             raise PlaybookError(f"{name}: the update finished but the function does not run {code_key}")
         result.functions[name] = "updated"
@@ -149,7 +144,9 @@ def report(result: Deployed) -> str:
 
 
 def cmd_deploy(args: argparse.Namespace) -> int:
-    print(report(deploy(args.target, args.config)))
+    from playbook.targets import resolve_target
+
+    print(report(deploy(resolve_target(args.target), args.config)))
     return 0
 
 

@@ -1,10 +1,12 @@
 """`playbook ingest SOURCE PATH`: deliver one local file the way the source would, and load it.
 
 The file goes to the landing bucket under the source's prefix (from the stack outputs and the company
-configuration), then the source's *deployed* ingest function runs on it: locally through the Lambda
-runtime (the deployed zip in a handler process). On AWS the upload itself starts the function (the landing
-bucket's S3 notification), so the command does not invoke it a second time: it waits for that delivery's
-batch in the ledger (meta.batches, through PLAYBOOK_DATABASE_URL, the BI proxy).
+configuration), then the source's *deployed* ingest function runs on it, as the target has it run
+(`landed`): locally the playbook plays the landing bucket's notification (which moto records but does not
+run) and invokes the function with S3's event through the Lambda runtime (the deployed zip in a handler
+process). On AWS the upload itself starts the function (the S3 notification), so the command does not invoke
+it a second time: it waits for that delivery's batch in the ledger (meta.batches, through
+PLAYBOOK_DATABASE_URL, the BI proxy).
 """
 
 from __future__ import annotations
@@ -20,28 +22,24 @@ from typing import Any
 from playbook.errors import PlaybookError
 
 
-def ingest_file(source: str, path: str | Path, config_file: str | None = None, target: str = "local",
+def ingest_file(target, source: str, path: str | Path, config_file: str | None = None,
                 key: str | None = None) -> dict[str, Any]:
+    """Deliver one file to a source's landing prefix on a target and report the batch it made."""
     import boto3
 
     from playbook.backfill import function_output_key
     from playbook.config import load_config
-    from playbook.stack_outputs import stack_outputs
 
     config = load_config(config_file)
     if source not in config.sources:
         raise PlaybookError(f"unknown source {source!r}; the configuration has {', '.join(config.sources)}")
     cfg = config.sources[source]
-    if not cfg.prefix:
+    if cfg.delivers != "files":
         raise PlaybookError(f"source {source!r} is a {cfg.kind} source: it does not take files")
     file = Path(path)
     if not file.is_file():
         raise PlaybookError(f"{file}: no such file")
-    if target == "local":
-        from playbook.local.stack import activate
-
-        activate()
-    outputs = stack_outputs(target)
+    outputs = target.outputs()
     bucket, function = outputs.get("LandingBucketName"), outputs.get(function_output_key(source))
     if not bucket or not function:
         raise PlaybookError(f"the {target} stacks are not provisioned: run `playbook provision --target {target}`")
@@ -50,25 +48,24 @@ def ingest_file(source: str, path: str | Path, config_file: str | None = None, t
         raise PlaybookError(f"--key {object_key!r} must lie under the source's prefix {cfg.prefix!r}")
     since = datetime.now(UTC)
     boto3.client("s3").upload_file(str(file), bucket, object_key)
-    if target == "local":
-        from playbook.runtime import invoke
-
-        result = invoke(function, {"bucket": bucket, "key": object_key})
+    result = target.landed(function, bucket, object_key)
+    if result is not None:
         return {"function": function, "key": object_key, "status": result.status, "log": result.log_path,
                 "summary": result.payload if result.ok else None, "error": result.error}
-    return {"function": function, "key": object_key, **awaited_batch(source, object_key, since)}
+    return {"function": function, "key": object_key,
+            **awaited_batch(source, object_key, since, database_url=target.database_url())}
 
 
 def awaited_batch(source: str, object_key: str, since: datetime, timeout_s: float = 900,
-                  poll_s: float = 5) -> dict[str, Any]:
+                  poll_s: float = 5, database_url: str | None = None) -> dict[str, Any]:
     """The outcome of the first batch of `object_key` that started after `since`, once it ended."""
     import psycopg2
     import psycopg2.extras
 
-    from playbook.database import database_url
+    from playbook.database import database_url as default_database_url
 
     deadline = time.monotonic() + timeout_s
-    conn = psycopg2.connect(database_url(), connect_timeout=10, application_name="playbook")
+    conn = psycopg2.connect(database_url or default_database_url(), connect_timeout=10, application_name="playbook")
     try:
         while True:
             with conn.cursor(cursor_factory=psycopg2.extras.RealDictCursor) as cur:
@@ -91,7 +88,9 @@ def awaited_batch(source: str, object_key: str, since: datetime, timeout_s: floa
 
 
 def cmd_ingest(args: argparse.Namespace) -> int:
-    result = ingest_file(args.source, args.path, args.config, args.target, args.key)
+    from playbook.targets import resolve_target
+
+    result = ingest_file(resolve_target(args.target), args.source, args.path, args.config, args.key)
     print(json.dumps(result, indent=2, default=str))
     if result["status"] != "ok":
         error = result.get("error") or {}

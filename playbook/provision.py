@@ -1,10 +1,12 @@
 """`playbook provision --target local|aws`: create or update every stack, idempotently, through change sets.
 
 Order: storage (the artifact bucket), then the artifacts (function zip, layer, validated configuration),
-then network, database, pipeline and proxy, each fed the outputs of the ones before. A stack whose
-template and parameters are unchanged gets a change set with no changes, which is deleted: a second run
-reports "no changes" everywhere. On the local stack the same templates go to the moto server, and every
-resource moto does not create is listed with what stands in for it (see playbook/stand_ins.py).
+then network, database, the ingest and reporting roles' secrets, pipeline and proxy, each fed the outputs of
+the ones before. A stack whose template and parameters are unchanged gets a change set with no changes,
+which is deleted: a second run reports "no changes" everywhere. What differs between the local stack and
+AWS is the target's (playbook.targets): locally the same templates go to the moto server, and every resource
+moto does not create is listed with what stands in for it (see playbook/stand_ins.py). The command then has
+the deployed migrate function apply the schema and give the roles their logins, on either target.
 """
 
 from __future__ import annotations
@@ -24,7 +26,6 @@ CAPABILITIES = ["CAPABILITY_IAM", "CAPABILITY_NAMED_IAM"]
 TEMPLATE_BODY_LIMIT = 51_200
 NO_CHANGES = ("didn't contain changes", "No updates are to be performed")
 ENV_PROXY_ALLOW = "PLAYBOOK_PROXY_ALLOW"
-LOCAL_ALLOW = ["127.0.0.1/32"]
 
 
 @dataclass
@@ -40,8 +41,9 @@ class Provisioned:
     target: str
     stacks: list[StackResult]
     outputs: dict[str, str]
-    missing: list[Any]  # stand_ins.Missing
+    missing: list[Any]  # stand_ins.Missing, each with what stands in for it
     notes: list[str]
+    stand_ins: bool = False  # whether the target stands in for what its CloudFormation does not create
 
     @property
     def changed(self) -> bool:
@@ -149,12 +151,12 @@ def _put_if_changed(s3, bucket: str, key: str, body: bytes, content_type: str) -
     s3.put_object(Bucket=bucket, Key=key, Body=body, ContentType=content_type)
 
 
-def upload_artifacts(s3, bucket: str, config, target: str, build_dir: Path) -> dict[str, str]:
-    """The function zip, the layer and config/pipeline.json, under content-addressed keys."""
-    from playbook.package import build_dependency_layer, build_function_zip, build_local_layer_zip, sha256
+def upload_artifacts(s3, bucket: str, config, target, build_dir: Path) -> dict[str, str]:
+    """The function zip, the target's dependency layer and config/pipeline.json, under content-addressed keys."""
+    from playbook.package import build_function_zip, sha256
 
     code = build_function_zip(build_dir)
-    layer = build_local_layer_zip(build_dir) if target == "local" else build_dependency_layer(build_dir)
+    layer = target.build_layer(build_dir)
     keys = {"CodeKey": f"lambda/pipeline-{sha256(code)[:16]}.zip", "LayerKey": f"lambda/layer-{sha256(layer)[:16]}.zip"}
     _upload_if_absent(s3, bucket, keys["CodeKey"], code)
     _upload_if_absent(s3, bucket, keys["LayerKey"], layer)
@@ -191,109 +193,53 @@ def local_database_secret(prefix: str, database_url: str) -> str:
 
 
 # -- the whole deployment ----------------------------------------------------------------------------------
-def _without_layers(template: dict[str, Any]) -> None:
-    """Locally the functions carry no layer reference: the local runtime runs them on this machine's
-    dependencies, and moto fails to update (500) a function with layers through CloudFormation."""
-    for resource in template["Resources"].values():
-        if resource["Type"] == "AWS::Lambda::Function":
-            resource["Properties"].pop("Layers", None)
-
-
-def _role_secrets(target: str, database_url: str | None, timezone: str) -> dict[str, str]:
-    """{role: secret ARN} for the ingest and reporting logins the functions use (never the owner's).
-
-    Locally the playbook reaches the database: it migrates it and gives the roles their logins. On AWS only
-    the migrate function inside the VPC can: the secrets are created here, their passwords applied by it.
-    """
-    from playbook import warehouse
-
-    if target == "local":
-        from playbook.database import migrate
-
-        migrate(database_url, timezone)
-        warehouse.ensure_role_logins(database_url)
-    else:
-        warehouse.ensure_role_secrets()
-    return {role: warehouse.secret_arn(role) for role in warehouse.SECRET_NAMES}
-
-
-def resolve_allow_list(target: str, allow: list[str] | None) -> list[str]:
+def resolve_allow_list(target, allow: list[str] | None) -> list[str]:
+    """The BI proxy's allow-list: given, from $PLAYBOOK_PROXY_ALLOW, or the target's default (none on AWS)."""
     from playbook.templates import validate_cidrs
 
     given = list(allow or []) or [c for c in os.environ.get(ENV_PROXY_ALLOW, "").split(",") if c.strip()]
     if not given:
-        if target == "aws":
-            raise PlaybookError("provisioning AWS needs the proxy's allow-list: pass --allow-cidr CIDR (your "
+        if target.default_allow_list is None:
+            raise PlaybookError(f"provisioning {target} needs the proxy's allow-list: pass --allow-cidr CIDR (your "
                                 f"office or BI tool's public address, e.g. 203.0.113.10/32) or set {ENV_PROXY_ALLOW}")
-        given = LOCAL_ALLOW
+        given = list(target.default_allow_list)
     return validate_cidrs(given)
 
 
-def provision(target: str, config_file: str | None = None, allow: list[str] | None = None,
+def provision(target, config_file: str | None = None, allow: list[str] | None = None,
               nat_gateways: str = "single", cluster_mode: str = "serverless") -> Provisioned:
+    """Every stack on a target (playbook.targets, activated), created or updated; the warehouse's schema and
+    logins are the migrate function's job afterwards (playbook.stages.prepare_warehouse)."""
     import boto3
 
-    from playbook import stand_ins
     from playbook.config import load_config
     from playbook.settings import local_settings
-    from playbook.stack_outputs import (
-        live_outputs,
-        record_stand_in_attributes,
-        record_stand_in_resources,
-        stack_name,
-        stack_prefix,
-    )
+    from playbook.stack_outputs import stack_name, stack_prefix
     from playbook.templates import render_all
 
-    if target not in ("local", "aws"):
-        raise PlaybookError(f"unknown target {target!r}: choose local or aws")
     allow_list = resolve_allow_list(target, allow)
     config = load_config(config_file)
     settings = local_settings()
-    if target == "local":
-        from playbook.local.stack import activate
-
-        status = activate()
-        delay = 0.2
-    else:
-        if os.environ.get("AWS_ENDPOINT_URL"):
-            raise PlaybookError("AWS_ENDPOINT_URL is set (it points boto3 at the local stack): unset it to "
-                                "provision AWS with your profile and region")
-        if not boto3.session.Session().region_name:
-            raise PlaybookError("no AWS region: set AWS_REGION or configure your profile's region")
-        status, delay = {}, 5.0
     region = boto3.session.Session().region_name
     prefix = stack_prefix()
     templates = render_all(config, allow_list)
-    if target == "local":
-        _without_layers(templates["pipeline"])
+    target.adapt_templates(templates)
     cfn, s3 = boto3.client("cloudformation"), boto3.client("s3")
-    account = stand_ins.account_id() if target == "local" else ""
     results: list[StackResult] = []
     outputs: dict[str, str] = {}
-    missing: list[stand_ins.Missing] = []
+    missing: list[Any] = []
     notes: list[str] = []
 
     def deploy(part: str, parameters: dict[str, str], database_note: str = "") -> None:
         name = stack_name(part, prefix)
         template = templates[part]
+        parameters = {"Prefix": prefix, **parameters}
         url = _template_url(s3, outputs["ArtifactBucketName"], region, part, template) if part != "storage" else None
-        action = deploy_stack(cfn, name, template, {"Prefix": prefix, **parameters}, template_url=url, delay=delay)
-        if target == "local":
-            listed = cfn.list_stack_resources(StackName=name)["StackResourceSummaries"]
-            # moto lists a resource it skipped with no logical id, and some it failed with no physical id
-            physical = {r["LogicalResourceId"]: r["PhysicalResourceId"] for r in listed
-                        if r.get("LogicalResourceId") and r.get("PhysicalResourceId")}
-            ctx = stand_ins.Context(stack=name, template=template, parameters={"Prefix": prefix, **parameters},
-                                    physical=physical, region=region, account=account)
-            expected = stand_ins.expected_resources(template, ctx.parameters)
-            gone = [stand_ins.Missing(name, lid, rtype) for lid, rtype in expected.items() if lid not in physical]
-            stand_ins.apply(ctx, gone, settings.state_dir, database_note)
-            missing.extend(gone)
-            notes.extend(stand_ins.apply_bucket_properties(ctx, settings.state_dir))
-            notes.extend(f"{name} {lid} ({rtype}): {stand_ins.PARTIAL[rtype]}"
-                         for lid, rtype in expected.items() if lid in physical and rtype in stand_ins.PARTIAL)
-        got = live_outputs(cfn, name, target) or {}
+        action = deploy_stack(cfn, name, template, parameters, template_url=url, delay=target.stack_poll_s)
+        gone, partial = target.stand_ins(cfn, name, template, parameters, database_note)
+        missing.extend(gone)
+        notes.extend(partial)
+        got = target.stack_outputs_of(cfn, name) or {}
         unavailable = sorted(set(template.get("Outputs") or {}) - set(got))
         if unavailable:
             notes.append(f"{name}: outputs nothing stands in for locally: {', '.join(unavailable)}")
@@ -305,27 +251,12 @@ def provision(target: str, config_file: str | None = None, allow: list[str] | No
     deploy("network", {"NatGatewayMode": nat_gateways})
     database_params = {k: outputs[k] for k in ("VpcId", "LambdaSecurityGroupId", "ProxySecurityGroupId")}
     database_params.update(DbSubnetIds=outputs["DbSubnetIds"], ClusterMode=cluster_mode)
-    database_note = ""
-    if target == "local":
-        from urllib.parse import urlsplit
-
-        from playbook.local.stack import redact
-
-        url = status["database_url"]
-        parts = urlsplit(url)
-        secret_arn = local_database_secret(prefix, url)
-        # what stands in for the cluster's attributes (moto creates no cluster to read them from)
-        record_stand_in_attributes(stack_name("database", prefix), {
-            "Cluster.Endpoint.Address": parts.hostname or "127.0.0.1", "Cluster.Endpoint.Port": str(parts.port or 5432),
-            "Cluster.MasterUserSecret.SecretArn": secret_arn, "Cluster.DBClusterResourceId": "cluster-local"})
-        database_note = (f"the local database {redact(url)}; its connection is in the secret {secret_arn} as "
-                         '{"url": ...}')
-    deploy("database", database_params, database_note)
-    role_secrets = _role_secrets(target, status.get("database_url"), config.company.timezone)
+    deploy("database", database_params, target.stand_in_database(prefix))
+    role_secrets = target.role_secrets()
     deploy("pipeline", {
         "IngestDatabaseSecretArn": role_secrets["pipeline_ingest"],
         "ReportingDatabaseSecretArn": role_secrets["pipeline_reporting"],
-        "DatabaseSslMode": "prefer" if target == "local" else "require",
+        "DatabaseSslMode": target.database_ssl_mode,
         "ArtifactBucket": outputs["ArtifactBucketName"], "AccessLogsBucket": outputs["AccessLogsBucketName"],
         **keys, "AppSubnetIds": outputs["AppSubnetIds"], "LambdaSecurityGroupId": outputs["LambdaSecurityGroupId"],
         "DatabaseSecretArn": outputs["DatabaseSecretArn"], "DatabaseHost": outputs["ClusterEndpoint"],
@@ -334,9 +265,7 @@ def provision(target: str, config_file: str | None = None, allow: list[str] | No
     deploy("proxy", {"PublicSubnetId": outputs["PublicSubnetIds"].split(",")[0],
                      "ProxySecurityGroupId": outputs["ProxySecurityGroupId"],
                      "DatabaseEndpoint": outputs["ClusterEndpoint"], "DatabasePort": outputs["ClusterPort"]})
-    if target == "local":
-        record_stand_in_resources(missing)
-    return Provisioned(target, results, outputs, missing, notes)
+    return Provisioned(target.name, results, outputs, missing, notes, stand_ins=target.record_stand_ins(missing))
 
 
 def report(result: Provisioned) -> str:
@@ -344,7 +273,7 @@ def report(result: Provisioned) -> str:
     lines += [f"  {s.name:<28} {s.action}" for s in result.stacks]
     lines.append("outputs:")
     lines += [f"  {key} = {value}" for key, value in sorted(result.outputs.items())]
-    if result.target == "local":
+    if result.stand_ins:
         lines.append(f"not created by moto, and what stands in for them locally ({len(result.missing)}):")
         lines += [f"  {m.stack} {m.logical_id} ({m.type}): {m.stand_in}" for m in result.missing]
         lines.append("modelled in part by moto:")
@@ -355,8 +284,18 @@ def report(result: Provisioned) -> str:
 
 # -- CLI -------------------------------------------------------------------------------------------------
 def cmd_provision(args: argparse.Namespace) -> int:
-    result = provision(args.target, args.config, args.allow_cidr, args.nat_gateways, args.cluster_mode)
+    from playbook.stages import prepare_warehouse
+    from playbook.targets import target_named
+
+    target = target_named(args.target)
+    allow = resolve_allow_list(target, args.allow_cidr)  # before anything is reached: a wrong list costs nothing
+    result = provision(target.activate(), args.config, allow, args.nat_gateways, args.cluster_mode)
     print(report(result))
+    warehouse = prepare_warehouse(target)
+    applied = warehouse["migrations_applied"]
+    print(f"warehouse (the {target.function('Migrate')} function): "
+          f"{'applied ' + ', '.join(applied) if applied else 'schema up to date'}; logins for "
+          f"{', '.join(warehouse['logins']) or 'no role'}")
     return 0
 
 

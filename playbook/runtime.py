@@ -166,9 +166,9 @@ def _objects_named(key: str):
     s3 = boto3.client("s3")
     buckets: list[str] = []
     try:
-        from playbook.stack_outputs import stack_outputs
+        from playbook.targets import LocalTarget
 
-        buckets.append(stack_outputs("local", parts=("storage",))["ArtifactBucketName"])
+        buckets.append(LocalTarget().outputs(parts=("storage",))["ArtifactBucketName"])
     except (PlaybookError, KeyError):
         pass
     buckets += [b["Name"] for b in s3.list_buckets().get("Buckets", []) if b["Name"] not in buckets]
@@ -532,21 +532,21 @@ def invoke(function_name: str, event: Any = None, *, log_dir: Path | None = None
 
     A warm environment of the same function is reused when one is idle; `fresh` forces a cold start in an
     environment used for this invocation only."""
-    _activate_if_local()
+    require_local_endpoint()
     fn = deployed or prepare(function_name)
     return _run(fn, {} if event is None else event, log_dir=log_dir, fresh=fresh)
 
 
 def check_handler(function_name: str) -> InvokeResult:
     """Import the deployed handler in a handler process without calling it (payload: where things came from)."""
-    _activate_if_local()
+    require_local_endpoint()
     return _run(prepare(function_name), {}, log_dir=None, check_only=True)
 
 
 def invoke_many(function_name: str, events: list[Any], concurrency: int = 2, *, progress: bool = False,
                 log_dir: Path | None = None) -> list[InvokeResult]:
     """Fan one function out over many events, `concurrency` handler processes at a time; results in order."""
-    _activate_if_local()
+    require_local_endpoint()
     fn = prepare(function_name)
     bar = None
     if progress:
@@ -570,12 +570,12 @@ def invoke_many(function_name: str, events: list[Any], concurrency: int = 2, *, 
             bar.close()
 
 
-def _activate_if_local() -> None:
-    """Point boto3 at the local stack unless an endpoint is already set (tests, notebooks)."""
+def require_local_endpoint() -> None:
+    """The runtime runs the local stack's functions: boto3 must already point at it (resolve_target("local"))."""
     if not os.environ.get("AWS_ENDPOINT_URL"):
-        from playbook.local.stack import activate
-
-        activate()
+        raise PlaybookError("boto3 does not point at the local stack (no AWS_ENDPOINT_URL): the local runtime runs "
+                            "the local stack's functions; resolve the local target first "
+                            "(playbook.targets.resolve_target(\"local\"))")
 
 
 # -- CLI ------------------------------------------------------------------------------------------------------
@@ -586,7 +586,9 @@ def cmd_invoke(args: argparse.Namespace) -> int:
         event = json.loads(Path(args.event).read_text()) if args.event else json.loads(args.payload or "{}")
     except (OSError, ValueError) as exc:
         raise PlaybookError(f"the event is not readable JSON: {exc}") from None
-    result = invoke(args.function, event)
+    from playbook.targets import resolve_target
+
+    result = resolve_target("local").invoke(args.function, event)
     print(json.dumps(result.to_dict(), indent=2, sort_keys=True, default=str))
     return 0 if result.ok else 1
 

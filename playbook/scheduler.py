@@ -241,6 +241,20 @@ def recorded_schedules(prefix: str | None = None) -> list[Schedule]:
             if stack.startswith(f"{prefix}-") for r in records]
 
 
+def register_local_schedule(entry: dict[str, Any], path: Path | None = None) -> dict[str, Any]:
+    """Upsert one entry (by name) into the local schedules file; what was registered, as the scheduler reads it."""
+    from playbook.runs import write_json
+
+    path = path or local_schedules_file()
+    data = json.loads(path.read_text()) if path.exists() else {}
+    records = data.get("schedules", []) if isinstance(data, dict) else list(data)
+    records = [r for r in records if r.get("name") != entry["name"]] + [entry]
+    write_json(path, {"schedules": records})
+    registered = [s for s in local_schedules(path) if s.name == entry["name"]]
+    return {"name": entry["name"], "expression": entry["expression"], "timezone": entry.get("timezone", "UTC"),
+            "target": registered[0].target_label, "registered": bool(registered), "file": str(path)}
+
+
 def local_schedules(path: Path | None = None) -> list[Schedule]:
     """Entries of a local schedules file: {"schedules": [{name, expression, timezone, target, input}]}."""
     path = path or local_schedules_file()
@@ -354,13 +368,14 @@ def plan(schedules: list[Schedule], after: datetime, until: datetime) -> list[Fi
     return sorted(firings, key=lambda f: (f.time, f.schedule.name))
 
 
-def fire(firing: Firing) -> Firing:
-    target = firing.schedule.target
-    if target.get("type") == "command":
+def fire(firing: Firing, target=None) -> Firing:
+    """One occurrence: a command target run as a process; a function target invoked through the target (the
+    local one by default: the deployed zip through the runtime), as the scheduler invokes it."""
+    if firing.schedule.target.get("type") == "command":
         return _fire_command(firing)
-    from playbook.runtime import invoke
+    from playbook.targets import LocalTarget
 
-    result = invoke(target["function"], firing.event)
+    result = (target or LocalTarget()).invoke(firing.schedule.target["function"], firing.event)
     firing.status = result.status
     firing.detail = {"request_id": result.request_id, "log": result.log_path, "duration_ms": result.duration_ms,
                      **({"error": result.error} if result.error else {})}
@@ -412,20 +427,20 @@ def record_run(prefix: str, when: datetime) -> None:
 
 
 def replay(start: datetime, end: datetime, *, dry_run: bool = False, schedules: list[Schedule] | None = None,
-           on_firing=None) -> list[Firing]:
-    """Every occurrence with start <= t < end, in time order, fired (or only listed, dry_run)."""
+           on_firing=None, target=None) -> list[Firing]:
+    """Every occurrence with start <= t < end, in time order, fired through the target (or only listed, dry_run)."""
     schedules = deployed_schedules() if schedules is None else schedules
     firings = plan(schedules, start - timedelta(microseconds=1), end - timedelta(microseconds=1))
     for firing in firings:
         if not dry_run:
-            fire(firing)
+            fire(firing, target)
         if on_firing:
             on_firing(firing)
     return firings
 
 
 def run_once(now: datetime | None = None, *, dry_run: bool = False, schedules: list[Schedule] | None = None,
-             on_firing=None) -> list[Firing]:
+             on_firing=None, target=None) -> list[Firing]:
     """What is due now on the real clock: occurrences since the last recorded run (none before the first)."""
     from playbook.stack_outputs import stack_prefix
 
@@ -436,7 +451,7 @@ def run_once(now: datetime | None = None, *, dry_run: bool = False, schedules: l
     firings = plan(schedules, since, now)
     for firing in firings:
         if not dry_run:
-            fire(firing)
+            fire(firing, target)
         if on_firing:
             on_firing(firing)
     if not dry_run:
@@ -444,10 +459,10 @@ def run_once(now: datetime | None = None, *, dry_run: bool = False, schedules: l
     return firings
 
 
-def serve(dry_run: bool = False, on_firing=None) -> None:
+def serve(dry_run: bool = False, on_firing=None, target=None) -> None:
     """Fire what is due every minute, on the real clock, until interrupted."""
     while True:
-        run_once(dry_run=dry_run, on_firing=on_firing)
+        run_once(dry_run=dry_run, on_firing=on_firing, target=target)
         time.sleep(60 - datetime.now(UTC).second + 0.5)
 
 
@@ -460,28 +475,23 @@ def _print_firing(firing: Firing) -> None:
           f"{firing.status}{extra}", flush=True)
 
 
-def _activate() -> None:
-    if not os.environ.get("AWS_ENDPOINT_URL"):
-        from playbook.local.stack import activate
-
-        activate()
-
-
 def cmd_schedule_run(args: argparse.Namespace) -> int:
-    _activate()
+    from playbook.targets import resolve_target
+
     if bool(args.start) != bool(args.end):
         raise ScheduleError("give both --from and --to for a replay")
+    target = resolve_target("local")
     extra = Path(args.schedules) if args.schedules else None
     schedules = deployed_schedules(extra=extra)
     if args.start:
         firings = replay(_parse_time(args.start), _parse_time(args.end), dry_run=args.dry_run, schedules=schedules,
-                         on_firing=_print_firing)
+                         on_firing=_print_firing, target=target)
     elif args.once:
-        firings = run_once(dry_run=args.dry_run, schedules=schedules, on_firing=_print_firing)
+        firings = run_once(dry_run=args.dry_run, schedules=schedules, on_firing=_print_firing, target=target)
     else:
         print(f"firing {len(schedules)} schedules on the real clock; Ctrl-C stops", flush=True)
         try:
-            serve(args.dry_run, on_firing=_print_firing)
+            serve(args.dry_run, on_firing=_print_firing, target=target)
         except KeyboardInterrupt:
             return 0
         return 0
@@ -491,7 +501,9 @@ def cmd_schedule_run(args: argparse.Namespace) -> int:
 
 
 def cmd_schedule_list(args: argparse.Namespace) -> int:
-    _activate()
+    from playbook.targets import resolve_target
+
+    resolve_target("local")
     now = datetime.now(UTC)
     for s in deployed_schedules(extra=Path(args.schedules) if args.schedules else None):
         upcoming = occurrences(s.expression, s.timezone, now, now + timedelta(days=400), s.start_date)[:1]

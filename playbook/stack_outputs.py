@@ -1,8 +1,9 @@
 """Stack outputs are the contract between the infrastructure and the code: read them, never copy them.
 
-`stack_outputs(target)` merges the outputs of every stack of the deployment. On the local stack, an output
-whose resource moto could not create (the Aurora cluster's endpoint and secret) comes from what stands in
-for that resource, as provisioning recorded it (see `live_outputs`); no output is kept on disk.
+`stack_outputs(target)` (a target's `outputs()`) merges the outputs of every stack of the deployment. On the
+local stack, an output whose resource moto could not create (the Aurora cluster's endpoint and secret) comes
+from what stands in for that resource, as provisioning recorded it (see `stand_in_outputs`); no output is
+kept on disk.
 """
 
 from __future__ import annotations
@@ -17,7 +18,6 @@ from playbook.settings import local_settings
 
 ENV_STACK_PREFIX = "PLAYBOOK_STACK_PREFIX"
 DEFAULT_STACK_PREFIX = "playbook"
-TARGETS = ("local", "aws")
 
 
 def stack_prefix() -> str:
@@ -62,19 +62,6 @@ def record_stand_in_resources(missing: list[Any]) -> None:
     _write_stand_ins(data)
 
 
-def cloudformation_client(target: str):
-    """boto3's CloudFormation client for a target: the local stack (activated) or the caller's AWS profile."""
-    import boto3
-
-    if target not in TARGETS:
-        raise PlaybookError(f"unknown target {target!r}: choose local or aws")
-    if target == "local":
-        from playbook.local.stack import activate
-
-        activate()
-    return boto3.client("cloudformation")
-
-
 def outputs_of(cfn, name: str) -> dict[str, str] | None:
     """One stack's outputs, or None when the stack does not exist."""
     from botocore.exceptions import ClientError
@@ -88,17 +75,14 @@ def outputs_of(cfn, name: str) -> dict[str, str] | None:
     return {o["OutputKey"]: o["OutputValue"] for o in stacks[0].get("Outputs") or []}
 
 
-def live_outputs(cfn, name: str, target: str) -> dict[str, str] | None:
-    """One stack's outputs. Locally, the outputs moto leaves out (its change sets evaluate none, and none
-    can name a resource it skipped) are evaluated from the live stack: its template, parameters and
-    resources as CloudFormation reports them, plus the recorded stand-in attributes of skipped resources."""
+def stand_in_outputs(cfn, name: str, outputs: dict[str, str]) -> dict[str, str]:
+    """On the local stack: one stack's outputs with those moto leaves out (its change sets evaluate none, and
+    none can name a resource it skipped) evaluated from the live stack: its template, parameters and resources
+    as CloudFormation reports them, plus the recorded stand-in attributes of skipped resources."""
     import boto3
 
     from playbook import stand_ins
 
-    outputs = outputs_of(cfn, name)
-    if outputs is None or target != "local":
-        return outputs
     template = cfn.get_template(StackName=name)["TemplateBody"]
     if isinstance(template, str):
         template = json.loads(template)
@@ -117,15 +101,18 @@ def live_outputs(cfn, name: str, target: str) -> dict[str, str] | None:
     return {**outputs, **stand_ins.missing_outputs(ctx, outputs)}
 
 
-def stack_outputs(target: str = "local", parts: tuple[str, ...] | None = None) -> dict[str, str]:
-    """Every output of the deployment's stacks, keyed by output name (names are unique across stacks)."""
+def stack_outputs(target, parts: tuple[str, ...] | None = None) -> dict[str, str]:
+    """Every output of the deployment's stacks on a target (playbook.targets), keyed by output name (names are
+    unique across stacks)."""
+    import boto3
+
     from playbook.templates import STACKS
 
-    cfn = cloudformation_client(target)
+    cfn = boto3.client("cloudformation")
     merged: dict[str, str] = {}
     found = False
     for part in parts or STACKS:
-        outputs = live_outputs(cfn, stack_name(part), target)
+        outputs = target.stack_outputs_of(cfn, stack_name(part))
         if outputs is None:
             continue
         found = True

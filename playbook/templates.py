@@ -20,6 +20,7 @@ from typing import Any
 import yaml
 
 from pipeline.config import PipelineConfig
+from pipeline.sources.kinds import source_kind
 from playbook.errors import PlaybookError
 from playbook.settings import PROJECT_ROOT
 
@@ -27,14 +28,17 @@ TEMPLATE_DIR = PROJECT_ROOT / "infra" / "cloudformation"
 NGINX_TEMPLATE = PROJECT_ROOT / "infra" / "nginx" / "stream.conf.template"
 STACKS = ("storage", "network", "database", "pipeline", "proxy")
 RUNTIME = "python3.12"
-HANDLERS = {
-    "file": "pipeline.handlers.ingest_object.handler",
-    "rest_api": "pipeline.handlers.ingest_api.handler",
+HANDLERS = {  # the ingest functions' handlers are their source kinds' (pipeline.sources.kinds)
     "refresh_marts": "pipeline.handlers.refresh_marts.handler",
     "send_expense_email": "pipeline.handlers.send_expense_email.handler",
     "migrate": "pipeline.handlers.migrate.handler",
 }
 NGINX_CONF_MARKER = "@NGINX_CONF@"
+# where the email function keeps each run's raw message, the claim that makes it send once per run key: a
+# prefix of the artifact bucket (private, versioned, encrypted, TLS only, logged), and nothing else of it.
+# It is pipeline.expense_email's EMAIL_PREFIX (tests/infra/test_templates.py holds them equal).
+EMAIL_BUCKET_PARAMETER = "ArtifactBucket"
+EMAIL_PREFIX = "emails/expense/"
 
 
 # -- reading the YAML files: CloudFormation's short tags become their long forms -----------------------
@@ -170,10 +174,10 @@ def _landing_arn(suffix: str = "") -> dict:
 def jobs(config: PipelineConfig) -> list[Job]:
     result = []
     for name, source in config.sources.items():
-        file_source = source.kind in ("excel", "s3_csv")
+        file_source = source.delivers == "files"
         job = Job(
             logical=f"Ingest{_camel(name)}", name=f"ingest-{name.replace('_', '-')}",
-            handler=HANDLERS["file" if file_source else "rest_api"], timeout=300, memory=512, concurrency=2,
+            handler=source_kind(source.kind).handler, timeout=300, memory=512, concurrency=2,
             schedule=source.schedule, schedule_input={"job": "ingest", "source": name, **SCHEDULED},
             source=name, prefix=source.prefix if file_source else None, environment={"SOURCE_NAME": name},
         )
@@ -200,9 +204,7 @@ def jobs(config: PipelineConfig) -> list[Job]:
         logical="SendExpenseEmail", name="send-expense-email", handler=HANDLERS["send_expense_email"],
         timeout=120, memory=256, concurrency=1, schedule=config.reports.email.schedule, database="reporting",
         schedule_input={"job": "send_expense_email", "period": config.reports.email.period, **SCHEDULED},
-        statements=[{"Sid": "SendAsTheReportSender", "Effect": "Allow", "Action": ["ses:SendEmail", "ses:SendRawEmail"],
-                     "Resource": {"Fn::Sub": "arn:${AWS::Partition}:ses:${AWS::Region}:${AWS::AccountId}:"
-                                             "identity/${SenderIdentity}"}}]))
+        environment={"REPORTS_BUCKET": {"Ref": EMAIL_BUCKET_PARAMETER}}, statements=email_statements()))
     result.append(Job(
         logical="Migrate", name="migrate", handler=HANDLERS["migrate"], timeout=300, memory=256, concurrency=1,
         database="owner",
@@ -211,6 +213,24 @@ def jobs(config: PipelineConfig) -> list[Job]:
         statements=[{"Sid": "ReadRoleSecrets", "Effect": "Allow", "Action": "secretsmanager:GetSecretValue",
                      "Resource": [{"Ref": "IngestDatabaseSecretArn"}, {"Ref": "ReportingDatabaseSecretArn"}]}]))
     return result
+
+
+def email_statements() -> list[dict[str, Any]]:
+    """What the email function does beyond every function's own: under its prefix of the reports bucket, the
+    conditional put that claims its run (If-None-Match: *; the receipt beside it is put the same way, so no
+    claim is ever overwritten), get and head to find a run's claim (HEAD needs s3:GetObject), delete to
+    release the claim of a run whose send failed; and SES's SendRawEmail as the configured sender only."""
+    emails = {"Fn::Sub": "arn:${AWS::Partition}:s3:::${" + EMAIL_BUCKET_PARAMETER + "}/" + EMAIL_PREFIX + "*"}
+    return [
+        {"Sid": "ClaimTheRunWithAConditionalPut", "Effect": "Allow", "Action": "s3:PutObject", "Resource": emails,
+         "Condition": {"Null": {"s3:if-none-match": "false"}}},
+        {"Sid": "FindTheRunsClaim", "Effect": "Allow", "Action": "s3:GetObject", "Resource": emails},
+        {"Sid": "ReleaseTheClaimOfAFailedSend", "Effect": "Allow", "Action": "s3:DeleteObject", "Resource": emails},
+        {"Sid": "SendAsTheReportSender", "Effect": "Allow", "Action": "ses:SendRawEmail",
+         "Resource": {"Fn::Sub": "arn:${AWS::Partition}:ses:${AWS::Region}:${AWS::AccountId}:"
+                                 "identity/${SenderIdentity}"},
+         "Condition": {"StringEquals": {"ses:FromAddress": {"Ref": "SenderIdentity"}}}},
+    ]
 
 
 def _function_resources(job: Job, timezone: str) -> dict[str, dict[str, Any]]:

@@ -1,8 +1,10 @@
 """The warehouse's roles and refreshes as the consultant drives them: `playbook roles`, `playbook refresh`.
 
-The migrations create the roles without a login; here each gets a random password, set on the server
-as a SCRAM verifier (the password itself never reaches the server or its logs) and kept as a secret
-in Secrets Manager in the shape `pipeline.db` reads: {"url": "postgresql://role:pw@host:port/db"}.
+The migrations create the roles without a login; each gets a random password kept as a secret in Secrets
+Manager in the shape `pipeline.db` reads: {"url": "postgresql://role:pw@host:port/db"} where the playbook
+reaches the database, RDS's username/password on AWS. The deployed migrate function sets them on the
+server as SCRAM verifiers (the password itself never reaches the server or its logs); `playbook roles` does
+the same on the local database directly. `playbook refresh` runs the deployed refresh function.
 """
 
 from __future__ import annotations
@@ -59,6 +61,40 @@ def role_url_at(role: str, database_url: str) -> str:
     return _role_url(database_url, secret.get("username") or role, secret["password"])
 
 
+def _role_urls(database_url: str) -> dict[str, tuple[str, str, bool]]:
+    """{role: (secret name, url at this database, whether the secret must be written)}: each role's password
+    from its secret when there is one (so the database and the secret keep agreeing), else a new one."""
+    client = _secrets_client()
+    found = {}
+    for role, name in SECRET_NAMES.items():
+        existing = None
+        with contextlib.suppress(client.exceptions.ResourceNotFoundException):
+            existing = json.loads(client.get_secret_value(SecretId=name)["SecretString"]).get("url")
+        password = (existing and _password_of(existing)) or secrets.token_urlsafe(32)
+        url = _role_url(database_url, role, password)
+        found[role] = (name, url, existing != url)
+    return found
+
+
+def _write_role_secret(name: str, role: str, url: str) -> None:
+    client = _secrets_client()
+    value = json.dumps({"url": url})
+    try:
+        client.put_secret_value(SecretId=name, SecretString=value)
+    except client.exceptions.ResourceNotFoundException:
+        client.create_secret(Name=name, SecretString=value, Description=f"database login of {role}")
+
+
+def ensure_role_urls(database_url: str) -> dict[str, str]:
+    """The ingest and reporting roles' secrets for a database the playbook reaches (the local one), in the
+    shape `pipeline.db` reads ({"url": ...}), without touching the database: the migrate function gives the
+    roles these logins. Idempotent like `ensure_role_logins`. Returns {role: secret ARN}."""
+    for role, (name, url, changed) in _role_urls(database_url).items():
+        if changed:
+            _write_role_secret(name, role, url)
+    return {role: secret_arn(role) for role in SECRET_NAMES}
+
+
 def ensure_role_logins(database_url: str | None = None) -> dict[str, str]:
     """Give the ingest and reporting roles a login and a password kept in Secrets Manager.
 
@@ -72,30 +108,20 @@ def ensure_role_logins(database_url: str | None = None) -> dict[str, str]:
     from playbook.database import database_url as current_database_url
 
     database_url = database_url or current_database_url()
-    client = _secrets_client()
     urls: dict[str, str] = {}
     conn = psycopg2.connect(database_url, connect_timeout=10, application_name="playbook")
     try:
         with conn, conn.cursor() as cur:
-            for role, name in SECRET_NAMES.items():
+            for role, (name, url, changed) in _role_urls(database_url).items():
                 cur.execute("select 1 from pg_roles where rolname = %s", (role,))
                 if cur.fetchone() is None:
                     from playbook.errors import PlaybookError
 
                     raise PlaybookError(f"role {role} does not exist: run `playbook migrate` first")
-                existing = None
-                with contextlib.suppress(client.exceptions.ResourceNotFoundException):
-                    existing = json.loads(client.get_secret_value(SecretId=name)["SecretString"]).get("url")
-                password = (existing and _password_of(existing)) or secrets.token_urlsafe(32)
-                url = _role_url(database_url, role, password)
                 cur.execute(sql.SQL("alter role {} login password %s").format(sql.Identifier(role)),
-                            (scram_verifier(password),))
-                value = json.dumps({"url": url})
-                if existing is None:
-                    client.create_secret(Name=name, SecretString=value,
-                                         Description=f"database login of {role}")
-                elif existing != url:
-                    client.put_secret_value(SecretId=name, SecretString=value)
+                            (scram_verifier(_password_of(url)),))
+                if changed:
+                    _write_role_secret(name, role, url)
                 urls[role] = url
     finally:
         conn.close()
@@ -159,18 +185,6 @@ def apply_reporting_allow_list(sources: tuple[str, ...] | list[str] = DEFAULT_RE
     return rules
 
 
-def refresh(database_url: str | None = None) -> list[dict[str, Any]]:
-    """CALL marts.refresh() as the owner; per mart: status, rows, seconds (raises MartRefreshError)."""
-    from pipeline.marts import refresh_marts
-    from playbook.database import connect
-
-    conn = connect(database_url)
-    try:
-        return refresh_marts(conn)
-    finally:
-        conn.close()
-
-
 # -- CLI --------------------------------------------------------------------------------------------
 def _print_marts(rows: list[dict[str, Any]]) -> None:
     for r in rows:
@@ -181,25 +195,43 @@ def _print_marts(rows: list[dict[str, Any]]) -> None:
 
 
 def cmd_refresh(args: argparse.Namespace) -> int:
-    from pipeline.marts import MartRefreshError
+    from playbook.errors import PlaybookError
+    from playbook.targets import resolve_target
 
+    target = resolve_target("local")
     try:
-        rows = refresh()
-    except MartRefreshError as exc:
-        print(f"refresh run {exc.run_id} failed:")
-        _print_marts(exc.marts)
+        summary = target.refresh_marts()
+    except PlaybookError as exc:
+        print(f"refresh failed: {exc}")
+        _print_marts(_latest_run(target.database_url()))
         return 1
-    print(f"refresh run {rows[0]['run_id'] if rows else '-'}:")
-    _print_marts(rows)
+    print(f"refresh run {summary.get('run_id') or '-'}:")
+    _print_marts(summary.get("marts", []))
     return 0
 
 
-def cmd_roles(args: argparse.Namespace) -> int:
-    from playbook.local.stack import activate, redact
-    from playbook.settings import ENV_DATABASE_URL
+def _latest_run(database_url: str) -> list[dict[str, Any]]:
+    """The last refresh run's marts as meta.mart_refreshes recorded them (what a failed run still did)."""
+    from playbook.database import connect
 
-    activate()
-    urls = ensure_role_logins()
+    conn = connect(database_url)
+    try:
+        with conn.cursor() as cur:
+            cur.execute("select mart, status, rows, extract(epoch from finished_at - started_at)::float8, error"
+                        " from meta.mart_refreshes where run_id = (select max(run_id) from meta.mart_refreshes)"
+                        " order by position")
+            return [dict(zip(("mart", "status", "rows", "seconds", "error"), row, strict=True))
+                    for row in cur.fetchall()]
+    finally:
+        conn.close()
+
+
+def cmd_roles(args: argparse.Namespace) -> int:
+    from playbook.local.stack import redact
+    from playbook.settings import ENV_DATABASE_URL
+    from playbook.targets import resolve_target
+
+    urls = ensure_role_logins(resolve_target("local").database_url())
     for role, url in urls.items():
         print(f"{role:<20} {redact(url)}  (secret {SECRET_NAMES[role]})")
     if os.environ.get(ENV_DATABASE_URL):
@@ -213,7 +245,8 @@ def cmd_roles(args: argparse.Namespace) -> int:
 
 
 def register_commands(subparsers) -> None:
-    p = subparsers.add_parser("refresh", help="refresh every mart (CALL marts.refresh()), rows and seconds each")
+    p = subparsers.add_parser("refresh", help="refresh every mart through the deployed refresh function "
+                              "(CALL marts.refresh()), rows and seconds each")
     p.set_defaults(func=cmd_refresh)
     p = subparsers.add_parser("roles", help="logins for the ingest and reporting roles (Secrets Manager), "
                               "and the reporting role's allow-list")

@@ -31,7 +31,7 @@ def _batch(cur, source: str, table: str, rows: int) -> int:
 
 def _meta(batch_id: int, source: str, i: int, *values) -> tuple:
     digest = hashlib.sha256(repr(values).encode()).hexdigest()
-    return (batch_id, source, f"s3://landing/test/{source}.csv", i, digest)
+    return (batch_id, i, digest)
 
 
 def insert_company(conn) -> dict:
@@ -74,26 +74,26 @@ def insert_company(conn) -> dict:
         ids = {t: _batch(cur, f"{SOURCE_PREFIX}{t}", t, 0) for t in TABLES}
         for i, (client_id, name) in enumerate(clients):
             cur.execute("insert into core.clients (client_id, name, segment, country, created_on,"
-                        " _batch_id, _source, _source_ref, _source_row, _row_hash) values"
-                        " (%s, %s, 'SME', 'GB', %s, %s, %s, %s, %s, %s)",
+                        " _batch_id, _source_row, _row_hash) values"
+                        " (%s, %s, 'SME', 'GB', %s, %s, %s, %s)",
                         (client_id, name, FIRST_DAY, *_meta(ids["clients"], "clients", i, client_id, name)))
         psycopg2.extras.execute_values(
             cur, "insert into core.sales (order_id, line_no, order_date, client_id, product, quantity, unit_price,"
-            " amount, currency, _batch_id, _source, _source_ref, _source_row, _row_hash) values %s",
+            " amount, currency, _batch_id, _source_row, _row_hash) values %s",
             [(*s, "GBP", *_meta(ids["sales"], "sales", i, *s)) for i, s in enumerate(sales)])
         psycopg2.extras.execute_values(
             cur, "insert into core.operating_costs (cost_id, cost_date, category, vendor, amount,"
-            " _batch_id, _source, _source_ref, _source_row, _row_hash) values %s",
+            " _batch_id, _source_row, _row_hash) values %s",
             [(*c, *_meta(ids["operating_costs"], "operating_costs", i, *c)) for i, c in enumerate(costs)])
         psycopg2.extras.execute_values(
             cur, "insert into core.payments (payment_id, payment_date, client_id, amount,"
-            " _batch_id, _source, _source_ref, _source_row, _row_hash) values %s",
+            " _batch_id, _source_row, _row_hash) values %s",
             [(*p, *_meta(ids["payments"], "payments", i, *p)) for i, p in enumerate(payments)])
-        cur.execute("insert into core.tax (period, tax_type, amount, _batch_id, _source, _source_ref, _source_row,"
-                    " _row_hash) values ('2024-03-01', 'T-VAT', 12345.67, %s, 'tax', 'test', 1, 'h')", (ids["tax"],))
+        cur.execute("insert into core.tax (period, tax_type, amount, _batch_id, _source_row,"
+                    " _row_hash) values ('2024-03-01', 'T-VAT', 12345.67, %s, 1, 'h')", (ids["tax"],))
         cur.execute("insert into core.interactions (interaction_id, occurred_at, client_id, channel,"
-                    " _batch_id, _source, _source_ref, _source_row, _row_hash) values"
-                    " ('T-I1', '2024-05-02 10:00+00', 'T-C001', 'email', %s, 'interactions', 'test', 1, 'h')",
+                    " _batch_id, _source_row, _row_hash) values"
+                    " ('T-I1', '2024-05-02 10:00+00', 'T-C001', 'email', %s, 1, 'h')",
                     (ids["interactions"],))
         counts = {"sales": len(sales), "clients": len(clients), "operating_costs": len(costs),
                   "payments": len(payments), "tax": 1, "interactions": 1}

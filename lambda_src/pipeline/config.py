@@ -14,6 +14,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from pipeline.model import TABLES
+from pipeline.sources.kinds import KINDS, source_kind
 
 _NAME = re.compile(r"^[a-z][a-z0-9_]{0,39}$")
 _SCHEDULE = re.compile(r"^(cron\((\S+ ){5}\S+\)|rate\(\d+ (minute|minutes|hour|hours|day|days)\))$")
@@ -226,7 +227,7 @@ class ApiOptions(Strict):
 
 
 class SourceConfig(Strict):
-    kind: Literal["excel", "s3_csv", "rest_api"]
+    kind: str = Field(description="how its deliveries arrive and are read: a name in pipeline.sources.kinds")
     table: str = Field(description="canonical table the source feeds")
     description: str = ""
     prefix: str | None = Field(None, description="landing bucket prefix of the files, e.g. landing/payments/")
@@ -236,6 +237,12 @@ class SourceConfig(Strict):
     read: ReadOptions = ReadOptions()
     expected_every_days: int | None = Field(None, ge=1, description="a delivery is due this often")
     api: ApiOptions | None = Field(None, description="how to call the API (rest_api sources only)")
+
+    @field_validator("kind")
+    @classmethod
+    def _known_kind(cls, value: str) -> str:
+        source_kind(value)
+        return value
 
     @field_validator("table")
     @classmethod
@@ -271,13 +278,19 @@ class SourceConfig(Strict):
         for key in self.key:
             if key not in self.columns:
                 raise ValueError(f"natural_key: {key!r} is not a mapped column")
-        if self.kind in ("excel", "s3_csv") and not self.prefix:
+        if self.delivers == "files" and not self.prefix:
             raise ValueError(f"prefix: a {self.kind} source needs the landing prefix its files arrive under")
-        if self.kind == "rest_api" and self.api is None:
-            raise ValueError("api: a rest_api source needs its api options (base_url, resource, auth, pagination)")
-        if self.kind != "rest_api" and self.api is not None:
-            raise ValueError(f"api: only a rest_api source takes api options, not a {self.kind} source")
+        if self.delivers == "api" and self.api is None:
+            raise ValueError(f"api: a {self.kind} source needs its api options (base_url, resource, auth, pagination)")
+        if self.delivers != "api" and self.api is not None:
+            api_kinds = " or ".join(k.name for k in KINDS.values() if k.delivers == "api")
+            raise ValueError(f"api: only a {api_kinds} source takes api options, not a {self.kind} source")
         return self
+
+    @property
+    def delivers(self) -> str:
+        """How its deliveries arrive: "files" under its landing prefix, or "api" windows."""
+        return source_kind(self.kind).delivers
 
     @property
     def key(self) -> tuple[str, ...]:

@@ -250,7 +250,10 @@ def send_once(message: EmailMessage, bucket: str, run_key: str, sender: str, rec
         s3.head_object(Bucket=bucket, Key=key)
         return {**result, "status": "skipped", "reason": "an email was already sent for this run"}
     except ClientError as exc:
-        if exc.response.get("Error", {}).get("Code") not in ("404", "NoSuchKey", "NotFound"):
+        # a missing key is 404, or 403 for a function without s3:ListBucket on the bucket (its role has none):
+        # either way the conditional put below decides
+        if exc.response.get("Error", {}).get("Code") not in ("404", "NoSuchKey", "NotFound", "403", "Forbidden",
+                                                             "AccessDenied"):
             raise
     raw = message.as_bytes()
     try:
@@ -265,8 +268,9 @@ def send_once(message: EmailMessage, bucket: str, run_key: str, sender: str, rec
         s3.delete_object(Bucket=bucket, Key=key)  # release the claim: a retry of the run may send
         raise
     receipt = {"message_id": sent["MessageId"], "sent_at": datetime.now(UTC).isoformat(), "run_key": run_key}
+    # put as the claim is (If-None-Match): the function's role writes nothing it could overwrite
     s3.put_object(Bucket=bucket, Key=key.removesuffix(".eml") + ".sent.json", ContentType="application/json",
-                  Body=json.dumps(receipt).encode())
+                  Body=json.dumps(receipt).encode(), IfNoneMatch="*")
     return {**result, "status": "sent", "message_id": sent["MessageId"]}
 
 

@@ -72,6 +72,9 @@ def already_loaded(cur, source: str, object_key: str, sha256: str | None = None,
 class BatchLoad(TypedInHandler, ReExports, SettledReading):
     """Loads one delivery for its attempt (pipeline.attempts), in one transaction; `run()` commits."""
 
+    # a one-sheet delivery into an empty table goes straight in, its primary key built after (see _load_direct)
+    straight_in = True
+
     def __init__(self, conn, delivery: Delivery, reader: Reader, company: Company, attempt: Attempt,
                  deadline: Callable[[], float] | None = None,
                  before_commit: Callable[[object, int], None] | None = None):
@@ -121,7 +124,11 @@ class BatchLoad(TypedInHandler, ReExports, SettledReading):
                 cur.execute("set local work_mem = '64MB'")
                 self._create_typed(cur)
                 # a one-sheet delivery into an empty table: its rows go straight in (see _load_direct)
-                self.direct = getattr(self.reader, "one_sheet", False) and self._empty_target_held(cur)
+                self.direct = (self.straight_in and self.reader.one_sheet
+                               and self._empty_target_held(cur))
+                self.plan["into"] = ("an empty table: its rows straight in, the primary key built after" if self.direct
+                                     else "merged: staged, repeats collapsed, new keys inserted, changed rows "
+                                          "updated with their old versions in history")
                 summary = None
                 for sheet in self.reader.sheets():
                     summary = self._load_sheet(cur, sheet)
@@ -186,6 +193,7 @@ class BatchLoad(TypedInHandler, ReExports, SettledReading):
         except psycopg2.errors.BadCopyFileFormat:
             # ragged rows or a quote never closed: re-read it record by record to say which rows
             cur.execute("rollback to savepoint raw_copy")
+            self.note(sheet, "PostgreSQL's COPY refused the file's shape (ragged records): read record by record")
         except (psycopg2.errors.CharacterNotInRepertoire, psycopg2.errors.UntranslatableCharacter) as exc:
             cur.execute("rollback to savepoint raw_copy")
             line = (exc.diag.context or "").rsplit("line ", 1)[-1].split(",")[0].strip()
@@ -201,6 +209,13 @@ class BatchLoad(TypedInHandler, ReExports, SettledReading):
     def _mapped(self, sheet: RawSheet) -> list[Mapped]:
         return [Mapped(self.table.column(c), f"c{pos}", sheet.header[pos]) for c, pos in sheet.mapping.items()]
 
+    def note(self, sheet: RawSheet | None, what: str) -> None:
+        """A decision about the delivery (or one of its sheets), for its ledger row's plan."""
+        if sheet is None or sheet.name is None:
+            self.plan.setdefault("typing", []).append(what)
+        else:
+            self.plan.setdefault("sheets", {}).setdefault(sheet.name, []).append(what)
+
     def _load_sheet(self, cur, sheet: RawSheet) -> dict | None:
         """Typing and quarantine of one sheet; the batch's summary when that also loaded it."""
         if sheet.handler_typing is not None and self.type_in_handler:
@@ -211,6 +226,8 @@ class BatchLoad(TypedInHandler, ReExports, SettledReading):
         mapped = self._mapped(sheet)
         opts = self.delivery.config.read
         lane = fast_lane(self.table, mapped, opts, len(sheet.header))
+        self.note(sheet, "typed in SQL: rows in their types' own spellings cast as they are, the rest the careful "
+                         "way" if lane else "typed in SQL the careful way (the layout's spellings are rewritten)")
         if lane is not None and self.direct:
             summary = self._load_direct(cur, mapped, lambda: self._fast_from_raw(cur, sheet, mapped, lane))
             if summary:
@@ -220,6 +237,8 @@ class BatchLoad(TypedInHandler, ReExports, SettledReading):
                                                               len(sheet.header)))
         else:  # rows already canonical: cast, no per-value tests; the rest the careful way
             self.unchanged = self._find_unchanged(cur, sheet, mapped, lane)
+            if self.unchanged:
+                self.note(sheet, f"{self.unchanged} rows found in core as they are (a re-export): not typed")
             if not self.unchanged or self._raw_rows > self.unchanged:  # else: every row is as it was
                 self._fast_rows(cur, sheet, mapped, lane, sql.SQL("unchanged") if self.unchanged else None)
                 self._type_the_rest(cur, sheet, mapped, cur.rowcount + self.unchanged, self._taken(sheet))
@@ -332,6 +351,8 @@ class BatchLoad(TypedInHandler, ReExports, SettledReading):
         except psycopg2.errors.UniqueViolation:
             cur.execute("rollback to savepoint direct")
             self.rejects = rejects
+            self.plan["into"] = ("merged after all: a key repeats in the delivery, so its rows were staged and the "
+                                 "repeats collapsed")
             return None
         skipped, read, quarantined, accepted, amount_in, amount_q, amount_loaded = counts
         if t.amount:
@@ -468,14 +489,14 @@ class BatchLoad(TypedInHandler, ReExports, SettledReading):
                             "having count(*) > 1)").format(identifiers(key)))
         return cur.fetchone()[0]
 
-    _LINEAGE = ("_batch_id", "_source", "_source_ref", "_source_row", "_row_hash")
+    # what a core row keeps of where it came from: the rest is its batch's, in meta.batches (migration 013)
+    _LINEAGE = ("_batch_id", "_sheet", "_source_row", "_row_hash")
 
     def _lineage(self) -> tuple[dict[str, sql.Composable], dict]:
         """Each lineage column's value for a row `s` (with _sheet, _row and _row_hash), and its parameters."""
-        values = {"_batch_id": sql.Placeholder("batch"), "_source": sql.Placeholder("source"),
-                  "_source_ref": sql.SQL("%(ref)s || coalesce('#' || s._sheet, '')"), "_source_row": sql.SQL("s._row"),
-                  "_row_hash": sql.SQL("s._row_hash")}
-        return values, {"batch": self.batch_id, "source": self.delivery.source, "ref": self.delivery.ref}
+        values = {"_batch_id": sql.Placeholder("batch"), "_sheet": sql.SQL("s._sheet"),
+                  "_source_row": sql.SQL("s._row"), "_row_hash": sql.SQL("s._row_hash")}
+        return values, {"batch": self.batch_id}
 
     def _insert_rows(self, cur, rows: sql.Composable, where: sql.Composable = sql.SQL("true")) -> int:
         """Rows `s` of `rows` (the table's columns, _sheet, _row, _row_hash) inserted with their lineage."""
@@ -519,8 +540,7 @@ class BatchLoad(TypedInHandler, ReExports, SettledReading):
             values, params = self._lineage()
             sets = sql.SQL(", ").join(
                 [sql.SQL("{} = s.{}").format(sql.Identifier(c), sql.Identifier(c)) for c in cols if c not in key]
-                + [sql.SQL("{} = {}").format(sql.Identifier(c), values[c]) for c in self._LINEAGE]
-                + [sql.SQL("_updated_at = now()")])
+                + [sql.SQL("{} = {}").format(sql.Identifier(c), values[c]) for c in self._LINEAGE])
             cur.execute(sql.SQL("update {target} c set {sets} from typed s where {joined} and {accepted}"
                                 " and c._row_hash is distinct from s._row_hash").format(
                 target=target, sets=sets, joined=joined, accepted=accepted), params)

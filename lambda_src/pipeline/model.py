@@ -127,4 +127,5 @@ TABLES: dict[str, Table] = {
     )
 }
 
-METADATA_COLUMNS = ("_batch_id", "_source", "_source_ref", "_source_row", "_row_hash", "_loaded_at", "_updated_at")
+# what each core row keeps of where it came from; its batch's facts are in meta.batches (core.<table>_lineage)
+METADATA_COLUMNS = ("_batch_id", "_source_row", "_row_hash", "_sheet")

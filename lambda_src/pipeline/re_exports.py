@@ -64,7 +64,7 @@ class ReExports:
         spellings are canonical, and no timestamp column (its text depends on the time zone). _settle_unchanged
         checks what the merge would have seen differently, under the merge turn.
         """
-        if not (self.recognise_unchanged and getattr(self.reader, "one_sheet", False)):
+        if not (self.recognise_unchanged and self.reader.one_sheet):
             return 0
         if any(m.column.type == "timestamp" for m in mapped):
             return 0

@@ -30,6 +30,7 @@ class TypedInHandler:
         handler = sheet.handler_typing
         mapped = self._mapped(sheet)
         rejects = self.rejects
+        notes = list(self.plan.get("sheets", {}).get(sheet.name, []) if sheet.name else self.plan.get("typing", []))
         cur.execute("savepoint handler_lane")
         try:
             with handler.stream(sample=HANDLER_SAMPLE) as stream:
@@ -39,21 +40,32 @@ class TypedInHandler:
                 if self.direct:
                     summary = self._load_direct(
                         cur, mapped, lambda: self._fast_from_handler(cur, sheet, mapped, stream))
-                elif (self.recognise_unchanged and getattr(self.reader, "one_sheet", False)
+                elif (self.recognise_unchanged and self.reader.one_sheet
                       and self._updating_batches(cur)[0]):
                     summary = self._unchanged_from_handler(cur, sheet, stream)
                 else:
+                    self.note(sheet, "typed in the handler: rows in their types' own spellings; the rest in SQL")
                     self._staged_from_handler(cur, sheet, mapped, stream)
                     cur.execute("release savepoint handler_lane")
                     return True, None
+            if summary is not None and not self.direct:
+                self.note(sheet, f"a loaded batch's rows again, every one as core holds it ({summary['rows_read']} "
+                                 "rows): nothing typed, inserted or updated")
+            else:
+                self.note(sheet, "typed in the handler: rows in their types' own spellings; the rest in SQL")
             if summary is None:  # a key repeated in a first load, or not a batch again: a fresh pass, staged
                 with handler.stream() as stream:
                     self._staged_from_handler(cur, sheet, mapped, stream)
             cur.execute("release savepoint handler_lane")
             return True, summary
-        except LaneAbandoned:
+        except LaneAbandoned as stepped_aside:
             cur.execute("rollback to savepoint handler_lane")
             self.rejects = rejects
+            if sheet.name:
+                self.plan.setdefault("sheets", {})[sheet.name] = notes
+            else:
+                self.plan["typing"] = notes
+            self.note(sheet, f"the handler's lane stepped aside ({stepped_aside}): typed in SQL")
             return False, None
 
     def _copy_from_handler(self, cur, target: sql.Composable, row_column: str, sheet: RawSheet,
@@ -78,10 +90,10 @@ class TypedInHandler:
 
     def _fast_from_handler(self, cur, sheet: RawSheet, mapped: list[Mapped],
                            stream: LaneStream) -> tuple[int, RawSheet]:
-        """The handler's rows straight into core, their lineage from the batch (migration 011); the rest typed."""
-        cur.execute("select set_config('pipeline.batch_id', %s, true), set_config('pipeline.source', %s, true),"
-                    " set_config('pipeline.source_ref', %s, true)",
-                    (str(self.batch_id), self.delivery.source, self._ref(sheet.name)))
+        """The handler's rows straight into core, their batch and sheet from the transaction's settings
+        (migrations 011, 013); the rest typed."""
+        cur.execute("select set_config('pipeline.batch_id', %s, true), set_config('pipeline.sheet', %s, true)",
+                    (str(self.batch_id), sheet.name or ""))
         self._copy_from_handler(cur, sql.Identifier("core", self.table.name), "_source_row", sheet, stream)
         return stream.rows, self._handed_on(cur, sheet, mapped, stream)
 

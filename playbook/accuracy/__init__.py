@@ -24,33 +24,36 @@ __all__ = ["AccuracyBreach", "CheckResult", "ValidationReport", "reason_kind", "
 
 def validate(database_url: str | None = None, config=None, run_id: str | None = None,
              out_dir: str | os.PathLike | None = None, thresholds: dict[str, Any] | None = None,
-             refresh: bool = True) -> ValidationReport:
+             refresh: bool = True, target=None) -> ValidationReport:
     """Run every check, store the results under run_id and write accuracy.md; raise AccuracyBreach on a breach.
 
-    `config` is a PipelineConfig or a path (default: the company configuration); `thresholds` override its
-    `accuracy` limits; stale marts are refreshed first unless `refresh` is False (then they are reported).
+    `target` is where the pipeline runs (playbook.targets; default: the local one): its warehouse is read
+    (unless `database_url` names another) and stale marts are refreshed first by its deployed refresh function,
+    as the schedule refreshes them, unless `refresh` is False (then they are reported). `config` is a
+    PipelineConfig or a path (default: the company configuration); `thresholds` override its `accuracy` limits.
     """
     from pipeline.config import PipelineConfig
-    from pipeline.marts import refresh_marts
     from playbook.accuracy import freshness, ledger, marts, rereads
     from playbook.accuracy.report import store_results, write_report
     from playbook.config import load_config
     from playbook.database import connect
     from playbook.reports import new_run_dir, new_run_id
+    from playbook.targets import LocalTarget
 
+    target = target or LocalTarget()
     started = time.monotonic()
     if not isinstance(config, PipelineConfig):
         config = load_config(config)
     limits = config.accuracy.model_copy(update=thresholds or {})
     run_id = run_id or new_run_id()
-    conn = connect(database_url)
+    conn = connect(database_url or target.database_url())
     try:
         with conn.cursor() as cur:
             batches = ledger.committed_batches(cur)
             stale = marts.stale_marts(cur)
         conn.rollback()
         if stale and refresh:
-            refresh_marts(conn)
+            target.refresh_marts()
             with conn.cursor() as cur:
                 stale = marts.stale_marts(cur)
             conn.rollback()
@@ -92,17 +95,12 @@ def validate(database_url: str | None = None, config=None, run_id: str | None = 
 
 # -- CLI --------------------------------------------------------------------------------------------
 def cmd_validate(args: argparse.Namespace) -> int:
-    import contextlib
+    from playbook.targets import resolve_target
 
-    from playbook.local.processes import StackError
-
-    if "AWS_ENDPOINT_URL" not in os.environ:
-        from playbook.local.stack import activate
-
-        with contextlib.suppress(StackError):  # on AWS the standard profile applies
-            activate()
+    target = resolve_target("local")
     try:
-        report = validate(config=args.config, run_id=args.run_id, out_dir=args.out, refresh=not args.no_refresh)
+        report = validate(config=args.config, run_id=args.run_id, out_dir=args.out, refresh=not args.no_refresh,
+                          target=target)
     except AccuracyBreach as exc:
         _print_summary(exc.report)
         print(f"accuracy breach: {exc}")

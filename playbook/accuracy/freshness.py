@@ -55,9 +55,9 @@ def source_dates(cur, name: str, table_name: str, timezone: str) -> list[tuple[d
     column = sql.Identifier(table.date)
     day = (sql.SQL("({} at time zone {})::date").format(column, sql.Literal(timezone))
            if table.column(table.date).type == "timestamp" else column)
-    cur.execute(sql.SQL("select {day}, max(_source_ref) from {core} where _source = %s and {col} is not null "
-                        "group by 1 order by 1").format(day=day, core=sql.Identifier("core", table.name), col=column),
-                (name,))
+    lineage = sql.Identifier("core", f"{table.name}_lineage")
+    cur.execute(sql.SQL("select {day}, max(_source_ref) from {lineage} where _source = %s and {col} is not null "
+                        "group by 1 order by 1").format(day=day, lineage=lineage, col=column), (name,))
     return cur.fetchall()
 
 

@@ -129,13 +129,17 @@ def changed_rows(cur, batches: list[dict[str, Any]], limits: Accuracy) -> list[C
     for name, table in TABLES.items():
         key = list(table.natural_key)
         keys = sql.SQL(", ").join(sql.Identifier(k) for k in key)
+        # each replaced version and the one after it (the next replaced version, else the row as it is now),
+        # each with where its batch read it (its ref, and the sheet)
         cur.execute(sql.SQL(
-            "select to_jsonb(h), coalesce(lead(to_jsonb(h)) over w, to_jsonb(c)) from {hist} h "
-            "left join {core} c using ({keys}) "
-            "window w as (partition by {hkeys} order by h._replaced_at, h._updated_at) "
+            "select to_jsonb(h) || jsonb_build_object('_source_ref', hb.source_ref || coalesce('#' || h._sheet, '')),"
+            " coalesce(lead(to_jsonb(h) || jsonb_build_object('_source_ref', hb.source_ref"
+            " || coalesce('#' || h._sheet, ''))) over w, to_jsonb(c)) "
+            "from {hist} h left join meta.batches hb on hb.batch_id = h._batch_id left join {lineage} c using ({keys}) "
+            "window w as (partition by {hkeys} order by h._replaced_at, h._batch_id) "
             "order by {hkeys}, h._replaced_at").format(
-            hist=sql.Identifier("core", f"{name}_history"), core=sql.Identifier("core", name), keys=keys,
-            hkeys=sql.SQL(", ").join(sql.SQL("h.{}").format(sql.Identifier(k)) for k in key)))
+            hist=sql.Identifier("core", f"{name}_history"), lineage=sql.Identifier("core", f"{name}_lineage"),
+            keys=keys, hkeys=sql.SQL(", ").join(sql.SQL("h.{}").format(sql.Identifier(k)) for k in key)))
         findings = []
         for old, new in cur.fetchall():
             new = new or {}
@@ -190,10 +194,10 @@ def orphans(cur, limits: Accuracy) -> list[CheckResult]:
         amount = sql.SQL("t.{}").format(sql.Identifier(table.amount)) if table.amount else sql.SQL("null")
         cur.execute(sql.SQL(
             "select t._batch_id, t._source_ref, t._source_row, t.client_id, jsonb_build_object({kj}), {amt} "
-            "from {core} t where not exists (select 1 from core.clients c where c.client_id = t.client_id) "
+            "from {lineage} t where not exists (select 1 from core.clients c where c.client_id = t.client_id) "
             "order by t._batch_id, t._source_row").format(
             kj=sql.SQL(", ").join(sql.SQL("{}, t.{}").format(sql.Literal(k), sql.Identifier(k)) for k in key),
-            amt=amount, core=sql.Identifier("core", name)))
+            amt=amount, lineage=sql.Identifier("core", f"{name}_lineage")))
         findings = [{"batch_id": b, **place(ref), "row": row, "client_id": client, "key": k, "amount": a}
                     for b, ref, row, client, k, a in cur.fetchall()]
         results.append(judge("orphans", f"core.{name}", len(findings), limits.max_orphans,

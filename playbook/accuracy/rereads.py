@@ -35,7 +35,6 @@ from playbook.accuracy.results import CheckResult, judge
 
 CENT = Decimal("0.01")
 CHUNK = 1024 * 1024
-FILE_KINDS = ("s3_csv", "excel")
 PREFETCH = 2  # objects downloading while one is read
 
 
@@ -82,7 +81,7 @@ def reread_objects(config: PipelineConfig, batches: list[dict[str, Any]], limits
             for b in queue:
                 r = out[b["batch_id"]]
                 source = config.sources.get(b["source"])
-                if source is None or source.kind not in FILE_KINDS:
+                if source is None or source.delivers != "files":
                     r.not_read = "its source is not a configured file source"
                 elif time.monotonic() > deadline:
                     r.not_read = f"the time budget ({limits.reread_budget_s:g} s, accuracy.reread_budget_s) was spent"
@@ -219,7 +218,7 @@ def independent_reconciliation(batches: list[dict[str, Any]], rereads: dict[int,
     for source in sorted(set(config.sources) | set(by_source)):
         cfg = config.sources.get(source)
         items = sorted(by_source.get(source, []), key=lambda r: r.batch["batch_id"])
-        if cfg is not None and cfg.kind not in FILE_KINDS:
+        if cfg is not None and cfg.delivers != "files":
             results.append(judge("independent_reconciliation", source, 0, limits.max_reread_differences,
                                  "API windows deliver no object to re-read"))
             continue

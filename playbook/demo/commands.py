@@ -29,10 +29,9 @@ def cmd_demo_data(args: argparse.Namespace) -> int:
     if manifest.defects:
         print(f"  defects: {len(manifest.defects)} injected ({out / 'defects.json'})")
     if args.bucket:
-        if args.target == "local":
-            from playbook.local.stack import activate
+        from playbook.targets import resolve_target
 
-            activate()
+        resolve_target(args.target)  # boto3 pointed at the local stack, or AWS's preflight
         keys = deliver(out, args.bucket, prefix_filter=args.prefix)
         print(f"uploaded {len(keys)} objects to s3://{args.bucket}/")
     return 0

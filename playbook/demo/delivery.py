@@ -1,6 +1,6 @@
 """Upload a generated demo company to the landing bucket with plain boto3, in the order a company sends it.
 
-The endpoint is the environment's business (AWS_ENDPOINT_URL locally, set by `playbook.local.stack.activate()`).
+The endpoint is the environment's business (AWS_ENDPOINT_URL locally, set when the local target is resolved).
 Clean files go first; re-sent files and later versions of a key follow, so a changed re-send is a new version.
 """
 

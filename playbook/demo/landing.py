@@ -22,19 +22,18 @@ def _landed_etags(s3, bucket: str) -> dict[str, set[str]]:
     return etags
 
 
-def land_demo_company(target: str = "local", out_dir: str | Path | None = None, *, years: int = 3,
+def land_demo_company(target, out_dir: str | Path | None = None, *, years: int = 3,
                       clients: int = 300, defects: str | list[str] | None = None, seed: int | None = None,
                       end: str | date | None = None) -> dict[str, Any]:
-    """Generate the demo company and deliver what the landing bucket does not hold yet; returns a summary."""
+    """Generate the demo company and deliver what the target's landing bucket does not hold yet; a summary."""
     import boto3
 
     from playbook.demo import deliver, generate
     from playbook.demo.company import DEFAULT_END, DEFAULT_SEED
     from playbook.demo.delivery import delivery_plan
     from playbook.settings import local_settings
-    from playbook.stack_outputs import stack_outputs
 
-    outputs = stack_outputs(target)  # activates the local stack for boto3
+    outputs = target.outputs(parts=("pipeline",))
     bucket = outputs["LandingBucketName"]
     out = Path(out_dir) if out_dir else local_settings().state_dir / "demo"
     end_day = date.fromisoformat(end) if isinstance(end, str) else (end or DEFAULT_END)

@@ -176,7 +176,8 @@ def current() -> Stack:
 
 
 def environment(status: dict[str, Any] | None = None) -> dict[str, str]:
-    """The environment variables that point boto3 and the handlers at the local stack."""
+    """The environment variables that point boto3 and the handlers at the local stack (the local target sets
+    them in its process when it is resolved: playbook.targets)."""
     status = status or current().status()
     return {
         "AWS_ENDPOINT_URL": status["aws_endpoint_url"],
@@ -184,15 +185,6 @@ def environment(status: dict[str, Any] | None = None) -> dict[str, str]:
         "AWS_REGION": status["region"],
         **AWS_DUMMY_CREDENTIALS,
     }
-
-
-def activate() -> dict[str, Any]:
-    """Point this process's boto3 at the running local stack (for the CLI, notebooks and tests)."""
-    status = current().status()
-    if not status["healthy"]:
-        raise StackError("the local stack is not running or not healthy: run `playbook local up`")
-    os.environ.update(environment(status))
-    return status
 
 
 def redact(url: str | None) -> str | None:

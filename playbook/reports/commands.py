@@ -1,4 +1,6 @@
-"""`playbook report`: the charts, the dashboard and the operations email for one run, under reports/."""
+"""`playbook report`: the charts, the dashboard and the operations email for one run, under reports/.
+
+The email is the deployed send_expense_email function's, invoked through the local target."""
 
 from __future__ import annotations
 
@@ -10,25 +12,22 @@ def cmd_report(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from playbook.config import load_config
-    from playbook.local.stack import activate
     from playbook.reports import build_reports, new_run_dir
-    from playbook.warehouse import REPORTING_ROLE, ensure_role_logins, secret_arn
+    from playbook.targets import resolve_target
 
-    activate()
+    target = resolve_target("local")
     config = load_config(args.config)
-    reporting_url = ensure_role_logins()[REPORTING_ROLE]
     out = Path(args.out) if args.out else new_run_dir()
-    written = build_reports(out, config, reporting_url)
+    written = build_reports(out, config, target.reporting_url())
     for name, path in sorted(written.items()):
         print(f"  {name:<18} {path}")
     if not args.no_email:
-        from playbook.reports.email import ensure_email_resources, send_expense_email_locally
+        from playbook.reports.email import send_expense_email
 
-        environment = ensure_email_resources(config, secret_arn(REPORTING_ROLE))
         event = {"run_key": f"report-{datetime.now(UTC):%Y%m%dT%H%M%S%fZ}"}
         if args.email_period:
             event["period"] = args.email_period
-        result = send_expense_email_locally(out, event, environment)
+        result = send_expense_email(target, out, event)  # the deployed function, through the target
         print(f"  {'expense_email':<18} {result['eml']}  ({result['status']}: {result['period']['from']} to "
               f"{result['period']['to']}, to {', '.join(result['recipients'])})")
     print(f"reports written to {out}")

@@ -1,57 +1,21 @@
-"""The operations team's email on the local stack: the same handler the Lambda function runs, invoked here
-in-process, its raw message kept as `<run dir>/expense_email.eml`, and its arrival in (moto's) SES checked.
+"""The operations team's email as the deployed send_expense_email function sends it.
 
-`ensure_email_resources` stands in for what deployment sets up for the function: the reports bucket, the
-configuration JSON the function reads and a verified sender identity in SES.
+The function is invoked through the target (locally from its deployed zip through the runtime, on AWS
+through Lambda), with the event the report run gives it (its run key, its period). It claims the run in its
+reports bucket with the raw message (`emails/expense/<run key>.eml`), then sends it with SES, once per run
+key; that raw message is copied to `<run dir>/expense_email.eml`. Locally its arrival in moto's SES is
+checked as well.
 """
 
 from __future__ import annotations
 
-import contextlib
-import json
 import os
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from pipeline.config import PipelineConfig
 from playbook.errors import PlaybookError
 
-DEFAULT_BUCKET = "playbook-reports"
-CONFIG_KEY = "config/pipeline.json"
 EML_NAME = "expense_email.eml"
-
-
-def ensure_email_resources(config: PipelineConfig, db_secret_arn: str, bucket: str = DEFAULT_BUCKET) -> dict[str, str]:
-    """Reports bucket, configuration JSON and verified sender (idempotent); returns the function's environment."""
-    import boto3
-
-    s3 = boto3.client("s3")
-    try:
-        s3.head_bucket(Bucket=bucket)
-    except s3.exceptions.ClientError:
-        region = s3.meta.region_name
-        kwargs = {} if region == "us-east-1" else {"CreateBucketConfiguration": {"LocationConstraint": region}}
-        s3.create_bucket(Bucket=bucket, **kwargs)
-    s3.put_object(Bucket=bucket, Key=CONFIG_KEY, ContentType="application/json",
-                  Body=json.dumps(config.model_dump(mode="json")).encode())
-    boto3.client("ses").verify_email_identity(EmailAddress=config.reports.email.sender)
-    return {"PIPELINE_CONFIG_URI": f"s3://{bucket}/{CONFIG_KEY}", "DB_SECRET_ARN": db_secret_arn,
-            "REPORTS_BUCKET": bucket}
-
-
-@contextlib.contextmanager
-def _environment(values: dict[str, str]) -> Iterator[None]:
-    saved = {k: os.environ.get(k) for k in values}
-    os.environ.update(values)
-    try:
-        yield
-    finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
 
 
 def ses_raw_messages(endpoint_url: str | None = None) -> list[dict[str, Any]] | None:
@@ -77,31 +41,23 @@ def _ses_delivery_attempts() -> int:
     return sum(int(p.get("DeliveryAttempts", 0)) for p in points)
 
 
-def send_expense_email_locally(run_dir: Path | str, event: dict[str, Any] | None = None,
-                               environment: dict[str, str] | None = None) -> dict[str, Any]:
-    """Run the email handler in this process; write the raw message to <run_dir>/expense_email.eml.
+def send_expense_email(target, run_dir: Path | str, event: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Invoke the deployed email function through the target; write its raw message to <run_dir>/expense_email.eml.
 
-    Returns the handler's result plus `eml` (the file) and `in_ses` (whether moto's SES holds a message with
-    the returned id; None when this invocation sent nothing because the run had already sent).
+    Returns the function's result plus `eml` (the file) and `in_ses` (whether SES holds the message: None when
+    this invocation sent nothing because the run had already sent, or where SES keeps no list to look in).
     """
     import boto3
 
-    from pipeline.handlers.send_expense_email import handler
-
-    attempts_before = _ses_delivery_attempts()
-    with _environment(environment or {}):
-        result = handler(event or {}, None)
+    sent_before = target.ses_sent_count()
+    result = target.call(target.function("SendExpenseEmail"), event or {})
     raw = boto3.client("s3").get_object(Bucket=result["bucket"], Key=result["key"])["Body"].read()
     path = Path(run_dir) / EML_NAME
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(raw)
     in_ses = None
     if result["status"] == "sent":
-        messages = ses_raw_messages()
-        if messages is None:  # SES's own statistics: one more delivery attempt than before this run
-            in_ses = _ses_delivery_attempts() > attempts_before
-        else:
-            in_ses = any(m.get("id") == result["message_id"] for m in messages)
-        if not in_ses:
+        in_ses = target.ses_holds(result["message_id"], sent_before)
+        if in_ses is False:
             raise PlaybookError(f"SES accepted message {result['message_id']} but does not list it")
     return {**result, "eml": path, "in_ses": in_ses}

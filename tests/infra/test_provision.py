@@ -52,10 +52,11 @@ def test_first_run_creates_every_stack_and_second_changes_nothing(provisioned):
 
 def test_outputs_are_printed_and_readable_through_stack_outputs(provisioned, stack):
     from playbook.stack_outputs import stack_outputs
+    from playbook.targets import LocalTarget
 
     os.environ["PLAYBOOK_STACK_PREFIX"] = PREFIX
     try:
-        outputs = stack_outputs("local")
+        outputs = stack_outputs(LocalTarget())
     finally:
         os.environ.pop("PLAYBOOK_STACK_PREFIX")
     for key in ("ArtifactBucketName", "LandingBucketName", "IngestSalesFunctionArn", "MigrateFunctionName",
@@ -86,10 +87,11 @@ def test_outputs_are_printed_and_readable_through_stack_outputs(provisioned, sta
 def test_code_config_and_layer_are_in_the_artifact_bucket(provisioned):
     from playbook.config import load_config
     from playbook.stack_outputs import stack_outputs
+    from playbook.targets import LocalTarget
 
     os.environ["PLAYBOOK_STACK_PREFIX"] = PREFIX
     try:
-        outputs = stack_outputs("local")
+        outputs = stack_outputs(LocalTarget())
     finally:
         os.environ.pop("PLAYBOOK_STACK_PREFIX")
     s3 = boto3.client("s3")

@@ -295,3 +295,39 @@ def test_network_spans_two_azs_without_hard_coding_them(templates):
     assert endpoints == {"Gateway": "com.amazonaws.${AWS::Region}.s3",
                          "Interface": "com.amazonaws.${AWS::Region}.secretsmanager"}
     assert network["Parameters"]["NatGatewayMode"]["AllowedValues"] == ["single", "per-az"]
+
+
+def test_the_email_function_keeps_its_claims_in_its_own_prefix_with_the_least_it_needs(templates):
+    """The email function's reports bucket is the artifact bucket (REPORTS_BUCKET), under the prefix its code writes;
+    beyond what every function has, it may put there only conditionally (If-None-Match, as it claims a run), get and
+    head what is there, delete a claim whose send failed, and send raw email as the configured sender only."""
+    from pipeline.expense_email import EMAIL_PREFIX
+    from playbook.templates import EMAIL_PREFIX as TEMPLATE_EMAIL_PREFIX
+
+    assert TEMPLATE_EMAIL_PREFIX == EMAIL_PREFIX
+    pipeline = templates["pipeline"]
+    email = pipeline["Resources"]["SendExpenseEmailFunction"]["Properties"]
+    assert email["Environment"]["Variables"]["REPORTS_BUCKET"] == {"Ref": "ArtifactBucket"}
+    statements = {s["Sid"]: s for s in
+                  pipeline["Resources"]["SendExpenseEmailRole"]["Properties"]["Policies"][0]["PolicyDocument"]["Statement"]}
+    emails = {"Fn::Sub": "arn:${AWS::Partition}:s3:::${ArtifactBucket}/" + EMAIL_PREFIX + "*"}
+    s3 = {(s["Action"], json.dumps(s["Resource"], sort_keys=True), json.dumps(s.get("Condition"), sort_keys=True))
+          for s in statements.values() if str(s["Action"]).startswith("s3:")}
+    assert s3 == {
+        ("s3:GetObject", json.dumps({"Fn::Sub": "arn:${AWS::Partition}:s3:::${ArtifactBucket}/config/pipeline.json"}),
+         "null"),
+        ("s3:PutObject", json.dumps(emails), json.dumps({"Null": {"s3:if-none-match": "false"}})),
+        ("s3:GetObject", json.dumps(emails), "null"),
+        ("s3:DeleteObject", json.dumps(emails), "null"),
+    }
+    ses = [s for s in statements.values() if "ses:" in json.dumps(s["Action"])]
+    assert ses == [{"Sid": "SendAsTheReportSender", "Effect": "Allow", "Action": "ses:SendRawEmail",
+                    "Resource": {"Fn::Sub": "arn:${AWS::Partition}:ses:${AWS::Region}:${AWS::AccountId}:"
+                                            "identity/${SenderIdentity}"},
+                    "Condition": {"StringEquals": {"ses:FromAddress": {"Ref": "SenderIdentity"}}}}]
+    # no other function reaches the emails, and none but the email function sends
+    for lid, role in resources(pipeline, "AWS::IAM::Role").items():
+        if lid == "SendExpenseEmailRole":
+            continue
+        text = json.dumps(role)
+        assert EMAIL_PREFIX not in text and "ses:" not in text, lid

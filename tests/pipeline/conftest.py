@@ -75,6 +75,16 @@ def landing(landing_session: Landing) -> Landing:
     return landing_session
 
 
+@pytest.fixture(scope="module")
+def pipeline_stack(stack):
+    """The tests' provisioned pipeline (tests/playbook/deployed.py), for what the playbook runs through its
+    deployed functions (`playbook report`'s email, `playbook refresh`, validate's refresh)."""
+    from tests.playbook.deployed import provisioned_pipeline
+
+    with provisioned_pipeline() as outputs:
+        yield outputs
+
+
 @pytest.fixture()
 def found_unchanged(monkeypatch) -> list[int]:
     """How many rows each load found already in core without typing them, in order: by the SQL lanes' search

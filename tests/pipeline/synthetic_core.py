@@ -108,9 +108,9 @@ def insert(conn, rows: dict[str, list[tuple]], tag: str = "S") -> list[int]:
             batch_ids.append(batch_id)
             columns = _COLUMNS[table]
             statement = sql.SQL(
-                "insert into core.{} ({}, _batch_id, _source, _source_ref, _source_row, _row_hash) values %s"
+                "insert into core.{} ({}, _batch_id, _source_row, _row_hash) values %s"
             ).format(sql.Identifier(table), sql.SQL(", ").join(map(sql.Identifier, columns)))
-            values = [(*row, batch_id, f"{SOURCE_PREFIX}{table}", f"synthetic#{tag}", n, f"{tag}-{n}")
+            values = [(*row, batch_id, n, f"{tag}-{n}")
                       for n, row in enumerate(table_rows, start=1)]
             execute_values(cur, statement.as_string(conn), values, page_size=500)
     conn.commit()

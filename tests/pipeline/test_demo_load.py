@@ -48,8 +48,8 @@ def test_core_totals_equal_the_manifest(demo):
     for source, totals in manifest["sources"].items():
         table = TABLES[totals["table"]]
         count, amount = landing.query(
-            f"select count(*), {'sum(' + table.amount + ')' if table.amount else 'null'} from core.{table.name} "
-            "where _source = %s", (source,))[0]
+            f"select count(*), {'sum(' + table.amount + ')' if table.amount else 'null'} "
+            f"from core.{table.name}_lineage where _source = %s", (source,))[0]
         assert count == totals["rows"], source
         if totals["amount_sum"] is not None:
             assert amount == Decimal(totals["amount_sum"]), source

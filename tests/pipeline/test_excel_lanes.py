@@ -82,8 +82,8 @@ def raw_rows(db, sheet) -> list[tuple]:
 
 
 def lanes(db, path, name: str):
-    reader = ExcelReader(path, "book.xlsx", ReadOptions(sheets=[name], header_row=3), COLUMNS, TABLE,
-                         {"ref", "day", "amount", "qty"})
+    reader = ExcelReader(path=path, display="book.xlsx", options=ReadOptions(sheets=[name], header_row=3),
+                         columns=COLUMNS, table=TABLE, required={"ref", "day", "amount", "qty"})
     arrow, _ = reader._arrow_sheet(name)
     cell = reader._calamine_sheet(reader._workbook, name)
     return arrow, cell

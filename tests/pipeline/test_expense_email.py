@@ -1,5 +1,6 @@
 """The operations email: the real handler in-process against the real marts (reporting role, from Secrets
-Manager), configuration from S3, SES and the idempotency claim in the moto server."""
+Manager), configuration from S3, SES and the idempotency claim in the moto server; and `playbook report`,
+which invokes the deployed function."""
 
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ import pytest
 from pipeline.money import format_money
 from playbook.config import load_config
 from playbook.settings import PROJECT_ROOT
+from tests.pipeline.email_handler import send_expense_email_locally
 from tests.reporting_data import reporting_url, synthetic_company
 
 pytestmark = pytest.mark.stack
@@ -40,8 +42,8 @@ def config():
 
 @pytest.fixture(scope="module")
 def environment(stack, company, config) -> dict[str, str]:
-    from playbook.reports.email import ensure_email_resources
     from playbook.warehouse import REPORTING_ROLE, secret_arn
+    from tests.pipeline.email_handler import ensure_email_resources
 
     reporting_url(stack["database_url"])  # the reporting role's login and its secret playbook/db/reporting
     return ensure_email_resources(config, secret_arn(REPORTING_ROLE), bucket=BUCKET)
@@ -82,8 +84,6 @@ def per_send(config) -> int:
 
 
 def test_email_parts_recipients_and_totals(stack, environment, config, tmp_path):
-    from playbook.reports.email import send_expense_email_locally
-
     event = {"period": "custom", "from": "2024-04-01", "to": "2024-04-30", "run_key": "test-april-2024"}
     before = sent_so_far()
     result = send_expense_email_locally(ARTIFACTS, event, environment)
@@ -119,8 +119,6 @@ def test_email_parts_recipients_and_totals(stack, environment, config, tmp_path)
 
 
 def test_same_run_key_sends_nothing_more(environment, tmp_path):
-    from playbook.reports.email import send_expense_email_locally
-
     event = {"period": "day", "run_key": "test-once"}
     first = send_expense_email_locally(tmp_path / "first", event, environment)
     before = sent_so_far()
@@ -132,8 +130,6 @@ def test_same_run_key_sends_nothing_more(environment, tmp_path):
 
 
 def test_scheduled_event_reports_the_days_before_its_time(environment, stack):
-    from playbook.reports.email import send_expense_email_locally
-
     # 07:00 UTC on 21 May is 08:00 in London (BST): the default week is the 7 complete days before
     event = {"id": "0d1f-test-a", "detail-type": "Scheduled Event", "source": "aws.events",
              "time": "2024-05-21T07:00:00Z"}
@@ -167,7 +163,7 @@ def test_handler_package_does_not_import_the_playbook():
                    env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(PROJECT_ROOT / "lambda_src")})
 
 
-def test_cli_report_sends_the_email_into_the_run_folder(stack, environment, config, tmp_path, capsys):
+def test_cli_report_sends_the_email_into_the_run_folder(stack, environment, config, pipeline_stack, tmp_path, capsys):
     from playbook.cli import main
 
     conn = psycopg2.connect(stack["database_url"])
@@ -274,3 +270,98 @@ def test_the_race_sends_twice_when_the_claim_is_not_conditional(environment, con
                                                      "run_key": "test-race-unconditional"}, unconditional=True)
     assert [r["status"] for r in results] == ["sent", "sent"] and len(sends) == 2
     assert sent_so_far() - before == 2 * per_send(config)
+
+
+def allowed(statements: list[dict], action: str, resource: str, params: dict) -> bool:
+    """Whether an Allow statement of a (resolved) policy grants the call: its action, a resource its patterns
+    match, and every condition the templates use (Null on s3:if-none-match, StringEquals on ses:FromAddress)."""
+    import fnmatch
+
+    def holds(condition: dict) -> bool:
+        for operator, tests in condition.items():
+            for key, value in tests.items():
+                if (operator, key) == ("Null", "s3:if-none-match"):
+                    if ("IfNoneMatch" not in params) != (value == "true"):
+                        return False
+                elif (operator, key) == ("StringEquals", "ses:FromAddress"):
+                    if params.get("Source") != value:
+                        return False
+                else:
+                    raise AssertionError(f"a condition this check does not evaluate: {operator} {key}")
+        return True
+
+    for s in statements:
+        actions = s["Action"] if isinstance(s["Action"], list) else [s["Action"]]
+        patterns = s["Resource"] if isinstance(s["Resource"], list) else [s["Resource"]]
+        if s["Effect"] == "Allow" and action in actions and any(fnmatch.fnmatchcase(resource, p) for p in patterns) \
+                and holds(s.get("Condition", {})):
+            return True
+    return False
+
+
+def test_the_email_function_s_role_allows_each_call_the_handler_makes_and_nothing_it_does_not(
+        environment, config, monkeypatch):
+    """The handler's AWS calls over a run that sends, the same run again, and a run whose send fails (its claim
+    released), checked against the role the pipeline template gives the deployed function (resolved for this
+    test's bucket and secret): every call is allowed, and every S3 or SES action the role grants was needed."""
+    from botocore.exceptions import ClientError
+
+    from pipeline import db as handler_db
+    from pipeline.handlers.send_expense_email import handler
+    from playbook.stand_ins import Context, Resolver
+    from playbook.templates import render_pipeline
+
+    calls: list[tuple[str, str, dict]] = []
+    real_client = boto3.client
+    failing = {"send": False}
+
+    def fail_the_send(**_):
+        if failing["send"]:
+            raise ClientError({"Error": {"Code": "Throttling", "Message": "the send fails on purpose"}},
+                              "SendRawEmail")
+
+    def client(service, *args, **kwargs):
+        built = real_client(service, *args, **kwargs)
+        built.meta.events.register("before-parameter-build", lambda params, model, **_: calls.append(
+            (service, model.name, dict(params))))
+        if service == "ses":
+            built.meta.events.register("before-call.ses.SendRawEmail", fail_the_send)
+        return built
+
+    for name, value in environment.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setattr(boto3, "client", client)
+    handler_db._secret.cache_clear()  # read the secret again, as a new execution environment does
+    event = {"period": "custom", "from": "2024-05-01", "to": "2024-05-07", "run_key": "test-policy"}
+    assert handler(dict(event), None)["status"] == "sent"
+    assert handler(dict(event), None)["status"] == "skipped"
+    failing["send"] = True
+    with pytest.raises(ClientError, match="on purpose"):
+        handler({**event, "run_key": "test-policy-failing"}, None)
+    monkeypatch.setattr(boto3, "client", real_client)
+
+    region, account = boto3.session.Session().region_name, boto3.client("sts").get_caller_identity()["Account"]
+    template = render_pipeline(config)
+    ctx = Context(stack="test", template=template, physical={}, region=region, account=account,
+                  parameters={"Prefix": "test", "ArtifactBucket": BUCKET, "SenderIdentity": config.reports.email.sender,
+                              "ReportingDatabaseSecretArn": environment["DB_SECRET_ARN"]})
+    statements = [s for s in template["Resources"]["SendExpenseEmailRole"]["Properties"]["Policies"][0]
+                  ["PolicyDocument"]["Statement"] if not s["Sid"].startswith(("WriteOwnLogs", "DeadLetters"))]
+    statements = Resolver(ctx)(statements)
+    actions = {("s3", "HeadObject"): "s3:GetObject", ("s3", "GetObject"): "s3:GetObject",
+               ("s3", "PutObject"): "s3:PutObject", ("s3", "DeleteObject"): "s3:DeleteObject",
+               ("ses", "SendRawEmail"): "ses:SendRawEmail",
+               ("secretsmanager", "GetSecretValue"): "secretsmanager:GetSecretValue"}
+    used = set()
+    for service, operation, params in calls:
+        action = actions[(service, operation)]
+        resource = {"s3": lambda p: f"arn:aws:s3:::{p['Bucket']}/{p['Key']}",
+                    "ses": lambda p: f"arn:aws:ses:{region}:{account}:identity/{p['Source']}",
+                    "secretsmanager": lambda p: p["SecretId"]}[service](params)
+        assert allowed(statements, action, resource, params), f"{operation} {resource} is not allowed"
+        used.add(action)
+    assert used == {"s3:GetObject", "s3:PutObject", "s3:DeleteObject", "ses:SendRawEmail",
+                    "secretsmanager:GetSecretValue"}
+    granted = {a for s in statements for a in ([s["Action"]] if isinstance(s["Action"], str) else s["Action"])
+               if a.startswith(("s3:", "ses:"))}
+    assert granted <= used, f"granted and never used: {granted - used}"

@@ -45,7 +45,7 @@ def test_clean_file_loads_with_lineage_and_a_reconciling_ledger(landing):
     entry = ledger(landing, result["batch_id"])
     assert reconciles(entry) and entry["amount_loaded"] == Decimal("21.70")
     rows = landing.query("select client_id, amount, _source, _source_ref, _source_row, _batch_id, length(_row_hash) "
-                         "from core.sales order by order_id, line_no")
+                         "from core.sales_lineage order by order_id, line_no")
     assert rows[0][:5] == ("00042", Decimal("21.00"), "sales", f"s3://{landing.bucket}/landing/sales/2024/a.csv"
                            + f"?versionId={rows[0][3].split('versionId=')[1]}", 2)
     assert {r[5] for r in rows} == {result["batch_id"]} and {r[6] for r in rows} == {32}
@@ -291,6 +291,25 @@ def test_white_space_of_every_kind_is_trimmed_and_old_mac_line_ends_read(landing
         ("a carriage return alone, read as line breaks",)]
 
 
+def test_each_batch_keeps_the_plan_it_followed(landing):
+    """What the loader decided for each delivery, in its ledger row: a first load straight in, typed in the
+    handler; the same rows again known without typing; a change merged; a layout only SQL reads."""
+    def plan(result):
+        return landing.query("select plan from meta.batches where batch_id = %s", (result["batch_id"],))[0][0]
+
+    rows = ["SO-1,1,2024-01-05,00042,Widget,2,10.57,21.14,GBP", "SO-2,1,2024-01-05,00043,Widget,1,3.09,3.09,GBP"]
+    first = plan(landing.ingest("landing/sales/2024/p1.csv", sales(*rows)))
+    assert first["into"].startswith("an empty table: its rows straight in")
+    assert first["typing"] == ["typed in the handler: rows in their types' own spellings; the rest in SQL"]
+    again = plan(landing.ingest("landing/sales/2024/p1-copy.csv", sales(*reversed(rows))))
+    assert again["into"].startswith("merged") and again["typing"] == [
+        "a loaded batch's rows again, every one as core holds it (2 rows): nothing typed, inserted or updated"]
+    costs = plan(landing.ingest("landing/costs/2024/p.csv", b"Expense ID;Date;Category;Supplier;Amount\n"
+                                                            b"EX-1;03/01/2024;Rent;Harbour Estates;4.250,07\n"))
+    assert costs["typing"] == ["typed in SQL the careful way (the layout's spellings are rewritten)"]
+    assert costs["date_order"] == "read.date_format %d/%m/%Y"
+
+
 def test_leading_zero_ids_and_header_matching_ignore_case_and_spaces(landing):
     body = (b"  client code ,CLIENT NAME,Segment,Country,Since\n"
             b"00042,Acme Ltd,SME,GB,2020-05-01\n007,Bond & Co,Enterprise,GB,\n")
@@ -318,7 +337,7 @@ def test_hostile_names_stay_inert(landing):
     body = (header + "SO-1,1,2024-01-05,00042,'; drop table core.sales; --,1,1.00,1.00,GBP,evil\n").encode()
     key = "landing/sales/2024/x'); drop table core.sales; --.csv"
     assert landing.ingest(key, body)["rows_inserted"] == 1
-    assert landing.query("select product, _source_ref like %s from core.sales", ("%drop table%",)) == [
+    assert landing.query("select product, _source_ref like %s from core.sales_lineage", ("%drop table%",)) == [
         ("'; drop table core.sales; --", True)]
     assert landing.query("select count(*) from pg_tables") == tables_before
 

@@ -63,7 +63,7 @@ def test_payment_sheets_load_and_the_rest_is_ignored(landing):
     assert (result["rows_read"], result["rows_inserted"], result["rows_skipped"]) == (4, 4, 2)
     assert result["amount_loaded"] == Decimal("1312.89")  # 1200.5 + 0.1 + 99.99 + 12.3, exactly
     rows = landing.query("select payment_id, payment_date::text, client_id, amount, _source_ref, _source_row "
-                         "from core.payments order by payment_id")
+                         "from core.payments_lineage order by payment_id")
     assert rows[0][:4] == ("P-1", "2024-01-03", "00042", Decimal("1200.5"))
     assert rows[0][4].endswith("#Payments - Barclays") and rows[0][5] == 5
     assert rows[3][2] == "007" and rows[3][4].endswith("#Payments - HSBC")
@@ -75,7 +75,8 @@ def test_one_sheet_into_an_empty_table_goes_straight_in_as_the_staged_merge_woul
     the staged way even into an empty table, and says so in its ledger."""
     def outcome(batch_id):
         rows = landing.query("select payment_id, payment_date, client_id, invoice_ref, method, amount, _source_ref,"
-                             " _source_row, _row_hash from core.payments where _batch_id = %s order by 1", (batch_id,))
+                             " _source_row, _row_hash from core.payments_lineage where _batch_id = %s order by 1",
+                             (batch_id,))
         reasons = landing.query("select source_row, reason from meta.quarantine where batch_id = %s order by 1",
                                 (batch_id,))
         return rows, reasons, ledger(landing, batch_id)
@@ -177,5 +178,5 @@ def test_hostile_sheet_names_stay_inert(landing):
     body = workbook({name: [payment("P-1", 1.0)]})
     tables = landing.query("select count(*) from pg_tables")
     assert landing.ingest("landing/payments/2024/evil.xlsx", body)["rows_inserted"] == 1
-    assert landing.query("select _source_ref like %s from core.payments", (f"%#{name}",)) == [(True,)]
+    assert landing.query("select _source_ref like %s from core.payments_lineage", (f"%#{name}",)) == [(True,)]
     assert landing.query("select count(*) from pg_tables") == tables

@@ -75,7 +75,7 @@ def as_csv(rows: list[list[str]], seed: int, delimiter: str = ",", crlf: bool = 
 
 def outcome(landing, batch_id: int) -> tuple:
     rows = landing.query(f"select {', '.join(COLUMNS)}, _source, _source_ref like 's3://%%', _source_row, _row_hash, "
-                         "_batch_id = %s from core.sales order by order_id, line_no", (batch_id,))
+                         "_batch_id = %s from core.sales_lineage order by order_id, line_no", (batch_id,))
     reasons = landing.query("select source_row, reason, reason_code, raw from meta.quarantine where batch_id = %s "
                             "order by source_row, reason", (batch_id,))
     entry = ledger(landing, batch_id)
@@ -286,8 +286,8 @@ def text_workbook(sheets: dict[str, list[list]]) -> bytes:
 
 def payments_outcome(landing, batch_id: int) -> tuple:
     rows = landing.query("select payment_id, payment_date, client_id, invoice_ref, method, amount, _source, "
-                         "_source_ref like 's3://%%', _source_row, _row_hash, _batch_id = %s from core.payments "
-                         "order by payment_id", (batch_id,))
+                         "_source_ref like 's3://%%', _source_row, _row_hash, _batch_id = %s "
+                         "from core.payments_lineage order by payment_id", (batch_id,))
     reasons = landing.query("select source_row, source_ref like '%%#%%', reason, reason_code, raw from "
                             "meta.quarantine where batch_id = %s order by source_ref, source_row, reason", (batch_id,))
     return rows, reasons, ledger(landing, batch_id)

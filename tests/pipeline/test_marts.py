@@ -336,7 +336,7 @@ def test_a_failing_refresh_keeps_the_previous_snapshot_records_the_error_and_rai
         refresh_marts(db)
 
 
-def test_the_refresh_command_prints_rows_and_seconds_per_mart(loaded, db, capsys):
+def test_the_refresh_command_prints_rows_and_seconds_per_mart(loaded, db, pipeline_stack, capsys):
     from playbook.cli import main
 
     assert main(["refresh"]) == 0

@@ -398,7 +398,7 @@ def _stored_as(body: bytes, digits: dict[str, str]) -> bytes:
 
 def payment_rows(landing, batch_id: int) -> list[tuple]:
     """(sheet of the ref, row, payment id, client, amount) of the batch's rows, by sheet and row."""
-    rows = landing.query("select _source_ref, _source_row, payment_id, client_id, amount from core.payments "
+    rows = landing.query("select _source_ref, _source_row, payment_id, client_id, amount from core.payments_lineage "
                          "where _batch_id = %s", (batch_id,))
     return sorted((ref.rsplit("#", 1)[1], row, pid, client, amount) for ref, row, pid, client, amount in rows)
 
@@ -640,7 +640,7 @@ def test_an_api_window_keeps_the_last_digit_of_json_numbers(request, monkeypatch
     assert summary["records"] == 10 and summary["pages"] == 4
     landing = demo.landing
     rows = landing.query("select order_id, line_no, unit_price, amount, _source_row, _source_ref like '%%#pages 1-4' "
-                         "from core.sales where _batch_id = %s order by _source_row", (batch,))
+                         "from core.sales_lineage where _batch_id = %s order by _source_row", (batch,))
     assert rows == [(o, n, D(price), amount, row, True) for row, (o, n, _, price, _, amount) in
                     enumerate(API_LINES, start=1) if amount > 0]
     assert [r for _, r in quarantined(landing, batch)] == [9]

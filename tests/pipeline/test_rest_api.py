@@ -153,7 +153,7 @@ def test_every_pagination_style_loads_the_same_records(business, company, style)
         "2024-01-01", "2024-01-15", "rest_api")
     assert entry["source_ref"] == (f"{business.api.url}/v1/orders?paging={STYLES[style][0]}"
                                    "&updated_since=2024-01-01T00%3A00%3A00Z&updated_before=2024-01-15T00%3A00%3A00Z")
-    refs = business.landing.query("select distinct _source, _source_ref from core.sales")
+    refs = business.landing.query("select distinct _source, _source_ref from core.sales_lineage")
     assert refs == [("sales_api", f"{entry['source_ref']}#pages 1-{summary['pages']}")]
     # the window is committed: the cursor moved to its end
     assert business.state()[0]["next_from"] == "2024-01-15T00:00:00+00:00"
@@ -363,7 +363,7 @@ def test_the_secret_is_read_from_secrets_manager_and_never_logged(business):
     stored = business.landing.query(
         "select string_agg(coalesce(source_ref, '') || coalesce(error, ''), ' ') from meta.batches")[0][0]
     stored += business.landing.query("select string_agg(distinct _source_ref, ' ') || string_agg(cursor::text, ' ') "
-                                     "from core.operating_costs, meta.source_state")[0][0]
+                                     "from core.operating_costs_lineage, meta.source_state")[0][0]
     assert "/v1/costs?" in stored and token not in stored
     # the configuration holds only the secret's name
     assert token not in json.dumps(load_config(EXAMPLE).model_dump(mode="json"))
@@ -400,10 +400,12 @@ def _window() -> dict:
     return {"start": WINDOW["from"], "end": WINDOW["to"]}
 
 
-def test_a_page_that_repeats_is_caught_by_validation_where_it_happened(business, tmp_path):
+def test_a_page_that_repeats_is_caught_by_validation_where_it_happened(business, pipeline_stack, tmp_path):
     """The seeded API defect: the batch fails whole, and validation reports the failed window with the URL and
-    the loader's words until a later run loads it."""
+    the loader's words until a later run loads it. (Validation refreshes stale marts through the local target's
+    deployed refresh function: the tests' provisioned pipeline, on the same warehouse.)"""
     from playbook.accuracy import AccuracyBreach, validate
+    from playbook.targets import LocalTarget
 
     business.configure(style="next_url")
     business.api.set_fault("repeat_cursor")
@@ -412,7 +414,7 @@ def test_a_page_that_repeats_is_caught_by_validation_where_it_happened(business,
             business.run({"source": "sales_api", **WINDOW})
     config = load_config(EXAMPLE)
     with pytest.raises(AccuracyBreach) as breach:
-        validate(business.landing.database_url, config, out_dir=tmp_path)
+        validate(business.landing.database_url, config, out_dir=tmp_path, target=LocalTarget())
     (failed,) = breach.value.report.by_check("failed_batches") and [
         r for r in breach.value.report.by_check("failed_batches") if r.subject == "sales_api"]
     assert failed.status == "fail" and failed.observed == 1
@@ -422,7 +424,7 @@ def test_a_page_that_repeats_is_caught_by_validation_where_it_happened(business,
     # loaded later by a wider window (not the same URL): the finding is gone
     business.api.clear_faults()
     business.run({"source": "sales_api", "from": WINDOW["from"], "to": "2024-02-01"})
-    again = validate(business.landing.database_url, config, out_dir=tmp_path, thresholds={
+    again = validate(business.landing.database_url, config, out_dir=tmp_path, target=LocalTarget(), thresholds={
         k: 10**6 for k in ("max_quarantined_rows", "max_orphans", "max_missed_deliveries")})
     assert [r.status for r in again.by_check("failed_batches") if r.subject == "sales_api"] == ["pass"]
 

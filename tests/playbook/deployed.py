@@ -75,9 +75,9 @@ def probe_zip() -> bytes:
 
 
 def outputs() -> dict[str, str]:
-    from playbook.stack_outputs import stack_outputs
+    from playbook.targets import LocalTarget
 
-    return stack_outputs("local")
+    return LocalTarget().outputs()
 
 
 _provisioned: dict[str, dict[str, str]] = {}  # state dir -> outputs: provisioned once per stack
@@ -85,16 +85,20 @@ _provisioned: dict[str, dict[str, str]] = {}  # state dir -> outputs: provisione
 
 @contextlib.contextmanager
 def provisioned_pipeline() -> Iterator[dict[str, str]]:
-    """The pipeline provisioned on the session's local stack under prefix pbrt (its outputs), plus the probe
-    functions; PLAYBOOK_STACK_PREFIX names it meanwhile. Provisioned once per stack and reused."""
+    """The pipeline provisioned on the session's local stack under prefix pbrt (its outputs), its migrate function
+    run (the roles' logins), plus the probe functions; PLAYBOOK_STACK_PREFIX names it meanwhile. Provisioned once
+    per stack and reused."""
     from playbook.provision import provision
+    from playbook.targets import resolve_target
 
     saved = os.environ.get("PLAYBOOK_STACK_PREFIX")
     os.environ["PLAYBOOK_STACK_PREFIX"] = PREFIX
     try:
         key = os.environ["PLAYBOOK_STATE_DIR"]
         if key not in _provisioned:
-            result = provision("local")
+            target = resolve_target("local")
+            result = provision(target)
+            target.migrate()
             deploy_probes(result.outputs["ArtifactBucketName"])
             _provisioned[key] = result.outputs
         yield _provisioned[key]

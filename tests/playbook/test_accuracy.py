@@ -3,6 +3,7 @@ caught where defects.json says it is, alone and all together; `playbook validate
 
 The clean deliveries are loaded once into a template database; each case is a copy of it (CREATE DATABASE
 ... TEMPLATE) with the files the defects touch loaded on top, as that case delivers them, by the ingest role.
+No deployed function serves a copy: its marts are refreshed by the procedure the refresh function calls.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from playbook.accuracy import AccuracyBreach, ValidationReport, validate
 from playbook.config import load_config
 from playbook.demo import DEFECT_KINDS, deliver, generate
 from playbook.demo.delivery import delivery_plan
+from playbook.targets import LocalTarget
 
 pytestmark = pytest.mark.stack
 
@@ -129,10 +131,36 @@ def warehouse(stack, tmp_path_factory):
         wh.drop_all()
 
 
+class CopyTarget(LocalTarget):
+    """The local target of a copy of the warehouse, which no deployed function serves: its refresh is
+    CALL marts.refresh(), what the refresh function calls, on the copy."""
+
+    def __init__(self, url: str):
+        super().__init__()
+        self.url = url
+
+    def database_url(self) -> str:
+        return self.url
+
+    def refresh_marts(self, log_dir=None) -> dict:
+        refresh_copy(self.url)
+        return {"status": "ok"}
+
+
+def refresh_copy(url: str) -> None:
+    conn = psycopg2.connect(url)
+    conn.autocommit = True
+    try:
+        with conn.cursor() as cur:
+            cur.execute("call marts.refresh()")
+    finally:
+        conn.close()
+
+
 def run(url: str, out: Path, **kwargs) -> ValidationReport:
     """validate(), returning the report whether or not it breached (the breach is asserted by the caller)."""
     try:
-        report = validate(url, run_id=f"test-{uuid.uuid4().hex[:8]}", out_dir=out, **kwargs)
+        report = validate(url, run_id=f"test-{uuid.uuid4().hex[:8]}", out_dir=out, target=CopyTarget(url), **kwargs)
         report.breached = False
     except AccuracyBreach as exc:
         report = exc.report
@@ -256,6 +284,7 @@ def test_playbook_validate_exits_non_zero_on_a_breach_and_keeps_results_and_repo
     from playbook.cli import main
 
     url = warehouse.copy(warehouse.template, warehouse.root / "all")
+    refresh_copy(url)  # as the refresh function would after the loads: the command finds its marts fresh
     monkeypatch.setenv("PLAYBOOK_DATABASE_URL", url)
     assert main(["validate", "--run-id", "breach-run", "--out", str(tmp_path / "run")]) == 1
     printed = capsys.readouterr().out
@@ -275,6 +304,7 @@ def test_playbook_validate_exits_non_zero_on_a_breach_and_keeps_results_and_repo
     assert orphan[3] == 1 and orphan[4] == 0 and orphan[5]["findings"][0]["client_id"] == "99999"
 
     clean = warehouse.copy(warehouse.template, warehouse.root / "clean")
+    refresh_copy(clean)
     monkeypatch.setenv("PLAYBOOK_DATABASE_URL", clean)
     assert main(["validate", "--run-id", "clean-run", "--out", str(tmp_path / "clean")]) == 0
     assert (tmp_path / "clean" / "accuracy.md").exists()

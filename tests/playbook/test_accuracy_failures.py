@@ -67,8 +67,7 @@ def add_batch(cur, source: str, key: str | None = None, version: str = "v1", sta
 
 def add_row(cur, table: str, batch: dict, row: int | None, sheet: str | None = None, **values) -> None:
     """One core row written by `batch`, from row `row` (and `sheet`) of its file."""
-    lineage = {"_batch_id": batch["batch_id"], "_source": batch["source"],
-               "_source_ref": batch["source_ref"] + (f"#{sheet}" if sheet else ""), "_source_row": row,
+    lineage = {"_batch_id": batch["batch_id"], "_sheet": sheet, "_source_row": row,
                "_row_hash": f"hash-{batch['batch_id']}-{row}"}
     columns = {**values, **lineage}
     cur.execute(sql.SQL("insert into {} ({}) values ({})").format(
@@ -228,14 +227,18 @@ def test_marts_match_core_fails_on_marts_that_differ_from_core(cur, db):
 
 
 def run_validate(stack, tmp_path: Path, **kwargs):
-    """validate()'s report, and whether it raised AccuracyBreach."""
+    """validate()'s report, and whether it raised AccuracyBreach; stale marts are refreshed by the local target's
+    deployed refresh function (the tests' provisioned pipeline)."""
+    from playbook.targets import LocalTarget
+
     try:
-        return validate(stack["database_url"], config=CONFIG, out_dir=tmp_path, **kwargs), False
+        return validate(stack["database_url"], config=CONFIG, out_dir=tmp_path, target=LocalTarget(), **kwargs), False
     except AccuracyBreach as exc:
         return exc.report, True
 
 
 def test_marts_fresh_fails_on_marts_older_than_the_newest_batch_when_validate_does_not_refresh(cur, db, stack,
+                                                                                                pipeline_stack,
                                                                                                 tmp_path):
     """The marts are refreshed, then a batch commits (it loaded nothing, so the marts still equal core). With
     refresh=False every mart is reported stale, naming its last refresh and the newest batch's time, and
@@ -384,11 +387,10 @@ def test_changed_rows_fails_on_a_row_changed_after_its_first_load(cur):
         add_row(cur, "sales", first, row, order_id=order, line_no=1, order_date="2024-01-05", client_id="C1",
                 quantity=2, unit_price=Decimal("5.00"), amount=Decimal("10.00"))
     second = add_batch(cur, "sales", key, version="v2", rows_read=2, rows_updated=1, rows_unchanged=1)
-    cur.execute("update core.sales set quantity = 3, amount = 15.00, _batch_id = %s, _source_ref = %s, "
-                "_source_row = 5, _row_hash = 'changed' where order_id = 'SO-1'",
-                (second["batch_id"], second["source_ref"]))
-    cur.execute("update core.sales set _batch_id = %s, _source_ref = %s where order_id = 'SO-2'",
-                (second["batch_id"], second["source_ref"]))  # the same row hash: nothing kept as history
+    cur.execute("update core.sales set quantity = 3, amount = 15.00, _batch_id = %s, "
+                "_source_row = 5, _row_hash = 'changed' where order_id = 'SO-1'", (second["batch_id"],))
+    cur.execute("update core.sales set _batch_id = %s where order_id = 'SO-2'",
+                (second["batch_id"],))  # the same row hash: nothing kept as history
     results = ledger.changed_rows(cur, ledger.committed_batches(cur), LIMITS)
     r = one(results, "changed_rows", "core.sales")
     assert (r.status, r.observed) == ("fail", 1)
@@ -409,16 +411,16 @@ def dated_rows(cur, source: str, table: str, spans: list[tuple[str, str, str]]) 
     for key, first, last in spans:
         batch = add_batch(cur, source, key)
         if table == "operating_costs":
-            cur.execute("insert into core.operating_costs (cost_id, cost_date, category, amount, _batch_id, _source,"
-                        " _source_ref, _source_row, _row_hash) select 'EX-' || d::date, d::date, 'Rent', 1, %s, %s, "
-                        "%s, 2, 'h' || d from generate_series(%s::date, %s::date, interval '1 day') d",
-                        (batch["batch_id"], source, batch["source_ref"], first, last))
+            cur.execute("insert into core.operating_costs (cost_id, cost_date, category, amount, _batch_id,"
+                        " _source_row, _row_hash) select 'EX-' || d::date, d::date, 'Rent', 1, %s, "
+                        "2, 'h' || d from generate_series(%s::date, %s::date, interval '1 day') d",
+                        (batch["batch_id"], first, last))
         else:
             cur.execute("insert into core.sales (order_id, line_no, order_date, client_id, quantity, unit_price, "
-                        "amount, _batch_id, _source, _source_ref, _source_row, _row_hash) select 'SO-' || d::date, 1, "
-                        "d::date, 'C1', 1, 1, 1, %s, %s, %s, 2, 'h' || d "
+                        "amount, _batch_id, _source_row, _row_hash) select 'SO-' || d::date, 1, "
+                        "d::date, 'C1', 1, 1, 1, %s, 2, 'h' || d "
                         "from generate_series(%s::date, %s::date, interval '1 day') d",
-                        (batch["batch_id"], source, batch["source_ref"], first, last))
+                        (batch["batch_id"], first, last))
         batches.append(batch)
     return batches
 

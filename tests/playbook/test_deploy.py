@@ -13,6 +13,7 @@ import boto3
 from playbook import runtime
 from playbook.deploy import deploy, pipeline_functions
 from playbook.package import LAMBDA_SRC
+from playbook.targets import LocalTarget
 from tests.playbook.deployed import PREFIX
 
 
@@ -35,7 +36,7 @@ def test_changed_code_reaches_every_function_once_and_the_runtime_runs_it_cold(p
     refresh = pipeline_stack["RefreshMartsFunctionName"]
     assert runtime.invoke(refresh, {}).ok  # leaves a warm environment of the code before the deploy
     try:
-        changed = deploy("local", source=source)
+        changed = deploy(LocalTarget(), source=source)
         assert changed.functions == dict.fromkeys(functions, "updated")
         for name in functions:
             assert lam.get_function_configuration(FunctionName=name)["CodeSha256"] == changed.code_sha256
@@ -44,7 +45,7 @@ def test_changed_code_reaches_every_function_once_and_the_runtime_runs_it_cold(p
         after = runtime.invoke(refresh, {})
         assert after.ok and after.init_ms is not None, "new code starts cold: no environment of the old code"
         assert after.code_sha256 == changed.code_sha256
-        again = deploy("local", source=source)
+        again = deploy(LocalTarget(), source=source)
         assert again.functions == dict.fromkeys(functions, "unchanged") and not again.changed
     finally:
         restored = playbook_deploy()  # the real lambda_src again, through the CLI

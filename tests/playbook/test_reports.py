@@ -273,6 +273,7 @@ def test_on_aws_the_reports_log_in_with_the_reporting_secret_at_the_proxy(report
     import boto3
 
     from playbook.stages import reporting_url as stage_reporting_url
+    from playbook.targets import AwsTarget
     from playbook.warehouse import REPORTING_ROLE, SECRET_NAMES
 
     secrets = boto3.client("secretsmanager")
@@ -281,12 +282,12 @@ def test_on_aws_the_reports_log_in_with_the_reporting_secret_at_the_proxy(report
     password = urlsplit(reporting).password
     monkeypatch.setenv("PLAYBOOK_DATABASE_URL", "postgresql://playbook_owner:x@proxy.example:5433/playbook"
                                                 "?sslmode=require")
-    assert urlsplit(stage_reporting_url("aws"))[1:] == \
+    assert urlsplit(stage_reporting_url(AwsTarget()))[1:] == \
         (f"{REPORTING_ROLE}:{password}@proxy.example:5433", "/playbook", "sslmode=require", "")
     secrets.put_secret_value(SecretId=name, SecretString=json.dumps({"username": REPORTING_ROLE,
                                                                      "password": "from-rds-form"}))
     try:
-        url = urlsplit(stage_reporting_url("aws"))
+        url = urlsplit(stage_reporting_url(AwsTarget()))
         assert (url.username, url.password, url.hostname, url.port) == \
             (REPORTING_ROLE, "from-rds-form", "proxy.example", 5433)
     finally:
@@ -295,6 +296,7 @@ def test_on_aws_the_reports_log_in_with_the_reporting_secret_at_the_proxy(report
 
 def test_on_aws_the_reports_stage_leaves_the_email_to_its_scheduled_function(config, tmp_path):
     from playbook.stages import send_expense_email
+    from playbook.targets import AwsTarget
 
-    assert send_expense_email("aws", tmp_path, config)["status"] == "skipped"
+    assert send_expense_email(AwsTarget(), tmp_path, config)["status"] == "skipped"
     assert not list(tmp_path.iterdir())

@@ -74,8 +74,8 @@ def source_for(event: dict, config: PipelineConfig) -> tuple[str, SourceConfig]:
     source = config.sources.get(name)
     if source is None:
         raise LoadError(f"source {name!r} is not in the configuration (sources: {', '.join(config.sources)})")
-    if source.kind != "rest_api":
-        raise LoadError(f"source {name!r} is a {source.kind} source, not rest_api")
+    if source.delivers != "api":
+        raise LoadError(f"source {name!r} is a {source.kind} source: its deliveries are files, not API windows")
     return name, source
 
 

@@ -18,9 +18,8 @@ from pipeline.logs import get_logger, log
 from pipeline.model import TABLES
 from pipeline.runtime_config import pipeline_config
 from pipeline.sources import LoadError
-from pipeline.sources.excel import ExcelReader
+from pipeline.sources.kinds import source_kind
 from pipeline.sources.objects import ObjectRef, download, head, objects_in_event
-from pipeline.sources.s3_csv import CsvReader
 
 logger = get_logger("pipeline.ingest_object")
 COMMIT_MARGIN_S = 5.0
@@ -37,14 +36,14 @@ def _remaining(context) -> callable:
 
 
 def reader_for(delivery: Delivery, path):
+    """The source kind's reader of a delivered file (pipeline.sources.kinds)."""
     cfg = delivery.config
+    kind = source_kind(cfg.kind)
+    if kind.delivers != "files":
+        raise LoadError(f"{delivery.display}: a {cfg.kind} source does not take files")
     table = TABLES[cfg.table]
-    required = {c.name for c in table.columns if c.required}
-    if cfg.kind == "excel":
-        return ExcelReader(path, delivery.display, cfg.read, cfg.columns, table, required)
-    if cfg.kind == "s3_csv":
-        return CsvReader(path, delivery.display, cfg.read, cfg.columns, required, table)
-    raise LoadError(f"{delivery.display}: source kind {cfg.kind!r} does not deliver files")
+    return kind.reader_class()(path=path, display=delivery.display, options=cfg.read, columns=cfg.columns,
+                               table=table, required={c.name for c in table.columns if c.required})
 
 
 def ingest(conn, config: PipelineConfig, ref: ObjectRef, remaining, request_id: str | None = None) -> dict:

@@ -107,6 +107,11 @@ def copy_pieces(cur, statement: str, pieces: Iterator[str] | Iterator[bytes], en
 
 
 class Reader(Protocol):
+    """What the loader reads a delivery with: its sheets, and whether it is one sheet (a file, or a workbook of
+    one chosen sheet), which a first load may put straight into its empty table."""
+
+    one_sheet: bool
+
     def sheets(self) -> Iterator[RawSheet]: ...
 
 

@@ -247,7 +247,7 @@ def _xml_unescape(text: str) -> str:
 
 
 class ExcelReader:
-    def __init__(self, path: Path, display: str, options: ReadOptions, columns: dict[str, str], table: Table,
+    def __init__(self, *, path: Path, display: str, options: ReadOptions, columns: dict[str, str], table: Table,
                  required: set[str]):
         self.path, self.display, self.options = path, display, options
         self.columns, self.table, self.required = columns, table, required

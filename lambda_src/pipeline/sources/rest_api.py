@@ -216,6 +216,10 @@ class ApiClient:
 class ApiReader:
     """One window of one resource: `fetch()` walks the pages, `sheets()` gives the loader one raw sheet."""
 
+    # a window's records merge with the rows earlier windows loaded: never straight into an empty table, never
+    # a re-export of one batch
+    one_sheet = False
+
     def __init__(self, source: str, options: ApiOptions, columns: dict[str, str], required: set[str],
                  window: tuple[datetime | None, datetime | None], resume: dict | None = None,
                  remaining: Callable[[], float] | None = None, client: ApiClient | None = None):

@@ -84,8 +84,8 @@ class CsvTyping:
 
 
 class CsvReader:
-    def __init__(self, path: Path, display: str, options: ReadOptions, columns: dict[str, str], required: set[str],
-                 table: Table | None = None):
+    def __init__(self, *, path: Path, display: str, options: ReadOptions, columns: dict[str, str], table: Table,
+                 required: set[str]):
         self.path, self.display, self.options = path, display, options
         self.columns, self.required, self.table = columns, required, table
         self.plan: dict = {}  # what was decided about the file (its encoding, its quotes), for the ledger
@@ -146,7 +146,7 @@ class CsvReader:
                                    "literal character; records read one by one")
             yield self.parsed_sheet()
             return
-        lane = csv_lane.lane_for(self.table, mapping, self.options, len(header)) if self.table else None
+        lane = csv_lane.lane_for(self.table, mapping, self.options, len(header))
 
         def copy_file(cur, target: str) -> None:
             statement = sql.SQL(
