@@ -87,10 +87,6 @@ class BatchLoad(TypedInHandler, ReExports, SettledReading):
         self.before_commit = before_commit
         self.rejects = 0
         self.direct = False  # a one-sheet delivery into an empty table (decided in run)
-        self.unchanged = 0  # rows found already in core as they are (see _find_unchanged)
-        self._updates_seen: tuple | None = None  # the ledger's updating batches when they were found
-        self._sheet_found: tuple | None = None  # the sheet they are rows of: (sheet, mapped, lane)
-        self._raw_rows = 0
         self._has_turn = False
         self.plan = attempt.plan  # what the batch decided about the delivery, kept in its ledger row
         if hasattr(reader, "plan"):
@@ -228,40 +224,27 @@ class BatchLoad(TypedInHandler, ReExports, SettledReading):
         lane = fast_lane(self.table, mapped, opts, len(sheet.header))
         self.note(sheet, "typed in SQL: rows in their types' own spellings cast as they are, the rest the careful "
                          "way" if lane else "typed in SQL the careful way (the layout's spellings are rewritten)")
-        if lane is not None and self.direct:
-            summary = self._load_direct(cur, mapped, lambda: self._fast_from_raw(cur, sheet, mapped, lane))
-            if summary:
-                return summary
+        if self.direct:  # staged all the same: straight in pays only for rows the handler types (bench paths)
+            self.plan["into"] = ("an empty table: its rows typed in SQL, then inserted, the primary key built "
+                                 "after")
         if lane is None:
             self._typed_rows(cur, sheet, mapped, typed_select(self.table, mapped, self._reading(cur, sheet, mapped),
                                                               len(sheet.header)))
         else:  # rows already canonical: cast, no per-value tests; the rest the careful way
-            self.unchanged = self._find_unchanged(cur, sheet, mapped, lane)
-            if self.unchanged:
-                self.note(sheet, f"{self.unchanged} rows found in core as they are (a re-export): not typed")
-            if not self.unchanged or self._raw_rows > self.unchanged:  # else: every row is as it was
-                self._fast_rows(cur, sheet, mapped, lane, sql.SQL("unchanged") if self.unchanged else None)
-                self._type_the_rest(cur, sheet, mapped, cur.rowcount + self.unchanged, self._taken(sheet))
+            self._fast_rows(cur, sheet, mapped, lane)
+            self._type_the_rest(cur, sheet, mapped, cur.rowcount, self._taken(sheet))
         self._quarantine(cur, sheet, mapped)
         return None
 
-    def _fast_rows(self, cur, sheet: RawSheet, mapped: list[Mapped], lane: FastLane,
-                   skip: sql.Composable | None = None) -> None:
-        """The canonical rows of raw into typed, but for those in `skip` (by _row); cur.rowcount says how many."""
-        rows = sql.SQL("raw")
-        if skip is not None:  # fenced, so the anti-join comes before any value is tested
-            rows = sql.SQL("(select * from raw r where not exists (select from {} u where u._row = r._row) offset 0)"
-                           ).format(skip)
+    def _fast_rows(self, cur, sheet: RawSheet, mapped: list[Mapped], lane: FastLane) -> None:
+        """The canonical rows of raw into typed; cur.rowcount says how many."""
         self._typed_rows(cur, sheet, mapped, sql.SQL(
-            "select r._row, {}, {} as _h, '{{}}'::text[] as _reasons, false as _skip from {} r where {}"
-        ).format(lane.typed, lane.row_hash, rows, lane.guard), hashed=True)
+            "select r._row, {}, {} as _h, '{{}}'::text[] as _reasons, false as _skip from raw r where {}"
+        ).format(lane.typed, lane.row_hash, lane.guard), hashed=True)
 
     def _taken(self, sheet: RawSheet) -> sql.Composable:
-        """The rows of the sheet already typed (or found unchanged), by _row."""
-        typed = sql.SQL("select _row from typed where _sheet is not distinct from {}").format(sql.Literal(sheet.name))
-        if self.unchanged:
-            typed = sql.SQL("{} union all select _row from unchanged").format(typed)
-        return sql.SQL("({})").format(typed)
+        """The rows of the sheet already typed, by _row."""
+        return sql.SQL("(select _row from typed where _sheet is not distinct from {})").format(sql.Literal(sheet.name))
 
     def _type_the_rest(self, cur, sheet: RawSheet, mapped: list[Mapped], fast: int, taken: sql.Composable) -> None:
         """The rows the fast lane did not admit (most often none: one count), into typed the careful way.
@@ -361,20 +344,6 @@ class BatchLoad(TypedInHandler, ReExports, SettledReading):
                              duplicates=0, quarantined=quarantined, skipped=skipped, amount_in=amount_in,
                              amount_loaded=amount_loaded, amount_q=amount_q, amount_dup=0)
 
-    def _fast_from_raw(self, cur, sheet: RawSheet, mapped: list[Mapped], lane: FastLane) -> tuple[int, RawSheet]:
-        """The fast lane's rows of raw straight into core; the rest into typed."""
-        t = self.table
-        names = [m.column.name for m in mapped]
-        unmapped = [sql.SQL("null::{} as {}").format(sql.SQL(SQL_TYPE[c.type]), sql.Identifier(c.name))
-                    for c in t.columns if c.name not in names]
-        fast = self._insert_rows(cur, sql.SQL(
-            "(select {sheet}::text as _sheet, r._row, {typed}, {hash} as _row_hash from raw r where {guard})"
-        ).format(sheet=sql.Literal(sheet.name), typed=sql.SQL(", ").join([lane.typed, *unmapped]),
-                 hash=lane.row_hash, guard=lane.guard))
-        self._type_the_rest(cur, sheet, mapped, fast, sql.SQL("(select _source_row as _row from {})").format(
-            sql.Identifier("core", t.name)))
-        return fast, sheet
-
     def _ref(self, sheet: str | None) -> str:
         return f"{self.delivery.ref}#{sheet}" if sheet else self.delivery.ref
 
@@ -384,11 +353,7 @@ class BatchLoad(TypedInHandler, ReExports, SettledReading):
         cols = list(t.column_names)
         key = list(self.delivery.config.key)
         amount = sql.Identifier(t.amount) if t.amount else None
-        if self.unchanged:  # under the turn: they may have to be typed after all
-            self._merge_turn(cur)
-            self._settle_unchanged(cur)
-        skipped, read, quarantined, accepted, amount_in, amount_q, amount_loaded = self._with_unchanged(
-            cur, self._typed_counts(cur))
+        skipped, read, quarantined, accepted, amount_in, amount_q, amount_loaded = self._typed_counts(cur)
         duplicates, amount_dup = 0, 0
 
         def collapse() -> None:

@@ -295,7 +295,6 @@ class FastLane(NamedTuple):
     guard: sql.Composable  # over `raw r`: true for a row already in canonical form
     typed: sql.Composable  # its typed columns, named as the table's
     row_hash: sql.Composable  # its content hash, as row_hash gives it
-    data_row: sql.Composable  # over `raw r`: the row is not a footer (part of the guard)
 
 
 def _canonical(m: Mapped, raw: sql.Composable, options: ReadOptions) -> sql.Composable:
@@ -328,15 +327,6 @@ def _canonical(m: Mapped, raw: sql.Composable, options: ReadOptions) -> sql.Comp
         raw, sql.Literal(_PG_TYPE[kind]), sql.SQL(" and ").join(checks))
 
 
-def canonical_value(m: Mapped, raw: sql.Composable, options: ReadOptions) -> sql.Composable:
-    """The typed value of raw text already in its type's own spelling (see _canonical), else null; never
-    raises. Text is trimmed, as typing trims it."""
-    if m.column.type == "text":
-        return sql.SQL("nullif({}, '')").format(trimmed(raw))
-    return sql.SQL("case when {} then {}::{} end").format(_canonical(m, raw, options), raw,
-                                                          sql.SQL(SQL_TYPE[m.column.type]))
-
-
 def fast_lane(table: Table, mapped: list[Mapped], options: ReadOptions, width: int) -> FastLane | None:
     """The fast lane for rows already in canonical form, or None when the layout is not canonical.
 
@@ -359,12 +349,10 @@ def fast_lane(table: Table, mapped: list[Mapped], options: ReadOptions, width: i
         conditions.append(shape if m.column.required else
                           sql.SQL("(coalesce({}, '') = '' or {})").format(raw, shape))
         typed.append(sql.SQL("nullif({}, '')::{} as {}").format(raw, sql.SQL(SQL_TYPE[m.column.type]), name))
-    data_row = sql.SQL("true")
     if options.skip_rows_matching:  # a footer is never a fast row, whatever its values look like
-        data_row = sql.SQL("{} !~ {}").format(first_cell(width), sql.Literal(options.skip_rows_matching))
-        conditions.append(data_row)
+        conditions.append(sql.SQL("{} !~ {}").format(first_cell(width), sql.Literal(options.skip_rows_matching)))
     guard = sql.SQL(" and ").join(conditions) if conditions else sql.SQL("true")
-    return FastLane(guard, sql.SQL(", ").join(typed), _fast_row_hash(table, mapped), data_row)
+    return FastLane(guard, sql.SQL(", ").join(typed), _fast_row_hash(table, mapped))
 
 
 def _md5_row(table: Table, value) -> sql.Composable:

@@ -87,23 +87,17 @@ def pipeline_stack(stack):
 
 @pytest.fixture()
 def found_unchanged(monkeypatch) -> list[int]:
-    """How many rows each load found already in core without typing them, in order: by the SQL lanes' search
-    (BatchLoad._find_unchanged) or, typed in the handler, as a loaded batch's rows again."""
+    """How many rows each load found already in core without typing them, in order: a file typed in the handler
+    that is a loaded batch's rows again (BatchLoad._unchanged_from_handler)."""
     from pipeline.loader import BatchLoad
 
     seen = []
-    search = BatchLoad._find_unchanged
     again = BatchLoad._unchanged_from_handler
-
-    def searched(self, *args):
-        seen.append(search(self, *args))
-        return seen[-1]
 
     def recognised(self, *args):
         summary = again(self, *args)
         seen.append(summary["rows_unchanged"] if summary else 0)
         return summary
 
-    monkeypatch.setattr(BatchLoad, "_find_unchanged", searched)
     monkeypatch.setattr(BatchLoad, "_unchanged_from_handler", recognised)
     return seen

@@ -82,9 +82,9 @@ def test_what_the_fast_lane_leaves_to_the_careful_one(db):
 
 @pytest.mark.parametrize("column", sorted(c for c in TRICKY if TABLE_OF[c] == "sales"))
 def test_a_raw_row_hashes_like_a_loaded_row_only_when_it_would_load_as_that_row(db, column):
-    """A re-export's rows are known as already loaded by the fast lane's hash of their raw text, with no value
-    tested (see BatchLoad._find_unchanged). That is sound because the hash of a raw row equals the hash of an
-    accepted row only when the careful lane accepts that raw row, as a row with that same hash."""
+    """The fast lane's hash of a raw row, taken from its text with no value tested, equals the hash of an
+    accepted row only when the careful lane accepts that raw row, as a row with that same hash: a raw row
+    cannot pass for a loaded one."""
     values = TRICKY[column]
     _, slow, hashed = _lanes(db, column, values, unguarded=True)
     accepted = {typed[-1] for typed, reasons in slow.values() if not reasons}
