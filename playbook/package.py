@@ -17,6 +17,10 @@ from playbook.settings import PROJECT_ROOT
 
 LAMBDA_SRC = PROJECT_ROOT / "lambda_src"
 REQUIREMENTS = LAMBDA_SRC / "requirements.txt"
+# the layer exactly, at the versions the tests ran with (scripts/lock_layer.py writes it from the venv)
+LOCK = LAMBDA_SRC / "requirements.lock"
+# the Lambda runtime's platform: Amazon Linux 2023 (glibc 2.34) on x86_64, which takes both wheel tags
+PLATFORMS = ("manylinux_2_28_x86_64", "manylinux2014_x86_64")
 _EPOCH = (1980, 1, 1, 0, 0, 0)
 _SKIP_DIRS = {"__pycache__", ".pytest_cache", ".mypy_cache", ".ruff_cache"}
 _SKIP_SUFFIXES = (".pyc", ".pyo")
@@ -42,13 +46,17 @@ def _files(root: Path, skip_dirs: set[str] = _SKIP_DIRS) -> list[Path]:
     )
 
 
-def layer_entries(layer_root: Path, limit: int = UNZIPPED_LIMIT) -> list[tuple[str, bytes]]:
-    """The files of an installed layer (python/...) as zip entries, without caches and test suites.
+def layer_entries(layer_root: Path, limit: int = UNZIPPED_LIMIT, bytecode: bool = False) -> list[tuple[str, bytes]]:
+    """The files of an installed layer (python/...) as zip entries, without test suites, and without caches
+    unless `bytecode` (compiled for the runtime's Python: /opt is read-only, so a layer without it is
+    compiled again at every cold start).
 
     Raises when they would not fit Lambda's unzipped limit, naming the largest packages, rather than let
     the deployment fail later with AWS's bare 'unzipped size must be smaller than' message."""
-    entries = [(p.relative_to(layer_root).as_posix(), p.read_bytes())
-               for p in _files(layer_root, _SKIP_DIRS | _LAYER_SKIP_DIRS)]
+    skip = (_SKIP_DIRS - {"__pycache__"} if bytecode else _SKIP_DIRS) | _LAYER_SKIP_DIRS
+    entries = [(p.relative_to(layer_root).as_posix(), p.read_bytes()) for p in sorted(
+        p for p in layer_root.rglob("*") if p.is_file() and not (skip & set(p.relative_to(layer_root).parts))
+        and (bytecode or not p.name.endswith(_SKIP_SUFFIXES)))]
     total = sum(len(data) for _, data in entries)
     if total > limit:
         sizes: dict[str, int] = {}
@@ -91,24 +99,37 @@ def build_local_layer_zip(out_dir: Path) -> Path:
     note = (b"Local stand-in for the dependency layer: on the local stack the functions run with the\n"
             b"playbook's virtual environment, which installs these same requirements.\n")
     return _write_zip(Path(out_dir) / "layer-local.zip", [
-        ("python/README.txt", note), ("python/requirements.txt", REQUIREMENTS.read_bytes())])
+        ("python/README.txt", note), ("python/requirements.lock", LOCK.read_bytes())])
 
 
-def build_dependency_layer(out_dir: Path, python_version: str = "3.12") -> Path:
-    """The real layer for AWS: lambda_src/requirements.txt as manylinux wheels under python/.
+def layer_install_command(target: Path, python_version: str) -> list[str]:
+    """pip installing the lock exactly (no resolving), as wheels for the runtime's Python and platform."""
+    platforms = [arg for p in PLATFORMS for arg in ("--platform", p)]
+    return [sys.executable, "-m", "pip", "install", "--quiet", "--no-compile", "--no-deps", *platforms,
+            "--implementation", "cp", "--only-binary=:all:", "--python-version", python_version,
+            "--target", str(target), "-r", str(LOCK)]
 
-    Downloads every wheel from PyPI, so it is cached by the requirements' hash and reused.
+
+def build_dependency_layer(out_dir: Path, python_version: str | None = None) -> Path:
+    """The real layer for AWS: lambda_src/requirements.lock as wheels for the runtime's platform, under python/,
+    compiled to bytecode when this Python is the runtime's (else the runtime compiles it at each cold start).
+
+    Downloads every wheel from PyPI, so it is cached by the lock's hash and reused.
     """
+    from playbook.templates import RUNTIME
+
+    python_version = python_version or RUNTIME.removeprefix("python")
     out_dir = Path(out_dir)
-    stamp = hashlib.sha256(REQUIREMENTS.read_bytes() + python_version.encode()).hexdigest()[:16]
+    stamp = hashlib.sha256(LOCK.read_bytes() + python_version.encode()).hexdigest()[:16]
     out = out_dir / f"layer-{stamp}.zip"
     if out.exists():
         return out
     target = out_dir / f"layer-{stamp}" / "python"
-    cmd = [sys.executable, "-m", "pip", "install", "--quiet", "--no-compile", "--platform", "manylinux2014_x86_64",
-           "--implementation", "cp", "--only-binary=:all:", "--python-version", python_version,
-           "--target", str(target), "-r", str(REQUIREMENTS)]
-    result = subprocess.run(cmd, capture_output=True, text=True)
+    result = subprocess.run(layer_install_command(target, python_version), capture_output=True, text=True)
     if result.returncode != 0:
         raise PlaybookError(f"building the dependency layer failed: {result.stderr.strip()[-2000:]}")
-    return _write_zip(out, layer_entries(target.parent))
+    compiled = f"{sys.version_info.major}.{sys.version_info.minor}" == python_version
+    if compiled:
+        subprocess.run([sys.executable, "-m", "compileall", "-q", "-j", "0", "--invalidation-mode", "unchecked-hash",
+                        str(target)], check=True, capture_output=True)
+    return _write_zip(out, layer_entries(target.parent, bytecode=compiled))

@@ -46,7 +46,8 @@ def deploy_functions(target, config_file: str | None = None) -> dict[str, Any]:
 
 def check_handlers(target, functions: list[str]) -> list[dict[str, Any]]:
     """Import each deployed handler from the deployed zip, as a cold start would (no call), where the target
-    can (locally, through the runtime)."""
+    can (locally, through the runtime); and ask the deployed email function whether its runtime's boto3 can
+    make the conditional put that claims a run, on either target."""
     checked = []
     for name in functions:
         result = target.check_handler(name)
@@ -55,6 +56,12 @@ def check_handlers(target, functions: list[str]) -> list[dict[str, Any]]:
         checked.append({"function": name, "status": result.status, "init_ms": result.init_ms})
         if result.status != "ok":
             raise PlaybookError(f"{name}: the deployed handler does not import: {result.error}")
+    email = target.function("SendExpenseEmail")
+    runtime = target.call(email, {"check": "runtime"})
+    if not runtime.get("conditional_put"):
+        raise PlaybookError(f"{email}: the runtime's boto3 {runtime.get('boto3')} cannot make S3's conditional put "
+                            "(If-None-Match), which the email's once-per-run claim needs: boto3 1.35 or later")
+    checked.append({"function": email, "status": f"boto3 {runtime['boto3']}: conditional put", "init_ms": None})
     return checked
 
 

@@ -421,7 +421,8 @@ class AwsTarget(Target):
         payload = json.dumps({} if event is None else event).encode()
         # a synchronous invocation may run for Lambda's whole limit: no read timeout shorter than that, and no
         # retry that would run it twice
-        client = boto3.client("lambda", config=Config(read_timeout=LAMBDA_LIMIT_S + 60, retries={"max_attempts": 1}))
+        client = boto3.client("lambda", config=Config(read_timeout=LAMBDA_LIMIT_S + 60,
+                                                      retries={"total_max_attempts": 1, "mode": "standard"}))
         if not wait:
             response = client.invoke(FunctionName=function, InvocationType="Event", Payload=payload)
             return InvokeResult(function, response.get("ResponseMetadata", {}).get("RequestId", ""), "queued")

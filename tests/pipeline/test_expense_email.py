@@ -365,3 +365,11 @@ def test_the_email_function_s_role_allows_each_call_the_handler_makes_and_nothin
     granted = {a for s in statements for a in ([s["Action"]] if isinstance(s["Action"], str) else s["Action"])
                if a.startswith(("s3:", "ses:"))}
     assert granted <= used, f"granted and never used: {granted - used}"
+
+
+def test_the_function_says_whether_its_runtimes_boto3_can_claim_a_run():
+    """Asked {"check": "runtime"}, the email function sends nothing and reports its boto3's conditional put."""
+    from pipeline.handlers.send_expense_email import handler
+
+    answer = handler({"check": "runtime"})
+    assert answer["conditional_put"] is True and answer["boto3"]

@@ -199,3 +199,45 @@ def test_on_aws_invoke_waits_with_request_response_or_queues_with_event(monkeypa
     queued = target.invoke("p-ingest-sales", {"objects": []}, wait=False)
     assert queued.status == "queued" and queued.payload is None
     stub.stubber.assert_no_pending_responses()
+
+
+def test_on_aws_a_synchronous_invoke_outwaits_the_function_and_never_runs_it_twice(monkeypatch):
+    """migrate (300 s) and the refresh (600 s) run longer than boto3's default 60 s read timeout, after which
+    its retries would invoke them again: the client waits out Lambda's limit and retries nothing."""
+    import boto3
+
+    from playbook.targets import LAMBDA_LIMIT_S, AwsTarget
+
+    made = []
+
+    def client(service, *args, config=None, **kwargs):
+        made.append(config)
+        raise RuntimeError("no call needed")
+
+    monkeypatch.setattr(boto3, "client", client)
+    with pytest.raises(RuntimeError, match="no call needed"):
+        AwsTarget().invoke("p-migrate", {})
+    [config] = made
+    assert config.read_timeout > LAMBDA_LIMIT_S >= 900
+    assert config.retries == {"total_max_attempts": 1, "mode": "standard"}
+
+
+def test_deployment_stops_when_the_runtimes_boto3_cannot_claim_a_run():
+    """A runtime whose boto3 predates S3's conditional put would send the 08:00 email twice under a race: the
+    deploy stage's smoke check refuses it before the first schedule fires."""
+    from playbook.stages import check_handlers
+
+    class Target:
+        def check_handler(self, name):
+            return None
+
+        def function(self, job):
+            return f"p-{job}"
+
+        def call(self, function, event):
+            assert event == {"check": "runtime"}
+            return {"boto3": "1.34.0", "conditional_put": False}
+
+    with pytest.raises(PlaybookError, match="p-SendExpenseEmail: the runtime's boto3 1.34.0 cannot make S3's "
+                                            "conditional put"):
+        check_handlers(Target(), [])

@@ -2,13 +2,22 @@
 
 Accepts S3 ObjectCreated notifications (one or many records), EventBridge S3 events, or an explicit
 {"bucket", "key"} (or {"objects": [...]}, as backfills send). Returns a JSON summary per object.
+
+A scheduled firing (an event that names the source, `{"source": ..., "trigger": "schedule", ...}`, and no
+object) is a sweep: it lists the source's landing prefix and loads every object not committed yet (one the
+bucket's notification missed, or one that came by a channel without one), oldest first, within the
+function's time; what is left waits for the next sweep. An object whose same content already failed is
+left for its sender to correct (validation lists it). An empty sweep is a success.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import time
 from decimal import Decimal
+
+import boto3
 
 from pipeline.attempts import attempted, describe
 from pipeline.config import PipelineConfig
@@ -79,10 +88,81 @@ def ingest(conn, config: PipelineConfig, ref: ObjectRef, remaining, request_id: 
             path.unlink(missing_ok=True)
 
 
+def swept_source(event: dict, config: PipelineConfig) -> str | None:
+    """The file source a scheduled firing sweeps (None: the event names objects)."""
+    if any(k in event for k in ("Records", "bucket", "key", "objects")) or event.get("source") == "aws.s3":
+        return None
+    name = event.get("source") or os.environ.get("SOURCE_NAME")
+    if not name:
+        return None
+    source = config.sources.get(name)
+    if source is None or source.delivers != "files":
+        raise LoadError(f"a sweep of {name!r}: not a file source of the configuration")
+    return name
+
+
+def unloaded_objects(conn, config: PipelineConfig, name: str, bucket: str) -> tuple[list[ObjectRef], list[dict]]:
+    """The objects under the source's landing prefix that no batch has committed, oldest first; and those
+    among them whose same content already failed (left for the sender to correct)."""
+    prefix = config.sources[name].prefix
+    listed = []
+    for page in boto3.client("s3").get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
+        listed += [o for o in page.get("Contents", []) if not o["Key"].endswith("/")]
+    with conn.cursor() as cur:
+        cur.execute("select object_key, object_etag, status, batch_id from meta.batches where source = %s "
+                    "and status in ('committed', 'failed') and object_etag is not null", (name,))
+        seen = {(key, etag): (status, batch) for key, etag, status, batch in cur.fetchall()}
+    conn.rollback()
+    todo, failed_before = [], []
+    for o in sorted(listed, key=lambda o: (o["LastModified"], o["Key"])):
+        etag = o["ETag"].strip('"')
+        status, batch = seen.get((o["Key"], etag), (None, None))
+        if status == "committed":
+            continue
+        if status == "failed":
+            failed_before.append({"key": o["Key"], "batch_id": batch})
+            continue
+        todo.append(ObjectRef(bucket, o["Key"], etag=etag, size=o.get("Size")))
+    return todo, failed_before
+
+
+def sweep(conn, config: PipelineConfig, name: str, remaining, request_id: str | None) -> dict:
+    """A scheduled firing of a file source: its unloaded objects loaded in turn while time lasts."""
+    bucket = os.environ.get("LANDING_BUCKET")
+    if not bucket:
+        raise LoadError("LANDING_BUCKET is not set: the function does not know its landing bucket")
+    todo, failed_before = unloaded_objects(conn, config, name, bucket)
+    results, left = [], []
+    current = conn
+    try:
+        for i, ref in enumerate(todo):
+            if remaining() < COMMIT_MARGIN_S * 4:
+                left = [r.key for r in todo[i:]]
+                break
+            try:
+                result = ingest(current, config, ref, remaining, request_id)
+            except Exception as exc:  # noqa: BLE001 - the object's outcome, in the ledger too
+                result = {"status": "failed", "ref": f"s3://{bucket}/{ref.key}", "error": describe(exc, ref.key),
+                          "error_type": type(exc).__name__}
+                if current.closed:  # the connection was lost: the next object gets a new one
+                    current = connect()
+            log(logger, "object swept", **result)
+            results.append(result)
+    finally:
+        if current is not conn:
+            current.close()
+    return {"sweep": name, "objects": len(results), "results": results,
+            "committed": sum(r["status"] == "committed" for r in results),
+            "already_loaded": sum(r["status"] == "already_loaded" for r in results),
+            "failed": sum(r["status"] == "failed" for r in results),
+            "failed_before": failed_before, "left_for_next_sweep": left}
+
+
 def handler(event: dict, context=None) -> dict:
     """Each object of the event has its own outcome and its own ledger row: one that fails never stops the
     others. The invocation fails (so S3 retries it) when any object failed; the objects already loaded then
-    answer already_loaded."""
+    answer already_loaded. A scheduled firing sweeps the source's prefix (see sweep): its failures are in the
+    ledger, and the next sweep goes on where it stopped."""
     started = time.monotonic()
     config = pipeline_config()
     remaining = _remaining(context)
@@ -90,6 +170,10 @@ def handler(event: dict, context=None) -> dict:
     results, errors = [], []
     conn = connect()
     try:
+        if (name := swept_source(event, config)) is not None:
+            summary = sweep(conn, config, name, remaining, request_id)
+            summary["seconds"] = round(time.monotonic() - started, 3)
+            return json_ready(summary)
         for ref in objects_in_event(event):
             try:
                 result = ingest(conn, config, ref, remaining, request_id)
