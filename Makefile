@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test install tools system-deps lint stack-up stack-down clean bench mutation
+.PHONY: demo test install tools system-deps lint stack-up stack-down clean bench mutation rds-ca-bundle
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -47,6 +47,12 @@ bench: install
 mutation: install
 	$(BIN)/pip install --quiet -e '.[mutation]'
 	bash scripts/mutation.sh $(MUTANTS)
+
+## AWS's global RDS CA bundle, which the functions verify the cluster's certificate with (sslmode verify-full).
+## `playbook provision --target aws` fetches it when it is missing; this fetches it again (AWS adds CAs).
+rds-ca-bundle: install
+	$(BIN)/python -c "from playbook.provision import rds_ca_bundle; from playbook.templates import \
+		RDS_CA_BUNDLE_FILE as f; print(*rds_ca_bundle(f, refresh=True), '->', f)"
 
 lint: install
 	$(BIN)/ruff check .

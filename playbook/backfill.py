@@ -2,12 +2,12 @@
 
 The history is split per source into windows: for file sources, the landed objects (every version, oldest
 first) grouped by the month or quarter their key names (their LastModified when the key names none); for
-REST sources, date windows. Each window is one function invocation, sized so that none comes near Lambda's
-15-minute limit, and the windows fan out with bounded concurrency through the target (playbook.targets):
-locally each waited for, through the Lambda runtime (the deployed zip, run as a Lambda would run it); on AWS
-as asynchronous invokes while the ledger (meta.batches) is polled for their batches. The marts are then
-refreshed by the deployed refresh function. A second backfill changes nothing: every object answers
-`already_loaded`.
+REST sources, date windows. Each window is one function invocation, sized to the deployed function's timeout
+(`window_limits`) so that none comes near it, and the windows fan out with bounded concurrency through the
+target (playbook.targets): locally each waited for, through the Lambda runtime (the deployed zip, run as a
+Lambda would run it); on AWS as asynchronous invokes while the ledger (meta.batches) is polled for their
+batches. The marts are then refreshed by the deployed refresh function. A second backfill changes nothing:
+every object answers `already_loaded`.
 """
 
 from __future__ import annotations
@@ -27,7 +27,8 @@ from playbook.errors import PlaybookError
 from playbook.targets import error_text
 
 GRAINS = ("month", "quarter")
-# one window's budget: far below the 15-minute limit even on the slowest object seen so far
+# one window's budget for a function that may run Lambda's whole 15 minutes: far below it even on the slowest
+# object seen so far. A function with a shorter timeout gets windows smaller in proportion (window_limits).
 MAX_OBJECTS_PER_WINDOW = 40
 MAX_BYTES_PER_WINDOW = 48 * 1024 * 1024
 LAMBDA_LIMIT_S = 15 * 60
@@ -134,6 +135,22 @@ def _chunks(items: list[dict[str, Any]], max_objects: int, max_bytes: int) -> li
     return [c for c in chunks if c]
 
 
+def window_limits(timeout_s: float) -> tuple[int, int]:
+    """(objects, bytes) one invocation of a function with this timeout is given: the 15-minute budget in
+    proportion, so the margin below the timeout is the same (at 300 s: 13 objects, 16 MiB). A single object
+    larger than that still goes, alone."""
+    share = min(1.0, max(timeout_s, 1) / LAMBDA_LIMIT_S)
+    return max(1, int(MAX_OBJECTS_PER_WINDOW * share)), max(1, int(MAX_BYTES_PER_WINDOW * share))
+
+
+def function_timeouts(functions: list[str]) -> dict[str, int]:
+    """The deployed timeout of each function, in seconds (the Lambda API's, locally moto's)."""
+    import boto3
+
+    client = boto3.client("lambda")
+    return {name: int(client.get_function_configuration(FunctionName=name)["Timeout"]) for name in functions}
+
+
 def date_windows(start: date, end: date, grain: str) -> list[tuple[date, date]]:
     """[from, to) windows covering start..end, aligned to months or quarters."""
     step = 1 if grain == "month" else 3
@@ -149,8 +166,10 @@ def date_windows(start: date, end: date, grain: str) -> list[tuple[date, date]]:
 
 def plan_windows(config, outputs: dict[str, str], *, grain: str = "quarter", sources: list[str] | None = None,
                  api_start: date | None = None, max_objects: int = MAX_OBJECTS_PER_WINDOW,
-                 max_bytes: int = MAX_BYTES_PER_WINDOW) -> list[Window]:
-    """The windows of the whole history, from the landing bucket the stack outputs name."""
+                 max_bytes: int = MAX_BYTES_PER_WINDOW, timeouts: dict[str, int] | None = None) -> list[Window]:
+    """The windows of the whole history, from the landing bucket the stack outputs name. With `timeouts`
+    ({function: seconds}), a file source's windows are sized to its function's timeout (window_limits) within
+    max_objects and max_bytes."""
     import boto3
 
     if grain not in GRAINS:
@@ -169,8 +188,12 @@ def plan_windows(config, outputs: dict[str, str], *, grain: str = "quarter", sou
             periods: dict[str, list[dict[str, Any]]] = defaultdict(list)
             for version in landed_versions(s3, bucket, source.prefix):
                 periods[period_of(version["Key"], version.get("LastModified"), grain)].append(version)
+            objects, size = max_objects, max_bytes
+            if timeouts and function in timeouts:
+                fitted = window_limits(timeouts[function])
+                objects, size = min(objects, fitted[0]), min(size, fitted[1])
             for period in sorted(periods):
-                chunks = _chunks(periods[period], max_objects, max_bytes)
+                chunks = _chunks(periods[period], objects, size)
                 for i, chunk in enumerate(chunks, 1):
                     label = period if len(chunks) == 1 else f"{period} ({i}/{len(chunks)})"
                     event = {"objects": [{"bucket": bucket, "key": v["Key"], "version": v["VersionId"]}
@@ -308,7 +331,10 @@ def backfill(target, config_file: str | None = None, *, grain: str = "quarter",
     started = time.monotonic()
     config = load_config(config_file)
     outputs = target.outputs()
-    windows = plan_windows(config, outputs, grain=grain, sources=sources)
+    ingest = sorted({outputs[function_output_key(name)] for name, source in config.sources.items()
+                     if source.delivers == "files" and (not sources or name in sources)
+                     and outputs.get(function_output_key(name))})
+    windows = plan_windows(config, outputs, grain=grain, sources=sources, timeouts=function_timeouts(ingest))
     log_path = Path(log_dir) if log_dir else None
     if log_path:
         log_path.mkdir(parents=True, exist_ok=True)

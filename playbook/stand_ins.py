@@ -35,6 +35,7 @@ STATIC = {
     "AWS::RDS::DBSubnetGroup": "none needed: the local database listens on 127.0.0.1 only",
     "AWS::Lambda::Permission": "the landing notifications recorded in notifications.json, which the local runtime "
                                "follows; no invoke permission is checked locally",
+    "AWS::SNS::Subscription": "none that mails anyone: no alarm is evaluated locally (alarms.json records them)",
 }
 
 

@@ -9,14 +9,17 @@ differs between the two places:
   its own environment. On AWS an AWS_ENDPOINT_URL is refused and a region is required;
 - the deployment: `outputs()` (the stacks' outputs, the contract between infrastructure and code) and
   `function(job)`, a pipeline function's name from them;
-- the warehouse as the consultant side reaches it: `database_url()` (the owner's login: the local database,
-  or on AWS PLAYBOOK_DATABASE_URL through the BI proxy) and `reporting_url()`;
+- the warehouse as the consultant side reaches it: `database_url()` (the local database's owner, or on AWS
+  PLAYBOOK_DATABASE_URL: the pipeline_monitor role's login, which reads meta, core and marts and writes only
+  validation's results, through the BI proxy) and `reporting_url()`;
 - production code: `invoke(function, event, wait=True)` runs a *deployed* function, locally through
   playbook.runtime from the deployed zip, on AWS through Lambda's Invoke (RequestResponse, or Event when not
   waiting). Every stage that runs production code goes through it: `call()`, `migrate()`,
   `refresh_marts()`, `landed()` (what an upload starts) and the email;
-- provisioning: which dependency layer is built, the database's TLS mode, how often CloudFormation is
-  polled, the proxy's default allow-list, and locally the stand-ins for what moto cannot create.
+- provisioning: which dependency layer is built, the database's TLS mode and the CA bundle it verifies
+  with, whether the account's quotas are checked, the cluster's default engine version, how often
+  CloudFormation is polled, the proxy's default allow-list, and locally the stand-ins for what moto cannot
+  create.
 """
 
 from __future__ import annotations
@@ -41,6 +44,9 @@ class Target:
     name: str = ""
     # provisioning
     database_ssl_mode: str = "require"  # libpq sslmode of the functions' connections
+    database_ssl_root_cert: str = ""  # the CA bundle (a path on the function) verify-full checks the server with
+    checks_account_quotas: bool = False  # whether provisioning checks the account's Lambda concurrency quota
+    creates_cluster: bool = True  # whether its CloudFormation creates the Aurora cluster (its deletion protection)
     stack_poll_s: float = 5.0  # how often CloudFormation is asked whether a stack or change set is done
     update_poll_s: float = 2.0  # how often Lambda is asked whether a code update is done
     default_allow_list: list[str] | None = None  # the BI proxy's allow-list when none is given
@@ -91,7 +97,8 @@ class Target:
 
     # -- the warehouse as the consultant side reaches it ---------------------------------------------
     def database_url(self) -> str:
-        """The owner's connection the playbook reads the warehouse with (carries a password: never shown)."""
+        """The connection the playbook reads the warehouse with (carries a password: never shown): locally the
+        owner's; on AWS the pipeline_monitor role's at the BI proxy."""
         raise NotImplementedError
 
     def reporting_url(self) -> str:
@@ -99,8 +106,8 @@ class Target:
         raise NotImplementedError
 
     def role_secrets(self) -> dict[str, str]:
-        """{role: secret ARN} of the ingest and reporting logins, made before the pipeline stack that names them;
-        the migrate function gives the roles these logins."""
+        """{role: secret ARN} of the ingest, reporting and monitor logins, made before the pipeline stack that names
+        them; the migrate function gives the roles these logins."""
         raise NotImplementedError
 
     def restrict_reporting_role(self) -> list[str]:
@@ -161,6 +168,11 @@ class Target:
     def adapt_templates(self, templates: dict[str, dict[str, Any]]) -> None:
         """Change the rendered templates where this target needs it (in place)."""
 
+    def default_engine_version(self, major: str) -> str | None:
+        """The current default minor version of Aurora PostgreSQL `major` for a new cluster here; None where
+        there is none to ask (the template's default applies)."""
+        return None
+
     def stand_in_database(self, prefix: str) -> str:
         """Before the database stack: what stands in for the cluster here, in words ('' when nothing does)."""
         return ""
@@ -193,6 +205,7 @@ class LocalTarget(Target):
 
     name = "local"
     database_ssl_mode = "prefer"  # the local database listens on loopback only
+    creates_cluster = False  # the local database stands in for the cluster moto does not create
     stack_poll_s = 0.2
     update_poll_s = 0.2
     default_allow_list = LOCAL_ALLOW
@@ -371,7 +384,9 @@ class AwsTarget(Target):
     """An AWS account through the caller's standard profile and region; functions run on Lambda."""
 
     name = "aws"
-    database_ssl_mode = "require"
+    database_ssl_mode = "verify-full"
+    database_ssl_root_cert = "/var/task/pipeline/certs/rds-global-bundle.pem"  # templates.RDS_CA_BUNDLE_ON_LAMBDA
+    checks_account_quotas = True
     stack_poll_s = 5.0
     update_poll_s = 2.0
     default_allow_list = None  # the proxy's allow-list is the company's: it must be given
@@ -394,12 +409,19 @@ class AwsTarget(Target):
         return self
 
     def database_url(self) -> str:
+        # ledger polling (ingest, backfill), validation and the reports' address: the monitor role reads meta,
+        # core and marts and writes only meta.accuracy_results (migration 015)
         from playbook.settings import ENV_DATABASE_URL
+        from playbook.warehouse import MONITOR_ROLE, SECRET_NAMES
 
         url = os.environ.get(ENV_DATABASE_URL)
         if not url:
             raise PlaybookError(f"on AWS the warehouse is reached through the BI proxy: set {ENV_DATABASE_URL} to "
-                                "the owner's login at the proxy's address (ProxyAddress in the stack outputs)")
+                                f"the {MONITOR_ROLE} role's login (its password is in the secret "
+                                f"{SECRET_NAMES[MONITOR_ROLE]}) at the proxy's address (ProxyAddress in the stack "
+                                "outputs), e.g. postgresql://pipeline_monitor:<password>@<ProxyAddress>:5432/playbook"
+                                "?sslmode=verify-ca&sslrootcert=<RDS CA bundle>; not the cluster's master login, "
+                                "which RDS rotates")
         return url
 
     def reporting_url(self) -> str:
@@ -444,6 +466,14 @@ class AwsTarget(Target):
 
     def landed(self, function: str, bucket: str, key: str) -> None:
         return None  # the landing bucket's notification has started the function
+
+    def default_engine_version(self, major: str) -> str | None:
+        import boto3
+
+        versions = boto3.client("rds").describe_db_engine_versions(
+            Engine="aurora-postgresql", DBParameterGroupFamily=f"aurora-postgresql{major}", DefaultOnly=True)
+        found = [v["EngineVersion"] for v in versions.get("DBEngineVersions", [])]
+        return found[0] if found else None
 
     def build_layer(self, build_dir: Path) -> Path:
         from playbook.package import build_dependency_layer

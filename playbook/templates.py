@@ -1,9 +1,10 @@
 """The CloudFormation templates: the files in infra/cloudformation/, rendered for one company.
 
-Storage, network and database are deployed as written. The pipeline and proxy templates are base files
-the configuration completes: one ingest function per source (with its schedule and, for file sources, its
-landing-prefix notification), the marts refresh, the expense email and migrate; and one proxy ingress rule
-per allow-listed CIDR with the nginx configuration in the UserData.
+Storage and database are deployed as written. The network, pipeline and proxy templates are base files the
+configuration completes: the functions' egress to the REST sources' ports; one ingest function per source
+(with its schedule and, for file sources, its landing-prefix notification), the marts refresh, the expense
+email and migrate; and one proxy ingress rule per allow-listed CIDR with the nginx configuration in the
+proxy instance's AWS::CloudFormation::Init metadata (applied again by cfn-hup when it changes).
 """
 
 from __future__ import annotations
@@ -16,10 +17,11 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import yaml
 
-from pipeline.config import PipelineConfig
+from pipeline.config import EmailReport, PipelineConfig
 from pipeline.sources.kinds import source_kind
 from playbook.errors import PlaybookError
 from playbook.settings import PROJECT_ROOT
@@ -34,6 +36,14 @@ HANDLERS = {  # the ingest functions' handlers are their source kinds' (pipeline
     "migrate": "pipeline.handlers.migrate.handler",
 }
 NGINX_CONF_MARKER = "@NGINX_CONF@"
+NGINX_CONF_PATH = "/etc/nginx/nginx.conf"  # where cfn-init writes the proxy's configuration on the instance
+# the ports every function reaches outside the VPC: AWS's APIs (and REST sources on HTTPS)
+BASE_EGRESS_PORTS = (443,)
+# the RDS CA bundle the functions verify the cluster's certificate with (sslmode verify-full): a data file of
+# the function zip, whose root is lambda_src/, so on Lambda it sits under /var/task/
+RDS_CA_BUNDLE = "pipeline/certs/rds-global-bundle.pem"
+RDS_CA_BUNDLE_FILE = PROJECT_ROOT / "lambda_src" / RDS_CA_BUNDLE
+RDS_CA_BUNDLE_ON_LAMBDA = f"/var/task/{RDS_CA_BUNDLE}"
 # where the email function keeps each run's raw message, the claim that makes it send once per run key: a
 # prefix of the artifact bucket (private, versioned, encrypted, TLS only, logged), and nothing else of it.
 # It is pipeline.expense_email's EMAIL_PREFIX (tests/infra/test_templates.py holds them equal).
@@ -112,8 +122,18 @@ def render_nginx_conf(*, listen: str, upstream: str, allow: list[str], stream_mo
     return text
 
 
+def proxy_nginx_conf(template: dict[str, Any]) -> dict[str, Any]:
+    """The nginx.conf the proxy instance's cfn-init writes (its entry under files), from a rendered template."""
+    init = template["Resources"]["ProxyHost"]["Metadata"]["AWS::CloudFormation::Init"]
+    return init["nginx"]["files"][NGINX_CONF_PATH]
+
+
 def render_proxy(allow: list[str]) -> dict[str, Any]:
+    """The proxy template with the allow-list: one ingress rule per CIDR, and nginx.conf in the instance's
+    cfn-init metadata. The UserData and every instance property stay the same whatever the list, so a new
+    list changes the metadata only (applied by cfn-hup in place), never the instance."""
     template = load_template("proxy")
+    template.pop("Metadata", None)  # the base file's lint exception does not apply to the rendered whole
     resources = template["Resources"]
     for i, cidr in enumerate(validate_cidrs(allow), start=1):
         resources[f"AllowListIngress{i}"] = {
@@ -128,8 +148,37 @@ def render_proxy(allow: list[str]) -> dict[str, Any]:
         stream_module="/usr/lib64/nginx/modules/ngx_stream_module.so", pid_file="/run/nginx.pid",
         error_log="/var/log/nginx/error.log", access_log="/var/log/nginx/bi-proxy.log",
         resolver="resolver 169.254.169.253 valid=10s;")
-    user_data = resources["ProxyInstance"]["Properties"]["UserData"]["Fn::Base64"]
-    user_data["Fn::Sub"] = user_data["Fn::Sub"].replace(NGINX_CONF_MARKER, conf.rstrip("\n"))
+    content = proxy_nginx_conf(template)["content"]
+    if content.get("Fn::Sub", "").strip() != NGINX_CONF_MARKER:
+        raise PlaybookError(f"{TEMPLATE_DIR / 'proxy.yaml'}: {NGINX_CONF_PATH} must hold {NGINX_CONF_MARKER} alone")
+    content["Fn::Sub"] = conf
+    return template
+
+
+# -- the network: where the functions may connect outside the VPC -----------------------------------------
+def egress_ports(config: PipelineConfig) -> dict[int, list[str]]:
+    """{TCP port: the REST sources that need it}: 443 for AWS's APIs always, and each REST source's base_url
+    port (443 for https, 80 for http, or the one it names)."""
+    ports: dict[int, list[str]] = {port: [] for port in BASE_EGRESS_PORTS}
+    for name, source in config.sources.items():
+        api = getattr(source, "api", None)
+        if api is None:
+            continue
+        url = urlsplit(api.base_url)
+        ports.setdefault(url.port or (443 if url.scheme == "https" else 80), []).append(name)
+    return ports
+
+
+def render_network(config: PipelineConfig) -> dict[str, Any]:
+    """The network template with an egress rule of the functions' security group per port a REST source's
+    base_url names beyond HTTPS (a REST source on another port would otherwise time out)."""
+    template = load_template("network")
+    rules = template["Resources"]["LambdaSecurityGroup"]["Properties"]["SecurityGroupEgress"]
+    for port, sources in sorted(egress_ports(config).items()):
+        if port in BASE_EGRESS_PORTS:
+            continue
+        rules.append({"Description": f"REST sources {', '.join(sources)} (port {port})", "IpProtocol": "tcp",
+                      "FromPort": port, "ToPort": port, "CidrIp": "0.0.0.0/0"})
     return template
 
 
@@ -143,7 +192,7 @@ class Job:
     handler: str
     timeout: int
     memory: int
-    concurrency: int
+    concurrency: int  # its reserved concurrent executions, when the deployment reserves them
     schedule: str | None = None
     schedule_input: dict[str, Any] = field(default_factory=dict)
     source: str | None = None
@@ -204,36 +253,61 @@ def jobs(config: PipelineConfig) -> list[Job]:
         logical="SendExpenseEmail", name="send-expense-email", handler=HANDLERS["send_expense_email"],
         timeout=120, memory=256, concurrency=1, schedule=config.reports.email.schedule, database="reporting",
         schedule_input={"job": "send_expense_email", "period": config.reports.email.period, **SCHEDULED},
-        environment={"REPORTS_BUCKET": {"Ref": EMAIL_BUCKET_PARAMETER}}, statements=email_statements()))
+        environment={"REPORTS_BUCKET": {"Ref": EMAIL_BUCKET_PARAMETER}},
+        statements=email_statements(config.reports.email)))
     result.append(Job(
         logical="Migrate", name="migrate", handler=HANDLERS["migrate"], timeout=300, memory=256, concurrency=1,
         database="owner",
         environment={"ROLE_SECRET_ARNS": {"Fn::Sub": '{"pipeline_ingest": "${IngestDatabaseSecretArn}", '
-                                                     '"pipeline_reporting": "${ReportingDatabaseSecretArn}"}'}},
+                                                     '"pipeline_reporting": "${ReportingDatabaseSecretArn}", '
+                                                     '"pipeline_monitor": "${MonitorDatabaseSecretArn}"}'}},
         statements=[{"Sid": "ReadRoleSecrets", "Effect": "Allow", "Action": "secretsmanager:GetSecretValue",
-                     "Resource": [{"Ref": "IngestDatabaseSecretArn"}, {"Ref": "ReportingDatabaseSecretArn"}]}]))
+                     "Resource": [{"Ref": "IngestDatabaseSecretArn"}, {"Ref": "ReportingDatabaseSecretArn"},
+                                  {"Ref": "MonitorDatabaseSecretArn"}]}]))
     return result
 
 
-def email_statements() -> list[dict[str, Any]]:
+def ses_identities(email: EmailReport) -> list[str]:
+    """The SES identities a send of the report is authorised against: the sender's address and its domain (the
+    domain identity with DKIM that deliverability wants), and, while the account is in SES's sandbox, every
+    recipient's address and domain too (in the sandbox SES checks the caller's permission on the identities
+    that verify each recipient)."""
+    identities: list[str] = []
+    for address in (email.sender, *email.recipients):
+        for identity in (address, address.rsplit("@", 1)[1]):
+            if identity not in identities:
+                identities.append(identity)
+    return identities
+
+
+def email_statements(email: EmailReport) -> list[dict[str, Any]]:
     """What the email function does beyond every function's own: under its prefix of the reports bucket, the
     conditional put that claims its run (If-None-Match: *; the receipt beside it is put the same way, so no
     claim is ever overwritten), get and head to find a run's claim (HEAD needs s3:GetObject), delete to
-    release the claim of a run whose send failed; and SES's SendRawEmail as the configured sender only."""
+    release the claim of a run whose send failed; and SES's SendRawEmail as the configured sender only, on
+    the identities of ses_identities (the sender's, and the recipients' for the sandbox)."""
     emails = {"Fn::Sub": "arn:${AWS::Partition}:s3:::${" + EMAIL_BUCKET_PARAMETER + "}/" + EMAIL_PREFIX + "*"}
+    identity = "arn:${AWS::Partition}:ses:${AWS::Region}:${AWS::AccountId}:identity/"
+    sender = [{"Fn::Sub": identity + "${SenderIdentity}"}]
+    others = [{"Fn::Sub": identity + name} for name in ses_identities(email) if name != email.sender]
     return [
         {"Sid": "ClaimTheRunWithAConditionalPut", "Effect": "Allow", "Action": "s3:PutObject", "Resource": emails,
          "Condition": {"Null": {"s3:if-none-match": "false"}}},
         {"Sid": "FindTheRunsClaim", "Effect": "Allow", "Action": "s3:GetObject", "Resource": emails},
         {"Sid": "ReleaseTheClaimOfAFailedSend", "Effect": "Allow", "Action": "s3:DeleteObject", "Resource": emails},
         {"Sid": "SendAsTheReportSender", "Effect": "Allow", "Action": "ses:SendRawEmail",
-         "Resource": {"Fn::Sub": "arn:${AWS::Partition}:ses:${AWS::Region}:${AWS::AccountId}:"
-                                 "identity/${SenderIdentity}"},
+         "Resource": sender + others,
          "Condition": {"StringEquals": {"ses:FromAddress": {"Ref": "SenderIdentity"}}}},
     ]
 
 
-def _function_resources(job: Job, timezone: str) -> dict[str, dict[str, Any]]:
+UNRESERVED_REASON = ("Reserving concurrency is a provisioning setting (--reserved-concurrency), off by default: a "
+                     "fresh account's quota (often 10) allows no reservation, as Lambda keeps 100 executions "
+                     "unreserved. The functions then share the account's pool, and each one's Throttles alarm says "
+                     "when it runs out.")
+
+
+def _function_resources(job: Job, timezone: str, reserve: bool) -> dict[str, dict[str, Any]]:
     fn, role, logs = f"{job.logical}Function", f"{job.logical}Role", f"{job.logical}LogGroup"
     function_name = {"Fn::Sub": "${Prefix}-" + job.name}
     statements = [
@@ -270,7 +344,8 @@ def _function_resources(job: Job, timezone: str) -> dict[str, dict[str, Any]]:
             "Type": "AWS::Lambda::Function",
             "Metadata": {"checkov": {"skip": [{"id": "CKV_AWS_173", "comment":
                          "The environment holds names and ARNs only (DB_SECRET_ARN, never a secret value), so a "
-                         "customer-managed key would protect nothing; the default encryption at rest applies."}]}},
+                         "customer-managed key would protect nothing; the default encryption at rest applies."},
+                         *([] if reserve else [{"id": "CKV_AWS_115", "comment": UNRESERVED_REASON}])]}},
             "Properties": {
                 "FunctionName": function_name,
                 "Description": f"{job.name} ({job.handler})",
@@ -282,13 +357,14 @@ def _function_resources(job: Job, timezone: str) -> dict[str, dict[str, Any]]:
                 "Role": {"Fn::GetAtt": [role, "Arn"]},
                 "MemorySize": job.memory,
                 "Timeout": job.timeout,
-                "ReservedConcurrentExecutions": job.concurrency,
+                **({"ReservedConcurrentExecutions": job.concurrency} if reserve else {}),
                 "DeadLetterConfig": {"TargetArn": {"Fn::GetAtt": ["DeadLetterQueue", "Arn"]}},
                 "VpcConfig": {"SubnetIds": {"Ref": "AppSubnetIds"},
                               "SecurityGroupIds": [{"Ref": "LambdaSecurityGroupId"}]},
                 "Environment": {"Variables": {
                     "DB_SECRET_ARN": {"Ref": DATABASE_SECRETS[job.database]},
                     "DB_SSLMODE": {"Ref": "DatabaseSslMode"},
+                    "PGSSLROOTCERT": {"Ref": "DatabaseSslRootCert"},  # libpq's own: verify-full's CA bundle
                     "DB_HOST": {"Ref": "DatabaseHost"},
                     "DB_PORT": {"Ref": "DatabasePort"},
                     "DB_NAME": {"Ref": "DatabaseName"},
@@ -302,7 +378,7 @@ def _function_resources(job: Job, timezone: str) -> dict[str, dict[str, Any]]:
     }
     for metric, statistic, threshold, what in (
         ("Errors", "Sum", 1, "failed"),
-        ("Throttles", "Sum", 1, "was throttled (reserved concurrency reached)"),
+        ("Throttles", "Sum", 1, "was throttled (its reserved concurrency, or the account's, was reached)"),
         ("Duration", "Maximum", int(job.timeout * 1000 * 0.8), "ran for more than 80% of its timeout"),
     ):
         resources[f"{job.logical}{metric}Alarm"] = {
@@ -347,13 +423,21 @@ def _function_resources(job: Job, timezone: str) -> dict[str, dict[str, Any]]:
     return resources
 
 
-def render_pipeline(config: PipelineConfig) -> dict[str, Any]:
+def reservations(config: PipelineConfig) -> dict[str, int]:
+    """{function name suffix: reserved concurrent executions} each function gets when reservation is on."""
+    return {job.name: job.concurrency for job in jobs(config)}
+
+
+def render_pipeline(config: PipelineConfig, *, reserved_concurrency: bool = False) -> dict[str, Any]:
+    """The pipeline template for the company. With reserved_concurrency, each function reserves its
+    concurrency (`reservations`), which the account's unreserved pool must afford (Lambda keeps 100 of it);
+    without, the functions share the account's pool."""
     template = load_template("pipeline")
     template.pop("Metadata", None)  # the base file's lint exception does not apply to the rendered whole
     resources, outputs = template["Resources"], template["Outputs"]
     all_jobs = jobs(config)
     for job in all_jobs:
-        rendered = _function_resources(job, config.company.timezone)
+        rendered = _function_resources(job, config.company.timezone, reserved_concurrency)
         clash = set(rendered) & set(resources)
         if clash:
             raise PlaybookError(f"source names collide in the pipeline template: {', '.join(sorted(clash))}")
@@ -382,13 +466,14 @@ def render_pipeline(config: PipelineConfig) -> dict[str, Any]:
     return template
 
 
-def render_all(config: PipelineConfig, allow: list[str]) -> dict[str, dict[str, Any]]:
+def render_all(config: PipelineConfig, allow: list[str], *,
+               reserved_concurrency: bool = False) -> dict[str, dict[str, Any]]:
     """Every stack's template for this company, in deployment order."""
     return {
         "storage": load_template("storage"),
-        "network": load_template("network"),
+        "network": render_network(config),
         "database": load_template("database"),
-        "pipeline": render_pipeline(config),
+        "pipeline": render_pipeline(config, reserved_concurrency=reserved_concurrency),
         "proxy": render_proxy(allow),
     }
 

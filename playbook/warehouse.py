@@ -23,7 +23,10 @@ from pipeline.roles import scram_verifier
 
 INGEST_ROLE = "pipeline_ingest"
 REPORTING_ROLE = "pipeline_reporting"
-SECRET_NAMES = {INGEST_ROLE: "playbook/db/ingest", REPORTING_ROLE: "playbook/db/reporting"}
+# the consultant side's read-only login on AWS (PLAYBOOK_DATABASE_URL at the BI proxy): ledger polling, validation
+MONITOR_ROLE = "pipeline_monitor"
+SECRET_NAMES = {INGEST_ROLE: "playbook/db/ingest", REPORTING_ROLE: "playbook/db/reporting",
+                MONITOR_ROLE: "playbook/db/monitor"}
 # Where BI tools come from: the proxy. Locally the proxy runs on loopback.
 DEFAULT_REPORTING_SOURCES = ("127.0.0.1/32",)
 
@@ -86,8 +89,8 @@ def _write_role_secret(name: str, role: str, url: str) -> None:
 
 
 def ensure_role_urls(database_url: str) -> dict[str, str]:
-    """The ingest and reporting roles' secrets for a database the playbook reaches (the local one), in the
-    shape `pipeline.db` reads ({"url": ...}), without touching the database: the migrate function gives the
+    """The ingest, reporting and monitor roles' secrets for a database the playbook reaches (the local one), in
+    the shape `pipeline.db` reads ({"url": ...}), without touching the database: the migrate function gives the
     roles these logins. Idempotent like `ensure_role_logins`. Returns {role: secret ARN}."""
     for role, (name, url, changed) in _role_urls(database_url).items():
         if changed:
@@ -96,7 +99,7 @@ def ensure_role_urls(database_url: str) -> dict[str, str]:
 
 
 def ensure_role_logins(database_url: str | None = None) -> dict[str, str]:
-    """Give the ingest and reporting roles a login and a password kept in Secrets Manager.
+    """Give the ingest, reporting and monitor roles a login and a password kept in Secrets Manager.
 
     Idempotent: an existing secret's password is reused (and re-applied, so the database and the secret
     agree); its URL is rewritten only when the database's address changed. Returns {role: url}; the
@@ -248,7 +251,7 @@ def register_commands(subparsers) -> None:
     p = subparsers.add_parser("refresh", help="refresh every mart through the deployed refresh function "
                               "(CALL marts.refresh()), rows and seconds each")
     p.set_defaults(func=cmd_refresh)
-    p = subparsers.add_parser("roles", help="logins for the ingest and reporting roles (Secrets Manager), "
+    p = subparsers.add_parser("roles", help="logins for the ingest, reporting and monitor roles (Secrets Manager), "
                               "and the reporting role's allow-list")
     p.add_argument("--reporting-from", action="append", metavar="CIDR",
                    help="address the reporting role may connect from (the proxy's); repeatable, "

@@ -91,10 +91,10 @@ def fresh_state(st, status: dict) -> None:
             cur.execute(sql.SQL("drop database if exists {} with (force)").format(sql.Identifier(DATABASE)))
             cur.execute(sql.SQL("create database {} template {} owner {}").format(
                 sql.Identifier(DATABASE), sql.Identifier(template), sql.Identifier(OWNER_ROLE)))
-            # what migration 004 grants on the database itself, which a copy does not inherit
+            # what migrations 004 and 015 grant on the database itself, which a copy does not inherit
             cur.execute(sql.SQL("revoke all on database {db} from public; grant connect, temporary on database {db} "
-                                "to pipeline_ingest; grant connect on database {db} to pipeline_reporting").format(
-                db=sql.Identifier(DATABASE)))
+                                "to pipeline_ingest; grant connect on database {db} to pipeline_reporting, "
+                                "pipeline_monitor").format(db=sql.Identifier(DATABASE)))
     finally:
         admin.close()
 

@@ -1,6 +1,6 @@
 """Role logins from secrets: the passwords live in Secrets Manager, PostgreSQL only sees SCRAM verifiers.
 
-The ingest and reporting roles are created NOLOGIN by the migrations. Whoever can reach the database
+The ingest, reporting and monitor roles are created NOLOGIN by the migrations. Whoever can reach the database
 gives them their login: the migrate function inside the VPC on AWS, the playbook locally.
 """
 

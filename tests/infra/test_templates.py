@@ -13,7 +13,21 @@ import pytest
 from playbook.config import load_config
 from playbook.errors import PlaybookError
 from playbook.settings import PROJECT_ROOT
-from playbook.templates import STACKS, TEMPLATE_DIR, render_all, render_pipeline, validate_cidrs, write_rendered
+from playbook.templates import (
+    RDS_CA_BUNDLE,
+    RDS_CA_BUNDLE_FILE,
+    RDS_CA_BUNDLE_ON_LAMBDA,
+    STACKS,
+    TEMPLATE_DIR,
+    proxy_nginx_conf,
+    render_all,
+    render_nginx_conf,
+    render_pipeline,
+    render_proxy,
+    reservations,
+    validate_cidrs,
+    write_rendered,
+)
 
 CFN_LINT = str(Path(sys.executable).parent / "cfn-lint")
 CHECKOV = PROJECT_ROOT / ".venv-tools" / "bin" / "checkov"
@@ -32,6 +46,14 @@ def rendered_dir(templates, tmp_path_factory) -> Path:
     return out
 
 
+@pytest.fixture(scope="module")
+def reserving_dir(tmp_path_factory) -> Path:
+    """The templates rendered with reserved concurrency on, as `provision --reserved-concurrency` does."""
+    out = tmp_path_factory.mktemp("reserving")
+    write_rendered(render_all(load_config(), ALLOW, reserved_concurrency=True), out)
+    return out
+
+
 def resources(template: dict, rtype: str) -> dict[str, dict]:
     return {k: v for k, v in template["Resources"].items() if v["Type"] == rtype}
 
@@ -46,9 +68,10 @@ def walk(node):
             yield from walk(v)
 
 
-def test_cfn_lint_reports_nothing_on_base_and_rendered_templates(rendered_dir):
+def test_cfn_lint_reports_nothing_on_base_and_rendered_templates(rendered_dir, reserving_dir):
     files = sorted(str(p) for p in TEMPLATE_DIR.glob("*.yaml")) + sorted(str(p) for p in rendered_dir.glob("*.json"))
     assert len(files) == 2 * len(STACKS)
+    files.append(str(reserving_dir / "pipeline.json"))
     result = subprocess.run([CFN_LINT, *files], capture_output=True, text=True)
     assert result.returncode == 0, f"cfn-lint found errors or warnings:\n{result.stdout}{result.stderr}"
 
@@ -63,11 +86,11 @@ def test_cfn_lint_does_fail_on_a_broken_template(tmp_path, templates):
     assert result.returncode != 0 and "NotAProperty" in result.stdout
 
 
-@pytest.mark.parametrize("where", ["base", "rendered"])
-def test_checkov_has_no_failed_check_and_every_skip_is_justified(where, rendered_dir):
+@pytest.mark.parametrize("where", ["base", "rendered", "reserving"])
+def test_checkov_has_no_failed_check_and_every_skip_is_justified(where, rendered_dir, reserving_dir):
     if not CHECKOV.exists():
         pytest.fail(f"checkov is not installed at {CHECKOV}: run `make tools` (the test suite's `make test` does)")
-    directory = TEMPLATE_DIR if where == "base" else rendered_dir
+    directory = {"base": TEMPLATE_DIR, "rendered": rendered_dir, "reserving": reserving_dir}[where]
     result = subprocess.run([str(CHECKOV), "-d", str(directory), "--framework", "cloudformation", "--skip-download",
                              "-o", "json"], capture_output=True, text=True, timeout=300)
     report = json.loads(result.stdout)
@@ -84,8 +107,11 @@ def test_database_is_private_encrypted_backed_up_and_protected(templates):
     db = templates["database"]
     (cluster,) = resources(db, "AWS::RDS::DBCluster").values()
     props = cluster["Properties"]
-    assert cluster["DeletionPolicy"] == "Snapshot"
-    assert props["StorageEncrypted"] is True and props["DeletionProtection"] is True
+    assert cluster["DeletionPolicy"] == "RetainExceptOnCreate" and cluster["UpdateReplacePolicy"] == "Snapshot"
+    assert props["StorageEncrypted"] is True
+    # protected unless provisioning asks otherwise, which it does only while the cluster's first create runs
+    assert props["DeletionProtection"] == {"Ref": "DeletionProtection"}
+    assert db["Parameters"]["DeletionProtection"]["Default"] == "true"
     assert props["EnableIAMDatabaseAuthentication"] is True
     retention = db["Parameters"]["BackupRetentionDays"]
     assert props["BackupRetentionPeriod"] == {"Ref": "BackupRetentionDays"}
@@ -152,7 +178,7 @@ def test_no_secret_values_in_environments_parameter_defaults_or_user_data(templa
                 assert not any(w in key.lower() for w in SECRET_WORDS), f"{lid}: {key}"
                 if key == "ROLE_SECRET_ARNS":  # the migrate function's map of role -> secret ARN
                     assert set(re.findall(r"\$\{(\w+)\}", value["Fn::Sub"])) == {
-                        "IngestDatabaseSecretArn", "ReportingDatabaseSecretArn"}
+                        "IngestDatabaseSecretArn", "ReportingDatabaseSecretArn", "MonitorDatabaseSecretArn"}
                 elif "SECRET" in key:
                     logins = ("DatabaseSecretArn", "IngestDatabaseSecretArn", "ReportingDatabaseSecretArn")
                     assert key.endswith("_ARN") and value in ({"Ref": p} for p in logins)
@@ -178,16 +204,46 @@ def test_each_function_logs_in_as_the_least_role_its_job_needs(templates):
                     assert statement["Resource"] != {"Ref": "DatabaseSecretArn"}, lid
 
 
+def test_the_migrate_function_gives_every_role_its_login_from_a_secret_it_alone_may_read(templates):
+    """Each role's secret is a parameter of the pipeline stack (an ARN: provisioning makes the secret, as
+    playbook.warehouse.SECRET_NAMES names it); the migrate function finds each in ROLE_SECRET_ARNS and may read
+    each, and no other function reads the monitor role's (the consultant side's login at the proxy)."""
+    from playbook.warehouse import SECRET_NAMES
+
+    pipeline = templates["pipeline"]
+    parameters = {"pipeline_ingest": "IngestDatabaseSecretArn", "pipeline_reporting": "ReportingDatabaseSecretArn",
+                  "pipeline_monitor": "MonitorDatabaseSecretArn"}
+    assert set(parameters) == set(SECRET_NAMES) and SECRET_NAMES["pipeline_monitor"] == "playbook/db/monitor"
+    for parameter in parameters.values():
+        spec = pipeline["Parameters"][parameter]
+        assert spec["Type"] == "String" and "Default" not in spec
+        assert spec["AllowedPattern"] == "^arn:[a-z-]+:secretsmanager:.+$"
+    variables = pipeline["Resources"]["MigrateFunction"]["Properties"]["Environment"]["Variables"]
+    role_arns = json.loads(re.sub(r"\$\{(\w+)\}", r"\1", variables["ROLE_SECRET_ARNS"]["Fn::Sub"]))
+    assert role_arns == parameters
+    (policy,) = pipeline["Resources"]["MigrateRole"]["Properties"]["Policies"]
+    (read,) = [st for st in policy["PolicyDocument"]["Statement"] if st["Sid"] == "ReadRoleSecrets"]
+    assert read["Action"] == "secretsmanager:GetSecretValue"
+    assert sorted(r["Ref"] for r in read["Resource"]) == sorted(parameters.values())
+    for lid, role in resources(pipeline, "AWS::IAM::Role").items():
+        if lid == "MigrateRole":
+            continue
+        assert "MonitorDatabaseSecretArn" not in json.dumps(role), lid
+    functions = resources(pipeline, "AWS::Lambda::Function")
+    assert all("MonitorDatabaseSecretArn" not in json.dumps(f["Properties"]["Environment"]["Variables"])
+               for lid, f in functions.items() if lid != "MigrateFunction")
+
+
 def test_proxy_requires_imdsv2_has_no_ssh_and_renders_the_allow_list(templates):
     (instance,) = resources(templates["proxy"], "AWS::EC2::Instance").values()
     props = instance["Properties"]
     assert props["MetadataOptions"]["HttpTokens"] == "required"
     assert "KeyName" not in props
-    user_data = props["UserData"]["Fn::Base64"]["Fn::Sub"]
+    conf = proxy_nginx_conf(templates["proxy"])["content"]["Fn::Sub"]
     for cidr in ALLOW:
-        assert f"allow {cidr};" in user_data
-    assert "deny all;" in user_data and "${DatabaseEndpoint}:${DatabasePort}" in user_data
-    assert "@NGINX_CONF@" not in user_data
+        assert f"allow {cidr};" in conf
+    assert "deny all;" in conf and "${DatabaseEndpoint}:${DatabasePort}" in conf
+    assert "@NGINX_CONF@" not in json.dumps(templates["proxy"])
     role = templates["proxy"]["Resources"]["ProxyRole"]["Properties"]
     assert any("AmazonSSMManagedInstanceCore" in json.dumps(a) for a in role["ManagedPolicyArns"])
 
@@ -242,7 +298,7 @@ def test_pipeline_has_one_function_per_job_with_schedules_in_the_company_timezon
     assert set(functions) == expected
     for name, props in functions.items():
         assert props["Runtime"] in ("python3.12", "python3.13")
-        assert props["ReservedConcurrentExecutions"] >= 1 and props["DeadLetterConfig"]["TargetArn"]
+        assert "ReservedConcurrentExecutions" not in props and props["DeadLetterConfig"]["TargetArn"]
         assert props["VpcConfig"]["SubnetIds"] == {"Ref": "AppSubnetIds"}
         assert set(props["Environment"]["Variables"]) >= {"DB_SECRET_ARN", "PIPELINE_CONFIG_URI", "LANDING_BUCKET",
                                                           "LOG_LEVEL"}
@@ -321,9 +377,12 @@ def test_the_email_function_keeps_its_claims_in_its_own_prefix_with_the_least_it
         ("s3:DeleteObject", json.dumps(emails), "null"),
     }
     ses = [s for s in statements.values() if "ses:" in json.dumps(s["Action"])]
+    identity = "arn:${AWS::Partition}:ses:${AWS::Region}:${AWS::AccountId}:identity/"
+    # the sender's identities, and (SES's sandbox authorises a send against them too) the recipients'
     assert ses == [{"Sid": "SendAsTheReportSender", "Effect": "Allow", "Action": "ses:SendRawEmail",
-                    "Resource": {"Fn::Sub": "arn:${AWS::Partition}:ses:${AWS::Region}:${AWS::AccountId}:"
-                                            "identity/${SenderIdentity}"},
+                    "Resource": [{"Fn::Sub": identity + "${SenderIdentity}"},
+                                 {"Fn::Sub": identity + "northwind.example"},
+                                 {"Fn::Sub": identity + "operations@northwind.example"}],
                     "Condition": {"StringEquals": {"ses:FromAddress": {"Ref": "SenderIdentity"}}}}]
     # no other function reaches the emails, and none but the email function sends
     for lid, role in resources(pipeline, "AWS::IAM::Role").items():
@@ -331,3 +390,140 @@ def test_the_email_function_keeps_its_claims_in_its_own_prefix_with_the_least_it
             continue
         text = json.dumps(role)
         assert EMAIL_PREFIX not in text and "ses:" not in text, lid
+
+
+def test_reserved_concurrency_is_a_setting_off_by_default():
+    """A fresh account cannot afford the reservations (Lambda keeps 100 executions unreserved): by default no
+    function reserves any; with the setting each reserves its own, and the whole is what the quota check asks."""
+    config = load_config()
+    by_default = resources(render_all(config, ALLOW)["pipeline"], "AWS::Lambda::Function")
+    assert by_default
+    assert not [lid for lid, f in by_default.items() if "ReservedConcurrentExecutions" in f["Properties"]]
+    reserving = resources(render_all(config, ALLOW, reserved_concurrency=True)["pipeline"], "AWS::Lambda::Function")
+    reserved = {f["Properties"]["FunctionName"]["Fn::Sub"].removeprefix("${Prefix}-"):
+                f["Properties"]["ReservedConcurrentExecutions"] for f in reserving.values()}
+    assert reserved == reservations(config) and all(n >= 1 for n in reserved.values())
+    assert sum(reserved.values()) == 2 * len(config.sources) + 3
+
+
+def test_retained_data_is_removed_only_when_its_first_create_rolls_back(templates):
+    """The buckets and the cluster outlive their stack, but a rolled-back first create removes them, so a retry
+    can create them again under their names; nothing is plainly Retain (that would survive a rollback)."""
+    kept = {}
+    for template in templates.values():
+        for lid, res in template["Resources"].items():
+            if "DeletionPolicy" in res:
+                kept[lid] = (res["DeletionPolicy"], res.get("UpdateReplacePolicy"))
+    assert kept == {"AccessLogsBucket": ("RetainExceptOnCreate", "Retain"),
+                    "ArtifactBucket": ("RetainExceptOnCreate", "Retain"),
+                    "LandingBucket": ("RetainExceptOnCreate", "Retain"),
+                    "Cluster": ("RetainExceptOnCreate", "Snapshot")}
+    assert "Retain" not in {policy for policy, _ in kept.values()}
+    # a rollback can remove the cluster only while it is unprotected: the parameter provisioning sets
+    assert templates["database"]["Parameters"]["DeletionProtection"]["AllowedValues"] == ["true", "false"]
+
+
+def test_a_new_allow_list_reaches_nginx_through_cfn_init_without_touching_the_instance():
+    """nginx's file is the instance's cfn-init metadata, which cfn-hup applies on every stack update: a changed
+    allow-list changes that file's content (and the security group), and no property of the instance (a
+    UserData change would only stop and start it, without running it again)."""
+    before, after = render_proxy(["203.0.113.10/32"]), render_proxy(["203.0.113.10/32", "192.0.2.0/24"])
+    conf_before, conf_after = (proxy_nginx_conf(t)["content"]["Fn::Sub"] for t in (before, after))
+    assert "allow 192.0.2.0/24;" not in conf_before and "allow 192.0.2.0/24;" in conf_after
+    assert conf_after == render_nginx_conf(
+        listen="5432", upstream="${DatabaseEndpoint}:${DatabasePort}", allow=["203.0.113.10/32", "192.0.2.0/24"],
+        stream_module="/usr/lib64/nginx/modules/ngx_stream_module.so", pid_file="/run/nginx.pid",
+        error_log="/var/log/nginx/error.log", access_log="/var/log/nginx/bi-proxy.log",
+        resolver="resolver 169.254.169.253 valid=10s;"), "the same file the local proxy runs"
+    instance_before, instance_after = (t["Resources"]["ProxyHost"] for t in (before, after))
+    assert instance_before["Properties"] == instance_after["Properties"]
+    assert sorted(r["Properties"]["CidrIp"] for r in resources(after, "AWS::EC2::SecurityGroupIngress").values()) == [
+        "192.0.2.0/24", "203.0.113.10/32"]
+    # cfn-hup watches exactly that metadata and runs cfn-init on it again, which checks and reloads nginx
+    init = instance_after["Metadata"]["AWS::CloudFormation::Init"]
+    assert init["configSets"]["proxy"] == ["nginx", "cfn-hup"]
+    hook = init["cfn-hup"]["files"]["/etc/cfn/hooks.d/proxy-configuration.conf"]["content"]["Fn::Sub"]
+    assert "path=Resources.ProxyHost.Metadata.AWS::CloudFormation::Init" in hook
+    assert "triggers=post.update" in hook and "--resource ProxyHost --configsets proxy" in hook
+    assert "interval=1" in init["cfn-hup"]["files"]["/etc/cfn/cfn-hup.conf"]["content"]["Fn::Sub"]
+    assert init["nginx"]["commands"]["01-check-the-configuration"]["command"] == "nginx -t"
+    assert init["nginx"]["commands"]["02-reload-a-running-nginx"]["command"] == "systemctl reload nginx"
+    assert init["cfn-hup"]["services"]["systemd"]["cfn-hup"]["ensureRunning"] is True
+    # the first boot runs the same configset and tells CloudFormation how it went
+    user_data = instance_after["Properties"]["UserData"]["Fn::Base64"]["Fn::Sub"]
+    assert "cfn-init -v --stack ${AWS::StackName} --resource ProxyHost --configsets proxy" in user_data
+    assert "cfn-signal -e $?" in user_data and instance_after["CreationPolicy"]["ResourceSignal"]["Count"] == 1
+    assert "allow " not in user_data
+
+
+def test_the_proxy_ami_is_a_plain_parameter_resolved_by_provisioning(templates):
+    """No SSM-typed parameter (CloudFormation would resolve it on every update, and a new AMI release would
+    replace the proxy): an AMI id that provisioning resolves once and then passes unchanged."""
+    image = templates["proxy"]["Parameters"]["ImageId"]
+    assert image["Type"] == "AWS::EC2::Image::Id" and "Default" not in image
+    for template in templates.values():
+        assert not [p for p in template.get("Parameters", {}).values() if p["Type"].startswith("AWS::SSM::")]
+
+
+def test_the_alarm_topic_uses_a_key_cloudwatch_may_use_and_mails_the_configured_address(templates):
+    pipeline = templates["pipeline"]
+    topic = pipeline["Resources"]["AlarmTopic"]["Properties"]
+    assert topic["KmsMasterKeyId"] == {"Ref": "AlarmTopicKey"}, "alias/aws/sns cannot be used by CloudWatch"
+    key = pipeline["Resources"]["AlarmTopicKey"]["Properties"]
+    assert key["EnableKeyRotation"] is True
+    (cloudwatch,) = [s for s in key["KeyPolicy"]["Statement"]
+                     if s["Principal"] == {"Service": "cloudwatch.amazonaws.com"}]
+    assert cloudwatch["Effect"] == "Allow" and set(cloudwatch["Action"]) == {"kms:Decrypt", "kms:GenerateDataKey*"}
+    subscription = pipeline["Resources"]["AlarmEmailSubscription"]
+    assert subscription["Condition"] == "HasAlarmEmail"
+    assert subscription["Properties"] == {"TopicArn": {"Ref": "AlarmTopic"}, "Protocol": "email",
+                                          "Endpoint": {"Ref": "AlarmEmail"}}
+    assert pipeline["Conditions"]["HasAlarmEmail"] == {"Fn::Not": [{"Fn::Equals": [{"Ref": "AlarmEmail"}, ""]}]}
+    assert pipeline["Parameters"]["AlarmEmail"]["Default"] == ""
+    pattern = re.compile(pipeline["Parameters"]["AlarmEmail"]["AllowedPattern"])
+    assert pattern.match("") and pattern.match("ops@northwind.example") and not pattern.match("not an address")
+
+
+def test_the_functions_verify_the_cluster_with_the_rds_ca_bundle(templates):
+    """On AWS the functions connect with verify-full against the RDS CA bundle, a data file of the function zip
+    (under lambda_src/, so on Lambda under /var/task/) that libpq finds through PGSSLROOTCERT."""
+    from playbook.targets import AwsTarget, LocalTarget
+
+    pipeline = templates["pipeline"]
+    assert pipeline["Parameters"]["DatabaseSslRootCert"]["Default"] == RDS_CA_BUNDLE_ON_LAMBDA
+    assert (AwsTarget.database_ssl_mode, AwsTarget.database_ssl_root_cert) == ("verify-full", RDS_CA_BUNDLE_ON_LAMBDA)
+    assert (LocalTarget.database_ssl_mode, LocalTarget.database_ssl_root_cert) == ("prefer", "")
+    assert RDS_CA_BUNDLE_FILE == PROJECT_ROOT / "lambda_src" / RDS_CA_BUNDLE
+    for function in resources(pipeline, "AWS::Lambda::Function").values():
+        env = function["Properties"]["Environment"]["Variables"]
+        assert env["PGSSLROOTCERT"] == {"Ref": "DatabaseSslRootCert"}
+        assert env["DB_SSLMODE"] == {"Ref": "DatabaseSslMode"}
+
+
+def test_the_engine_version_is_a_parameter_of_the_major_the_parameter_group_is_for(templates):
+    db = templates["database"]
+    version = db["Parameters"]["EngineVersion"]
+    assert db["Resources"]["Cluster"]["Properties"]["EngineVersion"] == {"Ref": "EngineVersion"}
+    assert re.match(version["AllowedPattern"], version["Default"]) and not re.match(version["AllowedPattern"], "17.2")
+    assert db["Resources"]["ClusterParameterGroup"]["Properties"]["Family"] == "aurora-postgresql16"
+
+
+def test_the_functions_reach_each_rest_sources_port_and_https():
+    """Egress is HTTPS (AWS's APIs) plus each REST source's base_url port, derived from the configuration."""
+    from pipeline.config import parse_config
+
+    def egress(base_urls: list[str]) -> list[tuple[int, str]]:
+        data = load_config().model_dump(mode="json")
+        for i, url in enumerate(base_urls):
+            data["sources"][f"api_{i}"] = {**data["sources"]["interactions"], "kind": "rest_api", "prefix": None,
+                                          "api": {"base_url": url, "resource": {"path": "/v1/x"},
+                                                  "auth": {"type": "none"}, "pagination": {"style": "none"}}}
+        network = render_all(parse_config(data), ALLOW)["network"]
+        rules = network["Resources"]["LambdaSecurityGroup"]["Properties"]["SecurityGroupEgress"]
+        return sorted((r["FromPort"], r["CidrIp"]["Ref"] if isinstance(r["CidrIp"], dict) else r["CidrIp"])
+                      for r in rules if r["FromPort"] == r["ToPort"])
+
+    assert egress([]) == [(443, "0.0.0.0/0"), (5432, "VpcCidr")]
+    assert egress(["https://erp.example.com"]) == [(443, "0.0.0.0/0"), (5432, "VpcCidr")]
+    assert egress(["https://erp.example.com:8443/api", "http://legacy.example.com"]) == [
+        (80, "0.0.0.0/0"), (443, "0.0.0.0/0"), (5432, "VpcCidr"), (8443, "0.0.0.0/0")]

@@ -2,7 +2,7 @@
 
 Runs as the owner (the cluster's master secret); re-running is a no-op. Also pins the database's time
 zone to the company's, so dates of timestamps are the company's in every session, and gives the
-ingest and reporting roles their logins from their secrets (ROLE_SECRET_ARNS: {"role": "secret ARN"}).
+ingest, reporting and monitor roles their logins from their secrets (ROLE_SECRET_ARNS: {"role": "secret ARN"}).
 """
 
 from __future__ import annotations
