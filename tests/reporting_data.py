@@ -13,6 +13,8 @@ from decimal import Decimal
 import psycopg2
 import psycopg2.extras
 
+from pipeline.model import KEY_SEPARATOR
+
 FIRST_DAY = date(2023, 1, 1)
 LAST_DAY = date(2024, 5, 20)  # mid-month, mid-quarter: every preset means something
 CATEGORIES = ("Rent", "Utilities", "Software", "Travel", "Marketing", "Packaging")
@@ -29,9 +31,11 @@ def _batch(cur, source: str, table: str, rows: int) -> int:
     return cur.fetchone()[0]
 
 
-def _meta(batch_id: int, source: str, i: int, *values) -> tuple:
+def _meta(batch_id: int, source: str, i: int, *values, key: int = 1) -> tuple:
+    """A row's lineage: its batch, place, content hash and _key (its first `key` values, as the loader joins
+    them)."""
     digest = hashlib.sha256(repr(values).encode()).hexdigest()
-    return (batch_id, i, digest)
+    return (batch_id, i, digest, KEY_SEPARATOR.join(str(v) for v in values[:key]))
 
 
 def insert_company(conn) -> dict:
@@ -74,26 +78,27 @@ def insert_company(conn) -> dict:
         ids = {t: _batch(cur, f"{SOURCE_PREFIX}{t}", t, 0) for t in TABLES}
         for i, (client_id, name) in enumerate(clients):
             cur.execute("insert into core.clients (client_id, name, segment, country, created_on,"
-                        " _batch_id, _source_row, _row_hash) values"
-                        " (%s, %s, 'SME', 'GB', %s, %s, %s, %s)",
+                        " _batch_id, _source_row, _row_hash, _key) values"
+                        " (%s, %s, 'SME', 'GB', %s, %s, %s, %s, %s)",
                         (client_id, name, FIRST_DAY, *_meta(ids["clients"], "clients", i, client_id, name)))
         psycopg2.extras.execute_values(
             cur, "insert into core.sales (order_id, line_no, order_date, client_id, product, quantity, unit_price,"
-            " amount, currency, _batch_id, _source_row, _row_hash) values %s",
-            [(*s, "GBP", *_meta(ids["sales"], "sales", i, *s)) for i, s in enumerate(sales)])
+            " amount, currency, _batch_id, _source_row, _row_hash, _key) values %s",
+            [(*s, "GBP", *_meta(ids["sales"], "sales", i, *s, key=2)) for i, s in enumerate(sales)])
         psycopg2.extras.execute_values(
             cur, "insert into core.operating_costs (cost_id, cost_date, category, vendor, amount,"
-            " _batch_id, _source_row, _row_hash) values %s",
+            " _batch_id, _source_row, _row_hash, _key) values %s",
             [(*c, *_meta(ids["operating_costs"], "operating_costs", i, *c)) for i, c in enumerate(costs)])
         psycopg2.extras.execute_values(
             cur, "insert into core.payments (payment_id, payment_date, client_id, amount,"
-            " _batch_id, _source_row, _row_hash) values %s",
+            " _batch_id, _source_row, _row_hash, _key) values %s",
             [(*p, *_meta(ids["payments"], "payments", i, *p)) for i, p in enumerate(payments)])
         cur.execute("insert into core.tax (period, tax_type, amount, _batch_id, _source_row,"
-                    " _row_hash) values ('2024-03-01', 'T-VAT', 12345.67, %s, 1, 'h')", (ids["tax"],))
+                    " _row_hash, _key) values ('2024-03-01', 'T-VAT', 12345.67, %s, 1, 'h',"
+                    " '2024-03-01' || chr(31) || 'T-VAT')", (ids["tax"],))
         cur.execute("insert into core.interactions (interaction_id, occurred_at, client_id, channel,"
-                    " _batch_id, _source_row, _row_hash) values"
-                    " ('T-I1', '2024-05-02 10:00+00', 'T-C001', 'email', %s, 1, 'h')",
+                    " _batch_id, _source_row, _row_hash, _key) values"
+                    " ('T-I1', '2024-05-02 10:00+00', 'T-C001', 'email', %s, 1, 'h', 'T-I1')",
                     (ids["interactions"],))
         counts = {"sales": len(sales), "clients": len(clients), "operating_costs": len(costs),
                   "payments": len(payments), "tax": 1, "interactions": 1}

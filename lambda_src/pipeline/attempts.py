@@ -68,7 +68,8 @@ class Attempt:
             " rows_unchanged = %(rows_unchanged)s, rows_duplicate = %(rows_duplicate)s,"
             " rows_quarantined = %(rows_quarantined)s, rows_skipped = %(rows_skipped)s,"
             " amount_in = %(amount_in)s, amount_loaded = %(amount_loaded)s,"
-            " amount_quarantined = %(amount_quarantined)s, amount_duplicate = %(amount_duplicate)s, plan = %(plan)s"
+            " amount_quarantined = %(amount_quarantined)s, amount_duplicate = %(amount_duplicate)s,"
+            " rows_deleted = %(rows_deleted)s, amount_deleted = %(amount_deleted)s, plan = %(plan)s"
             " where batch_id = %(batch_id)s and status = 'started'",
             {**summary, "batch_id": self.batch_id, "sha": self.delivery.sha256,
              "plan": psycopg2.extras.Json(self.plan)})

@@ -13,7 +13,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from pipeline.model import TABLES
+from pipeline.model import KEY_TYPES, ROW_KEY, TABLES
 from pipeline.sources.kinds import KINDS, source_kind
 
 _NAME = re.compile(r"^[a-z][a-z0-9_]{0,39}$")
@@ -226,14 +226,41 @@ class ApiOptions(Strict):
         return value
 
 
+class Attribute(Strict):
+    """A further column of the source kept on each row (region, channel...), typed."""
+
+    column: str = Field(description="its header in the source")
+    type: Literal["text", "integer", "number", "date"] = "text"
+
+
+# the source's own columns a debit/credit statement maps besides the table's: amount = credit - debit
+DEBIT_CREDIT = ("debit", "credit")
+
+
 class SourceConfig(Strict):
     kind: str = Field(description="how its deliveries arrive and are read: a name in pipeline.sources.kinds")
     table: str = Field(description="canonical table the source feeds")
     description: str = ""
     prefix: str | None = Field(None, description="landing bucket prefix of the files, e.g. landing/payments/")
     schedule: str = Field(description="AWS schedule expression: cron(...) or rate(...)")
-    columns: dict[str, str] = Field(description="canonical column -> header in the source")
-    natural_key: list[str] | None = None
+    columns: dict[str, str] = Field(description="canonical column -> header in the source (with amounts: "
+                                                "debit_credit, debit and credit -> their headers)")
+    natural_key: list[str] | None = Field(None, description="the columns a row is known by (default: the table's "
+                                                            "own key); [row] in a snapshot: each row's place")
+    compose: dict[str, str] = Field(default_factory=dict, description="canonical column -> its value built from "
+                                    "the source's columns, e.g. order_id: '{Country}-{Segment}-{Month}'")
+    amounts: Literal["positive", "signed", "inverted", "debit_credit"] = Field(
+        "positive", description="positive: a negative amount is refused; signed: negative amounts are refunds or "
+                                "outflows; inverted: the source writes money in as negative; debit_credit: "
+                                "amount = credit - debit, from columns.debit and columns.credit")
+    currency: str | None = Field(None, pattern=r"^[A-Z]{3}$", description="the currency of rows that name none "
+                                                                         "(default: the company's)")
+    attributes: dict[str, str | Attribute] = Field(default_factory=dict, description="further columns kept on "
+                                                   "each row by name: region: Region, or region: {column: Region}")
+    load: Literal["merge", "distinct", "snapshot"] = Field(
+        "merge", description="merge: rows merged by key; distinct: a dimension taken from fact rows (each key "
+                             "once, the last row wins); snapshot: each delivery replaces the source's rows for "
+                             "the dates it covers, and rows it no longer holds are deleted at source")
     read: ReadOptions = ReadOptions()
     expected_every_days: int | None = Field(None, ge=1, description="a delivery is due this often")
     api: ApiOptions | None = Field(None, description="how to call the API (rest_api sources only)")
@@ -268,16 +295,46 @@ class SourceConfig(Strict):
     @model_validator(mode="after")
     def _mapping_fits_the_table(self) -> SourceConfig:
         table = TABLES[self.table]
-        unknown = sorted(set(self.columns) - set(table.column_names))
+        extra = set(DEBIT_CREDIT) if self.amounts == "debit_credit" else set()
+        unknown = sorted(set(self.columns) - set(table.column_names) - extra)
         if unknown:
             raise ValueError(f"columns: {', '.join(unknown)} not in table {self.table} "
                              f"(its columns: {', '.join(table.column_names)})")
-        missing = [c.name for c in table.columns if c.required and c.name not in self.columns]
+        unknown = sorted(set(self.compose) - set(table.column_names))
+        if unknown:
+            raise ValueError(f"compose: {', '.join(unknown)} not in table {self.table}")
+        both = sorted(set(self.compose) & set(self.columns))
+        if both:
+            raise ValueError(f"compose: {', '.join(both)} is mapped in columns too: map it once")
+        if self.amounts == "debit_credit":
+            if table.amount is None or table.amount in self.columns:
+                raise ValueError(f"columns: with amounts: debit_credit, {self.table}'s amount comes from "
+                                 "columns.debit and columns.credit, not a column of its own")
+            if not extra <= set(self.columns):
+                raise ValueError("columns: amounts: debit_credit needs columns.debit and columns.credit")
+        elif self.amounts != "positive" and table.amount is None:
+            raise ValueError(f"amounts: {self.table} holds no amount")
+        mapped = self.mapped
+        missing = [c.name for c in table.columns if c.required and c.name not in mapped]
         if missing:
             raise ValueError(f"columns: required column(s) {', '.join(missing)} of {self.table} are not mapped")
+        if self.natural_key is None and not set(table.natural_key) <= mapped:
+            raise ValueError(f"natural_key: {self.table}'s own key ({', '.join(table.natural_key)}) is not mapped: "
+                             "declare the columns its rows are known by")
         for key in self.key:
-            if key not in self.columns:
+            if key == ROW_KEY:
+                if self.load != "snapshot" or len(self.key) > 1:
+                    raise ValueError("natural_key: [row] (each row's place) is a key of a snapshot source only, "
+                                     "on its own")
+            elif key not in mapped:
                 raise ValueError(f"natural_key: {key!r} is not a mapped column")
+            elif table.column(key).type not in KEY_TYPES:
+                raise ValueError(f"natural_key: {key!r} is {table.column(key).type}: a key is made of text, "
+                                 "integer and date columns")
+        clash = sorted(set(self.attributes) & (set(table.column_names) | {"attributes"}))
+        if clash or any(not _NAME.match(a) for a in self.attributes):
+            raise ValueError(f"attributes: {', '.join(clash or self.attributes)}: an attribute is named in lower "
+                             "case letters, digits and _, and is not a column of the table")
         if self.delivers == "files" and not self.prefix:
             raise ValueError(f"prefix: a {self.kind} source needs the landing prefix its files arrive under")
         if self.delivers == "api" and self.api is None:
@@ -295,6 +352,17 @@ class SourceConfig(Strict):
     @property
     def key(self) -> tuple[str, ...]:
         return tuple(self.natural_key or TABLES[self.table].natural_key)
+
+    @property
+    def mapped(self) -> set[str]:
+        """The table's columns this source gives: mapped, composed, or its amount from debit and credit."""
+        extra = {TABLES[self.table].amount} if self.amounts == "debit_credit" else set()
+        return (set(self.columns) - set(DEBIT_CREDIT)) | set(self.compose) | extra
+
+    @property
+    def attribute_columns(self) -> dict[str, Attribute]:
+        """Each attribute's column and type."""
+        return {name: a if isinstance(a, Attribute) else Attribute(column=a) for name, a in self.attributes.items()}
 
 
 class EmailReport(Strict):

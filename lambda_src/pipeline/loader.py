@@ -12,9 +12,10 @@ without either (pipeline.re_exports).
 from __future__ import annotations
 
 import contextlib
+import re
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import psycopg2
 import psycopg2.extras
@@ -22,7 +23,7 @@ from psycopg2 import sql
 
 from pipeline.attempts import Attempt
 from pipeline.config import Company, SourceConfig
-from pipeline.model import TABLES, Table
+from pipeline.model import TABLES, Column, Table
 from pipeline.money import EXACT
 from pipeline.re_exports import ReExports
 from pipeline.reading import Reading, SettledReading
@@ -34,9 +35,13 @@ from pipeline.typing_sql import (
     Mapped,
     fast_lane,
     identifiers,
+    key_text,
     row_hash,
     typed_select,
 )
+
+# a row that names no currency has its batch's (the source's, else the company's): set once per batch
+CURRENCY_DEFAULT = "nullif(current_setting('pipeline.currency', true), '')"
 
 
 class TimeBudgetExceeded(RuntimeError):
@@ -92,6 +97,7 @@ class BatchLoad(TypedInHandler, ReExports, SettledReading):
         if hasattr(reader, "plan"):
             reader.plan = self.plan  # the reader notes its own decisions (an encoding, how quotes read) there
         self._readings: dict[str | None, Reading] = {}  # each sheet's reading, once settled
+        self._derived: dict[str | None, list[tuple[str, str, str]]] = {}  # each sheet's columns made in raw
         self._dayfirst = self._declared_date_order()
 
     # -- the batch ----------------------------------------------------------------------------------
@@ -118,6 +124,9 @@ class BatchLoad(TypedInHandler, ReExports, SettledReading):
                 cur.execute("set local enable_memoize = off; set local jit = off")
                 # the key check and the merge hash a whole batch: in memory, not in spill files
                 cur.execute("set local work_mem = '64MB'")
+                # the currency of rows that name none: the source's, else the company's (column defaults read it)
+                cur.execute("select set_config('pipeline.currency', %s, true)",
+                            (d.config.currency or self.company.currency,))
                 self._create_typed(cur)
                 # a one-sheet delivery into an empty table: its rows go straight in (see _load_direct)
                 self.direct = (self.straight_in and self.reader.one_sheet
@@ -130,6 +139,9 @@ class BatchLoad(TypedInHandler, ReExports, SettledReading):
                     summary = self._load_sheet(cur, sheet)
                     self._check_time(commit_margin_s)
                 summary = summary or self._merge(cur)
+                if d.config.load == "snapshot":
+                    deleted, amount_deleted = self._deleted_at_source(cur)
+                    summary = {**summary, "rows_deleted": deleted, "amount_deleted": amount_deleted}
                 self._check_time(commit_margin_s)
                 self.attempt.committed(cur, summary)
                 if self.before_commit:
@@ -162,12 +174,13 @@ class BatchLoad(TypedInHandler, ReExports, SettledReading):
 
     # -- per sheet: raw COPY, typing, quarantine ----------------------------------------------------
     def _create_typed(self, cur) -> None:
-        cols = sql.SQL(", ").join(sql.SQL("{} {}").format(sql.Identifier(c.name), sql.SQL(SQL_TYPE[c.type]))
-                                  for c in self.table.columns)
+        cols = sql.SQL(", ").join(sql.SQL("{} {}{}").format(
+            sql.Identifier(c.name), sql.SQL(SQL_TYPE[c.type]),
+            sql.SQL(" default " + CURRENCY_DEFAULT if c.name == "currency" else "")) for c in self.table.columns)
         # a COPY of rows typed in the handler leaves out what every row of its sheet shares
         cur.execute(sql.SQL("create temp table typed (_sheet text default nullif(current_setting('pipeline.sheet', "
                             "true), ''), _row bigint, {}, _reasons text[] default '{{}}', _skip boolean default false,"
-                            " _row_hash text) on commit drop").format(cols))
+                            " _row_hash text, _key text, attributes jsonb) on commit drop").format(cols))
 
     def _create_raw(self, cur, sheet: RawSheet) -> None:
         cur.execute("drop table if exists raw; drop sequence if exists raw_row")
@@ -203,7 +216,54 @@ class BatchLoad(TypedInHandler, ReExports, SettledReading):
         return parsed
 
     def _mapped(self, sheet: RawSheet) -> list[Mapped]:
-        return [Mapped(self.table.column(c), f"c{pos}", sheet.header[pos]) for c, pos in sheet.mapping.items()]
+        """The table's columns the sheet gives, as the source reads them (see _as_read): mapped, and composed or
+        taken from a debit and a credit (made in raw by _derive)."""
+        table = self.table.column_names
+        mapped = [self._as_read(c, f"c{pos}", sheet.header[pos]) for c, pos in sheet.mapping.items() if c in table]
+        return mapped + [self._as_read(c, raw, header) for c, raw, header in self._derived.get(sheet.name, [])]
+
+    def _as_read(self, name: str, raw: str, header: str) -> Mapped:
+        """A column as this source reads it: required when it is part of the key, refused below zero when it
+        carries the row's sign and the source's amounts are all positive, turned when they are inverted."""
+        cfg = self.delivery.config
+        column = self.table.column(name)
+        column = replace(column, required=column.required or name in cfg.key,
+                         non_negative=column.non_negative or (column.signed and cfg.amounts == "positive"))
+        return Mapped(column, raw, header, negate=column.signed and cfg.amounts == "inverted")
+
+    def _attributes(self, sheet: RawSheet) -> list[Mapped]:
+        """The source's further columns, each typed as it declares."""
+        return [Mapped(Column(name, a.type, required=False), f"c{sheet.mapping[f'attribute {name}']}", a.column)
+                for name, a in self.delivery.config.attribute_columns.items()]
+
+    def _derive(self, cur, sheet: RawSheet) -> None:
+        """Columns the source builds from others, made in raw beside them: a composed column ('{Country}-{Month}',
+        empty when a part is), and with amounts: debit_credit the amount, the credit as it is and the debit with
+        a minus (a row with both is no amount: 'debit 5,00 and credit 2,00' is refused as one)."""
+        cfg = self.delivery.config
+
+        def part(name: str) -> sql.Composable:
+            return sql.SQL("nullif(btrim(r.{}), '')").format(sql.Identifier(f"c{sheet.mapping[name]}"))
+
+        made = []
+        for name, template in cfg.compose.items():
+            pieces = [part(p) if p.startswith("{") and p.endswith("}") else sql.Literal(p)
+                      for p in re.split(r"(\{[^{}]+\})", template) if p]
+            parts = [p for p in pieces if not isinstance(p, sql.Literal)]
+            made.append((name, template, sql.SQL("case when {} then null else concat({}) end").format(
+                sql.SQL(" or ").join(sql.SQL("{} is null").format(p) for p in parts), sql.SQL(", ").join(pieces))))
+        if cfg.amounts == "debit_credit":
+            made.append((self.table.amount, f"{cfg.columns['credit']} - {cfg.columns['debit']}", sql.SQL(
+                "case when {d} is not null and {c} is not null then 'debit ' || {d} || ' and credit ' || {c} "
+                "when {d} is not null then case when left({d}, 1) = '-' then 'debit ' || {d} else '-' || {d} end "
+                "else {c} end").format(d=part("debit"), c=part("credit"))))
+        derived = []
+        for i, (name, header, value) in enumerate(made):
+            column = sql.Identifier(f"d{i}")
+            cur.execute(sql.SQL("alter table raw add column {} text").format(column))
+            cur.execute(sql.SQL("update raw r set {} = {}").format(column, value))
+            derived.append((name, f"d{i}", header))
+        self._derived[sheet.name] = derived
 
     def note(self, sheet: RawSheet | None, what: str) -> None:
         """A decision about the delivery (or one of its sheets), for its ledger row's plan."""
@@ -219,17 +279,18 @@ class BatchLoad(TypedInHandler, ReExports, SettledReading):
             if taken:
                 return summary
         sheet = self._copy(cur, sheet)
+        self._derive(cur, sheet)
         mapped = self._mapped(sheet)
         opts = self.delivery.config.read
-        lane = fast_lane(self.table, mapped, opts, len(sheet.header))
+        # a source that keeps attributes types every row the careful way, which types them too
+        lane = None if self.delivery.config.attributes else fast_lane(self.table, mapped, opts, len(sheet.header))
         self.note(sheet, "typed in SQL: rows in their types' own spellings cast as they are, the rest the careful "
                          "way" if lane else "typed in SQL the careful way (the layout's spellings are rewritten)")
         if self.direct:  # staged all the same: straight in pays only for rows the handler types (bench paths)
             self.plan["into"] = ("an empty table: its rows typed in SQL, then inserted, the primary key built "
                                  "after")
         if lane is None:
-            self._typed_rows(cur, sheet, mapped, typed_select(self.table, mapped, self._reading(cur, sheet, mapped),
-                                                              len(sheet.header)))
+            self._typed_rows(cur, sheet, mapped, self._careful(cur, sheet, mapped))
         else:  # rows already canonical: cast, no per-value tests; the rest the careful way
             self._fast_rows(cur, sheet, mapped, lane)
             self._type_the_rest(cur, sheet, mapped, cur.rowcount, self._taken(sheet))
@@ -255,22 +316,30 @@ class BatchLoad(TypedInHandler, ReExports, SettledReading):
         cur.execute("select count(*) from raw")
         if cur.fetchone()[0] > fast:
             rest = sql.SQL("not exists (select from {} t where t._row = r._row)").format(taken)
-            self._typed_rows(cur, sheet, mapped, typed_select(self.table, mapped, self._reading(cur, sheet, mapped),
-                                                              len(sheet.header), rest))
+            self._typed_rows(cur, sheet, mapped, self._careful(cur, sheet, mapped, rest))
+
+    def _careful(self, cur, sheet: RawSheet, mapped: list[Mapped], where: sql.Composable | None = None):
+        """The careful lane's SELECT over the sheet's rows in raw (those `where` holds), attributes included."""
+        return typed_select(self.table, mapped, self._reading(cur, sheet, mapped), len(sheet.header), where,
+                            self._attributes(sheet))
 
     def _typed_rows(self, cur, sheet: RawSheet, mapped: list[Mapped], select: sql.Composable,
                     hashed: bool = False) -> None:
         """Rows of `select` into typed; an accepted row gets its content hash in the same pass (a null hash
         marks a rejected row). hashed: `select` brings it, as _h."""
         names = [m.column.name for m in mapped]
+        attributes = bool(self.delivery.config.attributes) and not hashed
+        kept = names + (["attributes"] if attributes else [])
         cur.execute(sql.SQL(
-            "insert into typed (_sheet, _row, {cols}, _reasons, _skip, _row_hash) "
-            "select {sheet}, s._row, {scols}, s._reasons, s._skip, "
-            "case when not s._skip and cardinality(s._reasons) = 0 then {hash} end "
-            "from ({select}) s").format(
-            cols=identifiers(names), sheet=sql.Literal(sheet.name), select=select,
-            hash=sql.SQL("s._h") if hashed else row_hash(self.table, names),
-            scols=sql.SQL(", ").join(sql.SQL("s.{}").format(sql.Identifier(n)) for n in names)))
+            "insert into typed (_sheet, _row, {cols}, _reasons, _skip, _row_hash, _key) "
+            "select {sheet}, s._row, {scols}, s._reasons, s._skip, h._row_hash, "
+            "case when h._row_hash is not null then {key} end "
+            "from ({select}) s cross join lateral (select case when not s._skip and cardinality(s._reasons) = 0 "
+            "then {hash} end as _row_hash) h").format(
+            cols=identifiers(kept), sheet=sql.Literal(sheet.name), select=select,
+            hash=sql.SQL("s._h") if hashed else row_hash(self.table, names, attributes),
+            key=key_text(list(self.delivery.config.key), sheet.name),
+            scols=sql.SQL(", ").join(sql.SQL("s.{}").format(sql.Identifier(n)) for n in kept)))
 
     def _quarantine(self, cur, sheet: RawSheet, mapped: list[Mapped]) -> None:
         """The sheet's rejected rows, each with its raw values and reasons, and the rows its reader refused."""
@@ -350,7 +419,6 @@ class BatchLoad(TypedInHandler, ReExports, SettledReading):
     # -- dedupe and merge ---------------------------------------------------------------------------
     def _merge(self, cur) -> dict:
         t = self.table
-        cols = list(t.column_names)
         key = list(self.delivery.config.key)
         amount = sql.Identifier(t.amount) if t.amount else None
         skipped, read, quarantined, accepted, amount_in, amount_q, amount_loaded = self._typed_counts(cur)
@@ -371,18 +439,18 @@ class BatchLoad(TypedInHandler, ReExports, SettledReading):
         # A key twice in one batch would make the merge ambiguous: only then is the batch collapsed (exact copies
         # counted, a key repeated with other values keeps its last row). Into an empty table the primary key
         # finds a repeat as the rows go in, so a first load pays no search for one; otherwise a hash aggregate.
-        if not empty and self._repeats_a_key(cur, key):
+        if not empty and self._repeats_a_key(cur):
             collapse()
         cur.execute("savepoint merge")
         try:
-            inserted, updated = self._merge_rows(cur, cols, key, empty)
+            inserted, updated = self._merge_rows(cur, empty)
             cur.execute("release savepoint merge")
         except psycopg2.errors.UniqueViolation:
             if not empty:
                 raise
             cur.execute("rollback to savepoint merge")
             collapse()
-            inserted, updated = self._merge_rows(cur, cols, key, empty)
+            inserted, updated = self._merge_rows(cur, empty)
         return self._summary(read=read, inserted=inserted, updated=updated, accepted=accepted,
                              duplicates=duplicates, quarantined=quarantined, skipped=skipped, amount_in=amount_in,
                              amount_loaded=amount_loaded, amount_q=amount_q, amount_dup=amount_dup)
@@ -420,61 +488,76 @@ class BatchLoad(TypedInHandler, ReExports, SettledReading):
                 "rows_quarantined": quarantined + self.rejects, "rows_skipped": skipped,
                 "amount_in": amount_in, "amount_loaded": amount_loaded,
                 "amount_quarantined": amount_q if money else None,
-                "amount_duplicate": amount_dup if money else None}
+                "amount_duplicate": amount_dup if money else None,
+                "rows_deleted": 0, "amount_deleted": 0 if money else None}
 
     def _collapse(self, cur, key: list[str], amount) -> tuple[int, object, int, object]:
-        """Exact copies within the batch count as duplicates; a key repeated with other values keeps its last row."""
+        """Exact copies within the batch count as duplicates; a key repeated with other values keeps its last row,
+        the earlier ones quarantined, except in a distinct source (a dimension taken from fact rows: each key
+        once, the last row wins), where every repeat is a duplicate."""
         amount_sum = sql.SQL("coalesce(sum({}), 0)").format(amount) if amount else sql.SQL("0")
-        keys = identifiers(key)
         cur.execute(sql.SQL(
-            "with gone as (delete from typed a using (select ctid, row_number() over (partition by {k}, _row_hash "
+            "with gone as (delete from typed a using (select ctid, row_number() over (partition by _key, _row_hash "
             "order by _sheet, _row) as n from typed where _row_hash is not null) d "
             "where a.ctid = d.ctid and d.n > 1 returning a.*) "
-            "select count(*), {s} from gone").format(k=keys, s=amount_sum))
+            "select count(*), {s} from gone").format(s=amount_sum))
         duplicates, amount_dup = cur.fetchone()
-        key_text = sql.SQL(" || ', ' || ").join(
+        ranked = ("with ranked as (select ctid, first_value(_row) over w as kept_row, row_number() over w as n "
+                  "from typed where _row_hash is not null window w as (partition by _key order by _sheet desc, "
+                  "_row desc)), gone as (delete from typed a using ranked r where a.ctid = r.ctid and r.n > 1 "
+                  "returning a.*, r.kept_row) ")
+        if self.delivery.config.load == "distinct":
+            cur.execute(sql.SQL(ranked + "select count(*), {s} from gone").format(s=amount_sum))
+            repeats, amount_repeats = cur.fetchone()
+            self.plan["distinct"] = f"each key once, the last row wins: {duplicates + repeats} earlier rows folded"
+            return duplicates + repeats, EXACT.add(amount_dup, amount_repeats), 0, 0
+        named = sql.SQL(" || ', ' || ").join(
             sql.SQL("{} || '=' || a.{}::text").format(sql.Literal(k), sql.Identifier(k)) for k in key)
         cur.execute(sql.SQL(
-            "with ranked as (select ctid, first_value(_row) over w as kept_row, row_number() over w as n "
-            "from typed where _row_hash is not null window w as (partition by {k} order by _sheet desc, _row desc)), "
-            "gone as (delete from typed a using ranked r where a.ctid = r.ctid and r.n > 1 "
-            "returning a.*, r.kept_row), "
-            "q as (insert into meta.quarantine (batch_id, source, source_ref, source_row, raw, reason, reason_code) "
-            "select %s, %s, %s || coalesce('#' || a._sheet, ''), a._row, "
-            "to_jsonb(a) - '_row_hash' - 'kept_row' - '_reasons' - '_skip', "
+            ranked + ", q as (insert into meta.quarantine (batch_id, source, source_ref, source_row, raw, reason, "
+            "reason_code) select %s, %s, %s || coalesce('#' || a._sheet, ''), a._row, "
+            "to_jsonb(a) - '_row_hash' - 'kept_row' - '_reasons' - '_skip' - '_key', "
             "'row ' || a._row || ': ' || {kt} || ' appears again at row ' || a.kept_row || "
             "' with different values; the later row is loaded', 'conflicting_duplicate' from gone a returning 1) "
-            "select count(*), {s} from gone").format(k=keys, kt=key_text, s=amount_sum),
+            "select count(*), {s} from gone").format(kt=named, s=amount_sum),
             (self.batch_id, self.delivery.source, self.delivery.ref))
         conflicts, amount_conflicts = cur.fetchone()
         return duplicates, amount_dup, conflicts, amount_conflicts
 
-    def _repeats_a_key(self, cur, key: list[str]) -> bool:
-        cur.execute(sql.SQL("select exists (select from typed where _row_hash is not null group by {} "
-                            "having count(*) > 1)").format(identifiers(key)))
+    def _repeats_a_key(self, cur) -> bool:
+        cur.execute("select exists (select from typed where _row_hash is not null group by _key having count(*) > 1)")
         return cur.fetchone()[0]
 
     # what a core row keeps of where it came from: the rest is its batch's, in meta.batches (migration 013)
-    _LINEAGE = ("_batch_id", "_sheet", "_source_row", "_row_hash")
+    _LINEAGE = ("_batch_id", "_sheet", "_source_row", "_row_hash", "_key")
 
     def _lineage(self) -> tuple[dict[str, sql.Composable], dict]:
-        """Each lineage column's value for a row `s` (with _sheet, _row and _row_hash), and its parameters."""
+        """Each lineage column's value for a row `s` (with _sheet, _row, _row_hash and _key), and its
+        parameters."""
         values = {"_batch_id": sql.Placeholder("batch"), "_sheet": sql.SQL("s._sheet"),
-                  "_source_row": sql.SQL("s._row"), "_row_hash": sql.SQL("s._row_hash")}
+                  "_source_row": sql.SQL("s._row"), "_row_hash": sql.SQL("s._row_hash"), "_key": sql.SQL("s._key")}
         return values, {"batch": self.batch_id}
 
+    def _data_columns(self) -> dict[str, sql.Composable]:
+        """Each of the table's columns (and its attributes) from a typed row `s`: a row that names no currency
+        has its batch's."""
+        values = {c: sql.SQL("s.{}").format(sql.Identifier(c)) for c in (*self.table.column_names, "attributes")}
+        if "currency" in values:
+            values["currency"] = sql.SQL("coalesce(s.currency, {})").format(sql.SQL(CURRENCY_DEFAULT))
+        return values
+
     def _insert_rows(self, cur, rows: sql.Composable, where: sql.Composable = sql.SQL("true")) -> int:
-        """Rows `s` of `rows` (the table's columns, _sheet, _row, _row_hash) inserted with their lineage."""
-        cols = list(self.table.column_names)
+        """Rows `s` of `rows` (typed's columns) inserted with their lineage."""
+        data = self._data_columns()
         values, params = self._lineage()
-        cur.execute(sql.SQL("insert into {target} ({cols}, {lineage}) select {scols}, {values} from {rows} s "
+        cur.execute(sql.SQL("insert into {target} ({cols}, {lineage}) select {data}, {values} from {rows} s "
                             "where {where}").format(
-            target=sql.Identifier("core", self.table.name), cols=identifiers(cols), lineage=identifiers(self._LINEAGE),
-            scols=sql.SQL(", ").join(sql.SQL("s.{}").format(sql.Identifier(c)) for c in cols),
-            values=sql.SQL(", ").join(values[c] for c in self._LINEAGE), rows=rows, where=where), params)
+            target=sql.Identifier("core", self.table.name), cols=identifiers(data), lineage=identifiers(self._LINEAGE),
+            data=sql.SQL(", ").join(data.values()), values=sql.SQL(", ").join(values[c] for c in self._LINEAGE),
+            rows=rows, where=where), params)
         return cur.rowcount
 
-    def _merge_rows(self, cur, cols: list[str], key: list[str], empty: bool) -> tuple[int, int]:
+    def _merge_rows(self, cur, empty: bool) -> tuple[int, int]:
         """Changed rows updated in place, new keys inserted: set-wise statements, exact counts.
 
         Keys are unique in `typed` by now (or, into an empty table, the primary key says they are not), so a
@@ -492,28 +575,59 @@ class BatchLoad(TypedInHandler, ReExports, SettledReading):
                 self._restore_primary_key(cur)
             return inserted, 0
         target = sql.Identifier("core", self.table.name)
-        joined = sql.SQL(" and ").join(sql.SQL("c.{k} = s.{k}").format(k=sql.Identifier(k)) for k in key)
-        present = sql.SQL("c.{}").format(sql.Identifier(key[0]))
+        joined = sql.SQL("c._key = s._key")
+        # a row a snapshot deleted at source and that is delivered again is back, whatever its content
+        differs = sql.SQL("(c._row_hash is distinct from s._row_hash or c._deleted_by is not null)")
         cur.execute(sql.SQL(
-            "select count(*), count({present}), count(*) filter (where {present} is not null"
-            " and c._row_hash is distinct from s._row_hash) "
+            "select count(*), count(c._key), count(*) filter (where c._key is not null and {differs}) "
             "from typed s left join {target} c on {joined} where {accepted}").format(
-            present=present, target=target, joined=joined, accepted=accepted))
+            differs=differs, target=target, joined=joined, accepted=accepted))
         batch_keys, present_keys, changed = cur.fetchone()
         updated = inserted = 0
         if changed:
             values, params = self._lineage()
             sets = sql.SQL(", ").join(
-                [sql.SQL("{} = s.{}").format(sql.Identifier(c), sql.Identifier(c)) for c in cols if c not in key]
-                + [sql.SQL("{} = {}").format(sql.Identifier(c), values[c]) for c in self._LINEAGE])
+                [sql.SQL("{} = {}").format(sql.Identifier(c), v) for c, v in self._data_columns().items()]
+                + [sql.SQL("{} = {}").format(sql.Identifier(c), values[c]) for c in self._LINEAGE]
+                + [sql.SQL("_deleted_by = null")])
             cur.execute(sql.SQL("update {target} c set {sets} from typed s where {joined} and {accepted}"
-                                " and c._row_hash is distinct from s._row_hash").format(
-                target=target, sets=sets, joined=joined, accepted=accepted), params)
+                                " and {differs}").format(
+                target=target, sets=sets, joined=joined, accepted=accepted, differs=differs), params)
             updated = cur.rowcount
         if present_keys < batch_keys:
             inserted = self._insert_rows(cur, sql.SQL("typed"), sql.SQL(
                 "{} and not exists (select from {} c where {})").format(accepted, target, joined))
         return inserted, updated
+
+    def _deleted_at_source(self, cur) -> tuple[int, object]:
+        """A snapshot delivery holds all of its source's rows for the dates it covers (for a table without a
+        date: all of them): the source's rows of those dates it no longer holds were deleted at source. They
+        are kept, marked with this batch (_deleted_by), and left out of the marts; delivered again, they are
+        back. Returns how many were marked, and their money."""
+        t = self.table
+        target = sql.Identifier("core", t.name)
+        span = sql.SQL("true")
+        if t.date:
+            cur.execute(sql.SQL("select min({d}), max({d}) from typed where _row_hash is not null").format(
+                d=sql.Identifier(t.date)))
+            first, last = cur.fetchone()
+            if first is None:  # a snapshot of no rows covers no dates: nothing is known deleted
+                return 0, 0 if t.amount else None
+            span = sql.SQL("c.{d} between {f} and {l}").format(d=sql.Identifier(t.date), f=sql.Literal(first),
+                                                              l=sql.Literal(last))
+            self.plan["snapshot"] = (f"the delivery holds the source's rows from {first} to {last}: rows of those "
+                                     "dates it no longer holds are marked deleted at source")
+        else:
+            self.plan["snapshot"] = "the delivery holds all the source's rows: rows it no longer holds are marked " \
+                                    "deleted at source"
+        amount = sql.SQL("coalesce(sum({}), 0)").format(sql.Identifier(t.amount)) if t.amount else sql.SQL("null")
+        cur.execute(sql.SQL(
+            "with gone as (update {target} c set _deleted_by = %(batch)s from meta.batches b "
+            "where b.batch_id = c._batch_id and b.source = %(source)s and c._deleted_by is null and {span} "
+            "and c._batch_id <> %(batch)s and not exists (select from typed s where s._key = c._key "
+            "and s._row_hash is not null) returning c.*) select count(*), {amount} from gone").format(
+            target=target, span=span, amount=amount), {"batch": self.batch_id, "source": self.delivery.source})
+        return cur.fetchone()
 
     def _defer_primary_key(self, cur) -> bool:
         """Into an empty table: take its primary key off until the rows are in, then build it once, sorted.

@@ -16,7 +16,6 @@ from psycopg2 import sql
 
 from pipeline.sources import RawSheet
 from pipeline.sources.lane import LaneStream
-from pipeline.typing_sql import SQL_TYPE, identifiers
 
 HANDLER_SAMPLE = 64  # rows of a CSV's first piece looked up in core to see whether it re-exports a batch
 
@@ -70,18 +69,12 @@ class ReExports:
 
     def _sampled_batch(self, cur, sample: list[dict]) -> int | None:
         """The batch whose rows in core are, by key and content hash, most of these sampled rows; or None."""
-        t = self.table
-        keys = list(t.natural_key)
-        probes = [[r[k] for k in keys] + [r["_row_hash"]] for r in sample if all(r.get(k) for k in keys)]
+        probes = [(r["_key"], r["_row_hash"]) for r in sample]
         if not probes:
             return None
-        row = sql.SQL("({})").format(sql.SQL(", ").join([sql.Placeholder()] * (len(keys) + 1)))
-        found = sql.SQL(" and ").join(
-            sql.SQL("c.{} = h.{}::{}").format(sql.Identifier(k), sql.Identifier(f"k{i}"),
-                                              sql.SQL(SQL_TYPE[t.column(k).type])) for i, k in enumerate(keys))
-        cur.execute(sql.SQL("select c._batch_id, count(*) from (values {}) h({}, _h) join {} c on {} "
+        cur.execute(sql.SQL("select c._batch_id, count(*) from (values {}) h(_key, _h) join {} c on c._key = h._key "
                             "and c._row_hash = h._h group by 1 order by 2 desc limit 1").format(
-            sql.SQL(", ").join([row] * len(probes)), identifiers(f"k{i}" for i in range(len(keys))),
-            sql.Identifier("core", t.name), found), [v for p in probes for v in p])
+            sql.SQL(", ").join([sql.SQL("(%s, %s)")] * len(probes)), sql.Identifier("core", self.table.name)),
+            [v for p in probes for v in p])
         best = cur.fetchone()
         return best[0] if best and 3 * best[1] >= 2 * len(sample) else None

@@ -10,7 +10,7 @@ from psycopg2 import sql
 from pipeline.re_exports import HANDLER_SAMPLE
 from pipeline.sources import RawSheet, copy_pieces
 from pipeline.sources.lane import LaneAbandoned, LaneStream
-from pipeline.typing_sql import Mapped, identifiers, typed_select
+from pipeline.typing_sql import Mapped, identifiers
 
 
 class TypedInHandler:
@@ -40,7 +40,7 @@ class TypedInHandler:
                 if self.direct:
                     summary = self._load_direct(
                         cur, mapped, lambda: self._fast_from_handler(cur, sheet, mapped, stream))
-                elif (self.recognise_unchanged and self.reader.one_sheet
+                elif (self.recognise_unchanged and self.reader.one_sheet and self.delivery.config.load != "snapshot"
                       and self._updating_batches(cur)[0]):
                     summary = self._unchanged_from_handler(cur, sheet, stream)
                 else:
@@ -73,8 +73,8 @@ class TypedInHandler:
         """The handler's rows into `target`. A quoted empty value ("") is null, as the SQL lanes read it."""
         lane = sheet.handler_typing.copy_lane
         values = identifiers(lane.copy_columns)
-        copy_pieces(cur, sql.SQL("copy {} ({}, {}, _row_hash) from stdin with (format csv, delimiter {}, quote {}, "
-                                 "force_null ({}), encoding 'UTF8')").format(
+        copy_pieces(cur, sql.SQL("copy {} ({}, _key, {}, _row_hash) from stdin with (format csv, delimiter {}, "
+                                 "quote {}, force_null ({}), encoding 'UTF8')").format(
             target, values, sql.Identifier(row_column), sql.Literal(chr(lane.delimiter)), sql.Literal(chr(lane.quote)),
             values).as_string(cur), iter(stream))
 
@@ -84,8 +84,7 @@ class TypedInHandler:
         self._create_raw(cur, handed)
         if stream.handed_on_count:
             handed.copy(cur, "raw")
-            self._typed_rows(cur, handed, mapped, typed_select(self.table, mapped, self._reading(cur, handed, mapped),
-                                                               len(sheet.header)))
+            self._typed_rows(cur, handed, mapped, self._careful(cur, handed, mapped))
         return handed
 
     def _fast_from_handler(self, cur, sheet: RawSheet, mapped: list[Mapped],

@@ -14,7 +14,7 @@ from typing import NamedTuple
 from psycopg2 import sql
 
 from pipeline.config import ReadOptions
-from pipeline.model import Column, Table
+from pipeline.model import KEY_SEPARATOR, ROW_KEY, Column, Table
 from pipeline.reading import DAY_MONTH_YEAR, Reading
 
 _INTEGER = r"^[-+]?[0-9]{1,18}$"
@@ -71,9 +71,10 @@ def identifiers(names) -> sql.Composed:
 
 @dataclass(frozen=True)
 class Mapped:
-    column: Column
+    column: Column  # as this source reads it: a key column is required, a signed one may be refused below 0
     raw: str  # raw text column holding it
     header: str  # the header as the source spells it
+    negate: bool = False  # the source writes this value with the opposite sign (amounts: inverted)
 
 
 def _escaped(text: str) -> str:
@@ -128,7 +129,7 @@ def _normalised(m: Mapped, reading: Reading) -> sql.Composable:
     """
     options = reading.options
     raw = sql.SQL("nullif({}, '')").format(trimmed(sql.SQL("r.{}").format(sql.Identifier(m.raw))))
-    if m.column.type in ("money", "integer"):
+    if m.column.type in ("money", "number", "integer"):
         expr = raw
         marks = "|".join(_escaped(mark) for mark in currency_marks(reading.currency))
         if marks and m.column.type == "money":  # '£12.00', '-£12', '12,00 GBP', '(£12.00)'
@@ -165,7 +166,7 @@ _TIMESTAMP = (r"^[0-9]{4}-[0-9]{1,2}-[0-9]{1,2}([T ][0-9]{1,2}:[0-9]{2}(:[0-9]{2
 def _valid(m: Mapped, n: sql.Composable, options: ReadOptions) -> sql.Composable:
     """Never raises: a regular expression first (nothing left to DateStyle guessing), then pg_input_is_valid."""
     kind = m.column.type
-    if kind == "money":
+    if kind in ("money", "number"):
         return sql.SQL("{} ~ {}").format(n, sql.Literal(_number_shape(options, whole=False)))
     if kind == "integer":  # at most 18 digits always fits a bigint
         return sql.SQL("({} ~ {} and {} ~ {})").format(n, sql.Literal(_number_shape(options, whole=True)),
@@ -180,13 +181,17 @@ def _valid(m: Mapped, n: sql.Composable, options: ReadOptions) -> sql.Composable
 def _value(m: Mapped, n: sql.Composable, options: ReadOptions) -> sql.Composable:
     """The typed value of text that passed _valid."""
     kind = m.column.type
-    text = _canonical_number(n, options) if kind in ("money", "integer") else n
+    text = _canonical_number(n, options) if kind in ("money", "number", "integer") else n
+    if m.negate:
+        return sql.SQL("(-({}::{}))").format(text, sql.SQL(SQL_TYPE[kind]))
     return sql.SQL("{}::{}").format(text, sql.SQL(SQL_TYPE[kind]))
 
 
 # each column type as PostgreSQL holds it
-SQL_TYPE = {"money": "numeric", "integer": "bigint", "date": "date", "timestamp": "timestamptz", "text": "text"}
-_WHAT = {"money": "is not a number", "integer": "is not a whole number", "date": "is not a valid date",
+SQL_TYPE = {"money": "numeric", "number": "numeric", "integer": "bigint", "date": "date", "timestamp": "timestamptz",
+            "text": "text"}
+_WHAT = {"money": "is not a number", "number": "is not a number", "integer": "is not a whole number",
+         "date": "is not a valid date",
          "timestamp": "is not a valid timestamp", "text": ""}
 
 
@@ -197,7 +202,7 @@ def _why_not(m: Mapped, reading: Reading, label: sql.Composable, raw: sql.Compos
     options = reading.options
     what = sql.SQL("format('%s %L {}', {}, {})").format(sql.SQL(_WHAT[m.column.type]), label, raw)
     hints = []
-    if m.column.type in ("money", "integer"):
+    if m.column.type in ("money", "number", "integer"):
         if reading.currency and m.column.type == "money":
             hints.append((sql.SQL("{} ~ {}").format(n, sql.Literal(_CURRENCY)),
                           sql.SQL("format('%s %L is not in {}, the company''s currency', {}, {})").format(
@@ -230,8 +235,9 @@ def first_cell(width: int) -> sql.Composable:
 
 
 def typed_select(table: Table, mapped: list[Mapped], reading: Reading | ReadOptions, width: int,
-                 where: sql.Composable | None = None) -> sql.Composed:
-    """SELECT over `raw r` giving _row, each canonical column typed (null when invalid), _reasons, _skip.
+                 where: sql.Composable | None = None, attributes: list[Mapped] = ()) -> sql.Composed:
+    """SELECT over `raw r` giving _row, each canonical column typed (null when invalid), _reasons, _skip, and
+    with `attributes` (a source's further columns, each typed as it declares) `attributes` as a JSON object.
 
     Each value is normalised once and tested once: the two LATERAL steps are fenced with OFFSET 0 so the
     planner cannot fold them back into every place that reads them. Reasons are only spelled out for
@@ -241,13 +247,16 @@ def typed_select(table: Table, mapped: list[Mapped], reading: Reading | ReadOpti
         reading = Reading.of(reading)
     options = reading.options
     earliest, latest = sql.Literal(options.earliest_date), sql.Literal(options.latest_date)
-    norms, checks, typed, reasons, fine = [], [], [], [], []
-    for i, m in enumerate(mapped):
+    norms, checks, typed, reasons, fine, kept = [], [], [], [], [], []
+    for i, m in enumerate([*mapped, *attributes]):
         n, v = sql.SQL(f"n.n{i}"), sql.SQL(f"v.v{i}")
         norms.append(sql.SQL("{} as {}").format(_normalised(m, reading), sql.Identifier(f"n{i}")))
         checks.append(sql.SQL("{} as {}").format(_valid(m, n, options), sql.Identifier(f"v{i}")))
         value = _value(m, n, options)
-        typed.append(sql.SQL("case when {} then {} end as {}").format(v, value, sql.Identifier(m.column.name)))
+        if i < len(mapped):
+            typed.append(sql.SQL("case when {} then {} end as {}").format(v, value, sql.Identifier(m.column.name)))
+        else:
+            kept += [sql.Literal(m.column.name), sql.SQL("case when {} then {} end").format(v, value)]
         label = sql.Literal(m.column.name)
         raw_value = sql.SQL("r.{}").format(sql.Identifier(m.raw))
         if m.column.required:
@@ -278,6 +287,8 @@ def typed_select(table: Table, mapped: list[Mapped], reading: Reading | ReadOpti
         skip = sql.SQL("(n._first is null or n._first ~ {})").format(sql.Literal(options.skip_rows_matching))
     why = (sql.SQL("case when {} then '{{}}'::text[] else array_remove(array[{}]::text[], null) end").format(
         sql.SQL(" and ").join(fine), sql.SQL(", ").join(reasons)) if reasons else sql.SQL("'{}'::text[]"))
+    if kept:
+        typed.append(sql.SQL("jsonb_build_object({}) as attributes").format(sql.SQL(", ").join(kept)))
     return sql.SQL(
         "select r._row, {typed}, {why} as _reasons, {skip} as _skip "
         "from raw r cross join lateral (select {norms} offset 0) n cross join lateral (select {checks} offset 0) v "
@@ -286,9 +297,19 @@ def typed_select(table: Table, mapped: list[Mapped], reading: Reading | ReadOpti
              norms=sql.SQL(", ").join(norms), checks=sql.SQL(", ").join(checks))
 
 
+def key_text(names: list[str], sheet: str | None) -> sql.Composable:
+    """A typed row `s`'s _key: its key columns' values as text (the types' own spellings: ISO dates, plain
+    integers), joined by KEY_SEPARATOR; a snapshot keyed by [row] is known by its sheet and row number."""
+    if list(names) == [ROW_KEY]:
+        return sql.SQL("concat_ws({}, {}, s._row::text)").format(sql.Literal(KEY_SEPARATOR),
+                                                                 sql.Literal(sheet or ""))
+    return sql.SQL("concat_ws({}, {})").format(sql.Literal(KEY_SEPARATOR), sql.SQL(", ").join(
+        sql.SQL("s.{}::text").format(sql.Identifier(n)) for n in names))
+
+
 # -- the fast lane ------------------------------------------------------------------------------------------
 _TIMESTAMP_SHAPE = r"^[0-9]{4}-[0-9]{2}-[0-9]{2}[T ][0-9]{2}:[0-9]{2}(:[0-9]{2})?(Z|[+-][0-9]{2}:[0-9]{2})?$"
-_PG_TYPE = {"integer": "int8", "money": "numeric", "date": "date"}
+_PG_TYPE = {"integer": "int8", "money": "numeric", "number": "numeric", "date": "date"}
 
 
 class FastLane(NamedTuple):
@@ -336,6 +357,8 @@ def fast_lane(table: Table, mapped: list[Mapped], options: ReadOptions, width: i
     """
     if options.decimal != "." or options.thousands or options.date_format or options.dayfirst:
         return None
+    if any(m.negate for m in mapped):  # values whose sign is turned: the careful lane's
+        return None
     conditions, typed = [], []
     for m in mapped:
         raw = sql.SQL("r.{}").format(sql.Identifier(m.raw))
@@ -360,15 +383,19 @@ def _md5_row(table: Table, value) -> sql.Composable:
     return sql.SQL("md5(row({})::text)").format(sql.SQL(", ").join(value(c) for c in table.column_names))
 
 
-def row_hash(table: Table, names: list[str]) -> sql.Composable:
+def row_hash(table: Table, names: list[str], attributes: bool = False) -> sql.Composable:
     """The content hash of a typed row `s`: money by value, not by how many decimals the source wrote
-    (10.5 and 10.50 are one amount). Columns the source does not map hash as null."""
+    (10.5 and 10.50 are one amount). Columns the source does not map hash as null; its attributes, when it
+    keeps some, follow the row's text (a row without them hashes as it always has)."""
     def value(c: str) -> sql.Composable:
         if c not in names:
             return sql.SQL("null")
         ref = sql.SQL("s.{}").format(sql.Identifier(c))
-        return sql.SQL("trim_scale({})").format(ref) if table.column(c).type == "money" else ref
+        return sql.SQL("trim_scale({})").format(ref) if table.column(c).type in ("money", "number") else ref
 
+    if attributes:
+        return sql.SQL("md5(row({})::text || s.attributes::text)").format(
+            sql.SQL(", ").join(value(c) for c in table.column_names))
     return _md5_row(table, value)
 
 
@@ -391,7 +418,7 @@ def _fast_row_hash(table: Table, mapped: list[Mapped]) -> sql.Composable:
             return sql.SQL("nullif({}, '')").format(trimmed(raw))
         if kind == "timestamp":
             return sql.SQL("nullif({}, '')::timestamptz").format(raw)
-        if kind == "money":
+        if kind in ("money", "number"):
             return sql.SQL("case when strpos({r}, '.') > 0 then rtrim(rtrim({r}, '0'), '.') else nullif({r}, '') end"
                            ).format(r=raw)
         return sql.SQL("nullif({}, '')").format(raw)

@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.config import ReadOptions, SourceConfig
-from pipeline.model import TABLES, Table
+from pipeline.model import ROW_KEY, TABLES
 
 # sums of money without rounding (Python's default context keeps 28 significant digits)
 EXACT = decimal.Context(prec=decimal.MAX_PREC, Emax=decimal.MAX_EMAX, Emin=decimal.MIN_EMIN)
@@ -262,9 +262,9 @@ def _normalise_header(value: Any) -> str:
     return re.sub(r"\s+", " ", _text(value)).strip().casefold()
 
 
-def map_header(header: list[Any], columns: dict[str, str], table: Table, where: str) -> dict[str, int]:
-    """canonical column -> position: names match after collapsing white space, trimming and casefolding; a
-    name repeated maps its first column. A required column missing is a ReadError."""
+def map_header(header: list[Any], columns: dict[str, str], required: set[str], where: str) -> dict[str, int]:
+    """name -> position: names match after collapsing white space, trimming and casefolding; a name repeated
+    maps its first column. A required name missing is a ReadError."""
     positions: dict[str, int] = {}
     for i, name in enumerate(header):
         positions.setdefault(_normalise_header(name), i)
@@ -273,11 +273,40 @@ def map_header(header: list[Any], columns: dict[str, str], table: Table, where: 
         pos = positions.get(_normalise_header(name))
         if pos is not None:
             mapping[canonical] = pos
-        elif table.column(canonical).required:
+        elif canonical in required:
             missing.append(f"'{name}' (for {canonical})")
     if missing:
         raise ReadError(f"{where}: the header has no column {', '.join(missing)}")
     return mapping
+
+
+_PART = re.compile(r"\{([^{}]+)\}")
+
+
+class _Layout:
+    """What a source reads from each row, from its settings alone: every header it names (mapped columns, the
+    debit and credit of a statement, the parts of composed columns, attributes), which of them must be in the
+    header, and how each compared value is written."""
+
+    def __init__(self, source: SourceConfig):
+        table = TABLES[source.table]
+        self.columns = dict(source.columns)
+        # a composed column's parts and an attribute are read under their header, marked so no column clashes
+        self.parts = {template: _PART.findall(template) for template in source.compose.values()}
+        for header in dict.fromkeys(h for parts in self.parts.values() for h in parts):
+            self.columns[f"part:{header}"] = header
+        for name, a in source.attributes.items():
+            self.columns[f"attribute:{name}"] = a if isinstance(a, str) else a.column
+        self.kinds = {c: "money" if c in ("debit", "credit") else
+                      table.column(c).type if c in table.column_names else
+                      "text" if isinstance(a := source.attributes.get(c.split(":", 1)[1]), str) or a is None
+                      else a.type
+                      for c in self.columns}
+        self.required = ({c.name for c in table.columns if c.required} | set(source.key)
+                         | {c for c in self.columns if c not in table.column_names})
+        self.debit_credit = source.amounts == "debit_credit"
+        self.negate = source.amounts == "inverted"
+        self.compose = source.compose
 
 
 # -- CSV ----------------------------------------------------------------------------------------------------
@@ -466,10 +495,12 @@ class _Tally:
     def __init__(self, source: SourceConfig, currency: str, locale: str | None):
         self.source, self.options, self.currency, self.locale = source, source.read, currency, locale
         self.table = TABLES[source.table]
+        self.layout = _Layout(source)
         pattern = self.options.skip_rows_matching
         self.footer = re.compile(pattern) if pattern else None
+        # a snapshot keyed by each row's place has no key to find elsewhere
         self.reading = Reading(source.kind, amount_in=Decimal(0) if self.table.amount else None,
-                               key_columns=tuple(source.key))
+                               key_columns=() if ROW_KEY in source.key else tuple(source.key))
         self.seen: dict[tuple, tuple[str | None, int]] = {}
         self.row_keys: list[list[Any]] = []
 
@@ -482,10 +513,39 @@ class _Tally:
             return None if integer and number != number.to_integral_value() else number
         return None
 
+    def amount(self, values: list[Any], mapping: dict[str, int]) -> Decimal | None:
+        """The row's amount as the source's sign convention says: inverted, or a statement's credit less its
+        debit (one of the two, a debit written without a sign; a row with both holds no amount)."""
+        layout = self.layout
+        if not layout.debit_credit:
+            at = mapping.get(self.table.amount)
+            value = self.number(values[at]) if at is not None and at < len(values) else None
+            return -value if value is not None and layout.negate else value
+        debit, credit = (values[mapping[c]] if c in mapping and mapping[c] < len(values) else None
+                         for c in ("debit", "credit"))
+        if _empty(debit) == _empty(credit):
+            return None
+        if _empty(debit):
+            return self.number(credit)
+        value = self.number(debit)
+        return None if value is None or value < 0 or _text(debit).strip().startswith(("-", "+")) else -value
+
+    def key_value(self, values: list[Any], mapping: dict[str, int], column: str) -> Any:
+        """A key column's value as the row holds it, or as its template builds it from its parts (None when a
+        part is empty)."""
+        template = self.layout.compose.get(column)
+        if template is None:
+            at = mapping.get(column)
+            return values[at] if at is not None else None
+        parts = {h: _text(values[mapping[f"part:{h}"]]).strip() for h in self.layout.parts[template]}
+        if not all(parts.values()):
+            return None
+        return _PART.sub(lambda m: parts[m[1]], template)
+
     def _canonical(self, kind: str):
-        """How the copy test compares a mapped value: money as a number (10.5 is 10.50), the rest as text,
-        trimmed (a workbook's date cell as its date)."""
-        if kind == "money":
+        """How the copy test compares a mapped value: money and numbers as numbers (10.5 is 10.50), the rest as
+        text, trimmed (a workbook's date cell as its date)."""
+        if kind in ("money", "number"):
             def number_or_text(value: Any) -> Any:
                 number = self.number(value)
                 return _text(value).strip() if number is None else number
@@ -497,13 +557,12 @@ class _Tally:
         r = self.reading
         r.sheets.append(name)
         where = f"sheet '{name}', row {self.options.header_row + 1}" if name else f"row {self.options.header_row + 1}"
-        mapping = map_header(header, self.source.columns, self.table, where)
+        layout = self.layout
+        mapping = map_header(header, layout.columns, layout.required, where)
         width = len(header)
         amount_at = mapping.get(self.table.amount) if self.table.amount else None
         # the compared values: the amount by the number already read, the others by their type's rule
-        compared = [(i, self._canonical(self.table.column(c).type)) for c, i in sorted(mapping.items())
-                    if i != amount_at]
-        key_at = [mapping.get(k) for k in r.key_columns]
+        compared = [(i, self._canonical(layout.kinds[c])) for c, i in sorted(mapping.items()) if i != amount_at]
         footer = self.footer
         has_amount = self.table.amount is not None
         sheet_sum = Decimal(0)
@@ -525,7 +584,7 @@ class _Tally:
                 if len(values) < width:
                     values = values + [None] * (width - len(values))
             # every mapped position is within the row from here on (a workbook row is padded to the header)
-            amount = self.number(values[amount_at]) if amount_at is not None and amount_at < len(values) else None
+            amount = self.amount(values, mapping) if has_amount else None
             if footer is not None:
                 first = values[0].strip() if type(values[0]) is str else ""
                 if not first:
@@ -542,11 +601,12 @@ class _Tally:
                          _text(values[amount_at]).strip() if amount_at is not None else None,
                          *[canonical(values[i]) for i, canonical in compared])
             earlier = self.seen.setdefault(signature, (name, row_no))
+            key = [self.key_value(values, mapping, k) for k in r.key_columns]
             if earlier != (name, row_no):
-                key = {k: _text(values[i]).strip() for k, i in zip(r.key_columns, key_at, strict=True)
-                       if i is not None}
-                r.copies.append(Copy(name, row_no, earlier[0], earlier[1], key, amount))
-            self.row_keys.append([values[i] if i is not None else None for i in key_at])
+                r.copies.append(Copy(name, row_no, earlier[0], earlier[1],
+                                     {k: _text(v).strip() for k, v in zip(r.key_columns, key, strict=True)
+                                      if v is not None}, amount))
+            self.row_keys.append(key)
 
     def finish(self) -> Reading:
         r = self.reading

@@ -12,7 +12,7 @@ from psycopg2 import sql
 
 from pipeline.attempts import ABANDONED
 from pipeline.config import Accuracy, PipelineConfig
-from pipeline.model import TABLES
+from pipeline.model import KEY_SEPARATOR, TABLES
 from pipeline.money import EXACT
 from playbook.accuracy.results import CheckResult, judge, place, reason_kind
 
@@ -127,26 +127,24 @@ def changed_rows(cur, batches: list[dict[str, Any]], limits: Accuracy) -> list[C
     by_id = {b["batch_id"]: b for b in batches}
     results = []
     for name, table in TABLES.items():
-        key = list(table.natural_key)
-        keys = sql.SQL(", ").join(sql.Identifier(k) for k in key)
         # each replaced version and the one after it (the next replaced version, else the row as it is now),
-        # each with where its batch read it (its ref, and the sheet)
+        # each with where its batch read it (its ref, and the sheet); a row is known by its _key, whatever
+        # columns its source keys it by
         cur.execute(sql.SQL(
             "select to_jsonb(h) || jsonb_build_object('_source_ref', hb.source_ref || coalesce('#' || h._sheet, '')),"
             " coalesce(lead(to_jsonb(h) || jsonb_build_object('_source_ref', hb.source_ref"
             " || coalesce('#' || h._sheet, ''))) over w, to_jsonb(c)) "
-            "from {hist} h left join meta.batches hb on hb.batch_id = h._batch_id left join {lineage} c using ({keys}) "
-            "window w as (partition by {hkeys} order by h._replaced_at, h._batch_id) "
-            "order by {hkeys}, h._replaced_at").format(
-            hist=sql.Identifier("core", f"{name}_history"), lineage=sql.Identifier("core", f"{name}_lineage"),
-            keys=keys, hkeys=sql.SQL(", ").join(sql.SQL("h.{}").format(sql.Identifier(k)) for k in key)))
+            "from {hist} h left join meta.batches hb on hb.batch_id = h._batch_id left join {lineage} c using (_key) "
+            "window w as (partition by h._key order by h._replaced_at, h._batch_id) "
+            "order by h._key, h._replaced_at").format(
+            hist=sql.Identifier("core", f"{name}_history"), lineage=sql.Identifier("core", f"{name}_lineage")))
         findings = []
         for old, new in cur.fetchall():
             new = new or {}
             changes = {c: {"was": old.get(c), "now": new.get(c)} for c in table.column_names
-                       if c not in key and old.get(c) != new.get(c)}
+                       if old.get(c) != new.get(c)}
             findings.append({
-                "key": {k: old[k] for k in key}, "changes": changes,
+                "key": row_key(old), "changes": changes,
                 "first_loaded": {**_row_place(old), "batch_id": old["_batch_id"]},
                 "changed_by": {**_row_place(new), "batch_id": new.get("_batch_id")},
                 "batches": [old["_batch_id"], new.get("_batch_id")],
@@ -156,6 +154,11 @@ def changed_rows(cur, batches: list[dict[str, Any]], limits: Accuracy) -> list[C
                              f"{len(findings)} rows changed after their first load" if findings
                              else "no row changed after its first load", findings))
     return results
+
+
+def row_key(row: dict[str, Any]) -> dict[str, Any]:
+    """What a row is known by, as a reader says it: its key's values in order (the _key joins them)."""
+    return {"key": " | ".join(str(row["_key"]).split(KEY_SEPARATOR))}
 
 
 def _row_place(row: dict[str, Any]) -> dict[str, Any]:

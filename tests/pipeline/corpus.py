@@ -35,8 +35,9 @@ SALES_HEADER = ["Order No", "Line", "Order Date", "Client Code", "Product", "Qty
 COSTS_HEADER = ["Expense ID", "Date", "Category", "Supplier", "Amount"]
 PAYMENTS_HEADER = ["Payment Ref", "Date Received", "Client Code", "Invoice", "Method", "Amount"]
 SALES_COLUMNS = dict(zip(TABLES["sales"].column_names, SALES_HEADER, strict=True))
-COSTS_COLUMNS = dict(zip(TABLES["operating_costs"].column_names, COSTS_HEADER, strict=True))
-PAYMENTS_COLUMNS = dict(zip(TABLES["payments"].column_names, PAYMENTS_HEADER, strict=True))
+# the cost and payment exports name no currency: their rows have the company's
+COSTS_COLUMNS = dict(zip(TABLES["operating_costs"].column_names[:-1], COSTS_HEADER, strict=True))
+PAYMENTS_COLUMNS = dict(zip(TABLES["payments"].column_names[:-1], PAYMENTS_HEADER, strict=True))
 
 CLIENTS = ["C-0042", "C-0043", "C-0107", "C-0311", "C-0420", "C-0999"]
 PRODUCTS = ["Widget", "Gadget", "Olive Oil 5L", "Flour 25kg", "Espresso Beans 1kg", "Napkins x500"]
@@ -729,7 +730,7 @@ def _typed(value, kind: str, read: dict, currency: str, dayfirst: bool | None):
         return None
     if kind == "text":
         return str(value).strip()
-    if kind in ("money", "integer"):
+    if kind in ("money", "number", "integer"):
         if isinstance(value, str):
             return text_number(value, read, currency, whole=kind == "integer")
         if isinstance(value, bool) or not isinstance(value, int | float):
@@ -792,7 +793,10 @@ def read_independently(fixture: Fixture, company: dict) -> Reading:
             except _Refused:
                 bad.append(column.name)
                 continue
-            if (value is None and column.required) or (column.non_negative and value is not None and value < 0):
+            # a key column is required; the corpus's amounts are all positive: a signed column is refused below 0
+            required = column.required or column.name in table.natural_key
+            non_negative = column.non_negative or column.signed
+            if (value is None and required) or (non_negative and value is not None and value < 0):
                 bad.append(column.name)
             if column.name == table.amount:
                 amount = value

@@ -13,6 +13,8 @@ from decimal import Decimal
 from psycopg2 import sql
 from psycopg2.extras import execute_values
 
+from pipeline.model import KEY_SEPARATOR, TABLES
+
 SOURCE_PREFIX = "synthetic_"
 FIRST_DAY = date(2021, 12, 31)     # one sale in 2021, then nothing but a cost in 2022: growth from a zero year
 QUIET = (date(2024, 1, 10), date(2024, 1, 16))  # no activity at all in between (inclusive)
@@ -108,9 +110,10 @@ def insert(conn, rows: dict[str, list[tuple]], tag: str = "S") -> list[int]:
             batch_ids.append(batch_id)
             columns = _COLUMNS[table]
             statement = sql.SQL(
-                "insert into core.{} ({}, _batch_id, _source_row, _row_hash) values %s"
+                "insert into core.{} ({}, _batch_id, _source_row, _row_hash, _key) values %s"
             ).format(sql.Identifier(table), sql.SQL(", ").join(map(sql.Identifier, columns)))
-            values = [(*row, batch_id, n, f"{tag}-{n}")
+            key = [columns.index(k) for k in TABLES[table].natural_key]
+            values = [(*row, batch_id, n, f"{tag}-{n}", KEY_SEPARATOR.join(str(row[i]) for i in key))
                       for n, row in enumerate(table_rows, start=1)]
             execute_values(cur, statement.as_string(conn), values, page_size=500)
     conn.commit()

@@ -21,7 +21,7 @@ from tests.pipeline import synthetic_core
 
 pytestmark = pytest.mark.stack
 
-INGEST, REPORTING = warehouse.INGEST_ROLE, warehouse.REPORTING_ROLE
+INGEST, REPORTING, MONITOR = warehouse.INGEST_ROLE, warehouse.REPORTING_ROLE, warehouse.MONITOR_ROLE
 
 
 @pytest.fixture(scope="module")
@@ -77,8 +77,9 @@ def test_logins_are_idempotent_and_the_server_never_sees_the_password(stack, log
             for n in warehouse.SECRET_NAMES.values()} == versions
     with db.cursor() as cur:  # only a SCRAM verifier is stored (pg_authid is superuser-only: check the role flags)
         cur.execute("select rolname, rolcanlogin, rolsuper, rolcreaterole, rolcreatedb from pg_roles "
-                    "where rolname = any(%s) order by 1", ([INGEST, REPORTING],))
-        assert cur.fetchall() == [(INGEST, True, False, False, False), (REPORTING, True, False, False, False)]
+                    "where rolname = any(%s) order by 1", ([INGEST, REPORTING, MONITOR],))
+        assert cur.fetchall() == [(INGEST, True, False, False, False), (MONITOR, True, False, False, False),
+                                  (REPORTING, True, False, False, False)]
     db.rollback()
     verifier = warehouse.scram_verifier("pencil", salt=b"0123456789abcdef")
     assert verifier.startswith("SCRAM-SHA-256$4096:MDEyMzQ1Njc4OWFiY2RlZg==$") and "pencil" not in verifier
@@ -93,6 +94,7 @@ def test_the_roles_command_prints_no_password(stack, logins, capsys):
         password = url.split(":")[2].split("@")[0]
         assert password not in out
     assert "playbook/db/reporting" in out and "pipeline_reporting 127.0.0.1/32 scram-sha-256" in out
+    assert "playbook/db/monitor" in out
 
 
 def test_reporting_reads_marts_only(stack, logins):
@@ -151,8 +153,8 @@ def test_ingest_writes_core_and_meta_without_ddl(stack, logins, db):
                         "values ('grants_test', 'test', 'sales', 'test', 'started') returning batch_id")
             batch_id = cur.fetchone()[0]
             cur.execute("insert into core.sales (order_id, line_no, order_date, client_id, quantity, unit_price, "
-                        "amount, _batch_id, _row_hash) "
-                        "values ('G1', 1, %s, 'G', 1, 1.5, 1.5, %s, 'h1')",
+                        "amount, _batch_id, _row_hash, _key) "
+                        "values ('G1', 1, %s, 'G', 1, 1.5, 1.5, %s, 'h1', 'G1' || chr(31) || '1')",
                         (date(2024, 5, 1), batch_id))
             cur.execute("update core.sales set amount = 1.75, _row_hash = 'h2' where order_id = 'G1'")
             cur.execute("select count(*) from core.sales_history where order_id = 'G1'")  # the trigger ran
@@ -262,6 +264,119 @@ def test_reporting_connects_only_from_the_allow_listed_proxy(stack, logins):
         warehouse.reporting_hba_rules(["10.0.0.1/8"])  # a host address with a prefix is a typo, not a network
 
 
+# -- the monitor role: the consultant side's login on AWS (ledger polling, validation) ------------------------------
+def test_monitor_reads_meta_core_and_marts_and_nothing_in_staging(stack, logins, db):
+    with owner_did(db, "create table staging.monitor_probe (n int); insert into staging.monitor_probe values (1)",
+                   "drop table staging.monitor_probe"), \
+            contextlib.closing(connect_as(logins, MONITOR)) as conn:
+        with conn.cursor() as cur:
+            for table in ("meta.batches", "meta.quarantine", "meta.mart_refreshes", "meta.accuracy_results",
+                          "meta.schema_migrations", "core.sales", "core.clients", "core.sales_history",
+                          "core.sales_lineage", "marts.company_daily", "marts.client_day_sales",
+                          "marts.data_freshness"):
+                cur.execute(f"select count(*) from {table}")
+            cur.execute("select has_schema_privilege('staging', 'usage'), has_schema_privilege('core', 'usage'), "
+                        "has_schema_privilege('meta', 'usage'), has_schema_privilege('marts', 'usage'), "
+                        "has_schema_privilege('public', 'usage')")
+            assert cur.fetchone() == (False, True, True, True, False)
+        conn.rollback()
+        assert "permission denied for schema staging" in refused(conn, "select * from staging.monitor_probe")
+        refused(conn, "call marts.refresh()")
+        refused(conn, "select * from marts.refresh_one('company_daily')")
+        refused(conn, "select * from marts.top_clients('2024-01-01', '2024-12-31')")  # the reports' role calls it
+        refused(conn, "select core.defer_primary_key('core.sales')")
+
+
+def test_monitor_writes_only_validation_results(stack, logins, db):
+    with contextlib.closing(connect_as(logins, MONITOR)) as conn:
+        with conn.cursor() as cur:  # what playbook.accuracy.report.store_results does, identity column included
+            cur.execute("delete from meta.accuracy_results where run_id = 'grants-monitor'")
+            cur.execute("insert into meta.accuracy_results (run_id, check_name, subject, status, observed, threshold,"
+                        " details) values ('grants-monitor', 'probe', 'x', 'pass', 0, 0, '{}') returning result_id")
+            assert cur.fetchone()[0] is not None
+        conn.rollback()
+        refused(conn, "update meta.accuracy_results set status = 'fail'")
+        refused(conn, "truncate meta.accuracy_results")
+        refused(conn, "insert into meta.batches (source, source_kind, target_table, source_ref, status) "
+                      "values ('grants_test', 'test', 'sales', 'test', 'started')")
+        refused(conn, "update meta.batches set status = 'failed'")
+        refused(conn, "delete from meta.batches")
+        refused(conn, "delete from meta.quarantine")
+        refused(conn, "update core.sales set amount = 0")
+        refused(conn, "delete from core.clients")
+        refused(conn, "insert into core.clients (client_id) values ('G')")
+        refused(conn, "truncate core.sales")
+        refused(conn, "refresh materialized view marts.company_daily")
+        refused(conn, "select nextval('meta.mart_refresh_runs')")
+
+
+def test_monitor_creates_nothing(stack, logins):
+    with contextlib.closing(connect_as(logins, MONITOR)) as conn:
+        for schema in ("public", "marts", "core", "staging", "meta"):
+            assert "permission denied for schema" in refused(conn, f"create table {schema}.x (n int)")
+            refused(conn, f"create view {schema}.v as select 1 as n")
+            refused(conn, f"create function {schema}.f() returns int language sql as 'select 1'")
+        assert "temporary" in refused(conn, "create temp table scratch (n int)")
+        refused(conn, "create schema mine")
+        refused(conn, "alter table meta.accuracy_results add column x int")
+        refused(conn, "drop table meta.accuracy_results")
+        refused(conn, "drop materialized view marts.company_daily")
+
+
+def test_monitor_reads_tables_created_later_in_its_schemas_only(stack, logins, db):
+    with owner_did(db, "create table core.monitor_later (n int); create table meta.monitor_later (n int); "
+                       "create materialized view marts.monitor_later as select 1::int as n; "
+                       "create table staging.monitor_later (n int)",
+                   "drop table core.monitor_later, meta.monitor_later, staging.monitor_later; "
+                   "drop materialized view marts.monitor_later"), \
+            contextlib.closing(connect_as(logins, MONITOR)) as conn:
+        with conn.cursor() as cur:
+            for schema in ("core", "meta", "marts"):
+                cur.execute(f"select count(*) from {schema}.monitor_later")
+        conn.rollback()
+        refused(conn, "insert into core.monitor_later values (1)")
+        refused(conn, "insert into meta.monitor_later values (1)")
+        refused(conn, "select * from staging.monitor_later")
+
+
+def test_what_the_consultant_side_does_on_aws_needs_no_more_than_the_monitor_role(stack, logins, tmp_path):
+    """On AWS PLAYBOOK_DATABASE_URL is the monitor role's login: the ledger polling of `playbook ingest` and of the
+    backfill, the ledger table, and the whole validation (every check's query, and its results stored) run as it."""
+    from datetime import UTC, datetime
+
+    from playbook.accuracy import AccuracyBreach, validate
+    from playbook.backfill import Window, _ledger_state, _window_state, batches_table
+    from playbook.errors import PlaybookError
+    from playbook.ingest import awaited_batch
+    from playbook.targets import LocalTarget
+
+    url = logins[MONITOR]
+    since = datetime.now(UTC)
+    with pytest.raises(PlaybookError, match="no batch ended"):  # the ledger was read: no batch, so it timed out
+        awaited_batch("sales", "sales/none.csv", since, timeout_s=0, poll_s=0, database_url=url)
+
+    class MonitorTarget(LocalTarget):
+        def database_url(self) -> str:
+            return url
+
+    assert list(batches_table(MonitorTarget()).columns)[:2] == ["source", "committed"]
+    with contextlib.closing(psycopg2.connect(url)) as conn:
+        window = Window("sales", "ingest-sales", "2024Q1", {"objects": [{"key": "sales/none.csv"}]},
+                        bounds=(since.isoformat(), since.isoformat()))
+        assert _ledger_state(conn, window, since) == (0, 0, 0)
+        assert _window_state(conn, window, since) == (0, 0, 0)
+    try:
+        report = validate(database_url=url, run_id="grants-monitor-validation", out_dir=tmp_path, refresh=False,
+                          target=MonitorTarget())
+    except AccuracyBreach as breach:  # a breach is the data's, not a privilege's: the results were stored
+        report = breach.report
+    with contextlib.closing(psycopg2.connect(url)) as conn, conn.cursor() as cur:
+        cur.execute("select count(*) from meta.accuracy_results where run_id = 'grants-monitor-validation'")
+        assert cur.fetchone()[0] == len(report.results) > 0
+        cur.execute("delete from meta.accuracy_results where run_id = 'grants-monitor-validation'")
+        conn.commit()
+
+
 def refresh_as_owner(url: str) -> None:
     """CALL marts.refresh() as the database owner: the marts as they were before a test changed core."""
     conn = psycopg2.connect(url)
@@ -328,7 +443,7 @@ def test_the_refresh_handler_fails_loudly_and_logs_the_error(stack, logins, db, 
 DML = ("SELECT", "INSERT", "UPDATE", "DELETE")
 # The README's roles table, object by object: (role, kind, object, privileges). `schema.*` is every object of that
 # kind in the schema, now and created later; a routine is named with its argument types. Nothing else is granted
-# to either role or to PUBLIC, on any object of any schema.
+# to any of these roles or to PUBLIC, on any object of any schema.
 README_ROLES = [
     (INGEST, "database", "*", ("CONNECT", "TEMPORARY")),
     (INGEST, "schema", "staging", ("USAGE",)),
@@ -351,11 +466,19 @@ README_ROLES = [
     (REPORTING, "schema", "marts", ("USAGE",)),
     (REPORTING, "relation", "marts.*", ("SELECT",)),
     (REPORTING, "routine", "marts.top_clients(date, date, integer)", ("EXECUTE",)),
+    (MONITOR, "database", "*", ("CONNECT",)),
+    (MONITOR, "schema", "meta", ("USAGE",)),
+    (MONITOR, "schema", "core", ("USAGE",)),
+    (MONITOR, "schema", "marts", ("USAGE",)),
+    (MONITOR, "relation", "meta.*", ("SELECT",)),
+    (MONITOR, "relation", "core.*", ("SELECT",)),
+    (MONITOR, "relation", "marts.*", ("SELECT",)),
+    (MONITOR, "relation", "meta.accuracy_results", ("INSERT", "DELETE")),  # validation replaces its run's results
 ]
 # Kept from the ingest role inside its own schemas (see the primary-key test above): the ledger of keys taken off
 # and the trigger that checks it.
 WITHHELD = {(INGEST, "relation meta.deferred_keys"), (INGEST, "routine meta.deferred_key_restored()")}
-AUDITED = [INGEST, REPORTING, "PUBLIC"]
+AUDITED = [INGEST, REPORTING, MONITOR, "PUBLIC"]
 OWNER = "playbook_owner"
 
 # Every privilege each audited role holds, in effect (directly, through PUBLIC or a role it belongs to, with or
@@ -466,8 +589,8 @@ def assert_exactly_the_readme(conn) -> None:
 
 def test_each_role_holds_exactly_the_readme_privileges_on_every_object(stack, logins, db):
     """Read from the catalog for the database and every schema, table, view, materialized view, sequence and routine
-    (and their columns, role memberships and default privileges): the ingest and reporting roles and PUBLIC hold
-    what the README's roles table says, no more and no fewer. A grant the behaviour tests cannot see (one behind a
+    (and their columns, role memberships and default privileges): the ingest, reporting and monitor roles and PUBLIC
+    hold what the README's roles table says, no more and no fewer. A grant the behaviour tests cannot see (one behind a
     missing schema USAGE, a grant option, a column, a function reached only through PUBLIC) is still a finding."""
     try:
         objects, _held = audit(db)
@@ -493,7 +616,8 @@ def test_objects_the_owner_creates_later_get_exactly_the_readme_privileges(stack
     """A table, view, materialized view, sequence (and an identity's), function and procedure created by the owner in
     every schema after the migrations (in a transaction rolled back) get from the default privileges exactly what the
     README grants there: DML (and TRUNCATE in staging) and EXECUTE for ingest in its schemas, SELECT on a new mart for
-    reporting, and nothing for anyone in public or on a new routine in marts."""
+    reporting, SELECT on a new relation in meta, core and marts for monitor (nothing on its sequences or routines), and
+    nothing for anyone in public or on a new routine in marts."""
     try:
         with db.cursor() as cur:
             cur.execute("select nspname from pg_namespace where nspname !~ '^pg_' and nspname <> 'information_schema'")
@@ -523,7 +647,8 @@ def test_objects_the_owner_creates_later_get_exactly_the_readme_privileges(stack
      {("-", INGEST, "routine marts.refresh(bigint)", "EXECUTE")}),
     ("grant execute on function marts.top_clients(date, date, int) to public",
      {("+", "PUBLIC", "routine marts.top_clients(date, date, integer)", "EXECUTE"),
-      ("+", INGEST, "routine marts.top_clients(date, date, integer)", "EXECUTE")}),
+      ("+", INGEST, "routine marts.top_clients(date, date, integer)", "EXECUTE"),
+      ("+", MONITOR, "routine marts.top_clients(date, date, integer)", "EXECUTE")}),
     ("grant select on marts.yearly_sales to pipeline_reporting with grant option",
      {("+", REPORTING, "relation marts.yearly_sales", "SELECT WITH GRANT OPTION")}),
     ("grant select (amount) on core.sales to pipeline_reporting",
@@ -534,6 +659,14 @@ def test_objects_the_owner_creates_later_get_exactly_the_readme_privileges(stack
      {("+", REPORTING, "default for new relations of playbook_owner in core", "SELECT")}),
     ("alter default privileges for role playbook_owner in schema marts revoke select on tables from pipeline_reporting",
      {("-", REPORTING, "default for new relations of playbook_owner in marts", "SELECT")}),
+    ("grant update on meta.accuracy_results to pipeline_monitor",
+     {("+", MONITOR, "relation meta.accuracy_results", "UPDATE")}),
+    ("grant insert on meta.batches to pipeline_monitor", {("+", MONITOR, "relation meta.batches", "INSERT")}),
+    ("grant usage on schema staging to pipeline_monitor", {("+", MONITOR, "schema staging", "USAGE")}),
+    ("revoke delete on meta.accuracy_results from pipeline_monitor",
+     {("-", MONITOR, "relation meta.accuracy_results", "DELETE")}),
+    ("alter default privileges for role playbook_owner in schema core revoke select on tables from pipeline_monitor",
+     {("-", MONITOR, "default for new relations of playbook_owner in core", "SELECT")}),
     ("grant pipeline_ingest to pipeline_reporting",
      {("+", REPORTING, "role pipeline_ingest", "MEMBER"), ("+", REPORTING, "relation core.sales", "SELECT")}),
 ])

@@ -77,7 +77,7 @@ def test_bad_values_are_quarantined_with_readable_reasons(landing):
         "SO-1,1,2024-01-05,00042,Widget,2,10.50,21.00,GBP",
         'SO-2,1,2024-01-05,00043,Widget,1,10.50,"12,3O",GBP',
         "SO-3,1,2025-02-30,00043,Widget,1,10.50,10.50,GBP",
-        "SO-4,1,2024-01-05,,Widget,1,10.50,10.50,GBP",
+        "SO-4,1,,00043,Widget,1,10.50,10.50,GBP",
         "SO-5,x,2024-01-05,00043,Widget,1,10.50,-10.50,GBP",
         "SO-1,1,2024-01-05,00042,Widget,2,10.50,21.00,GBP",
         "TOTAL,,,,,,,42.00,"))
@@ -89,7 +89,7 @@ def test_bad_values_are_quarantined_with_readable_reasons(landing):
     assert reasons == {
         3: "row 3: amount '12,3O' is not a number",
         4: "row 4: order_date '2025-02-30' is not a valid date",
-        5: "row 5: client_id is empty",
+        5: "row 5: order_date is empty",
         6: "row 6: line_no 'x' is not a whole number; amount '-10.50' is negative",
     }
     raw = landing.query("select raw from meta.quarantine where source_row = 3")[0][0]
@@ -127,13 +127,13 @@ PRIMARY_KEY = "select conname, pg_get_constraintdef(oid) from pg_constraint wher
 
 
 def test_a_first_load_builds_the_primary_key_after_its_rows_and_puts_back_the_same_key(landing):
-    assert landing.query(PRIMARY_KEY) == [("sales_pkey", "PRIMARY KEY (order_id, line_no)")]
+    assert landing.query(PRIMARY_KEY) == [("sales_pkey", "PRIMARY KEY (_key)")]
     first = landing.ingest("landing/sales/2024/k0.csv", sales(  # the key build finds the repeat, then collapse
         "SO-1,1,2024-01-05,00042,Widget,2,10.50,21.00,GBP",
         "SO-1,1,2024-01-05,00042,Widget,3,10.50,31.50,GBP",
         "SO-2,1,2024-01-05,00043,Widget,1,10.50,10.50,GBP"))
     assert (first["rows_inserted"], first["rows_quarantined"]) == (2, 1)
-    assert landing.query(PRIMARY_KEY) == [("sales_pkey", "PRIMARY KEY (order_id, line_no)")]
+    assert landing.query(PRIMARY_KEY) == [("sales_pkey", "PRIMARY KEY (_key)")]
     assert landing.query("select count(*) from meta.deferred_keys") == [(0,)]
     with pytest.raises(psycopg2.errors.UniqueViolation):  # and it still refuses a repeat
         landing.query("insert into core.sales select * from core.sales limit 1")
@@ -155,7 +155,7 @@ def test_a_reader_in_the_empty_table_sends_the_first_load_through_the_index(land
     finally:
         reader.close()
     assert landing.query("select order_id from core.sales") == [("SO-1",)]
-    assert landing.query(PRIMARY_KEY) == [("sales_pkey", "PRIMARY KEY (order_id, line_no)")]
+    assert landing.query(PRIMARY_KEY) == [("sales_pkey", "PRIMARY KEY (_key)")]
 
 
 @contextlib.contextmanager
@@ -187,7 +187,7 @@ def test_a_first_load_waiting_for_its_turn_holds_nothing_on_the_table(landing):
         cur.connection.rollback()
         result = waiting.result(timeout=60)
     assert result["status"] == "committed" and result["rows_inserted"] == 1
-    assert landing.query(PRIMARY_KEY) == [("sales_pkey", "PRIMARY KEY (order_id, line_no)")]
+    assert landing.query(PRIMARY_KEY) == [("sales_pkey", "PRIMARY KEY (_key)")]
 
 
 def test_ragged_rows_are_quarantined_and_the_rest_loads(landing):
@@ -395,7 +395,7 @@ MIXED = sales(  # canonical rows, rows only the careful lane reads, rejects, a b
     "SO-2,1,2024-1-6,00043,Widget,1,0.20,0.20,GBP",
     "SO-2,2,2024-01-06,00043,Widget,x,0.20,0.20,GBP",
     ",,,,,,,,",
-    "SO-3,1,2024-01-07,,Widget,1,5.00,5.00,GBP",
+    "SO-3,1,,00045,Widget,1,5.00,5.00,GBP",
     "SO-4,1,2024-01-07,00044,,4,2.50,10.00,")
 
 
@@ -418,8 +418,8 @@ def test_a_first_load_straight_into_the_empty_table_gives_what_the_staged_merge_
     assert outcome(staged["batch_id"]) == first
     rows, reasons, entry = first
     assert [r[:2] for r in rows] == [("SO-1", 1), ("SO-1", 2), ("SO-2", 1), ("SO-4", 1)]
-    assert rows[1][5:8] == (3, Decimal("1.20"), Decimal("3.60")) and rows[3][4] is None and rows[3][8] is None
-    assert reasons == [(5, "row 5: quantity 'x' is not a whole number"), (7, "row 7: client_id is empty")]
+    assert rows[1][5:8] == (3, Decimal("1.20"), Decimal("3.60")) and rows[3][4] is None and rows[3][8] == "GBP"
+    assert reasons == [(5, "row 5: quantity 'x' is not a number"), (7, "row 7: order_date is empty")]
     assert reconciles(entry) and (entry["rows_read"], entry["rows_inserted"], entry["rows_quarantined"],
                                   entry["rows_skipped"]) == (6, 4, 2, 1)
     assert entry["amount_loaded"] == Decimal("34.80")

@@ -16,9 +16,12 @@ from pipeline.config import ReadOptions
 from pipeline.handlers import ingest_object
 from pipeline.model import TABLES
 from pipeline.sources import csv_lane
+from pipeline.sources.lane import LaneSource
 from tests.pipeline.test_ingest_csv import HEADER, TRUNCATE_SALES, ledger, reconciles, sales
 from tests.pipeline.test_typing_lanes import TRICKY
 
+# a sales source with the table's own key, its amounts all positive (as the demo company's)
+SALES_SOURCE = LaneSource(key=("order_id", "line_no"))
 SALES = TABLES["sales"]
 COLUMNS = list(SALES.column_names)
 CANONICAL = ["SO-1", "1", "2024-01-05", "C1", "Widget", "2", "10.50", "21.00", "GBP"]
@@ -133,7 +136,7 @@ def test_the_handler_lane_loads_a_file_as_the_sql_lanes_do(landing, monkeypatch,
 
 def _typed(column: str, values: list[str], check: bool = True) -> dict[int, str]:
     """{i: the row hash} of the rows the lane admits, row i holding values[i] in `column` of a canonical row."""
-    lane = csv_lane.lane_for(SALES, {c: i for i, c in enumerate(COLUMNS)}, ReadOptions(), len(COLUMNS))
+    lane = csv_lane.lane_for(SALES, {c: i for i, c in enumerate(COLUMNS)}, ReadOptions(), len(COLUMNS), SALES_SOURCE)
     out = io.StringIO()
     for value in values:
         row = [*CANONICAL]
@@ -179,12 +182,13 @@ def test_a_record_that_never_ends_is_not_the_lanes(monkeypatch):
 
 def test_layouts_the_lane_leaves_to_the_sql_lanes():
     mapping = {c: i for i, c in enumerate(COLUMNS)}
-    assert csv_lane.lane_for(SALES, mapping, ReadOptions(decimal=","), 9) is None
-    assert csv_lane.lane_for(SALES, mapping, ReadOptions(thousands=","), 9) is None
-    assert csv_lane.lane_for(SALES, mapping, ReadOptions(dayfirst=True), 9) is None
-    assert csv_lane.lane_for(TABLES["interactions"], {"interaction_id": 0}, ReadOptions(), 5) is None
-    assert csv_lane.lane_for(SALES, mapping, ReadOptions(), 9).whole_records
-    assert not csv_lane.lane_for(SALES, mapping, ReadOptions(), 10).whole_records
+    assert csv_lane.lane_for(SALES, mapping, ReadOptions(decimal=","), 9, SALES_SOURCE) is None
+    assert csv_lane.lane_for(SALES, mapping, ReadOptions(thousands=","), 9, SALES_SOURCE) is None
+    assert csv_lane.lane_for(SALES, mapping, ReadOptions(dayfirst=True), 9, SALES_SOURCE) is None
+    assert csv_lane.lane_for(TABLES["interactions"], {"interaction_id": 0}, ReadOptions(), 5,
+                             LaneSource(key=("interaction_id",))) is None
+    assert csv_lane.lane_for(SALES, mapping, ReadOptions(), 9, SALES_SOURCE).whole_records
+    assert not csv_lane.lane_for(SALES, mapping, ReadOptions(), 10, SALES_SOURCE).whole_records
 
 
 def _careful(db, column: str, values: list[str]) -> dict[int, tuple[str | None, bool]]:

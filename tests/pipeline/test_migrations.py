@@ -19,11 +19,21 @@ def test_rerun_is_a_no_op(stack, db):
 def test_core_tables_match_the_canonical_model(stack, db):
     with db.cursor() as cur:
         for table in TABLES.values():
-            cur.execute("select column_name from information_schema.columns "
+            cur.execute("select column_name, is_nullable = 'NO', data_type from information_schema.columns "
                         "where table_schema = 'core' and table_name = %s order by ordinal_position", (table.name,))
-            columns = [r[0] for r in cur.fetchall()]
-            # the canonical columns, then what differs per row of where it came from (the rest is its batch's)
-            assert columns == [*table.column_names, *METADATA_COLUMNS]
+            found = {name: (not_null, kind) for name, not_null, kind in cur.fetchall()}
+            # the canonical columns (in the model's order: row hashes take them in it), and what differs per row
+            # of where it came from (the rest is its batch's)
+            assert sorted(found) == sorted([*table.column_names, *METADATA_COLUMNS])
+            assert [c for c in found if c in table.column_names] == list(table.column_names)
+            # only what a row cannot exist without is NOT NULL; each type as the loader types it
+            assert {c.name: found[c.name] for c in table.columns} == {
+                c.name: (c.required, "timestamp with time zone" if c.type == "timestamp" else
+                         {"text": "text", "integer": "bigint", "date": "date"}.get(c.type, "numeric"))
+                for c in table.columns}
+            cur.execute("select pg_get_constraintdef(oid) from pg_constraint where conrelid = %s::regclass "
+                        "and contype = 'p'", (f"core.{table.name}",))
+            assert cur.fetchall() == [("PRIMARY KEY (_key)",)]
 
 
 def test_failing_migration_rolls_back_and_names_the_file(stack, tmp_path: Path):

@@ -22,6 +22,7 @@ from psycopg2.extras import Json
 
 from pipeline.attempts import ABANDONED
 from pipeline.marts import refresh_marts
+from pipeline.model import KEY_SEPARATOR, TABLES
 from playbook.accuracy import AccuracyBreach, freshness, ledger, marts, rereads, validate
 from playbook.accuracy.independent import read_object
 from playbook.config import load_config
@@ -69,7 +70,8 @@ def add_row(cur, table: str, batch: dict, row: int | None, sheet: str | None = N
     """One core row written by `batch`, from row `row` (and `sheet`) of its file."""
     lineage = {"_batch_id": batch["batch_id"], "_sheet": sheet, "_source_row": row,
                "_row_hash": f"hash-{batch['batch_id']}-{row}"}
-    columns = {**values, **lineage}
+    key = KEY_SEPARATOR.join(str(values[k]) for k in TABLES[table].natural_key)
+    columns = {**values, **lineage, "_key": key}
     cur.execute(sql.SQL("insert into {} ({}) values ({})").format(
         sql.Identifier("core", table), sql.SQL(", ").join(map(sql.Identifier, columns)),
         sql.SQL(", ").join(sql.Placeholder() * len(columns))), list(columns.values()))
@@ -395,7 +397,7 @@ def test_changed_rows_fails_on_a_row_changed_after_its_first_load(cur):
     r = one(results, "changed_rows", "core.sales")
     assert (r.status, r.observed) == ("fail", 1)
     [f] = r.findings
-    assert f["key"] == {"order_id": "SO-1", "line_no": 1}
+    assert f["key"] == {"key": "SO-1 | 1"}
     assert {c: {k: Decimal(str(v)) for k, v in change.items()} for c, change in f["changes"].items()} == {
         "quantity": {"was": 2, "now": 3}, "amount": {"was": Decimal(10), "now": Decimal(15)}}
     assert f["first_loaded"] == {"file": key, "sheet": None, "version": "v1", "row": 2, "batch_id": first["batch_id"]}
@@ -412,13 +414,13 @@ def dated_rows(cur, source: str, table: str, spans: list[tuple[str, str, str]]) 
         batch = add_batch(cur, source, key)
         if table == "operating_costs":
             cur.execute("insert into core.operating_costs (cost_id, cost_date, category, amount, _batch_id,"
-                        " _source_row, _row_hash) select 'EX-' || d::date, d::date, 'Rent', 1, %s, "
-                        "2, 'h' || d from generate_series(%s::date, %s::date, interval '1 day') d",
+                        " _source_row, _row_hash, _key) select 'EX-' || d::date, d::date, 'Rent', 1, %s, "
+                        "2, 'h' || d, 'EX-' || d::date from generate_series(%s::date, %s::date, interval '1 day') d",
                         (batch["batch_id"], first, last))
         else:
             cur.execute("insert into core.sales (order_id, line_no, order_date, client_id, quantity, unit_price, "
-                        "amount, _batch_id, _source_row, _row_hash) select 'SO-' || d::date, 1, "
-                        "d::date, 'C1', 1, 1, 1, %s, 2, 'h' || d "
+                        "amount, _batch_id, _source_row, _row_hash, _key) select 'SO-' || d::date, 1, "
+                        "d::date, 'C1', 1, 1, 1, %s, 2, 'h' || d, 'SO-' || d::date || chr(31) || '1' "
                         "from generate_series(%s::date, %s::date, interval '1 day') d",
                         (batch["batch_id"], first, last))
         batches.append(batch)

@@ -28,10 +28,9 @@ from pipeline.config import PipelineConfig, SourceConfig
 from pipeline.db import connect
 from pipeline.loader import BatchLoad, Delivery, TimeBudgetExceeded
 from pipeline.logs import get_logger, log
-from pipeline.model import TABLES
 from pipeline.runtime_config import pipeline_config
 from pipeline.schedules import schedule_period
-from pipeline.sources import LoadError
+from pipeline.sources import LoadError, reading_columns
 from pipeline.sources.rest_api import ApiReader
 
 logger = get_logger("pipeline.ingest_api")
@@ -134,9 +133,8 @@ def ingest_window(conn, config: PipelineConfig, name: str, source: SourceConfig,
                   remaining, request_id: str | None = None) -> dict:
     if remaining() < source.api.reserve_s:
         raise TimeBudgetExceeded(f"{name}: less than api.reserve_s ({source.api.reserve_s:g} s) left to start")
-    table = TABLES[source.table]
-    required = {c.name for c in table.columns if c.required}
-    reader = ApiReader(name, source.api, source.columns, required, plan.window, plan.resume, remaining)
+    columns, required = reading_columns(source)
+    reader = ApiReader(name, source.api, columns, required, plan.window, plan.resume, remaining)
     delivery = Delivery(name, source, source.kind, reader.ref, reader.display, window=plan.window)
 
     def save_state(cur, batch_id: int) -> None:

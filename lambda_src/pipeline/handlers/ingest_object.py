@@ -24,10 +24,11 @@ from pipeline.config import PipelineConfig
 from pipeline.db import connect
 from pipeline.loader import BatchLoad, Delivery, TimeBudgetExceeded, already_loaded
 from pipeline.logs import get_logger, log
-from pipeline.model import TABLES
+from pipeline.model import ROW_KEY, TABLES
 from pipeline.runtime_config import pipeline_config
-from pipeline.sources import LoadError
+from pipeline.sources import LoadError, reading_columns
 from pipeline.sources.kinds import source_kind
+from pipeline.sources.lane import LaneSource
 from pipeline.sources.objects import ObjectRef, download, head, objects_in_event
 
 logger = get_logger("pipeline.ingest_object")
@@ -50,9 +51,18 @@ def reader_for(delivery: Delivery, path):
     kind = source_kind(cfg.kind)
     if kind.delivers != "files":
         raise LoadError(f"{delivery.display}: a {cfg.kind} source does not take files")
-    table = TABLES[cfg.table]
-    return kind.reader_class()(path=path, display=delivery.display, options=cfg.read, columns=cfg.columns,
-                               table=table, required={c.name for c in table.columns if c.required})
+    columns, required = reading_columns(cfg)
+    return kind.reader_class()(path=path, display=delivery.display, options=cfg.read, columns=columns,
+                               table=TABLES[cfg.table], required=required, lane=handler_lane(cfg))
+
+
+def handler_lane(cfg) -> LaneSource | None:
+    """What the handler's lane needs of the source, or None where only SQL reads it: compositions, attributes,
+    amounts to turn or to take from a debit and a credit, or a key by each row's place."""
+    if cfg.compose or cfg.attributes or cfg.amounts not in ("positive", "signed") or cfg.key == (ROW_KEY,):
+        return None
+    currency = ("currency",) if "currency" in cfg.columns else ()
+    return LaneSource(key=cfg.key, negatives=cfg.amounts == "signed", required=currency)
 
 
 def ingest(conn, config: PipelineConfig, ref: ObjectRef, remaining, request_id: str | None = None) -> dict:

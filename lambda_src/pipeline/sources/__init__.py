@@ -106,6 +106,27 @@ def copy_pieces(cur, statement: str, pieces: Iterator[str] | Iterator[bytes], en
         raise source.error from None
 
 
+def reading_columns(source) -> tuple[dict[str, str], set[str]]:
+    """What a reader finds in a source's header, and which of those must be there: the canonical columns it
+    maps, and by the names the loader reads them under, the headers its compositions are built from
+    ('{Country}') and its attributes' ('attribute region'); all but the table's optional columns outside the
+    key must be there. source: a pipeline.config.SourceConfig."""
+    from pipeline.model import TABLES
+
+    table = TABLES[source.table]
+    columns = dict(source.columns)
+    columns.update({f"attribute {name}": a.column for name, a in source.attribute_columns.items()})
+    columns.update({f"{{{header}}}": header for header in composed_headers(source)})
+    required = {c.name for c in table.columns if c.required and c.name in columns} | {
+        name for name in columns if name not in table.column_names} | {k for k in source.key if k in columns}
+    return columns, required
+
+
+def composed_headers(source) -> list[str]:
+    """The source headers its compositions name, in order: '{Country}-{Month}' names Country and Month."""
+    return list(dict.fromkeys(h for template in source.compose.values() for h in re.findall(r"\{([^{}]+)\}", template)))
+
+
 class Reader(Protocol):
     """What the loader reads a delivery with: its sheets, and whether it is one sheet (a file, or a workbook of
     one chosen sheet), which a first load may put straight into its empty table."""

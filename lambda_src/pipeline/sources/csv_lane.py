@@ -24,11 +24,13 @@ from pipeline.sources.lane import (
     FirstCells,
     Lane,
     LaneAbandoned,
+    LaneSource,
     LaneStream,
     Typed,
     Values,
     block,
     constant,
+    key_positions,
     lane_columns,
     running_counts,
     spaced,
@@ -50,9 +52,12 @@ class CsvLane:
     table_order: bool  # the file's values are the table's columns, in its order: a record is nearly the row's text
 
 
-def lane_for(table: Table, mapping: dict[str, int], options: ReadOptions, width: int) -> CsvLane | None:
+def lane_for(table: Table, mapping: dict[str, int], options: ReadOptions, width: int,
+             source: LaneSource | None) -> CsvLane | None:
     """The lane for a file of this layout, or None where the SQL lanes must read it all (see lane_columns)."""
-    columns = lane_columns(table, mapping, options)
+    if source is None:
+        return None
+    columns = lane_columns(table, mapping, options, source)
     if columns is None or options.delimiter in ('"', "\n", "\r") or options.quotechar in ("\n", "\r"):
         return None
     if not (options.delimiter.isascii() and options.quotechar.isascii()) or options.delimiter == options.quotechar:
@@ -62,7 +67,8 @@ def lane_for(table: Table, mapping: dict[str, int], options: ReadOptions, width:
     whole = sorted(c.position for c in loaded) == list(range(width))
     copied = tuple(c.name for c in (sorted(loaded, key=lambda c: c.position) if whole else loaded))
     lane = Lane(columns, re.compile(options.skip_rows_matching) if options.skip_rows_matching else None,
-                "utf-8" if utf8 else "ascii", ord(options.delimiter), ord(options.quotechar), copied)
+                "utf-8" if utf8 else "ascii", ord(options.delimiter), ord(options.quotechar), copied,
+                key_positions(columns, source))
     return CsvLane(lane, width, ascii_only=not utf8, whole_records=whole,
                    table_order=[c.position for c in columns] == list(range(width)))
 

@@ -78,7 +78,7 @@ def cell_text(value: object, kind: str | None, decimal: str = ".") -> str:
                 return FICTITIOUS_DAY
             except OverflowError:
                 return excel_number(value)
-        return excel_number(value, decimal if kind in ("money", "integer") else ".")
+        return excel_number(value, decimal if kind in ("money", "number", "integer") else ".")
     if isinstance(value, dt.time | dt.timedelta):
         return str(value)
     return str(value)
@@ -99,7 +99,7 @@ def _as_text(value: object) -> str:
 
 def converter(kind: str | None, decimal: str = ".") -> Callable[[object], str]:
     """The text of one cell of a column of that type (None: unmapped): both lanes word cells with it."""
-    if kind in ("money", "integer"):
+    if kind in ("money", "number", "integer"):
         def as_number(value: object) -> str:
             if type(value) is float:
                 return excel_number(value, decimal)
@@ -248,9 +248,10 @@ def _xml_unescape(text: str) -> str:
 
 class ExcelReader:
     def __init__(self, *, path: Path, display: str, options: ReadOptions, columns: dict[str, str], table: Table,
-                 required: set[str]):
+                 required: set[str], lane: excel_lane.LaneSource | None = None):
         self.path, self.display, self.options = path, display, options
         self.columns, self.table, self.required = columns, table, required
+        self.lane = lane  # what the handler's lane needs of the source; None: SQL types every row
 
     def _open(self) -> CalamineWorkbook:
         if self.path.stat().st_size == 0:
@@ -353,7 +354,7 @@ class ExcelReader:
             copy_pieces(cur, statement, excel_arrow.copy_binary(name, first_row, columns, arrow.height))
 
         sheet = RawSheet(name, arrow.header, mapping, first_row, copy_rows)
-        lane = excel_lane.lane_for(self.table, mapping, self.options)
+        lane = excel_lane.lane_for(self.table, mapping, self.options, self.lane)
         if lane is not None:
             sheet.handler_typing = WorkbookTyping(excel_lane.SheetLane(lane, first_row, arrow.height, columns))
         return sheet, formulas

@@ -197,7 +197,7 @@ def read(path: Path, name: str, header_row: int, converter: Callable[[str | None
                     return None
                 built[pos] = column
             elif fmt in ("g", "l"):
-                point = decimal.encode() if kind in ("money", "integer") else b"."
+                point = decimal.encode() if kind in ("money", "number", "integer") else b"."
                 built[pos] = _numbers(_values(child, buffers), valid, kind, converter(kind), point)
         return built
 

@@ -20,9 +20,11 @@ from pipeline.sources.lane import (
     PAD,
     FirstCells,
     Lane,
+    LaneSource,
     LaneStream,
     Typed,
     Values,
+    key_positions,
     lane_columns,
     running_counts,
     spaced,
@@ -54,12 +56,13 @@ class SheetLane:
         return Values(buf[low:], start - low, length, running_counts(buf[low:high]))
 
 
-def lane_for(table: Table, mapping: dict[str, int], options: ReadOptions) -> Lane | None:
+def lane_for(table: Table, mapping: dict[str, int], options: ReadOptions, source: LaneSource | None) -> Lane | None:
     """The lane for a sheet of this layout, or None where the SQL lanes must type it (see lane_columns)."""
-    columns = lane_columns(table, mapping, options)
+    columns = None if source is None else lane_columns(table, mapping, options, source)
     if columns is None:
         return None
-    return Lane(columns, re.compile(options.skip_rows_matching) if options.skip_rows_matching else None, "utf-8")
+    return Lane(columns, re.compile(options.skip_rows_matching) if options.skip_rows_matching else None, "utf-8",
+                key=key_positions(columns, source))
 
 
 def type_piece(sheet: SheetLane, start: int, suffix: bytes = b"\n", sample: int = 0, copy: bool = True,

@@ -28,7 +28,7 @@ import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
 from pipeline.config import ReadOptions
-from pipeline.model import Table
+from pipeline.model import KEY_SEPARATOR, Table
 
 try:  # CPython's own md5: for inputs of a row's size about twice as fast as OpenSSL's through hashlib
     from _md5 import md5 as _md5
@@ -53,9 +53,19 @@ class LaneAbandoned(RuntimeError):
 
 
 @dataclass(frozen=True)
+class LaneSource:
+    """What the lane needs of its source beyond the file's layout: the columns a row is known by (its _key), and
+    whether the columns that carry a row's sign may be negative (refunds, outflows)."""
+
+    key: tuple[str, ...]
+    negatives: bool = False
+    required: tuple[str, ...] = ()  # columns a row needs beyond the table's own and its key (a currency it maps)
+
+
+@dataclass(frozen=True)
 class LaneColumn:
     name: str
-    kind: str  # text, integer, money or date
+    kind: str  # text, integer, number, money or date
     position: int | None  # in the source's header; None when the source does not map it (null)
     required: bool
     non_negative: bool
@@ -69,7 +79,8 @@ class Lane:
     codec: str  # how the values' bytes decode
     delimiter: int = ord(",")  # of the COPY text
     quote: int = ord('"')
-    copied: tuple[str, ...] = ()  # the columns of a COPY row before its number and hash; () the loaded ones
+    copied: tuple[str, ...] = ()  # the columns of a COPY row before its key, number and hash; () the loaded ones
+    key: tuple[int, ...] = ()  # the key's columns, as indices into `columns`
 
     @property
     def loaded(self) -> list[LaneColumn]:
@@ -81,17 +92,24 @@ class Lane:
         return list(self.copied) or [c.name for c in self.loaded]
 
 
-def lane_columns(table: Table, mapping: dict[str, int], options: ReadOptions) -> tuple[LaneColumn, ...] | None:
+def lane_columns(table: Table, mapping: dict[str, int], options: ReadOptions,
+                 source: LaneSource) -> tuple[LaneColumn, ...] | None:
     """The table's columns and where the source has each, or None where the SQL lanes must type everything:
     spellings to rewrite (a decimal comma, thousands, day-first or formatted dates), or a timestamp column
-    (its text depends on the session's time zone)."""
+    (its text depends on the session's time zone). A key column is required: a row is known by it."""
     if options.decimal != "." or options.thousands or options.date_format or options.dayfirst:
         return None
     if any(c.type == "timestamp" for c in table.columns):
         return None
     days = tuple(int(d.strftime("%Y%m%d")) for d in (options.earliest_date, options.latest_date))
-    return tuple(LaneColumn(c.name, c.type, mapping.get(c.name), c.required, c.non_negative, days)
-                 for c in table.columns)
+    return tuple(LaneColumn(c.name, c.type, mapping.get(c.name),
+                            c.required or c.name in source.key or c.name in source.required,
+                            c.non_negative or (c.signed and not source.negatives), days) for c in table.columns)
+
+
+def key_positions(columns: tuple[LaneColumn, ...], source: LaneSource) -> tuple[int, ...]:
+    names = [c.name for c in columns]
+    return tuple(names.index(k) for k in source.key)
 
 
 @dataclass
@@ -233,14 +251,17 @@ def type_rows(lane: Lane, values: list[Values | None], good: np.ndarray, rows: n
     text = b""
     if copy and len(keep):
         blocks = copy_values(sel) if copy_values is not None else _loaded_blocks(lane, checked, sel, len(keep))
+        blocks += [*_key_blocks(lane, checked, sel, len(keep)), constant(len(keep), bytes([lane.delimiter]))]
         text = _copy_rows(blocks, lane, kept_rows, digests, suffix)
     typed = Typed(text, kept_rows, digests, fingerprint(digests), considered=len(rows),
                   skipped=np.flatnonzero(skipped))
     if sample and len(keep):
         for i in np.linspace(0, len(keep) - 1, min(sample, len(keep))).astype(np.int64).tolist():
             r = keep[i]
-            typed.sample.append({**{c.column.name: c.values.buf[c.values.start[r]:c.values.end[r]].tobytes().decode(
-                lane.codec) for c in checked if c is not None}, "_row_hash": digests[16 * i:16 * i + 16].hex()})
+            values = {c.column.name: c.values.buf[c.values.start[r]:c.values.end[r]].tobytes().decode(lane.codec)
+                      for c in checked if c is not None}
+            typed.sample.append({**values, "_row_hash": digests[16 * i:16 * i + 16].hex(),
+                                 "_key": KEY_SEPARATOR.join(values[lane.columns[k].name] for k in lane.key)})
     return typed, keep
 
 
@@ -259,7 +280,7 @@ def _check(v: Values, column: LaneColumn, good: np.ndarray, check: bool = True) 
             good &= empty | (_count(v, _ESCAPES) == 0)
         if check:  # nothing to trim
             good &= empty | ~padded(buf, s, e, ln)
-    elif column.kind == "money":
+    elif column.kind in ("money", "number"):  # an exact decimal, which the row hash takes by its value
         hashed = _trimmed(buf, e, ln)
         if check:
             good &= empty | _money(buf, s, e, ln, _count(v, _NONDIGITS), _count(v, _POINTS), column.non_negative)
@@ -406,7 +427,7 @@ def _hashes(sel, m: int, checked: list[_Checked | None], as_is: Values | None) -
         rows = np.arange(m)
         lengths = length + 2
         for c in checked:
-            if c is not None and c.column.kind == "money":
+            if c is not None and c.column.kind in ("money", "number"):
                 end = c.values.end[sel] - start  # where the value ends in the row's text
                 drop = c.values.length[sel] - c.hashed[sel]
                 lengths = lengths - drop
@@ -426,6 +447,22 @@ def _hashes(sel, m: int, checked: list[_Checked | None], as_is: Values | None) -
     ends = np.cumsum(lengths).tolist()
     # a content hash, not a secret: md5 is what the SQL lanes compute too
     return b"".join([_md5(text[a:e]).digest() for a, e in zip([0, *ends[:-1]], ends, strict=True)])  # noqa: S324
+
+
+def _key_blocks(lane: Lane, checked: list[_Checked | None], sel, m: int) -> list[tuple]:
+    """Each row's _key as COPY reads it: its key values (each its type's own spelling, never empty) joined by
+    KEY_SEPARATOR, in quotes where the row's text quotes one of them."""
+    parts = [checked[k] for k in lane.key]
+    quoted = np.zeros(m, bool)
+    for c in parts:
+        quoted |= c.quoted[sel]
+    mark = (np.full((m, 1), lane.quote, np.uint8), quoted[:, None])
+    blocks: list[tuple] = [mark]
+    for i, c in enumerate(parts):
+        if i:
+            blocks.append(constant(m, KEY_SEPARATOR.encode()))
+        blocks.append(block(c.values.buf, c.values.start[sel], c.values.length[sel]))
+    return [*blocks, mark]
 
 
 def _loaded_blocks(lane: Lane, checked: list[_Checked | None], sel, m: int) -> list[tuple]:

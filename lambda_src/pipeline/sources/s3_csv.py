@@ -85,9 +85,10 @@ class CsvTyping:
 
 class CsvReader:
     def __init__(self, *, path: Path, display: str, options: ReadOptions, columns: dict[str, str], table: Table,
-                 required: set[str]):
+                 required: set[str], lane: csv_lane.LaneSource | None = None):
         self.path, self.display, self.options = path, display, options
         self.columns, self.required, self.table = columns, required, table
+        self.lane = lane  # what the handler's lane needs of the source; None: SQL types every row
         self.plan: dict = {}  # what was decided about the file (its encoding, its quotes), for the ledger
         self._text: text_files.TextFile | None = None
 
@@ -146,7 +147,7 @@ class CsvReader:
                                    "literal character; records read one by one")
             yield self.parsed_sheet()
             return
-        lane = csv_lane.lane_for(self.table, mapping, self.options, len(header))
+        lane = csv_lane.lane_for(self.table, mapping, self.options, len(header), self.lane)
 
         def copy_file(cur, target: str) -> None:
             statement = sql.SQL(
