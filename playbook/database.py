@@ -6,7 +6,8 @@ import os
 
 import psycopg2
 
-from pipeline.migrations import apply_migrations, set_database_timezone
+from pipeline.config import Company
+from pipeline.migrations import apply_migrations, set_company
 from playbook.settings import ENV_DATABASE_URL
 
 
@@ -39,19 +40,20 @@ def connect(url: str | None = None):
                             application_name="playbook")
 
 
-def migrate(url: str | None = None, timezone: str | None = None) -> list[str]:
-    """Apply pending migrations and pin the database's time zone to the company's, in this process.
+def migrate(url: str | None = None, company: Company | None = None) -> list[str]:
+    """Apply pending migrations and set the company (its time zone, its currency: pipeline.migrations.set_company),
+    in this process.
 
     For a database no deployment serves (the tests' and benchmarks' throwaway ones): a deployment's database is
     migrated by its own migrate function, through the target (`Target.migrate()`, `playbook migrate`)."""
-    if timezone is None:
+    if company is None:
         from playbook.config import load_config
 
-        timezone = load_config().company.timezone
+        company = load_config().company
     conn = connect(url)
     try:
         applied = apply_migrations(conn)
-        set_database_timezone(conn, timezone)
+        set_company(conn, company.name, company.timezone, company.currency)
         return applied
     finally:
         conn.close()

@@ -96,8 +96,10 @@ def apply_migrations(conn, directory: Path = MIGRATIONS_DIR) -> list[str]:
         conn.commit()
 
 
-def set_database_timezone(conn, timezone: str) -> None:
-    """Dates of timestamps (an interaction's day, a schedule's day) are the company's, in every session."""
+def set_company(conn, name: str, timezone: str, currency: str) -> None:
+    """The company as its configuration says, for every session: the database's time zone is the company's (so
+    dates of timestamps are its days), meta.company holds its name, zone and currency, and a money row loaded
+    before rows had a currency is in the company's."""
     from psycopg2 import sql
 
     conn.autocommit = True
@@ -107,5 +109,20 @@ def set_database_timezone(conn, timezone: str) -> None:
             database = cur.fetchone()[0]
             cur.execute(sql.SQL("alter database {} set timezone to {}").format(
                 sql.Identifier(database), sql.Literal(timezone)))
+            cur.execute("insert into meta.company (name, timezone, currency) values (%s, %s, %s) on conflict (one) "
+                        "do update set name = excluded.name, timezone = excluded.timezone, currency = "
+                        "excluded.currency, updated_at = now() where (meta.company.name, meta.company.timezone, "
+                        "meta.company.currency) is distinct from (excluded.name, excluded.timezone, "
+                        "excluded.currency)", (name, timezone, currency))
+            for table in ("sales", "payments", "operating_costs"):
+                name = sql.Identifier("core", table)
+                cur.execute(sql.SQL("select exists (select from {} where currency is null)").format(name))
+                if cur.fetchone()[0]:  # a fact, not a change: no history row, in one transaction
+                    cur.execute("begin")
+                    cur.execute(sql.SQL("alter table {} disable trigger user").format(name))
+                    cur.execute(sql.SQL("update {} set currency = %s where currency is null").format(name),
+                                (currency,))
+                    cur.execute(sql.SQL("alter table {} enable trigger user").format(name))
+                    cur.execute("commit")
     finally:
         conn.autocommit = False

@@ -1,7 +1,8 @@
 """Lambda: apply the SQL migrations from inside the VPC (the database is never reachable from outside).
 
-Runs as the owner (the cluster's master secret); re-running is a no-op. Also pins the database's time
-zone to the company's, so dates of timestamps are the company's in every session, and gives the
+Runs as the owner (the cluster's master secret); re-running is a no-op. Also sets the company (the
+database's time zone, so dates of timestamps are the company's in every session, and meta.company with its
+currency), and gives the
 ingest, reporting and monitor roles their logins from their secrets (ROLE_SECRET_ARNS: {"role": "secret ARN"}).
 """
 
@@ -12,7 +13,7 @@ import os
 
 from pipeline.db import connect
 from pipeline.logs import get_logger, log
-from pipeline.migrations import apply_migrations, set_database_timezone
+from pipeline.migrations import apply_migrations, set_company
 from pipeline.roles import apply_role_logins
 from pipeline.runtime_config import pipeline_config
 
@@ -24,7 +25,7 @@ def handler(event: dict | None = None, context=None) -> dict:
     conn = connect()
     try:
         applied = apply_migrations(conn)
-        set_database_timezone(conn, config.company.timezone)
+        set_company(conn, config.company.name, config.company.timezone, config.company.currency)
         logins = apply_role_logins(conn, json.loads(os.environ.get("ROLE_SECRET_ARNS") or "{}"))
     finally:
         conn.close()
