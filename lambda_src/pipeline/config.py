@@ -112,6 +112,17 @@ class ReadOptions(Strict):
                 raise ValueError(f"{', '.join(unknown)} not supported: use %d, %m, %Y or %y, %H, %M, %S")
             if [fields.count("%d"), fields.count("%m"), fields.count("%Y") + fields.count("%y")] != [1, 1, 1]:
                 raise ValueError(f"{value!r} needs %d, %m and one of %Y or %y, once each")
+            # proved as the loader will read it: an example written in this format, read back by its rewrite
+            from pipeline.typing_sql import TWO_DIGIT_YEAR, format_rewrite
+
+            example = dt.datetime(2024, 1, 31, 13, 45, 30).strftime(value)
+            regex, iso = format_rewrite(value)
+            read = re.sub(regex, iso, example) if re.match(regex, example) else None
+            for pattern, replacement in TWO_DIGIT_YEAR if read and "%y" in value else ():
+                read = re.sub(pattern, replacement, read)
+            if read != "2024-01-31":
+                raise ValueError(f"{value!r} does not read its own example {example!r} as 2024-01-31: separate "
+                                 "the day, month and year")
         return value
 
     @model_validator(mode="after")

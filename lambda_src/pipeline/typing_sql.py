@@ -28,28 +28,37 @@ _CLOCK = r"\s+([0-9]{1,2}:[0-9]{2}(:[0-9]{2}(\.[0-9]+)?)?)"  # a time after a da
 _CURRENCY = r"[$£€¥₹₩₪₽¢]|(^|[^A-Za-z])[A-Z]{3}([^A-Za-z]|$)"
 
 
+def format_rewrite(fmt: str, kind: str = "date") -> tuple[str, str]:
+    """The (regex, replacement) that rewrites a date written as read.date_format says to ISO text (a two-digit
+    year stays two digits: the pivot comes after, see TWO_DIGIT_YEAR)."""
+    regex, fields, i = "^", [], 0
+    while i < len(fmt):
+        token = fmt[i:i + 2]
+        if token in _FORMAT_FIELDS:
+            regex += _FORMAT_FIELDS[token]
+            fields.append(token)
+            i += 2
+        else:
+            regex += re.escape(fmt[i])
+            i += 1
+    group = {token: f"\\{n + 1}" for n, token in enumerate(fields)}
+    year = group.get("%Y") or group["%y"]
+    iso = f"{year}-{group['%m']}-{group['%d']}"
+    if kind == "timestamp" and "%H" in group:
+        iso += f" {group['%H']}:{group.get('%M', '00')}" + (f":{group['%S']}" if "%S" in group else "")
+    return regex + (r"(\s.*)?$" if kind == "date" else "$"), iso
+
+
+# a two-digit year after format_rewrite: 00-68 are 20xx, 69-99 19xx (as Python's strptime reads %y)
+TWO_DIGIT_YEAR = ((r"^([0-6][0-9])-", r"20\1-"), (r"^([7-9][0-9])-", r"19\1-"))
+
+
 def _date_rewrite(reading: Reading, kind: str) -> list[tuple[str, str]]:
     """(regex, replacement) pairs that rewrite the source's spellings of a date, or of a date and time, to
     ISO text: 24/02/2003 -> 2003-02-24 (a date column drops a time after it; a timestamp column keeps it)."""
     options = reading.options
     if options.date_format:
-        regex, fields, i = "^", [], 0
-        fmt = options.date_format
-        while i < len(fmt):
-            token = fmt[i:i + 2]
-            if token in _FORMAT_FIELDS:
-                regex += _FORMAT_FIELDS[token]
-                fields.append(token)
-                i += 2
-            else:
-                regex += re.escape(fmt[i])
-                i += 1
-        group = {token: f"\\{n + 1}" for n, token in enumerate(fields)}
-        year = group.get("%Y") or group["%y"]
-        iso = f"{year}-{group['%m']}-{group['%d']}"
-        if kind == "timestamp" and "%H" in group:
-            iso += f" {group['%H']}:{group.get('%M', '00')}" + (f":{group['%S']}" if "%S" in group else "")
-        return [(regex + (r"(\s.*)?$" if kind == "date" else "$"), iso)]
+        return [format_rewrite(options.date_format, kind)]
     # a date column drops a time after the date; a timestamp column keeps it ('2003-02-24 14:05')
     tail, keep = (r"(\s.*)?$", "") if kind == "date" else (f"({_CLOCK})?$", r" \5")
     rewrites = []
@@ -145,9 +154,9 @@ def _normalised(m: Mapped, reading: Reading) -> sql.Composable:
         expr = raw
         for regex, replacement in _date_rewrite(reading, m.column.type):
             expr = sql.SQL("regexp_replace({}, {}, {})").format(expr, sql.Literal(regex), sql.Literal(replacement))
-        if options.date_format and "%y" in options.date_format:  # a two-digit year: 00-68 are 20xx, 69-99 19xx
-            expr = sql.SQL(r"regexp_replace(regexp_replace({}, '^([0-6][0-9])-', '20\1-'), '^([7-9][0-9])-', "
-                           r"'19\1-')").format(expr)
+        if options.date_format and "%y" in options.date_format:
+            for regex, replacement in TWO_DIGIT_YEAR:
+                expr = sql.SQL("regexp_replace({}, {}, {})").format(expr, sql.Literal(regex), sql.Literal(replacement))
         if m.column.type == "timestamp":
             return expr
         # ISO with a time part, as Excel dates arrive: keep the date.

@@ -1,5 +1,6 @@
 """Migrations apply in order, re-run as a no-op, and a failing file rolls back whole, named."""
 
+from decimal import Decimal
 from pathlib import Path
 
 import psycopg2
@@ -121,3 +122,99 @@ def test_migrate_handler_gives_the_roles_their_logins_from_username_password_sec
         from playbook.warehouse import ensure_role_logins
 
         ensure_role_logins(landing_session.database_url)
+
+
+def test_a_warehouse_loaded_before_keys_currencies_and_attributes_moves_forward_without_losing_a_row(stack, tmp_path):
+    """A warehouse as migrations 001-013 left it, with rows, a replaced version and a quarantined row, moved
+    forward: every row and its money kept, keyed by its table's key, in the company's currency, and hashed as a
+    reload of it hashes, so reloading the same file changes nothing."""
+    from psycopg2 import sql
+
+    from pipeline.migrations import set_company
+    from pipeline.typing_sql import row_hash
+    from playbook.local import stack as local_stack
+    from playbook.local.postgres import OWNER_ROLE, SUPERUSER
+
+    for m in discover():
+        if m.version <= 13:
+            (tmp_path / m.path.name).write_bytes(m.path.read_bytes())
+    pg = local_stack.current().pg
+    admin = psycopg2.connect(pg.url(SUPERUSER, database="postgres"))
+    admin.autocommit = True
+    name = "warehouse_before_the_model"
+    with admin.cursor() as cur:
+        cur.execute(sql.SQL("drop database if exists {} with (force)").format(sql.Identifier(name)))
+        cur.execute(sql.SQL("create database {} owner {}").format(sql.Identifier(name), sql.Identifier(OWNER_ROLE)))
+    conn = psycopg2.connect(pg.url(database=name))
+    try:
+        assert apply_migrations(conn, tmp_path)[-1] == "013_narrow_lineage.sql"
+        with conn.cursor() as cur:
+            cur.execute("insert into meta.batches (source, source_kind, target_table, source_ref, status, rows_read,"
+                        " rows_inserted) values ('payments', 'excel', 'payments', 's3://l/p.xlsx', 'committed', 3, 3),"
+                        " ('operating_costs', 's3_csv', 'operating_costs', 's3://l/c.csv', 'committed', 2, 2),"
+                        " ('sales', 's3_csv', 'sales', 's3://l/s.csv', 'committed', 2, 2) returning batch_id")
+            payments, costs, sales = (r[0] for r in cur.fetchall())
+            # each row hashed as the loader hashed it then: its columns, money by value, in the table's order
+            cur.execute(
+                "insert into core.payments (payment_id, payment_date, client_id, invoice_ref, method, amount,"
+                " _batch_id, _sheet, _source_row, _row_hash) select p, d::date, c, i, m, a, %s, 'Payments', n,"
+                " md5(row(p, d::date, c, i, m, trim_scale(a))::text) from (values"
+                " ('P1', '2024-01-05', 'C1', 'INV-1', 'BACS', 120.50::numeric, 4),"
+                " ('P2', '2024-01-06', 'C2', null, null, 99.999, 5), ('P3', '2024-01-06', 'C1', null, 'Card', 0.01, 6))"
+                " v(p, d, c, i, m, a, n)", (payments,))
+            cur.execute(
+                "insert into core.operating_costs (cost_id, cost_date, category, vendor, amount, _batch_id,"
+                " _source_row, _row_hash) select i, d::date, c, v, a, %s, n, md5(row(i, d::date, c, v,"
+                " trim_scale(a))::text) from (values ('E1', '2024-01-02', 'Rent', 'Landlord', 1500.00::numeric, 2),"
+                " ('E2', '2024-01-03', 'Software', null, 12.34, 3)) x(i, d, c, v, a, n)", (costs,))
+            cur.execute(
+                "insert into core.sales (order_id, line_no, order_date, client_id, product, quantity, unit_price,"
+                " amount, currency, _batch_id, _source_row, _row_hash) values"
+                " ('SO-1', 1, '2024-01-05', 'C1', 'Oats', 3, 2.50, 7.50, null, %s, 2, 'h1'),"
+                " ('SO-1', 2, '2024-01-05', 'C1', 'Rye', 1, 4.00, 4.00, 'GBP', %s, 3, 'h2')", (sales, sales))
+            # a replaced version: the history trigger keeps it
+            cur.execute("update core.operating_costs set amount = 1550.00, _row_hash = md5(row('E1', "
+                        "'2024-01-02'::date, 'Rent', 'Landlord', trim_scale(1550.00))::text) where cost_id = 'E1'")
+            cur.execute("select (select count(*) from core.payments), (select sum(amount) from core.payments),"
+                        " (select count(*) from core.operating_costs), (select sum(amount) from core.operating_costs),"
+                        " (select count(*) from core.operating_costs_history), (select count(*) from core.sales),"
+                        " (select sum(amount) from core.sales)")
+            before = cur.fetchone()
+        conn.commit()
+        assert before[4] == 1
+
+        applied = apply_migrations(conn)
+        assert applied == [m.path.name for m in discover() if m.version > 13]
+        set_company(conn, "Old Books Ltd", "Europe/London", "GBP")
+        with conn.cursor() as cur:
+            cur.execute("select (select count(*) from core.payments), (select sum(amount) from core.payments),"
+                        " (select count(*) from core.operating_costs), (select sum(amount) from core.operating_costs),"
+                        " (select count(*) from core.operating_costs_history), (select count(*) from core.sales),"
+                        " (select sum(amount) from core.sales)")
+            assert cur.fetchone() == before
+            cur.execute("select _key, currency, _deleted_by, attributes from core.payments order by _key")
+            assert cur.fetchall() == [("P1", "GBP", None, None), ("P2", "GBP", None, None), ("P3", "GBP", None, None)]
+            cur.execute("select _key, currency from core.sales order by _key")
+            assert cur.fetchall() == [("SO-1\x1f1", "GBP"), ("SO-1\x1f2", "GBP")]
+            cur.execute("select _key, amount from core.operating_costs_history")
+            assert cur.fetchall() == [("E1", Decimal("1500.00"))]
+            cur.execute("select name, timezone, currency from meta.company")
+            assert cur.fetchone() == ("Old Books Ltd", "Europe/London", "GBP")
+            # a reload of the same files hashes each row as it is stored: nothing to update, no history row
+            for table, names in (("payments", ["payment_id", "payment_date", "client_id", "invoice_ref", "method",
+                                               "amount"]),
+                                 ("operating_costs", ["cost_id", "cost_date", "category", "vendor", "amount"])):
+                cur.execute(sql.SQL("select count(*) from core.{} s where s._row_hash <> {}").format(
+                    sql.Identifier(table), row_hash(TABLES[table], names)))
+                assert cur.fetchone()[0] == 0, table
+        # set again (every migrate run does): nothing changes
+        conn.rollback()
+        set_company(conn, "Old Books Ltd", "Europe/London", "GBP")
+        with conn.cursor() as cur:
+            cur.execute("select count(*) from core.operating_costs_history")
+            assert cur.fetchone()[0] == 1
+    finally:
+        conn.close()
+        with admin.cursor() as cur:
+            cur.execute(sql.SQL("drop database if exists {} with (force)").format(sql.Identifier(name)))
+        admin.close()

@@ -49,6 +49,18 @@ def test_demo_company_is_valid():
         (lambda d: d["sources"]["sales"].update(colour="red"), "sources.sales.colour", "Extra inputs"),
         (lambda d: d["reports"]["email"].update(recipients=["ops"]), "reports.email.recipients", "ops"),
         (lambda d: d["sources"].update({"Bad Name": d["sources"]["sales"]}), "sources", "Bad Name"),
+        (lambda d: d["sources"]["operating_costs"]["read"].update(date_format="%d/%m"),
+         "sources.operating_costs.read.date_format", "needs %d, %m and one of %Y or %y"),
+        (lambda d: d["sources"]["operating_costs"]["read"].update(date_format="%d %b %Y"),
+         "sources.operating_costs.read.date_format", "%b not supported"),
+        (lambda d: d["sources"]["sales"].update(natural_key=["amount"]), "sources.sales",
+         "natural_key: 'amount' is money"),
+        (lambda d: d["sources"]["sales"].update(natural_key=["order_id", "colour"]), "sources.sales",
+         "natural_key: 'colour' is not a mapped column"),
+        (lambda d: d["sources"]["sales"].update(amounts="debit_credit"), "sources.sales",
+         "amount comes from columns.debit and columns.credit"),
+        (lambda d: d["sources"]["sales"].update(attributes={"amount": "Line Total"}), "sources.sales",
+         "attributes: amount"),
     ],
 )
 def test_each_error_names_the_file_and_field(tmp_path, demo, mutate, field, words):
@@ -67,3 +79,9 @@ def test_missing_file_and_broken_yaml_are_named(tmp_path):
     path = write(tmp_path, "company: [unclosed\n")
     with pytest.raises(ConfigError, match=r"company.yaml: not valid YAML at line 2"):
         load_config(path)
+
+
+@pytest.mark.parametrize("fmt", ["%d/%m/%y", "%d.%m.%Y", "%Y%m%d", "%m/%d/%Y %H:%M", "%d-%m-%y %H:%M:%S"])
+def test_a_date_format_is_proved_by_reading_its_own_example(tmp_path, demo, fmt):
+    demo["sources"]["operating_costs"]["read"]["date_format"] = fmt
+    assert load_config(write(tmp_path, demo)).sources["operating_costs"].read.date_format == fmt

@@ -16,6 +16,7 @@ declare
     key_text text;
     cols text;
     required text[];
+    hashed text;
     c record;
 begin
     foreach t in array array['clients', 'sales', 'payments', 'operating_costs', 'tax', 'interactions'] loop
@@ -50,6 +51,16 @@ begin
         end loop;
         if t = 'sales' then
             execute 'alter table core.sales alter column quantity type numeric';
+        end if;
+        if t in ('payments', 'operating_costs') then
+            -- a row's content hash covers the table's columns in order, currency now last: a row loaded before
+            -- hashes as a source that maps no currency hashes it (null), so reloading it changes nothing
+            hashed := case t when 'payments' then 'payment_id, payment_date, client_id, invoice_ref, method'
+                             else 'cost_id, cost_date, category, vendor' end || ', trim_scale(amount), null';
+            execute format('alter table core.%I disable trigger user', t);
+            execute format('update core.%I set _row_hash = md5(row(%s)::text)', t, hashed);
+            execute format('alter table core.%I enable trigger user', t);
+            execute format('update core.%I set _row_hash = md5(row(%s)::text)', t || '_history', hashed);
         end if;
 
         -- the history keeps each replaced version in the table's own column order, then when it was replaced
