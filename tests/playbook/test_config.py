@@ -1,5 +1,6 @@
 """The company configuration: the demo file is valid, and each kind of mistake names its field."""
 
+import re
 from pathlib import Path
 
 import pytest
@@ -85,3 +86,13 @@ def test_missing_file_and_broken_yaml_are_named(tmp_path):
 def test_a_date_format_is_proved_by_reading_its_own_example(tmp_path, demo, fmt):
     demo["sources"]["operating_costs"]["read"]["date_format"] = fmt
     assert load_config(write(tmp_path, demo)).sources["operating_costs"].read.date_format == fmt
+
+
+def test_the_readmes_source_example_is_valid(tmp_path, demo):
+    readme = (DEFAULT_CONFIG.parent / "README.md").read_text()
+    block = re.search(r"```yaml\n(  euro_account:.*?)```", readme, re.S)
+    assert block, "the README's configuration example is missing"
+    demo["sources"].update(yaml.safe_load(block[1]))
+    config = load_config(write(tmp_path, demo))
+    assert config.sources["euro_account"].amounts == "debit_credit"
+    assert config.sources["customers_from_orders"].attribute_columns["segment_code"].type == "integer"
