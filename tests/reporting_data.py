@@ -1,10 +1,14 @@
 """A small synthetic company in core (with its meta.batches rows), refreshed into the marts, for the report
-tests; and the reporting role's login. Every row carries a `T-` id so it can be removed afterwards."""
+tests; and the reporting role's login. Every row carries a `T-` id so it can be removed afterwards.
+
+Its currency is the company's (GBP); every seventh order and every ninth cost are in euros (EUR), and most
+sales carry a `region` attribute (North or South, by client), so the reports' currency and filter paths run."""
 
 from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import random
 from collections.abc import Iterator
 from datetime import date, timedelta
@@ -20,6 +24,24 @@ LAST_DAY = date(2024, 5, 20)  # mid-month, mid-quarter: every preset means somet
 CATEGORIES = ("Rent", "Utilities", "Software", "Travel", "Marketing", "Packaging")
 SOURCE_PREFIX = "test_reports_"
 TABLES = ("sales", "clients", "operating_costs", "payments", "tax", "interactions")
+SECOND_CURRENCY = "EUR"
+
+
+def sale_currency(order_id: str) -> str:
+    number = int(order_id.removeprefix("T-O"))
+    return SECOND_CURRENCY if number < 900000 and number % 7 == 0 else "GBP"
+
+
+def sale_attributes(order_id: str, client_id: str) -> str | None:
+    """{"region": ...} by client, for all but every fifth order (which carries none)."""
+    if int(order_id.removeprefix("T-O")) % 5 == 0:
+        return None
+    return json.dumps({"region": "North" if int(client_id[-3:]) % 2 else "South"})
+
+
+def cost_currency(cost_id: str) -> str | None:
+    """Every ninth cost in euros; the others name none (the company's)."""
+    return SECOND_CURRENCY if int(cost_id.removeprefix("T-X")) % 9 == 0 else None
 
 
 def _batch(cur, source: str, table: str, rows: int) -> int:
@@ -83,12 +105,14 @@ def insert_company(conn) -> dict:
                         (client_id, name, FIRST_DAY, *_meta(ids["clients"], "clients", i, client_id, name)))
         psycopg2.extras.execute_values(
             cur, "insert into core.sales (order_id, line_no, order_date, client_id, product, quantity, unit_price,"
-            " amount, currency, _batch_id, _source_row, _row_hash, _key) values %s",
-            [(*s, "GBP", *_meta(ids["sales"], "sales", i, *s, key=2)) for i, s in enumerate(sales)])
+            " amount, currency, attributes, _batch_id, _source_row, _row_hash, _key) values %s",
+            [(*s, sale_currency(s[0]), sale_attributes(s[0], s[3]), *_meta(ids["sales"], "sales", i, *s, key=2))
+             for i, s in enumerate(sales)])
         psycopg2.extras.execute_values(
-            cur, "insert into core.operating_costs (cost_id, cost_date, category, vendor, amount,"
+            cur, "insert into core.operating_costs (cost_id, cost_date, category, vendor, amount, currency,"
             " _batch_id, _source_row, _row_hash, _key) values %s",
-            [(*c, *_meta(ids["operating_costs"], "operating_costs", i, *c)) for i, c in enumerate(costs)])
+            [(*c, cost_currency(c[0]), *_meta(ids["operating_costs"], "operating_costs", i, *c))
+             for i, c in enumerate(costs)])
         psycopg2.extras.execute_values(
             cur, "insert into core.payments (payment_id, payment_date, client_id, amount,"
             " _batch_id, _source_row, _row_hash, _key) values %s",

@@ -1,10 +1,12 @@
 """The operations team's morning email: operating costs by category for a period, sent once per run.
 
 The message is HTML with a plain-text alternative and the chart inline (referenced by cid). It states the
-period and how fresh the data is. Before it is sent, the raw message is written to the reports bucket
-under a key derived from the run key with a conditional put (If-None-Match: *): the write that wins sends,
-every other invocation of the same run (an EventBridge retry, a second scheduler) finds the key taken and
-sends nothing. If sending fails the claim is removed so that a retry can send; at most one email per run.
+period and how fresh the data is. Costs are reported per currency (the company's first, then any other the
+costs were in), each with its own total and its own chart panel: amounts in two currencies are never added.
+Before it is sent, the raw message is written to the reports bucket under a key derived from the run key
+with a conditional put (If-None-Match: *): the write that wins sends, every other invocation of the same run
+(an EventBridge retry, a second scheduler) finds the key taken and sends nothing. If sending fails the claim is
+removed so that a retry can send; at most one email per run.
 """
 
 from __future__ import annotations
@@ -42,16 +44,21 @@ class EmailRequestError(ValueError):
 
 @dataclass(frozen=True)
 class CategoryTotal:
-    category: str
+    category: str | None
     amount: Decimal
     entries: int
+    currency: str | None = None  # None: the company's
+
+    @property
+    def label(self) -> str:
+        return self.category if self.category is not None else "(no category)"
 
 
 @dataclass(frozen=True)
-class ExpenseReport:
-    period: Period
+class CurrencyCosts:
+    """One currency's categories, largest first, and their total."""
+    currency: str
     categories: list[CategoryTotal]
-    freshness: list[SourceFreshness]
 
     @property
     def total(self) -> Decimal:
@@ -60,6 +67,24 @@ class ExpenseReport:
     @property
     def entries(self) -> int:
         return sum(c.entries for c in self.categories)
+
+
+@dataclass(frozen=True)
+class ExpenseReport:
+    period: Period
+    categories: list[CategoryTotal]
+    freshness: list[SourceFreshness]
+
+    def by_currency(self, company_currency: str) -> list[CurrencyCosts]:
+        """The company's currency first (also when it had no costs), then every other currency with costs."""
+        found: dict[str, list[CategoryTotal]] = {company_currency: []}
+        for c in self.categories:
+            found.setdefault(c.currency or company_currency, []).append(c)
+        order = [company_currency] + sorted(k for k in found if k != company_currency)
+        return [CurrencyCosts(k, sorted(found[k], key=lambda c: (-c.amount, c.label))) for k in order]
+
+    def totals(self, company_currency: str) -> dict[str, Decimal]:
+        return {g.currency: g.total for g in self.by_currency(company_currency)}
 
 
 # -- what the run is about ------------------------------------------------------------------------------
@@ -127,86 +152,112 @@ def last_cost_day(conn) -> date | None:
 def read_report(conn, period: Period) -> ExpenseReport:
     with conn.cursor() as cur:
         cur.execute(
-            "select category, sum(amount), sum(entries)::bigint from marts.daily_costs_by_category"
-            " where day between %s and %s group by category order by 2 desc, 1",
+            "select category, sum(amount), sum(entries)::bigint, currency from marts.daily_costs_by_category"
+            " where day between %s and %s group by currency, category order by currency, 2 desc, 1",
             (period.start, period.end),
         )
-        categories = [CategoryTotal(c, Decimal(a), int(n)) for c, a, n in cur.fetchall()]
+        categories = [CategoryTotal(c, Decimal(a), int(n), k) for c, a, n, k in cur.fetchall()]
     return ExpenseReport(period, categories, read_freshness(conn))
 
 
 # -- the message ----------------------------------------------------------------------------------------
 def render_chart(report: ExpenseReport, config: PipelineConfig) -> bytes:
-    """Horizontal bars, largest category on top, each labelled with its amount; PNG bytes."""
+    """Horizontal bars, largest category on top, each labelled with its amount: one panel per currency, each on
+    its own axis in its own currency; PNG bytes."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
     from matplotlib.ticker import FuncFormatter
 
-    currency = config.company.currency
-    cats = list(reversed(report.categories))
-    fig = Figure(figsize=(7.5, max(2.6, 0.45 * len(cats) + 1.6)), dpi=110, layout="constrained")
+    groups = report.by_currency(config.company.currency)
+    if len(groups) > 1:
+        groups = [g for g in groups if g.categories]
+    heights = [max(1.6, 0.45 * len(g.categories) + 1.0) for g in groups]
+    fig = Figure(figsize=(7.5, max(2.6, sum(heights) + 0.6)), dpi=110, layout="constrained")
     FigureCanvasAgg(fig)
-    ax = fig.add_subplot()
-    if cats:
-        values = [float(c.amount) for c in cats]
-        bars = ax.barh([c.category for c in cats], values, color="#c0504d")
-        ax.bar_label(bars, labels=[format_money(c.amount, currency) for c in cats], padding=4, fontsize=9)
-        ax.set_xlim(0, max(max(values), 1) * 1.25)
-    else:
-        ax.text(0.5, 0.5, "No operating costs in this period", ha="center", va="center", transform=ax.transAxes)
-        ax.set_yticks([])
-    ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _pos: format_compact(v, currency)))
-    ax.set_xlabel(f"Amount ({currency})")
-    ax.spines[["top", "right"]].set_visible(False)
-    ax.grid(axis="x", alpha=0.3)
-    ax.set_title(f"Operating costs by category: {report.period.describe()}", loc="left", fontsize=11)
+    axes = fig.subplots(len(groups), 1, squeeze=False, gridspec_kw={"height_ratios": heights})[:, 0]
+    for ax, group in zip(axes, groups, strict=True):
+        currency = group.currency
+        cats = list(reversed(group.categories))
+        if cats:
+            values = [float(c.amount) for c in cats]
+            bars = ax.barh([c.label for c in cats], values, color="#c0504d")
+            ax.bar_label(bars, labels=[format_money(c.amount, currency) for c in cats], padding=4, fontsize=9)
+            ax.set_xlim(min(min(values), 0) * 1.25, max(max(values), 1) * 1.25)
+        else:
+            ax.text(0.5, 0.5, "No operating costs in this period", ha="center", va="center", transform=ax.transAxes)
+            ax.set_yticks([])
+        ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _pos, currency=currency: format_compact(v, currency)))
+        ax.set_xlabel(f"Amount ({currency})")
+        ax.spines[["top", "right"]].set_visible(False)
+        ax.grid(axis="x", alpha=0.3)
+        ax.set_title(f"In {currency}", loc="left", fontsize=10)
+    fig.suptitle(f"Operating costs by category: {report.period.describe()}", x=0.02, ha="left", fontsize=11)
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png")
     return buffer.getvalue()
 
 
+def _groups(report: ExpenseReport, config: PipelineConfig) -> list[CurrencyCosts]:
+    groups = report.by_currency(config.company.currency)
+    return [g for g in groups if g.categories] or groups[:1]
+
+
 def _plain_text(report: ExpenseReport, config: PipelineConfig, note: str) -> str:
-    currency = config.company.currency
-    width = max([len(c.category) for c in report.categories] + [len("Total")])
+    groups = _groups(report, config)
+    width = max([len(c.label) for c in report.categories] + [len("Total GBP")])
     lines = [f"{config.company.name}: operating costs by category",
-             f"Period: {report.period.describe()}", ""]
-    for c in report.categories:
-        lines.append(f"{c.category:<{width}}  {format_money(c.amount, currency):>14}  {c.entries:>5} entries")
-    if not report.categories:
-        lines.append("No operating costs were recorded in this period.")
-    lines += [f"{'Total':<{width}}  {format_money(report.total, currency):>14}  {report.entries:>5} entries", "",
-              note, ""]
+             f"Period: {report.period.describe()}"]
+    for group in groups:
+        currency = group.currency
+        lines += ["", f"In {currency}"]
+        for c in group.categories:
+            lines.append(f"{c.label:<{width}}  {format_money(c.amount, currency):>14}  {c.entries:>5} entries")
+        if not group.categories:
+            lines.append("No operating costs were recorded in this period.")
+        lines.append(f"{'Total ' + currency:<{width}}  {format_money(group.total, currency):>14}  "
+                     f"{group.entries:>5} entries")
+    if len(groups) > 1:
+        lines += ["", "Each currency is totalled on its own: amounts in different currencies are not added."]
+    lines += ["", note, ""]
     return "\n".join(lines)
 
 
 def _html(report: ExpenseReport, config: PipelineConfig, note: str, chart_cid: str) -> str:
-    currency = config.company.currency
     cell = "padding:4px 10px;border-bottom:1px solid #ddd"
-    rows = []
-    for c in report.categories:
-        share = f"{c.amount / report.total * 100:.1f}%" if report.total else "-"
-        rows.append(f"<tr><td style='{cell}'>{html.escape(c.category)}</td>"
-                    f"<td style='{cell};text-align:right'>{format_money(c.amount, currency)}</td>"
-                    f"<td style='{cell};text-align:right'>{share}</td>"
-                    f"<td style='{cell};text-align:right'>{c.entries}</td></tr>")
-    if not report.categories:
-        rows.append(f"<tr><td colspan='4' style='{cell}'>No operating costs were recorded in this period.</td></tr>")
     head = "padding:4px 10px;text-align:left;border-bottom:2px solid #333"
+    tables = []
+    for group in _groups(report, config):
+        currency = group.currency
+        rows = []
+        for c in group.categories:
+            share = f"{c.amount / group.total * 100:.1f}%" if group.total else "-"
+            rows.append(f"<tr><td style='{cell}'>{html.escape(c.label)}</td>"
+                        f"<td style='{cell};text-align:right'>{format_money(c.amount, currency)}</td>"
+                        f"<td style='{cell};text-align:right'>{share}</td>"
+                        f"<td style='{cell};text-align:right'>{c.entries}</td></tr>")
+        if not group.categories:
+            rows.append(f"<tr><td colspan='4' style='{cell}'>No operating costs were recorded in this period."
+                        "</td></tr>")
+        tables.append(f"""<h3 style="margin:16px 0 4px">In {html.escape(currency)}</h3>
+<table style="border-collapse:collapse">
+<tr><th style="{head}">Category</th><th style="{head};text-align:right">Amount ({html.escape(currency)})</th>
+<th style="{head};text-align:right">Share</th><th style="{head};text-align:right">Entries</th></tr>
+{''.join(rows)}
+<tr><td style="{cell};font-weight:bold">Total {html.escape(currency)}</td>
+<td style="{cell};text-align:right;font-weight:bold">{format_money(group.total, currency)}</td>
+<td style="{cell};text-align:right">{'100.0%' if group.total else '-'}</td>
+<td style="{cell};text-align:right;font-weight:bold">{group.entries}</td></tr>
+</table>""")
+    apart = ("<p style='font-size:12px'>Each currency is totalled on its own: amounts in different currencies are "
+             "not added.</p>" if len(tables) > 1 else "")
     return f"""<!DOCTYPE html>
 <html><body style="font-family:Arial,Helvetica,sans-serif;color:#222;max-width:720px">
 <h2 style="margin-bottom:4px">Operating costs by category</h2>
 <p style="margin-top:0">{html.escape(config.company.name)} &middot; period:
 <strong>{html.escape(report.period.describe())}</strong></p>
 <img src="cid:{chart_cid[1:-1]}" alt="Operating costs by category" style="max-width:100%">
-<table style="border-collapse:collapse;margin-top:12px">
-<tr><th style="{head}">Category</th><th style="{head};text-align:right">Amount</th>
-<th style="{head};text-align:right">Share</th><th style="{head};text-align:right">Entries</th></tr>
-{''.join(rows)}
-<tr><td style="{cell};font-weight:bold">Total</td>
-<td style="{cell};text-align:right;font-weight:bold">{format_money(report.total, currency)}</td>
-<td style="{cell};text-align:right">{'100.0%' if report.total else '-'}</td>
-<td style="{cell};text-align:right;font-weight:bold">{report.entries}</td></tr>
-</table>
+{''.join(tables)}
+{apart}
 <p style="color:#666;font-size:12px">{html.escape(note)}</p>
 </body></html>
 """
@@ -214,12 +265,11 @@ def _html(report: ExpenseReport, config: PipelineConfig, note: str, chart_cid: s
 
 def build_message(report: ExpenseReport, config: PipelineConfig, run_key: str) -> EmailMessage:
     email = config.reports.email
-    currency = config.company.currency
     note = freshness_note(report.freshness, config.company.timezone)
+    totals = " and ".join(format_money(g.total, g.currency) for g in _groups(report, config))
     chart_cid = f"<costs-chart.{uuid.uuid4().hex[:16]}@{CHART_CID_DOMAIN}>"
     msg = EmailMessage()
-    msg["Subject"] = (f"{config.company.name}: operating costs {report.period.describe()}, "
-                      f"{format_money(report.total, currency)}")
+    msg["Subject"] = f"{config.company.name}: operating costs {report.period.describe()}, {totals}"
     msg["From"] = formataddr((f"{config.company.name} reports", email.sender))
     msg["To"] = ", ".join(email.recipients)
     msg["Date"] = formatdate(usegmt=True)
@@ -286,4 +336,6 @@ def send_expense_email(event: dict, config: PipelineConfig, conn, bucket: str | 
     email = config.reports.email
     outcome = send_once(message, bucket, run_key, email.sender, list(email.recipients))
     return {**outcome, "period": period.as_dict(), "recipients": list(email.recipients),
-            "total": str(report.total), "categories": {c.category: str(c.amount) for c in report.categories}}
+            "totals": {g.currency: str(g.total) for g in _groups(report, config)},
+            "categories": {g.currency: {c.label: str(c.amount) for c in g.categories}
+                           for g in _groups(report, config)}}

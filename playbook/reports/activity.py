@@ -1,4 +1,11 @@
-"""The business-activity chart: daily sales with their 7-day rolling mean, operating costs alongside."""
+"""The business-activity chart: daily sales with their 7-day rolling mean, operating costs alongside.
+
+It draws the company's currency only, and names the period's totals of every other currency in its subtitle
+("EUR (not drawn): sales €1,234, operating costs €56"). One axis cannot hold two currencies without adding
+them, and panels per currency would give a handful of export sales the same weight on the page as the
+business itself: the chart is about the daily trend of the company's own money, and the other currencies'
+totals stay in view, in their own currency, without being drawn to a scale they do not share.
+"""
 
 from __future__ import annotations
 
@@ -28,12 +35,23 @@ def default_period(conn, days: int) -> Period:
     return Period(max(first, last - timedelta(days=days - 1)), last)
 
 
-def read_activity(conn, period: Period) -> list[tuple[date, Decimal, Decimal]]:
-    """(day, sales, operating costs) for every day of the period, plus the days the rolling mean needs."""
+def read_activity(conn, period: Period, currency: str) -> list[tuple[date, Decimal, Decimal]]:
+    """(day, sales, operating costs) in `currency` for every day of the period, plus the days the rolling mean
+    needs."""
     with conn.cursor() as cur:
         cur.execute("select day, sales_amount, operating_costs from marts.daily_activity"
-                    " where day between %s and %s order by day",
-                    (period.start - timedelta(days=ROLLING_DAYS - 1), period.end))
+                    " where day between %s and %s and currency = %s order by day",
+                    (period.start - timedelta(days=ROLLING_DAYS - 1), period.end, currency))
+        return cur.fetchall()
+
+
+def other_currencies(conn, period: Period, currency: str) -> list[tuple[str, Decimal, Decimal]]:
+    """(currency, sales, operating costs) over the period for each currency other than `currency` that has any."""
+    with conn.cursor() as cur:
+        cur.execute("select currency, sum(sales_amount), sum(operating_costs) from marts.daily_activity"
+                    " where day between %s and %s and currency <> %s group by currency"
+                    " having sum(abs(sales_amount)) + sum(abs(operating_costs)) > 0 order by currency",
+                    (period.start, period.end, currency))
         return cur.fetchall()
 
 
@@ -51,8 +69,8 @@ def rolling_mean(values: list[float], window: int) -> list[float | None]:
 
 def activity_chart(conn, config: PipelineConfig, out_dir: Path, period: Period | None = None) -> dict[str, Path]:
     period = period or default_period(conn, config.reports.activity_days)
-    rows = read_activity(conn, period)
-    currency = config.company.currency
+    currency = figures.company_currency(conn, config)
+    rows = read_activity(conn, period, currency)
     days = [r[0] for r in rows]
     sales = [float(r[1]) for r in rows]
     costs = [float(r[2]) for r in rows]
@@ -69,7 +87,8 @@ def activity_chart(conn, config: PipelineConfig, out_dir: Path, period: Period |
             label=f"Operating costs, {ROLLING_DAYS}-day rolling mean")
     figures.money_axis(ax, currency)
     ax.set_ylabel(f"Amount per day ({currency})")
-    ax.set_ylim(0, max(sales + costs + [1.0]) * 1.15)  # headroom for the legend
+    top = max(sales + costs + [1.0])
+    ax.set_ylim(min(sales + costs + [0.0]) * 1.15, top * 1.15)  # headroom for the legend; refunds below zero
     if x:
         ax.set_xlim(x[0] - timedelta(days=1), x[-1] + timedelta(days=1))
     locator = mdates.AutoDateLocator(minticks=4, maxticks=10)
@@ -79,11 +98,15 @@ def activity_chart(conn, config: PipelineConfig, out_dir: Path, period: Period |
 
     total_sales = sum((Decimal(rows[i][1]) for i in shown), Decimal(0))
     total_costs = sum((Decimal(rows[i][2]) for i in shown), Decimal(0))
+    subtitle = (f"{period.describe()} · in {currency}: sales {format_money(total_sales, currency, 0)}, "
+                f"operating costs {format_money(total_costs, currency, 0)}")
+    for other, other_sales, other_costs in other_currencies(conn, period, currency):
+        subtitle += (f"\n{other} (not drawn): sales {format_money(other_sales, other, 0)}, "
+                     f"operating costs {format_money(other_costs, other, 0)}")
     figures.annotate(
         fig,
         f"{config.company.name}: business activity",
-        f"{period.describe()} · sales {format_money(total_sales, currency, 0)}, "
-        f"operating costs {format_money(total_costs, currency, 0)}",
+        subtitle,
         freshness_note(read_freshness(conn), config.company.timezone),
     )
     return figures.save(fig, out_dir, "activity")

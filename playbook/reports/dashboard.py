@@ -1,5 +1,7 @@
 """The sales team's dashboard: one self-contained HTML file (inline CSS and JS, data embedded as JSON) with a
-period filter and the top clients by sales, computed in the page exactly as marts.top_clients computes them.
+period filter, a currency selector (when the sales are in more than one currency: amounts of two currencies are
+never added), one filter per attribute the sales carry (marts.sales_attributes), and the top clients by sales,
+computed in the page exactly as marts.top_clients(from, to, n, currency, filters) computes them.
 
 Money is embedded as integers in units of 10^-scale, where scale is the largest scale of any amount in
 marts.client_day_sales, so the page adds exact integers and rounds once, like PostgreSQL.
@@ -23,34 +25,53 @@ DATA_TOKEN = "__DASHBOARD_DATA__"  # noqa: S105 - a placeholder in the template,
 
 
 def read_dashboard_data(conn, config: PipelineConfig) -> dict:
-    """Everything the page needs, as plain JSON: client-day sales in columns, clients in database order."""
+    """Everything the page needs, as plain JSON: client-day sales in columns (each row's currency and attribute
+    set as an index into `currencies` and `attribute_sets`), clients in database order, the filters' values."""
     with conn.cursor() as cur:
         cur.execute("select min(day), max(day), coalesce(max(scale(sales_amount)), 0) from marts.client_day_sales")
         first, last, scale = cur.fetchone()
         if last is None:
             raise PlaybookError("marts.client_day_sales is empty: load some sales and refresh the marts first")
+        cur.execute("select currency from marts.company")
+        found = cur.fetchone()
+        company_currency = found[0] if found else config.company.currency
         # the clients in the database's own order of client_id: the page breaks ties by this position,
         # as marts.top_clients does with `order by ..., client_id`
         cur.execute("select client_id, max(client_name) from marts.client_day_sales group by client_id"
                     " order by client_id")
         clients = cur.fetchall()
         index = {client_id: i for i, (client_id, _name) in enumerate(clients)}
-        cur.execute("select day, client_id, sales_amount, orders from marts.client_day_sales order by day, client_id")
+        cur.execute("select distinct currency from marts.client_day_sales order by 1")
+        currencies = [c for (c,) in cur.fetchall()]
+        cur.execute("select distinct attributes from marts.client_day_sales")
+        attribute_sets = [a for (a,) in cur.fetchall()]
+        cur.execute("select attribute, value, value_text from marts.sales_attributes order by attribute, value_text")
+        filters: dict[str, list[dict]] = {}
+        for attribute, value, text in cur.fetchall():
+            filters.setdefault(attribute, []).append({"value": value, "label": text})
+        cur.execute("select day, client_id, currency, attributes, sales_amount, orders from marts.client_day_sales"
+                    " order by day, client_id")
         rows = cur.fetchall()
     unit = Decimal(10) ** scale
-    columns: dict[str, list[int]] = {"day": [], "client": [], "amount": [], "orders": []}
-    for day, client_id, amount, orders in rows:
+    sets = {json.dumps(a, sort_keys=True): i for i, a in enumerate(attribute_sets)}
+    currency_index = {c: i for i, c in enumerate(currencies)}
+    columns: dict[str, list[int]] = {"day": [], "client": [], "currency": [], "attributes": [], "amount": [],
+                                     "orders": []}
+    for day, client_id, currency, attributes, amount, orders in rows:
         columns["day"].append((day - first).days)
         columns["client"].append(index[client_id])
+        columns["currency"].append(currency_index[currency])
+        columns["attributes"].append(sets[json.dumps(attributes, sort_keys=True)])
         columns["amount"].append(int(amount * unit))
         columns["orders"].append(int(orders))
-    currency = config.company.currency
     freshness = read_freshness(conn)
     return {
         "company": config.company.name,
-        "currency": currency,
-        "symbol": currency_symbol(currency),
-        "minor_digits": minor_digits(currency),
+        "currency": company_currency if company_currency in currencies else currencies[0],
+        "currencies": [{"code": c, "symbol": currency_symbol(c), "minor_digits": minor_digits(c)}
+                       for c in currencies],
+        "attribute_sets": attribute_sets,
+        "filters": filters,
         "scale": int(scale),
         "top_n": config.reports.top_n,
         "first_day": first.isoformat(),

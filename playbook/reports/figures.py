@@ -22,6 +22,14 @@ COSTS = "#d62728"
 GRID = "#dddddd"
 
 
+def company_currency(conn, config) -> str:
+    """The company's currency as the warehouse knows it (marts.company), else as the configuration says."""
+    with conn.cursor() as cur:
+        cur.execute("select currency from marts.company")
+        row = cur.fetchone()
+    return row[0] if row else config.company.currency
+
+
 def new_figure(width: float = 11, height: float = 5.6) -> tuple[Figure, Axes]:
     fig = Figure(figsize=(width, height), dpi=120)
     FigureCanvasAgg(fig)  # the Agg renderer, whatever backend pyplot may have elsewhere in the process

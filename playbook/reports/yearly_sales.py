@@ -1,4 +1,9 @@
-"""Yearly sales as bars, each labelled with its amount and its growth on the year before."""
+"""Yearly sales as bars, each labelled with its amount and its growth on the year before.
+
+The bars are the company's currency; every other currency's yearly totals are named under the title ("Also in
+EUR (not drawn): 2023 €12,345 · 2024 €6,789"), for the reason the activity chart gives: one axis cannot hold
+two currencies without adding them, and the company's own sales are what the growth story is about.
+"""
 
 from __future__ import annotations
 
@@ -7,22 +12,33 @@ from pathlib import Path
 
 from pipeline.config import PipelineConfig
 from pipeline.freshness import freshness_note, read_freshness
-from pipeline.money import format_compact
+from pipeline.money import format_compact, format_money
 from pipeline.periods import Period
 from playbook.errors import PlaybookError
 from playbook.reports import figures
 
 
-def read_yearly(conn) -> tuple[list[tuple], Period]:
-    """marts.yearly_sales (year, sales, orders, first and last day covered, part of a year, growth in percent
-    on the same dates a year earlier) and the span of days it covers."""
+def read_yearly(conn, currency: str) -> tuple[list[tuple], Period]:
+    """marts.yearly_sales in `currency` (year, sales, orders, first and last day covered, part of a year, growth
+    in percent on the same dates a year earlier) and the span of days it covers."""
     with conn.cursor() as cur:
         cur.execute("select year, sales_amount, orders, first_day, last_day, partial_year, growth_pct "
-                    "from marts.yearly_sales order by year")
+                    "from marts.yearly_sales where currency = %s order by year", (currency,))
         rows = cur.fetchall()
     if not rows:
         raise PlaybookError("marts.yearly_sales is empty: load some data and refresh the marts first")
     return rows, Period(rows[0][3], rows[-1][4])
+
+
+def other_currencies(conn, currency: str) -> dict[str, list[tuple[int, object]]]:
+    """{currency: [(year, sales), ...]} for every other currency with sales, the years it has any."""
+    with conn.cursor() as cur:
+        cur.execute("select currency, year, sales_amount from marts.yearly_sales where currency <> %s"
+                    " and sales_amount <> 0 order by currency, year", (currency,))
+        found: dict[str, list[tuple[int, object]]] = {}
+        for code, year, amount in cur.fetchall():
+            found.setdefault(code, []).append((year, amount))
+    return found
 
 
 def growth_label(growth_pct) -> str:
@@ -45,8 +61,8 @@ def tick_label(year: int, partial: tuple[date | None, date | None] | None) -> st
 
 
 def yearly_sales_chart(conn, config: PipelineConfig, out_dir: Path) -> dict[str, Path]:
-    rows, span = read_yearly(conn)
-    currency = config.company.currency
+    currency = figures.company_currency(conn, config)
+    rows, span = read_yearly(conn, currency)
     years = [r[0] for r in rows]
     amounts = [float(r[1]) for r in rows]
     partial = {year: (first, last) for year, _, _, first, last, is_partial, _ in rows if is_partial}
@@ -74,6 +90,9 @@ def yearly_sales_chart(conn, config: PipelineConfig, out_dir: Path) -> dict[str,
     subtitle = f"{span.describe()} · growth on the same days of the year before"
     if partial:
         subtitle += " · lighter bars: part of a year"
+    for other, years_of in other_currencies(conn, currency).items():
+        subtitle += f"\nAlso in {other} (not drawn): " + " · ".join(
+            f"{year} {format_money(amount, other, 0)}" for year, amount in years_of)
     figures.annotate(fig, f"{config.company.name}: sales by year", subtitle,
                      freshness_note(read_freshness(conn), config.company.timezone))
     return figures.save(fig, out_dir, "yearly_sales")

@@ -49,13 +49,17 @@ def environment(stack, company, config) -> dict[str, str]:
     return ensure_email_resources(config, secret_arn(REPORTING_ROLE), bucket=BUCKET)
 
 
-def sql_costs(database_url: str, start: date, end: date) -> dict[str, Decimal]:
+def sql_costs(database_url: str, start: date, end: date) -> dict[str, dict[str, Decimal]]:
+    """{currency: {category: amount}} from core's live rows (a cost that names no currency is the company's)."""
     conn = psycopg2.connect(database_url)
     try:
         with conn.cursor() as cur:
-            cur.execute("select category, sum(amount) from core.operating_costs where cost_date between %s and %s"
-                        " group by category", (start, end))
-            return dict(cur.fetchall())
+            cur.execute("select coalesce(currency, 'GBP'), category, sum(amount) from core.operating_costs"
+                        " where cost_date between %s and %s and _deleted_by is null group by 1, 2", (start, end))
+            found: dict[str, dict[str, Decimal]] = {}
+            for currency, category, amount in cur.fetchall():
+                found.setdefault(currency, {})[category] = amount
+            return found
     finally:
         conn.close()
 
@@ -72,9 +76,17 @@ def parse(path):
     return BytesParser(policy=policy.default).parsebytes(path.read_bytes())
 
 
-def plain_text_totals(text: str) -> dict[str, str]:
-    lines = [line for line in text.splitlines() if re.search(r"\d+ entries$", line)]
-    return {m.group(1).strip(): m.group(2) for m in (re.match(r"^(.+?)\s{2,}(\S+)\s+\d+ entries$", x) for x in lines)}
+def plain_text_totals(text: str) -> dict[str, dict[str, str]]:
+    """{currency: {category or 'Total': amount as written}}, from each "In <currency>" section of the text."""
+    found: dict[str, dict[str, str]] = {}
+    section = None
+    for line in text.splitlines():
+        if re.fullmatch(r"In [A-Z]{3}", line):
+            section = found.setdefault(line[3:], {})
+        elif re.search(r"\d+ entries$", line):
+            m = re.match(r"^(.+?)\s{2,}(\S+)\s+\d+ entries$", line)
+            section[m.group(1).strip()] = m.group(2)
+    return found
 
 
 def per_send(config) -> int:
@@ -109,11 +121,21 @@ def test_email_parts_recipients_and_totals(stack, environment, config, tmp_path)
 
     expected = sql_costs(stack["database_url"], date(2024, 4, 1), date(2024, 4, 30))
     assert expected, "the synthetic company has costs in April 2024"
+    assert set(expected) == {"GBP", "EUR"}, "the synthetic company has costs in pounds and in euros in April 2024"
     text = plain.get_content()
-    totals = plain_text_totals(text)
-    assert totals.pop("Total") == format_money(sum(expected.values()), "GBP")
-    assert totals == {category: format_money(amount, "GBP") for category, amount in expected.items()}
-    assert result["categories"] == {c: str(a) for c, a in expected.items()}
+    sections = plain_text_totals(text)
+    assert list(sections) == ["GBP", "EUR"]  # the company's currency first
+    for currency, costs in expected.items():
+        totals = sections[currency]
+        assert totals.pop(f"Total {currency}") == format_money(sum(costs.values()), currency)
+        assert totals == {category: format_money(amount, currency) for category, amount in costs.items()}
+    assert result["categories"] == {k: {c: str(a) for c, a in costs.items()} for k, costs in expected.items()}
+    assert result["totals"] == {k: str(sum(costs.values())) for k, costs in expected.items()}
+    subject = msg["Subject"]
+    assert subject.endswith(f"{format_money(sum(expected['GBP'].values()), 'GBP')} and "
+                            f"{format_money(sum(expected['EUR'].values()), 'EUR')}")
+    body = html_part.get_content()
+    assert "Amount (GBP)" in body and "Amount (EUR)" in body and "Total EUR" in body
     assert "1 Apr 2024 – 30 Apr 2024 (30 days)" in text and "1 Apr 2024 – 30 Apr 2024" in html_part.get_content()
     assert "Data as of the last successful load" in text and "test_reports_operating_costs" in text
 
@@ -137,7 +159,7 @@ def test_scheduled_event_reports_the_days_before_its_time(environment, stack):
     assert result["status"] == "sent"
     assert result["period"] == {"from": "2024-05-14", "to": "2024-05-20"}
     expected = sql_costs(stack["database_url"], date(2024, 5, 14), date(2024, 5, 20))
-    assert result["total"] == str(sum(expected.values()))
+    assert result["totals"] == {k: str(sum(costs.values())) for k, costs in expected.items()}
     # EventBridge delivering the same schedule again (another event id, same time) sends nothing
     again = send_expense_email_locally(ARTIFACTS / "scheduled-again", {**event, "id": "0d1f-test-b"}, environment)
     assert again["status"] == "skipped"

@@ -465,7 +465,7 @@ README_ROLES = [
     (REPORTING, "database", "*", ("CONNECT",)),
     (REPORTING, "schema", "marts", ("USAGE",)),
     (REPORTING, "relation", "marts.*", ("SELECT",)),
-    (REPORTING, "routine", "marts.top_clients(date, date, integer)", ("EXECUTE",)),
+    (REPORTING, "routine", "marts.top_clients(date, date, integer, text, jsonb)", ("EXECUTE",)),
     (MONITOR, "database", "*", ("CONNECT",)),
     (MONITOR, "schema", "meta", ("USAGE",)),
     (MONITOR, "schema", "core", ("USAGE",)),
@@ -595,7 +595,7 @@ def test_each_role_holds_exactly_the_readme_privileges_on_every_object(stack, lo
     try:
         objects, _held = audit(db)
         assert {"relation core.sales", "relation marts.company_daily", "sequence meta.mart_refresh_runs",
-                "routine marts.refresh(bigint)", "routine marts.top_clients(date, date, integer)",
+                "routine marts.refresh(bigint)", "routine marts.top_clients(date, date, integer, text, jsonb)",
                 "schema public"} <= objects, "the audit sees every kind of object"
         assert_exactly_the_readme(db)
     finally:
@@ -645,10 +645,10 @@ def test_objects_the_owner_creates_later_get_exactly_the_readme_privileges(stack
      {("+", INGEST, "sequence meta.mart_refresh_runs", "UPDATE")}),
     ("revoke execute on procedure marts.refresh(bigint) from pipeline_ingest",
      {("-", INGEST, "routine marts.refresh(bigint)", "EXECUTE")}),
-    ("grant execute on function marts.top_clients(date, date, int) to public",
-     {("+", "PUBLIC", "routine marts.top_clients(date, date, integer)", "EXECUTE"),
-      ("+", INGEST, "routine marts.top_clients(date, date, integer)", "EXECUTE"),
-      ("+", MONITOR, "routine marts.top_clients(date, date, integer)", "EXECUTE")}),
+    ("grant execute on function marts.top_clients(date, date, int, text, jsonb) to public",
+     {("+", "PUBLIC", "routine marts.top_clients(date, date, integer, text, jsonb)", "EXECUTE"),
+      ("+", INGEST, "routine marts.top_clients(date, date, integer, text, jsonb)", "EXECUTE"),
+      ("+", MONITOR, "routine marts.top_clients(date, date, integer, text, jsonb)", "EXECUTE")}),
     ("grant select on marts.yearly_sales to pipeline_reporting with grant option",
      {("+", REPORTING, "relation marts.yearly_sales", "SELECT WITH GRANT OPTION")}),
     ("grant select (amount) on core.sales to pipeline_reporting",

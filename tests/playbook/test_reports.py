@@ -3,6 +3,7 @@ driven in headless Chromium and its numbers checked against marts.top_clients.""
 
 from __future__ import annotations
 
+import json
 import shutil
 import struct
 import tempfile
@@ -52,11 +53,13 @@ def built(company, reporting, config) -> dict[str, Path]:
     return build_reports(ARTIFACTS, config, reporting)
 
 
-def sql_top_clients(reporting: str, period: Period, n: int) -> list[tuple]:
+def sql_top_clients(reporting: str, period: Period, n: int, currency: str | None = None,
+                    filters: dict | None = None) -> list[tuple]:
     conn = psycopg2.connect(reporting)
     try:
         with conn.cursor() as cur:
-            cur.execute("select * from marts.top_clients(%s, %s, %s)", (period.start, period.end, n))
+            cur.execute("select * from marts.top_clients(%s, %s, %s, %s, %s::jsonb)",
+                        (period.start, period.end, n, currency, json.dumps(filters or {})))
             return cur.fetchall()
     finally:
         conn.close()
@@ -105,9 +108,11 @@ def test_activity_chart_states_its_default_period(built, reporting, config):
     text = svg_text(built["activity_svg"])
     assert period.describe() in text
     assert "£" in text  # the money axis speaks the company's currency
-    total = sql_one(reporting, "select sum(sales_amount) from marts.daily_activity where day between %s and %s",
-                    (period.start, period.end))[0]
-    assert f"sales {format_money(total, 'GBP', 0)}" in text
+    totals = dict(psycopg2_rows(reporting, "select currency, sum(sales_amount) from marts.daily_activity "
+                                           "where day between %s and %s group by 1", (period.start, period.end)))
+    assert set(totals) == {"GBP", "EUR"} and all(totals.values())
+    assert f"sales {format_money(totals['GBP'], 'GBP', 0)}" in text  # the chart's own currency
+    assert f"EUR (not drawn): sales {format_money(totals['EUR'], 'EUR', 0)}" in text  # the other one, named apart
 
 
 def test_yearly_chart_labels_growth_on_the_same_days_of_the_year_before(built, reporting, stack):
@@ -129,10 +134,15 @@ def test_yearly_chart_labels_growth_on_the_same_days_of_the_year_before(built, r
             continue
         ((now, then),) = psycopg2_rows(stack["database_url"], (
             "select sum(amount) filter (where order_date between %s and %s),"
-            " sum(amount) filter (where order_date between %s and %s) from core.sales"), (first, last, *before))
+            " sum(amount) filter (where order_date between %s and %s) from core.sales"
+            " where coalesce(currency, 'GBP') = 'GBP' and _deleted_by is null"), (first, last, *before))
         label = f"{float(round(100 * (now - then) / abs(then), 2)):+.1f}%"  # the mart's figure, to 0.01%
         assert (label + (" (same dates)" if (first, last) != (date(year, 1, 1), date(year, 12, 31)) else "")) in text
     assert "to 20 May" in text  # 2024 is marked as partial
+    assert "Sales (GBP)" in text
+    eur = psycopg2_rows(reporting, "select year, sales_amount from marts.yearly_sales where currency = 'EUR' "
+                                   "order by year")
+    assert eur and all(f"{year} {format_money(amount, 'EUR', 0)}" in text for year, amount in eur)
 
 
 def psycopg2_rows(url: str, query: str, params: tuple = ()) -> list[tuple]:
@@ -169,9 +179,11 @@ def table_rows(page) -> list[dict]:
                                      "cells: [...r.cells].map(c => c.textContent)}))")
 
 
-def assert_matches_sql(rows: list[dict], expected: list[tuple]) -> None:
+def assert_matches_sql(rows: list[dict], expected: list[tuple], currency: str = "GBP") -> None:
     assert len(rows) == len(expected) > 0
-    for row, (rank, client_id, name, amount, share, orders, previous, change) in zip(rows, expected, strict=True):
+    for row, (rank, client_id, name, amount, share, orders, previous, change, in_currency) in zip(rows, expected,
+                                                                                                 strict=True):
+        assert in_currency == currency
         assert int(row["rank"]) == rank
         assert row["clientId"] == client_id
         assert row["clientName"] == (name or "")
@@ -181,7 +193,7 @@ def assert_matches_sql(rows: list[dict], expected: list[tuple]) -> None:
         assert Decimal(row["previous"]) == previous
         assert (None if row["change"] == "" else Decimal(row["change"])) == change
         cells = row["cells"]
-        assert cells[2] == format_money(amount, "GBP") and cells[5] == format_money(previous, "GBP")
+        assert cells[2] == format_money(amount, currency) and cells[5] == format_money(previous, currency)
         assert cells[3] == f"{share}%"
         assert cells[6] == ("new" if change is None else f"{'+' if change > 0 else ''}{change}%")
 
@@ -259,6 +271,41 @@ def test_dashboard_in_chromium_matches_top_clients(built, reporting, config):
             page.select_option("#top-n", "5")
             assert_matches_sql(table_rows(page), sql_top_clients(reporting, custom, 5))
             page.screenshot(path=str(ARTIFACTS / "dashboard-custom.png"), full_page=True)
+
+            # a region and a currency, combined with the period: the same answer as marts.top_clients with them
+            assert page.is_visible("#currency")
+            assert page.eval_on_selector_all("#filter-region option", "os => os.map(o => o.textContent)") == \
+                ["All", "North", "South"]
+            gbp_rows = table_rows(page)
+            page.select_option("#filter-region", label="North")
+            north = table_rows(page)
+            assert_matches_sql(north, sql_top_clients(reporting, custom, 5, None, {"region": "North"}))
+            assert north != gbp_rows
+            page.select_option("#currency", "EUR")
+            table = page.locator("#top-clients")
+            assert (table.get_attribute("data-currency"), json.loads(table.get_attribute("data-filters"))) == \
+                ("EUR", {"region": "North"})
+            eur_north = table_rows(page)
+            assert_matches_sql(eur_north, sql_top_clients(reporting, custom, 5, "EUR", {"region": "North"}), "EUR")
+            assert all(r["cells"][2].startswith("€") for r in eur_north)
+            assert page.text_content("#sales-head") == "Sales (EUR)"
+            page.click("#preset-year-to-date")
+            assert_matches_sql(table_rows(page), sql_top_clients(reporting, ytd, 5, "EUR", {"region": "North"}), "EUR")
+            page.select_option("#filter-region", label="All")
+            assert_matches_sql(table_rows(page), sql_top_clients(reporting, ytd, 5, "EUR"), "EUR")
+            page.screenshot(path=str(ARTIFACTS / "dashboard-eur.png"), full_page=True)
+            # and the page's own function over more combinations, field by field
+            for period, currency, filters in ((this_month, "EUR", {"region": "South"}),
+                                              (quarter, "GBP", {"region": "South"}),
+                                              (custom, "EUR", {}), (ytd, "GBP", {"region": "East"})):
+                got = page.evaluate("([f, t, n, c, x]) => window.topClients(f, t, n, c, x).top.map(r => "
+                                    "[r.rank, r.client_id, r.amount, r.orders, r.previous])",
+                                    [period.start.isoformat(), period.end.isoformat(), 20, currency, filters])
+                scale = Decimal(10) ** page.evaluate("() => JSON.parse(document.getElementById('dashboard-data')"
+                                                     ".textContent).scale")
+                want = sql_top_clients(reporting, period, 20, currency, filters)
+                assert [(r, c, Decimal(a) / scale, o, Decimal(p) / scale) for r, c, a, o, p in got] == \
+                    [(r[0], r[1], r[3], r[5], r[6]) for r in want], (period, currency, filters)
         finally:
             browser.close()
     assert all(u.startswith(("file:", "data:")) for u in requests), requests  # nothing from the network
