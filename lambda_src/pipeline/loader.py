@@ -231,10 +231,12 @@ class BatchLoad(TypedInHandler, ReExports, SettledReading):
                          non_negative=column.non_negative or (column.signed and cfg.amounts == "positive"))
         return Mapped(column, raw, header, negate=column.signed and cfg.amounts == "inverted")
 
-    def _attributes(self, sheet: RawSheet) -> list[Mapped]:
-        """The source's further columns, each typed as it declares."""
+    def _attributes(self, sheet: RawSheet) -> list[Mapped] | None:
+        """The source's further columns the sheet has, each typed as it declares; None when it keeps none."""
+        if not self.delivery.config.attributes:
+            return None
         return [Mapped(Column(name, a.type, required=False), f"c{sheet.mapping[f'attribute {name}']}", a.column)
-                for name, a in self.delivery.config.attribute_columns.items()]
+                for name, a in self.delivery.config.attribute_columns.items() if f"attribute {name}" in sheet.mapping]
 
     def _derive(self, cur, sheet: RawSheet) -> None:
         """Columns the source builds from others, made in raw beside them: a composed column ('{Country}-{Month}',

@@ -286,7 +286,8 @@ _PART = re.compile(r"\{([^{}]+)\}")
 class _Layout:
     """What a source reads from each row, from its settings alone: every header it names (mapped columns, the
     debit and credit of a statement, the parts of composed columns, attributes), which of them must be in the
-    header, and how each compared value is written."""
+    header (all but the table's optional columns outside the key, and attributes), and how each compared value
+    is written."""
 
     def __init__(self, source: SourceConfig):
         table = TABLES[source.table]
@@ -303,7 +304,7 @@ class _Layout:
                       else a.type
                       for c in self.columns}
         self.required = ({c.name for c in table.columns if c.required} | set(source.key)
-                         | {c for c in self.columns if c not in table.column_names})
+                         | {c for c in self.columns if c.startswith("part:")} | {"debit", "credit"})
         self.debit_credit = source.amounts == "debit_credit"
         self.negate = source.amounts == "inverted"
         self.compose = source.compose

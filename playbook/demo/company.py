@@ -55,6 +55,13 @@ CHANNELS = ("Email", "Phone", "Meeting", "Chat", "Webinar")
 CHANNEL_P = (0.42, 0.3, 0.12, 0.12, 0.04)
 OUTCOMES = ("Follow-up", "Quote sent", "Order placed", "No answer", "Resolved", "Complaint")
 OUTCOME_P = (0.3, 0.18, 0.2, 0.14, 0.14, 0.04)
+RETURN_SHARE = 0.002  # of orders: goods sent back, credited on the order as a line of negative quantity
+# where a client's deliveries go: British clients by area, the others by their market
+GB_REGIONS = ("London", "South East", "South West", "Midlands", "North", "Scotland", "Wales")
+GB_REGION_P = (0.24, 0.18, 0.1, 0.16, 0.18, 0.08, 0.06)
+REGION_OF_COUNTRY = {"IE": "Ireland", "FR": "Europe", "NL": "Europe", "DE": "Europe"}
+EURO_COUNTRIES = ("IE", "FR", "NL", "DE")  # clients who pay into the euro account, in euros
+EURO_OPENING_CENTS = 1_850_000  # the euro account's balance before the first statement
 VAT_PERCENT = 20
 PAYE_PERCENT = 28  # income tax and employer contributions, as a share of gross payroll
 
@@ -65,12 +72,23 @@ class Company:
 
     start: date
     end: date
-    clients: pd.DataFrame       # client_id, name, segment, country, created_on
+    clients: pd.DataFrame       # client_id, name, segment, country, created_on, region
     sales: pd.DataFrame         # order_no, line_no, order_date, client_id, product, quantity, unit_price, amount
-    payments: pd.DataFrame      # payment_no, payment_date, client_id, invoice, method, bank, amount
+    payments: pd.DataFrame      # payment_no, payment_date, client_id, invoice, method, bank, amount (GBP account)
     costs: pd.DataFrame         # cost_no, cost_date, category, vendor, amount
     tax: pd.DataFrame           # period, tax_type, amount, due_date
     interactions: pd.DataFrame  # activity_no, occurred_at (local naive), client_id, channel, outcome
+    # lines crediting goods sent back (negative quantity and amount), columns as sales: the business system
+    # exports them with the order lines; its order API does not serve them
+    returns: pd.DataFrame
+    # the euro account: txn_no, booked, client_id, invoice, type, debit, credit (euro cents, one of the two)
+    euro_account: pd.DataFrame
+
+    @property
+    def order_lines(self) -> pd.DataFrame:
+        """The order lines the sales export holds: orders and the returns credited on them."""
+        lines = pd.concat([self.sales, self.returns], ignore_index=True)
+        return lines.sort_values(["order_no", "line_no"], kind="stable").reset_index(drop=True)
 
 
 def history_start(end: date, years: int) -> date:
@@ -85,14 +103,75 @@ def build_company(seed: int = DEFAULT_SEED, end: date = DEFAULT_END, years: int 
     if years < 1 or clients < 20:
         raise ValueError("the demo company needs at least one year of history and 20 clients")
     start = history_start(end, years)
-    rngs = [np.random.default_rng([seed, i]) for i in range(6)]
+    rngs = [np.random.default_rng([seed, i]) for i in range(9)]
     client_df, weight = _clients(rngs[0], clients, start, end)
+    client_df["region"] = _regions(rngs[6], client_df["country"].to_numpy())
     sales = _sales(rngs[1], client_df, weight, start, end)
-    payments = _payments(rngs[2], client_df, sales, end)
+    returns = _returns(rngs[7], sales)
+    lines = pd.concat([sales, returns], ignore_index=True)
+    payments = _payments(rngs[2], client_df, lines, end)
+    euro = client_df["client_id"][client_df["country"].isin(EURO_COUNTRIES)]
+    in_euros = payments["client_id"].isin(euro)
+    euro_account = _euro_account(rngs[8], payments[in_euros], end)
+    payments = payments[~in_euros].reset_index(drop=True)
     costs = _costs(rngs[3], start, end)
-    tax = _tax(sales, costs, start, end)
+    tax = _tax(lines, costs, start, end)
     interactions = _interactions(rngs[5], client_df, weight, start, end)
-    return Company(start, end, client_df, sales, payments, costs, tax, interactions)
+    return Company(start, end, client_df, sales, payments, costs, tax, interactions, returns, euro_account)
+
+
+def _regions(rng: np.random.Generator, country: np.ndarray) -> np.ndarray:
+    gb = rng.choice(GB_REGIONS, len(country), p=GB_REGION_P)
+    return np.array([REGION_OF_COUNTRY.get(c, g) for c, g in zip(country, gb, strict=True)], dtype=object)
+
+
+def _returns(rng: np.random.Generator, sales: pd.DataFrame) -> pd.DataFrame:
+    """A few orders have goods sent back: a line crediting part of one of their lines, at its price."""
+    orders = sales["order_no"].unique()
+    picked = np.sort(rng.choice(orders, max(1, int(len(orders) * RETURN_SHARE)), replace=False))
+    last = sales.groupby("order_no")["line_no"].max()
+    rows = []
+    for order_no in picked:
+        lines = sales[sales["order_no"] == order_no]
+        line = lines.iloc[int(rng.integers(0, len(lines)))]
+        back = int(rng.integers(1, int(line["quantity"]) + 1))
+        rows.append((order_no, int(last[order_no]) + 1, line["order_date"], line["client_id"], line["product"],
+                     -back, int(line["unit_price"]), -back * int(line["unit_price"])))
+    df = pd.DataFrame(rows, columns=list(sales.columns))
+    for column in ("order_no", "line_no", "quantity", "unit_price", "amount"):
+        df[column] = df[column].astype(np.int64)
+    df["order_date"] = df["order_date"].to_numpy().astype("datetime64[D]")
+    return df
+
+
+def _euro_account(rng: np.random.Generator, paid: pd.DataFrame, end: date) -> pd.DataFrame:
+    """The euro account's bookings: the euro clients' payments, credited in euros at the month's rate, and a
+    few refunds paid back to them (debits) some days after a payment."""
+    columns = ["txn_no", "booked", "client_id", "invoice", "type", "debit", "credit"]
+    if paid.empty:
+        return pd.DataFrame({c: pd.Series(dtype="datetime64[s]" if c == "booked" else object) for c in columns})
+    days = paid["payment_date"].to_numpy().astype("datetime64[D]")
+    months = days.astype("datetime64[M]")
+    # euros per pound, in ten-thousandths, one rate a month
+    first, last = months.min(), months.max()
+    rates = dict(zip(np.arange(first, last + 1), rng.integers(11_300, 11_900, int((last - first).astype(int)) + 1),
+                     strict=True))
+    credit = np.array([(int(p) * int(rates[m]) + 5_000) // 10_000 for p, m in zip(paid["amount"], months,
+                                                                                    strict=True)], dtype=np.int64)
+    credits = pd.DataFrame({"booked": days, "client_id": paid["client_id"].to_numpy(),
+                            "invoice": paid["invoice"].to_numpy(), "type": "SEPA credit",
+                            "debit": np.zeros(len(paid), dtype=np.int64), "credit": credit})
+    refunded = rng.random(len(paid)) < 0.04
+    share = rng.integers(5, 41, len(paid))
+    debits = pd.DataFrame({"booked": _next_weekday(days + rng.integers(7, 29, len(paid)))[refunded],
+                           "client_id": paid["client_id"].to_numpy()[refunded],
+                           "invoice": paid["invoice"].to_numpy()[refunded], "type": "SEPA refund",
+                           "debit": (credit * share // 100)[refunded], "credit": np.zeros(int(refunded.sum()),
+                                                                                           dtype=np.int64)})
+    df = pd.concat([credits, debits[debits["booked"] <= np.datetime64(end)]], ignore_index=True)
+    df = df.sort_values(["booked", "type", "client_id", "invoice"], kind="stable").reset_index(drop=True)
+    df.insert(0, "txn_no", np.arange(1, len(df) + 1) + 700_000)
+    return df
 
 
 def _clients(rng: np.random.Generator, n: int, start: date, end: date) -> tuple[pd.DataFrame, np.ndarray]:

@@ -187,7 +187,9 @@ def inject(files: list[DemoFile], kinds: tuple[str, ...], seed: int, company: Co
     if "totals_row" in kinds:
         f = target(totals_file)
         total = str(money(sum(f.pence))[0])
-        f.rows.append(["TOTAL", "", "", "", "", "", "", total, ""])
+        footer = [""] * len(f.header)
+        footer[0], footer[f.header.index("Line Total")] = "TOTAL", total
+        f.rows.append(footer)
         add("totals_row", f, sheet=None, row=f.line_of(len(f.rows) - 1), field="Order No", value="TOTAL",
             expected_effect={"rows_skipped": 1, "if_counted_as_data": {"rows_read": 1, "amount_in": total}},
             note="a footer with the file's sum: not an order line")

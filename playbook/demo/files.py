@@ -15,15 +15,17 @@ from datetime import date, datetime, timedelta
 import numpy as np
 import pandas as pd
 
-from playbook.demo.company import BANKS, COMPANY, METHODS, TIMEZONE, Company
+from playbook.demo.company import BANKS, COMPANY, EURO_OPENING_CENTS, METHODS, TIMEZONE, Company
 
 SALES_HEADER = ["Order No", "Line", "Order Date", "Client Code", "Product", "Qty", "Unit Price", "Line Total",
                 "Currency"]
-CLIENTS_HEADER = ["Client Code", "Client Name", "Segment", "Country", "Since"]
+CLIENTS_HEADER = ["Client Code", "Client Name", "Segment", "Country", "Since", "Region"]
 COSTS_HEADER = ["Expense ID", "Date", "Category", "Supplier", "Amount"]
 PAYMENTS_HEADER = ["Payment Ref", "Date Received", "Client Code", "Invoice", "Method", "Amount"]
 TAX_HEADER = ["Period", "Tax", "Amount £", "Due"]
 CRM_HEADER = ["Activity Id", "Timestamp", "Account", "Channel", "Outcome"]
+EURO_HEADER = ["Booking Date", "Reference", "Client Code", "Details", "Type", "Debit", "Credit", "Balance"]
+EURO_IBAN = "GB94 BARC 2045 7743 9172 65"
 
 PAYMENTS_HEADER_ROW = 4  # 1-based, as a spreadsheet user counts: title, subtitle, blank, header
 SORT_CODES = {"Barclays": "20-45-77 43917265", "HSBC": "40-11-62 81530094"}
@@ -57,17 +59,20 @@ class CsvExport:
     delimiter: str = ","
     amount_column: str | None = None
     pence: list[int] | None = None  # the money of each row, for the manifest (never parsed back from text)
+    preamble: list[list[str]] = field(default_factory=list)  # title lines above the header (a bank statement's)
 
     def render(self) -> bytes:
         buf = io.StringIO()
         writer = csv.writer(buf, delimiter=self.delimiter, lineterminator="\r\n", quoting=csv.QUOTE_MINIMAL)
+        writer.writerows(self.preamble)
         writer.writerow(self.header)
         writer.writerows(self.rows)
         return buf.getvalue().encode(self.encoding)
 
     def line_of(self, index: int) -> int:
-        """The 1-based line of a data row as a spreadsheet user counts it (the header is line 1)."""
-        return index + 2
+        """The 1-based line of a data row as a spreadsheet user counts it (the header is line 1, or the line
+        below the title lines)."""
+        return index + 2 + len(self.preamble)
 
 
 @dataclass
@@ -169,6 +174,7 @@ def exports(company: Company) -> Iterator[DemoFile]:
     yield from _sales_files(company)
     yield from _costs_files(company)
     yield from _payments_workbooks(company)
+    yield from _euro_statements(company)
     yield from _monthly(company.tax, "period", "landing/tax/{y}/tax_{y}-{m}.csv", "tax", "tax", TAX_HEADER,
                         _tax_rows, encoding="cp1252", amount_column="Amount £", amount="amount")
     yield from _monthly(company.interactions, "occurred_at", "landing/crm/{y}/crm_{y}-{m}.csv", "interactions",
@@ -187,12 +193,12 @@ def sales_file_keys(order_date: np.ndarray, end: date) -> np.ndarray:
 def _clients_file(c: Company) -> CsvExport:
     df = c.clients
     rows = np.column_stack([df["client_id"], df["name"], df["segment"], df["country"],
-                            iso_days(df["created_on"].to_numpy())]).tolist()
+                            iso_days(df["created_on"].to_numpy()), df["region"]]).tolist()
     return CsvExport(f"landing/clients/clients_{c.end.isoformat()}.csv", "clients", "clients", CLIENTS_HEADER, rows)
 
 
 def _sales_files(c: Company) -> Iterator[CsvExport]:
-    s = c.sales
+    s = c.order_lines
     text = np.column_stack([
         np.char.add("SO-", np.char.zfill(s["order_no"].to_numpy().astype(str), 7)).astype(object),
         s["line_no"].to_numpy().astype(str).astype(object),
@@ -275,6 +281,44 @@ def _payments_workbooks(c: Company) -> Iterator[PaymentsWorkbook]:
         for bank in BANKS:
             wb.sheets[f"Payments - {bank}"] = by_sheet.get((wb.key, bank), [])
         yield wb
+
+
+def euro_statement_key(month: date) -> str:
+    return f"landing/euro-account/{month:%Y}/statement_{month:%Y-%m}.csv"
+
+
+def _euro_statements(c: Company) -> Iterator[CsvExport]:
+    """The euro account's monthly statement as the bank exports it: semicolon-separated, decimal comma, day
+    first, a few title lines and the opening balance above the header, debits and credits in two columns
+    (the other one empty) and the running balance."""
+    df = c.euro_account
+    if df.empty:
+        return
+    booked = [d.date() for d in pd.to_datetime(df["booked"])]
+    balance = EURO_OPENING_CENTS
+    by_month: dict[date, list[tuple[list[str], int]]] = {}
+    for i, day in enumerate(booked):
+        debit, credit = int(df["debit"].iat[i]), int(df["credit"].iat[i])
+        balance += credit - debit
+        cells = [f"{day:%d.%m.%Y}", f"TRX{int(df['txn_no'].iat[i]):08d}", df["client_id"].iat[i],
+                 df["invoice"].iat[i], df["type"].iat[i],
+                 str(money(debit, ",", ".")[0]) if debit else "", str(money(credit, ",", ".")[0]) if credit else "",
+                 str(money(balance, ",", ".")[0])]
+        by_month.setdefault(day.replace(day=1), []).append((cells, credit - debit))
+    month, opening = min(booked).replace(day=1), EURO_OPENING_CENTS
+    while month <= c.end:
+        nxt = (month.replace(day=28) + timedelta(days=4)).replace(day=1)
+        last = min(nxt - timedelta(days=1), c.end)
+        rows = by_month.get(month, [])
+        closing = opening + sum(p for _, p in rows)
+        preamble = [[f"{COMPANY}"], ["Account", "EUR business account", f"IBAN {EURO_IBAN}"],
+                    ["Statement period", f"{month:%d.%m.%Y}", f"{last:%d.%m.%Y}"],
+                    ["Opening balance", str(money(opening, ",", ".")[0]), "EUR"],
+                    ["Closing balance", str(money(closing, ",", ".")[0]), "EUR"], []]
+        yield CsvExport(euro_statement_key(month), "euro_account", "payments", EURO_HEADER, [r for r, _ in rows],
+                        delimiter=";", pence=[p for _, p in rows],
+                        preamble=preamble)
+        month, opening = nxt, closing
 
 
 def _tax_rows(df: pd.DataFrame) -> list[list[str]]:

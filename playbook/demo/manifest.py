@@ -116,7 +116,7 @@ def build_manifest(company: Company, files: list[DemoFile], content: dict[str, b
         s["rows"] += e.rows
         if e.amount_sum is not None:
             s["amount_sum"] = str(Decimal(s["amount_sum"] or "0.00") + Decimal(e.amount_sum))
-    sales = company.sales
+    sales = company.order_lines
     year = sales["order_date"].to_numpy().astype("datetime64[Y]").astype(str)
     by_year = {}
     for y, part in sales.groupby(year, sort=True):
@@ -131,7 +131,7 @@ def build_manifest(company: Company, files: list[DemoFile], content: dict[str, b
 
 def daily_sales_csv(company: Company) -> bytes:
     """date, orders, lines, amount for every day of the period (days without orders included)."""
-    s = company.sales
+    s = company.order_lines
     days = np.arange(np.datetime64(company.start), np.datetime64(company.end) + 1, dtype="datetime64[D]")
     g = s.groupby(s["order_date"].to_numpy().astype("datetime64[D]"))
     daily = pd.DataFrame({"orders": g["order_no"].nunique(), "lines": g.size(), "amount": g["amount"].sum()})

@@ -25,7 +25,7 @@ import xlsxwriter
 from pipeline import loader
 from pipeline.loader import BatchLoad
 from pipeline.sources.excel import ExcelReader
-from tests.pipeline.test_ingest_csv import HEADER, ledger, reconciles, with_read
+from tests.pipeline.test_ingest_csv import HEADER, changed_source, ledger, reconciles, with_read
 from tests.pipeline.test_rest_api import api, business, company  # noqa: F401 - the demo API server's fixtures
 
 D = Decimal
@@ -205,8 +205,9 @@ def test_amounts_only_the_careful_lane_reads_keep_their_last_digit(landing, monk
     if into == "loaded":
         preload_sales(landing)
     taken = force(monkeypatch, "handler" if handler_lane else "fast")
+    positive = changed_source(landing.config, "sales", amounts="positive")  # negatives are refused
     result = landing.ingest("landing/sales/2024/spelled.csv", (HEADER + "".join(s + "\n" for _, s, _, _ in SPELLED)
-                                                               ).encode())
+                                                               ).encode(), config=positive)
     batch = result["batch_id"]
     rows = sales_rows(landing, batch)
     assert [(r[4], r[3]) for r in rows] == sorted(SPELLED_LOADED.items())
@@ -227,7 +228,7 @@ def test_thousands_separators_and_currency_signs_keep_the_last_digit(landing, mo
     1,234.57, 1,000,000.01 and 0.01 load as written; a negative (9.27) is quarantined and counted in
     amount_in exactly; a grouping that is not one (1,23.45) is no amount at all."""
     taken = force(monkeypatch, "handler")  # on: the layout sends every row to the careful lane anyway
-    config = with_read(landing.config, "sales", thousands=",")
+    config = changed_source(with_read(landing.config, "sales", thousands=","), "sales", amounts="positive")
     body = (HEADER
             + 'SO-301,1,2024-01-05,00042,Cabinet,1,"£1,999.99","£1,999.99",GBP\n'
             + 'SO-301,2,2024-01-05,00042,Kit,2,617.285,"1,234.57",GBP\n'

@@ -109,8 +109,9 @@ def copy_pieces(cur, statement: str, pieces: Iterator[str] | Iterator[bytes], en
 def reading_columns(source) -> tuple[dict[str, str], set[str]]:
     """What a reader finds in a source's header, and which of those must be there: the canonical columns it
     maps, and by the names the loader reads them under, the headers its compositions are built from
-    ('{Country}') and its attributes' ('attribute region'); all but the table's optional columns outside the
-    key must be there. source: a pipeline.config.SourceConfig."""
+    ('{Country}') and its attributes' ('attribute region'); the table's required columns, the key's and the
+    compositions' parts must be there (an optional column or an attribute a file lacks is empty).
+    source: a pipeline.config.SourceConfig."""
     from pipeline.model import TABLES
 
     table = TABLES[source.table]
@@ -118,7 +119,7 @@ def reading_columns(source) -> tuple[dict[str, str], set[str]]:
     columns.update({f"attribute {name}": a.column for name, a in source.attribute_columns.items()})
     columns.update({f"{{{header}}}": header for header in composed_headers(source)})
     required = {c.name for c in table.columns if c.required and c.name in columns} | {
-        name for name in columns if name not in table.column_names} | {k for k in source.key if k in columns}
+        name for name in columns if name.startswith("{")} | {k for k in source.key if k in columns}
     return columns, required
 
 

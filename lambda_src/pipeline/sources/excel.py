@@ -361,8 +361,9 @@ class ExcelReader:
 
     def _kinds(self, mapping: dict[str, int], width: int) -> list[str | None]:
         kinds: list[str | None] = [None] * width
-        for canonical, pos in mapping.items():
-            kinds[pos] = self.table.column(canonical).type
+        for canonical, pos in mapping.items():  # a composed column's part or an attribute: read as it is written
+            if canonical in self.table.column_names:
+                kinds[pos] = self.table.column(canonical).type
         return kinds
 
     def _calamine_sheet(self, workbook: CalamineWorkbook, name: str,
