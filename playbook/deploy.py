@@ -101,6 +101,7 @@ def deploy(target, config_file: str | None = None, source: Path | None = None) -
     from playbook.package import LAMBDA_SRC, build_function_zip, sha256
     from playbook.provision import _upload_if_absent
     from playbook.settings import local_settings
+    from playbook.stages import refresh_report_schedule
 
     config = load_config(config_file)
     outputs = target.outputs(parts=("storage", "pipeline"))
@@ -131,6 +132,7 @@ def deploy(target, config_file: str | None = None, source: Path | None = None) -
         result.functions[name] = "updated"
     if any(upload_config(s3, config, uri) for uri in sorted(config_uris)):
         result.config = "uploaded"
+    refresh_report_schedule(target, config)
     return result
 
 

@@ -419,6 +419,7 @@ def provision(target, config_file: str | None = None, allow: list[str] | None = 
     from playbook.config import load_config
     from playbook.settings import PROJECT_ROOT, local_settings
     from playbook.stack_outputs import stack_name, stack_prefix
+    from playbook.stages import refresh_report_schedule
     from playbook.templates import RDS_CA_BUNDLE_FILE, render_all, reservations
 
     allow_list = resolve_allow_list(target, allow)
@@ -505,6 +506,7 @@ def provision(target, config_file: str | None = None, allow: list[str] | None = 
     deploy("proxy", {"PublicSubnetId": outputs["PublicSubnetIds"].split(",")[0],
                      "ProxySecurityGroupId": outputs["ProxySecurityGroupId"], "ImageId": image,
                      "DatabaseEndpoint": outputs["ClusterEndpoint"], "DatabasePort": outputs["ClusterPort"]})
+    refresh_report_schedule(target, config)
     return Provisioned(target.name, results, outputs, missing, notes, stand_ins=target.record_stand_ins(missing),
                        settings=chosen)
 

@@ -5,11 +5,8 @@ emulator has them, and as provisioning recorded the stand-ins in `<state dir>/sc
 rules with a schedule expression, and local entries in `<state dir>/local_schedules.json` whose target may
 also be a command (`{"target": {"type": "command", "argv": [...]}}`), for jobs that are not functions.
 
-Expressions are AWS's: `cron(min hour day-of-month month day-of-week year)` and `rate(n unit)`, evaluated in
-the schedule's time zone. cron fields are handed to croniter (see `croniter_expression`); daylight saving
-is handled as EventBridge Scheduler documents it: croniter walks the local wall clock, a wall time the
-spring change skips does not fire, and one the autumn change repeats fires once (its first instant). A
-`rate` schedule fires every n units from its start date (the Unix epoch when it has none), a day being 24 h.
+Expressions are AWS's, read by pipeline.schedules, the one reading the freshness check and an API source's
+windows use too (daylight saving as EventBridge Scheduler documents it; a rate from its start date).
 A run fires each occurrence once, in time order; it does not retry a failed target.
 """
 
@@ -17,9 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
-import re
 import subprocess
 import time
 import uuid
@@ -29,10 +24,9 @@ from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
 
+from pipeline import schedules
 from playbook.errors import PlaybookError
 
-DOW_NAMES = ("SUN", "MON", "TUE", "WED", "THU", "FRI", "SAT")
-RATE_UNITS = {"minute": 60, "minutes": 60, "hour": 3600, "hours": 3600, "day": 86400, "days": 86400}
 _EVENT_NAMESPACE = uuid.UUID("6f1c1a5e-9a59-4f0e-8f2f-3f1f6d0e3a11")
 
 
@@ -40,124 +34,29 @@ class ScheduleError(PlaybookError):
     """A schedule expression or entry the scheduler cannot evaluate."""
 
 
-# -- expressions ---------------------------------------------------------------------------------------------
-def _dow_value(token: str, expression: str) -> str:
-    """One AWS day-of-week value (1-7 = SUN-SAT, or a name) as croniter's (0-6 = SUN-SAT, or a name)."""
-    if token.upper() in DOW_NAMES:
-        return token.lower()
-    if token.isdigit() and 1 <= int(token) <= 7:
-        return str(int(token) - 1)
-    raise ScheduleError(f"{expression}: day-of-week {token!r} is not 1-7 or SUN-SAT")
-
-
-def _dow_item(item: str, expression: str) -> str:
-    if item in ("*", "?"):
-        return "*"
-    if item.upper() == "L":  # the last day of the week
-        return "6"
-    if "#" in item:  # the nth given weekday of the month: 6#3 = the third Friday
-        day, nth = item.split("#", 1)
-        return f"{_dow_value(day, expression)}#{nth}"
-    if item.upper().endswith("L"):  # the last given weekday of the month: 6L = the last Friday
-        day = _dow_value(item[:-1], expression)
-        return f"L{DOW_NAMES.index(day.upper()) if not day.isdigit() else day}"
-    step = ""
-    if "/" in item:
-        item, step = item.split("/", 1)
-        step = f"/{step}"
-    if item == "*":
-        return f"*{step}"
-    if "-" in item:
-        low, high = item.split("-", 1)
-        return f"{_dow_value(low, expression)}-{_dow_value(high, expression)}{step}"
-    return _dow_value(item, expression) + step
+# -- expressions: pipeline.schedules reads them, for the scheduler, the freshness check and the API windows --
+def occurrences(expression: str, timezone: str, after: datetime, until: datetime,
+                start_date: datetime | None = None) -> list[datetime]:
+    """pipeline.schedules.occurrences, its errors in the playbook's words."""
+    try:
+        return schedules.occurrences(expression, timezone, after, until, start_date)
+    except schedules.ScheduleError as exc:
+        raise ScheduleError(str(exc)) from None
 
 
 def croniter_expression(expression: str) -> str:
-    """`cron(min hour dom month dow year)` as croniter's seven fields `min hour dom month dow second year`.
-
-    Only day-of-week needs translating (AWS counts 1-7 from Sunday, croniter 0-6); `?` means "any" in
-    both. AWS requires `?` in day-of-month or day-of-week, so croniter's OR of the two never applies.
-    """
-    match = re.fullmatch(r"cron\((.*)\)", expression.strip())
-    if not match:
-        raise ScheduleError(f"{expression!r} is not a cron(...) expression")
-    fields = match.group(1).split()
-    if len(fields) != 6:
-        raise ScheduleError(f"{expression}: AWS cron has six fields (minutes hours day-of-month month "
-                            f"day-of-week year), not {len(fields)}")
-    minute, hour, dom, month, dow, year = fields
-    if (dom == "?") == (dow == "?"):
-        raise ScheduleError(f"{expression}: exactly one of day-of-month and day-of-week must be '?'")
-    if "LW" in dom.upper():
-        raise ScheduleError(f"{expression}: 'LW' is not supported here; use 'L' or a day with 'W'")
-    dow = ",".join(_dow_item(item, expression) for item in dow.split(","))
-    result = " ".join([minute, hour, "*" if dom == "?" else dom, month, dow, "0", year])
-    from croniter import croniter
-
-    if not croniter.is_valid(result):
-        raise ScheduleError(f"{expression}: not a valid AWS cron expression")
-    return result
+    try:
+        return schedules.croniter_expression(expression)
+    except schedules.ScheduleError as exc:
+        raise ScheduleError(str(exc)) from None
 
 
 def _parse_time(value: str, tz: ZoneInfo | None = None) -> datetime:
-    """ISO 8601; a value without an offset is in `tz` (UTC when none)."""
+    """ISO 8601; a value without an offset is a wall time in `tz` (UTC when none)."""
     try:
-        parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
-    except ValueError:
-        raise ScheduleError(f"{value!r} is not an ISO 8601 time") from None
-    return parsed if parsed.tzinfo else parsed.replace(tzinfo=tz or UTC)
-
-
-def _exists(local: datetime, tz: ZoneInfo) -> bool:
-    """False for a wall time the spring change skips (it does not survive a round trip through UTC)."""
-    aware = local.replace(tzinfo=tz)
-    return aware.astimezone(UTC).astimezone(tz).replace(tzinfo=None) == local
-
-
-def occurrences(expression: str, timezone: str, after: datetime, until: datetime,
-                start_date: datetime | None = None) -> list[datetime]:
-    """Every time (UTC) the expression fires with after < t <= until."""
-    from croniter import CroniterBadDateError, croniter
-
-    tz = ZoneInfo(timezone or "UTC")
-    after, until = after.astimezone(UTC), until.astimezone(UTC)
-    expression = expression.strip()
-    if expression.startswith("rate("):
-        match = re.fullmatch(r"rate\((\d+)\s+(\w+)\)", expression)
-        if not match or match.group(2) not in RATE_UNITS or int(match.group(1)) < 1:
-            raise ScheduleError(f"{expression}: a rate is rate(<n> minutes|hours|days)")
-        step = int(match.group(1)) * RATE_UNITS[match.group(2)]
-        anchor = (start_date or datetime(1970, 1, 1, tzinfo=UTC)).astimezone(UTC)
-        first = max(0, math.floor((after - anchor).total_seconds() / step) + 1)
-        times, k = [], first
-        while (t := anchor + timedelta(seconds=k * step)) <= until:
-            if t > after:
-                times.append(t)
-            k += 1
-        return times
-    if expression.startswith("at("):
-        match = re.fullmatch(r"at\((.+)\)", expression)
-        when = _parse_time(match.group(1), tz).astimezone(UTC) if match else None
-        return [when] if when and after < when <= until else []
-    cron = croniter_expression(expression)
-    # walk the local wall clock from a little before the window (a DST change moves it by an hour)
-    local_start = after.astimezone(tz).replace(tzinfo=None) - timedelta(hours=3)
-    it = croniter(cron, local_start)
-    times = []
-    while True:
-        try:
-            local = it.get_next(datetime)
-        except CroniterBadDateError:  # no further match (a past year)
-            break
-        if not _exists(local, tz):
-            continue
-        instant = local.replace(tzinfo=tz).astimezone(UTC)  # fold=0: a repeated wall time fires once, first
-        if instant > until + timedelta(hours=3):
-            break
-        if after < instant <= until:
-            times.append(instant)
-    return sorted(times)
+        return schedules.local_time(value, str(tz) if tz else "UTC")
+    except schedules.ScheduleError as exc:
+        raise ScheduleError(str(exc)) from None
 
 
 # -- the deployed schedules ------------------------------------------------------------------------------------

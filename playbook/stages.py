@@ -94,6 +94,16 @@ def register_report_schedule(target, config) -> dict[str, Any]:
     return target.register_schedule(entry)
 
 
+def refresh_report_schedule(target, config) -> dict[str, Any] | None:
+    """The registered report run brought to the configuration (its time, the company's zone), after a provision or
+    a deploy for it; None when no report run is registered where this target keeps one."""
+    from playbook.scheduler import local_schedules
+
+    if not target.keeps_local_schedules or REPORT_SCHEDULE_NAME not in {s.name for s in local_schedules()}:
+        return None
+    return register_report_schedule(target, config)
+
+
 def accuracy_table(report):
     """One row per check and subject: status, observed against the limit, and what it means."""
     import pandas as pd

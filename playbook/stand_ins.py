@@ -203,6 +203,7 @@ def apply(ctx: Context, missing: list[Missing], state_dir: Path, database_note: 
             target = props["Target"]
             schedules.append({"name": props["Name"], "expression": props["ScheduleExpression"],
                               "timezone": props.get("ScheduleExpressionTimezone", "UTC"),
+                              "start_date": props.get("StartDate"),
                               "state": props.get("State", "ENABLED"), "target_arn": target["Arn"],
                               "function": target["Arn"].rsplit(":", 1)[-1], "input": json.loads(target["Input"]),
                               "retry_policy": target.get("RetryPolicy"),

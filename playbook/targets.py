@@ -187,6 +187,9 @@ class Target:
         """After every stack: the stand-ins recorded (stand_ins.json); False where nothing stands in."""
         return False
 
+    # whether this target's scheduler takes local entries (register_schedule): the report run
+    keeps_local_schedules = False
+
     def register_schedule(self, entry: dict[str, Any]) -> dict[str, Any]:
         """A schedule whose target is a command (the report run), where this target's scheduler takes one."""
         raise NotImplementedError
@@ -373,6 +376,8 @@ class LocalTarget(Target):
 
         record_stand_in_resources(missing)
         return True
+
+    keeps_local_schedules = True
 
     def register_schedule(self, entry: dict[str, Any]) -> dict[str, Any]:
         from playbook.scheduler import register_local_schedule

@@ -15,6 +15,7 @@ import json
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -22,6 +23,7 @@ from urllib.parse import urlsplit
 import yaml
 
 from pipeline.config import EmailReport, PipelineConfig
+from pipeline.schedules import occurrences
 from pipeline.sources.kinds import source_kind
 from playbook.errors import PlaybookError
 from playbook.settings import PROJECT_ROOT
@@ -195,6 +197,7 @@ class Job:
     concurrency: int  # its reserved concurrent executions, when the deployment reserves them
     schedule: str | None = None
     schedule_input: dict[str, Any] = field(default_factory=dict)
+    schedule_start: datetime | None = None  # the cycle's start of a rate schedule (SourceConfig.start_date)
     source: str | None = None
     prefix: str | None = None  # landing prefix of a file source
     statements: list[dict[str, Any]] = field(default_factory=list)
@@ -220,6 +223,17 @@ def _landing_arn(suffix: str = "") -> dict:
     return {"Fn::Sub": "arn:${AWS::Partition}:s3:::${Prefix}-landing-${AWS::AccountId}-${AWS::Region}" + suffix}
 
 
+def start_date(expression: str, timezone: str, start: datetime, now: datetime | None = None) -> str:
+    """A schedule's StartDate (UTC): its cycle's start, or, once that is past (EventBridge Scheduler refuses a
+    StartDate more than minutes in the past), the cycle's first fire an hour or more from now: a rate counts
+    from its StartDate, so either keeps the configured days."""
+    earliest = (now or datetime.now(UTC)) + timedelta(hours=1)
+    if start < earliest:
+        start = occurrences(expression, timezone, earliest - timedelta(microseconds=1), earliest + timedelta(days=800),
+                            start)[0]
+    return start.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
 def jobs(config: PipelineConfig) -> list[Job]:
     result = []
     for name, source in config.sources.items():
@@ -228,7 +242,8 @@ def jobs(config: PipelineConfig) -> list[Job]:
             logical=f"Ingest{_camel(name)}", name=f"ingest-{name.replace('_', '-')}",
             handler=source_kind(source.kind).handler, timeout=300, memory=512, concurrency=2,
             schedule=source.schedule, schedule_input={"job": "ingest", "source": name, **SCHEDULED},
-            source=name, prefix=source.prefix if file_source else None, environment={"SOURCE_NAME": name},
+            schedule_start=source.starts(config.company.timezone), source=name,
+            prefix=source.prefix if file_source else None, environment={"SOURCE_NAME": name},
         )
         api = getattr(source, "api", None)
         secret = api.auth.secret if api is not None and api.auth is not None else None
@@ -400,6 +415,7 @@ def _function_resources(job: Job, timezone: str, reserve: bool) -> dict[str, dic
                 "Description": f"{job.name} on the company's schedule ({timezone})",
                 "ScheduleExpression": job.schedule,
                 "ScheduleExpressionTimezone": timezone,
+                **({"StartDate": start_date(job.schedule, timezone, job.schedule_start)} if job.schedule_start else {}),
                 "FlexibleTimeWindow": {"Mode": "OFF"},
                 "State": "ENABLED",
                 "Target": {

@@ -14,6 +14,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from pipeline.model import KEY_TYPES, ROW_KEY, TABLES
+from pipeline.schedules import ScheduleError, local_time, rate_seconds
 from pipeline.sources.kinds import KINDS, source_kind
 
 _NAME = re.compile(r"^[a-z][a-z0-9_]{0,39}$")
@@ -274,6 +275,10 @@ class SourceConfig(Strict):
                              "the dates it covers, and rows it no longer holds are deleted at source")
     read: ReadOptions = ReadOptions()
     expected_every_days: int | None = Field(None, ge=1, description="a delivery is due this often")
+    start_date: dt.datetime | None = Field(
+        None, description="when the schedule's cycle starts, e.g. 2025-01-06T06:00 (the company's time when it has "
+                          "no offset): a rate of more than a day counts from it in the template (StartDate), the "
+                          "local scheduler and the freshness check alike")
     api: ApiOptions | None = Field(None, description="how to call the API (rest_api sources only)")
 
     @field_validator("kind")
@@ -302,6 +307,21 @@ class SourceConfig(Strict):
         if value is not None and (not value.endswith("/") or value.startswith("/") or ".." in value):
             raise ValueError(f"{value!r} must be a relative key prefix ending in '/', e.g. landing/sales/")
         return value
+
+    @model_validator(mode="after")
+    def _a_long_rate_has_a_start(self) -> SourceConfig:
+        try:
+            step = rate_seconds(self.schedule)
+        except ScheduleError as exc:
+            raise ValueError(str(exc)) from None
+        if step and step > 86_400 and self.start_date is None:
+            raise ValueError(f"start_date: {self.schedule} needs the day its cycle counts from, e.g. start_date: "
+                             "2025-01-06T06:00 (else AWS counts from the schedule's creation)")
+        return self
+
+    def starts(self, timezone: str) -> dt.datetime | None:
+        """start_date as an instant: without an offset it is the company's wall time."""
+        return local_time(self.start_date, timezone) if self.start_date else None
 
     @model_validator(mode="after")
     def _mapping_fits_the_table(self) -> SourceConfig:

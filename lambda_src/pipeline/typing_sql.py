@@ -187,9 +187,24 @@ def _valid(m: Mapped, n: sql.Composable, options: ReadOptions) -> sql.Composable
     return sql.SQL("true")
 
 
+_OFFSET = r"[0-9]:[0-9]{2}(:[0-9]{2}(\.[0-9]+)?)?\s*(Z|[+-][0-9]{2}(:?[0-9]{2})?)$"
+
+
+def timestamptz(text: sql.Composable) -> sql.Composable:
+    """A valid timestamp's text as an instant. One with an offset is that instant; one without is a wall time in
+    the session's zone (the database's: the company's), and in the hour the autumn change repeats it is the first
+    of the two instants, as a schedule fires (PostgreSQL alone takes the second); a time the spring change skips
+    is read an hour on, as PostgreSQL reads it."""
+    return sql.SQL("case when {t} ~ {offset} then {t}::timestamptz else least({t}::timestamptz, "
+                   "({t}::timestamp - interval '1 hour')::timestamptz + interval '1 hour') end").format(
+        t=text, offset=sql.Literal(_OFFSET))
+
+
 def _value(m: Mapped, n: sql.Composable, options: ReadOptions) -> sql.Composable:
     """The typed value of text that passed _valid."""
     kind = m.column.type
+    if kind == "timestamp":
+        return timestamptz(n)
     text = _canonical_number(n, options) if kind in ("money", "number", "integer") else n
     if m.negate:
         return sql.SQL("(-({}::{}))").format(text, sql.SQL(SQL_TYPE[kind]))
@@ -233,7 +248,9 @@ def _why_not(m: Mapped, reading: Reading, label: sql.Composable, raw: sql.Compos
 
 def _dated(m: Mapped, n: sql.Composable, options: ReadOptions) -> sql.Composable:
     """The day of a valid date or timestamp `n` (a timestamp's in the session's time zone: the company's)."""
-    return sql.SQL("{}::{}::date").format(n, sql.SQL(SQL_TYPE[m.column.type]))
+    if m.column.type == "timestamp":
+        return sql.SQL("({})::date").format(timestamptz(n))
+    return sql.SQL("{}::date").format(n)
 
 
 def first_cell(width: int) -> sql.Composable:
@@ -244,7 +261,7 @@ def first_cell(width: int) -> sql.Composable:
 
 
 def typed_select(table: Table, mapped: list[Mapped], reading: Reading | ReadOptions, width: int,
-                 where: sql.Composable | None = None, attributes: list[Mapped] = ()) -> sql.Composed:
+                 where: sql.Composable | None = None, attributes: list[Mapped] | None = None) -> sql.Composed:
     """SELECT over `raw r` giving _row, each canonical column typed (null when invalid), _reasons, _skip, and
     with `attributes` (a source's further columns, each typed as it declares) `attributes` as a JSON object.
 
@@ -257,7 +274,7 @@ def typed_select(table: Table, mapped: list[Mapped], reading: Reading | ReadOpti
     options = reading.options
     earliest, latest = sql.Literal(options.earliest_date), sql.Literal(options.latest_date)
     norms, checks, typed, reasons, fine, kept = [], [], [], [], [], []
-    for i, m in enumerate([*mapped, *attributes]):
+    for i, m in enumerate([*mapped, *(attributes or ())]):
         n, v = sql.SQL(f"n.n{i}"), sql.SQL(f"v.v{i}")
         norms.append(sql.SQL("{} as {}").format(_normalised(m, reading), sql.Identifier(f"n{i}")))
         checks.append(sql.SQL("{} as {}").format(_valid(m, n, options), sql.Identifier(f"v{i}")))
@@ -296,7 +313,7 @@ def typed_select(table: Table, mapped: list[Mapped], reading: Reading | ReadOpti
         skip = sql.SQL("(n._first is null or n._first ~ {})").format(sql.Literal(options.skip_rows_matching))
     why = (sql.SQL("case when {} then '{{}}'::text[] else array_remove(array[{}]::text[], null) end").format(
         sql.SQL(" and ").join(fine), sql.SQL(", ").join(reasons)) if reasons else sql.SQL("'{}'::text[]"))
-    if kept:
+    if attributes is not None:  # {} when the file has none of them
         typed.append(sql.SQL("jsonb_build_object({}) as attributes").format(sql.SQL(", ").join(kept)))
     return sql.SQL(
         "select r._row, {typed}, {why} as _reasons, {skip} as _skip "
@@ -340,8 +357,9 @@ def _canonical(m: Mapped, raw: sql.Composable, options: ReadOptions) -> sql.Comp
     kind = m.column.type
     earliest, latest = sql.Literal(options.earliest_date), sql.Literal(options.latest_date)
     if kind == "timestamp":  # its text depends on the session's time zone: valid, of one shape, its day in range
-        return sql.SQL("case when pg_input_is_valid({}, 'timestamptz') then {} ~ {} and {}::timestamptz::date "
-                       "between {} and {} end").format(raw, raw, sql.Literal(_TIMESTAMP_SHAPE), raw, earliest, latest)
+        return sql.SQL("case when pg_input_is_valid({}, 'timestamptz') then {} ~ {} and ({})::date "
+                       "between {} and {} end").format(raw, raw, sql.Literal(_TIMESTAMP_SHAPE), timestamptz(raw),
+                                                       earliest, latest)
     pg_type = sql.SQL(_PG_TYPE[kind])
     checks = [sql.SQL("{}::{}::text = {}").format(raw, pg_type, raw)]
     if kind == "integer":
@@ -380,7 +398,9 @@ def fast_lane(table: Table, mapped: list[Mapped], options: ReadOptions, width: i
         shape = _canonical(m, raw, options)
         conditions.append(shape if m.column.required else
                           sql.SQL("(coalesce({}, '') = '' or {})").format(raw, shape))
-        typed.append(sql.SQL("nullif({}, '')::{} as {}").format(raw, sql.SQL(SQL_TYPE[m.column.type]), name))
+        typed.append(sql.SQL("{} as {}").format(timestamptz(sql.SQL("nullif({}, '')").format(raw)), name)
+                     if m.column.type == "timestamp" else
+                     sql.SQL("nullif({}, '')::{} as {}").format(raw, sql.SQL(SQL_TYPE[m.column.type]), name))
     if options.skip_rows_matching:  # a footer is never a fast row, whatever its values look like
         conditions.append(sql.SQL("{} !~ {}").format(first_cell(width), sql.Literal(options.skip_rows_matching)))
     guard = sql.SQL(" and ").join(conditions) if conditions else sql.SQL("true")
@@ -426,7 +446,7 @@ def _fast_row_hash(table: Table, mapped: list[Mapped]) -> sql.Composable:
         if kind == "text":
             return sql.SQL("nullif({}, '')").format(trimmed(raw))
         if kind == "timestamp":
-            return sql.SQL("nullif({}, '')::timestamptz").format(raw)
+            return timestamptz(sql.SQL("nullif({}, '')").format(raw))
         if kind in ("money", "number"):
             return sql.SQL("case when strpos({r}, '.') > 0 then rtrim(rtrim({r}, '0'), '.') else nullif({r}, '') end"
                            ).format(r=raw)

@@ -16,25 +16,22 @@ from psycopg2 import sql
 
 from pipeline.config import Accuracy, PipelineConfig
 from pipeline.model import TABLES
-from pipeline.schedules import previous_fire
+from pipeline.schedules import ScheduleError, occurrences
 from playbook.accuracy.results import CheckResult, judge, place
 
 
-def run_days(expression: str, timezone: str, first: date, last: date) -> list[date] | None:
-    """The days in [first, last] on which the schedule runs; None when the expression is not readable here."""
+def run_days(expression: str, timezone: str, first: date, last: date,
+             start_date: datetime | None = None) -> list[date] | None:
+    """The days in [first, last] on which the schedule runs (a rate from its start date), in the company's zone;
+    None when the expression is not readable here."""
     zone = ZoneInfo(timezone)
-    at = datetime.combine(last + timedelta(days=1), time(0), zone)
-    days: set[date] = set()
     try:
-        while True:
-            fired = previous_fire(expression, at, timezone).astimezone(zone)
-            if fired.date() < first:
-                break
-            days.add(fired.date())
-            at = fired
-    except ValueError:
+        fired = occurrences(expression, timezone, datetime.combine(first, time(0), zone) - timedelta(microseconds=1),
+                            datetime.combine(last + timedelta(days=1), time(0), zone) - timedelta(microseconds=1),
+                            start_date)
+    except ScheduleError:
         return None
-    return sorted(days)
+    return sorted({f.astimezone(zone).date() for f in fired})
 
 
 def _intervals(runs: list[date]) -> list[tuple[date, date, date]]:
@@ -93,7 +90,7 @@ def check_freshness(cur, config: PipelineConfig, limits: Accuracy) -> tuple[list
 def _missed(name: str, source, rows: list[tuple[date, str]], data_end: date, grace: int,
             timezone: str) -> list[dict[str, Any]]:
     first = rows[0][0]
-    runs = run_days(source.schedule, timezone, first, data_end + timedelta(days=62))
+    runs = run_days(source.schedule, timezone, first, data_end + timedelta(days=62), source.starts(timezone))
     intervals = _intervals(runs) if runs else None
     # the data's end stands for a delivery right after it: a source that stopped early shows as a last gap
     gaps = [(a, b, ra, rb) for (a, ra), (b, rb) in zip(rows, rows[1:], strict=False)]

@@ -73,7 +73,8 @@ def test_same_object_twice_loads_once_and_a_changed_object_merges_with_history(l
 
 
 def test_bad_values_are_quarantined_with_readable_reasons(landing):
-    result = landing.ingest("landing/sales/2024/c.csv", sales(
+    positive = changed_source(landing.config, "sales", amounts="positive")  # the demo's sales are signed (returns)
+    result = landing.ingest("landing/sales/2024/c.csv", config=positive, body=sales(
         "SO-1,1,2024-01-05,00042,Widget,2,10.50,21.00,GBP",
         'SO-2,1,2024-01-05,00043,Widget,1,10.50,"12,3O",GBP',
         "SO-3,1,2025-02-30,00043,Widget,1,10.50,10.50,GBP",
@@ -214,6 +215,23 @@ def test_an_unclosed_quote_fails_the_batch_naming_the_row_and_leaves_nothing(lan
     assert fixed["rows_inserted"] == 3
 
 
+def test_wall_times_across_the_clock_changes_are_read_as_the_scheduler_reads_them(landing):
+    """A time without an offset is the company's wall time (Europe/London); in the hour the autumn change repeats
+    it is the first instant (BST), as a schedule at that time fires; one with an offset is that instant; a time
+    the spring change skips is read an hour on."""
+    crm = (b"Activity Id,Timestamp,Account,Channel,Outcome\n"
+           b"A-1,2025-10-26 01:30:00,00042,Email,Sent\n"      # repeated: 00:30 UTC (BST), not 01:30 UTC (GMT)
+           b"A-2,2025-10-26T01:30:00+00:00,00042,Email,Sent\n"  # the second 01:30, said with its offset
+           b"A-3,2025-10-26 02:30,00042,Email,Sent\n"          # after the change: GMT
+           b"A-4,2025-03-30 01:30:00,00042,Email,Sent\n"       # skipped by the spring change: 02:30 BST
+           b"A-5,2025-07-01 12:00,00042,Email,Sent\n")
+    assert landing.ingest("landing/crm/2025/crm.csv", crm)["rows_inserted"] == 5
+    assert landing.query("select interaction_id, to_char(occurred_at at time zone 'UTC', 'YYYY-MM-DD HH24:MI') "
+                         "from core.interactions order by 1") == [
+        ("A-1", "2025-10-26 00:30"), ("A-2", "2025-10-26 01:30"), ("A-3", "2025-10-26 02:30"),
+        ("A-4", "2025-03-30 01:30"), ("A-5", "2025-07-01 11:00")]
+
+
 def test_encodings_bom_and_cp1252(landing):
     crm = ("\ufeffActivity Id,Timestamp,Account,Channel,Outcome\n"
            "A-1,2024-01-05T10:15:00+00:00,00042,Email,Réponse reçue\n"
@@ -347,6 +365,13 @@ def test_a_key_outside_every_prefix_is_a_clear_error(landing):
         landing.ingest("elsewhere/x.csv", b"a\n1\n")
 
 
+def changed_source(config, source: str, **settings):
+    """The demo configuration with one source's settings changed."""
+    data = config.model_dump(mode="json")
+    data["sources"][source].update(settings)
+    return type(config).model_validate(data)
+
+
 def with_read(config, source: str, **read):
     """The demo configuration with one source's read options changed."""
     data = config.model_dump(mode="json")
@@ -379,7 +404,8 @@ def test_both_typing_lanes_accept_and_reject_the_same_rows(landing, impossible_d
              "Total,1,2024-01-05,00042,Widget,2,10.50,21.00,GBP"]  # looks canonical, but a footer
     if impossible_date:
         lines.append("SO-6,1,2025-02-30,00042,Widget,2,10.50,21.00,GBP")
-    result = landing.ingest(f"landing/sales/2024/lanes-{impossible_date}.csv", sales(*lines))
+    result = landing.ingest(f"landing/sales/2024/lanes-{impossible_date}.csv", sales(*lines),
+                            config=changed_source(landing.config, "sales", amounts="positive"))
     assert (result["rows_inserted"], result["rows_skipped"]) == (2, 1)
     assert result["rows_quarantined"] == 3 + impossible_date
     assert landing.query("select order_id, amount from core.sales order by 1") == [

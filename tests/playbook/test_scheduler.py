@@ -99,6 +99,7 @@ def expected_quarter(config) -> list[tuple[str, datetime]]:
         "ingest-clients": ((5, 0), lambda d: d.weekday() == 0),
         "ingest-operating-costs": ((6, 0), lambda d: d.weekday() == 0),
         "ingest-payments": ((6, 0), lambda d: d.day in (1, 15)), "ingest-tax": ((6, 0), lambda d: d.day == 5),
+        "ingest-euro-account": ((6, 0), lambda d: d.day == 1),
         "refresh-marts": ((7, 30), lambda d: True), "send-expense-email": ((8, 0), lambda d: True),
     }
     assert config.sources["sales"].schedule == "cron(30 5 * * ? *)"
@@ -206,3 +207,27 @@ def test_once_fires_what_is_due_since_the_last_run(stack, tmp_path, monkeypatch)
     assert len(out.read_text().split()) == 4
     assert run_once(t0 + timedelta(minutes=5), dry_run=True, schedules=every_minute)[-1].status == "planned"
     assert len(out.read_text().split()) == 4  # a dry run fires nothing
+
+
+def test_a_provision_or_deploy_for_another_zone_brings_the_registered_report_run_to_it(tmp_path, monkeypatch):
+    import yaml
+
+    from pipeline.config import PipelineConfig
+    from playbook.settings import DEFAULT_CONFIG
+    from playbook.stages import REPORT_SCHEDULE_NAME, refresh_report_schedule, register_report_schedule
+    from playbook.targets import target_named
+
+    monkeypatch.setenv("PLAYBOOK_STATE_DIR", str(tmp_path))
+    data = yaml.safe_load(DEFAULT_CONFIG.read_text())
+    local, aws = target_named("local"), target_named("aws")
+    london = PipelineConfig.model_validate(data)
+    assert refresh_report_schedule(local, london) is None  # nothing registered: nothing to bring along
+    register_report_schedule(local, london)
+    data["company"]["timezone"] = "America/New_York"
+    data["reports"]["schedule"] = "cron(0 7 * * ? *)"
+    refresh_report_schedule(local, PipelineConfig.model_validate(data))
+    from playbook.scheduler import local_schedules
+
+    [entry] = [s for s in local_schedules() if s.name == REPORT_SCHEDULE_NAME]
+    assert (entry.timezone, entry.expression) == ("America/New_York", "cron(0 7 * * ? *)")
+    assert refresh_report_schedule(aws, london) is None  # AWS keeps no local entries

@@ -109,7 +109,8 @@ def plan_window(event: dict, source: SourceConfig, state: dict | None, timezone:
     elif inc and inc.initial_from:
         start = parse_moment(inc.initial_from, "api.incremental.initial_from")
     else:
-        start = end - schedule_period(source.schedule, end, timezone, source.expected_every_days or 1)
+        start = end - schedule_period(source.schedule, end, timezone, source.expected_every_days or 1,
+                                       source.starts(timezone))
     return Plan((start, max(start, end)), None, False)
 
 
