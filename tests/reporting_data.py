@@ -133,12 +133,89 @@ def insert_company(conn) -> dict:
     return {"batches": ids, "first_day": FIRST_DAY, "last_day": LAST_DAY, "rows": counts}
 
 
+# -- a company as real data came: long, in dollars, sources ending on different days, fine amounts -------------
+HISTORY_FIRST_DAY = date(2002, 1, 7)
+HISTORY_LAST_SALE = date(2024, 5, 20)
+HISTORY_LAST_COST = date(2024, 7, 29)  # a Monday: the costs go on after the last sale
+HISTORY_WINDOW_SALES = Decimal(733947)  # the activity window's sales, exactly
+FINE_FROM = date(2024, 4, 1)  # from here on, every amount has 16 decimal places
+
+
+def insert_history(conn, window_days: int) -> dict:
+    """A company in US dollars (meta.company's currency is set to USD until removed) with 22 years of weekly
+    sales (HISTORY_FIRST_DAY to HISTORY_LAST_SALE) and operating costs that go on to HISTORY_LAST_COST. Amounts
+    from FINE_FROM on have 16 decimal places, and the last `window_days` days of sales add up to exactly
+    HISTORY_WINDOW_SALES dollars (a balancing order on the last day)."""
+    rng = random.Random(2002)
+    clients = [(f"T-H{i:02d}", f"Client {name}") for i, name in enumerate(
+        ["Aspen", "Beech", "Cherry", "Dogwood", "Eucalyptus"], start=1)]
+    window_start = HISTORY_LAST_SALE - timedelta(days=window_days - 1)
+    sales, costs = [], []
+    day = HISTORY_FIRST_DAY
+    while day <= HISTORY_LAST_SALE:
+        for client_id, _name in clients:
+            if day >= FINE_FROM:
+                amount = Decimal(rng.randint(10 ** 18, 2 * 10 ** 19)).scaleb(-16)  # 100 to 2,000, 16 places
+            else:
+                amount = Decimal(rng.randint(10000, 200000)).scaleb(-2)
+            sales.append((f"T-O{len(sales) + 1:07d}", 1, day, client_id, "P1", 1, amount, amount))
+        day += timedelta(days=7)
+    in_window = sum((s[7] for s in sales if s[2] >= window_start), Decimal(0))
+    balance = HISTORY_WINDOW_SALES - in_window
+    assert balance > 0, "the window's sales already exceed the total it must show"
+    sales.append(("T-O9999999", 1, HISTORY_LAST_SALE, clients[0][0], "P2", 1, balance, balance))
+    day = HISTORY_FIRST_DAY
+    while day <= HISTORY_LAST_COST:
+        costs.append((f"T-X{len(costs) + 1:06d}", day, rng.choice(CATEGORIES), "Supplier",
+                      Decimal(rng.randint(500, 250000)) / 100))
+        day += timedelta(days=7)
+    with conn, conn.cursor() as cur:
+        cur.execute("select currency from meta.company")
+        (currency_before,) = cur.fetchone()
+        cur.execute("update meta.company set currency = 'USD'")
+        ids = {t: _batch(cur, f"{SOURCE_PREFIX}{t}", t, 0) for t in ("sales", "clients", "operating_costs")}
+        for i, (client_id, name) in enumerate(clients):
+            cur.execute("insert into core.clients (client_id, name, segment, country, created_on,"
+                        " _batch_id, _source_row, _row_hash, _key) values"
+                        " (%s, %s, 'SME', 'US', %s, %s, %s, %s, %s)",
+                        (client_id, name, HISTORY_FIRST_DAY, *_meta(ids["clients"], "clients", i, client_id, name)))
+        psycopg2.extras.execute_values(
+            cur, "insert into core.sales (order_id, line_no, order_date, client_id, product, quantity, unit_price,"
+            " amount, currency, _batch_id, _source_row, _row_hash, _key) values %s",
+            [(*row, "USD", *_meta(ids["sales"], "sales", i, *row, key=2)) for i, row in enumerate(sales)])
+        psycopg2.extras.execute_values(
+            cur, "insert into core.operating_costs (cost_id, cost_date, category, vendor, amount, currency,"
+            " _batch_id, _source_row, _row_hash, _key) values %s",
+            [(*c, "USD", *_meta(ids["operating_costs"], "operating_costs", i, *c)) for i, c in enumerate(costs)])
+        counts = {"sales": len(sales), "clients": len(clients), "operating_costs": len(costs)}
+        for table, batch_id in ids.items():
+            cur.execute("update meta.batches set rows_read = %s, rows_inserted = %s where batch_id = %s",
+                        (counts[table], counts[table], batch_id))
+    refresh(conn)
+    return {"batches": ids, "rows": counts, "currency_before": currency_before, "window_start": window_start}
+
+
+@contextlib.contextmanager
+def history_company(database_url: str, window_days: int) -> Iterator[dict]:
+    """The long-history dollar company in core and the marts for the duration of a test module, removed after
+    (and the company's currency put back)."""
+    conn = psycopg2.connect(database_url)
+    made = insert_history(conn, window_days)
+    try:
+        yield made
+    finally:
+        remove_company(conn, made)
+        conn.close()
+
+
 def remove_company(conn, made: dict) -> None:
     batch_ids = list(made["batches"].values())
     with conn, conn.cursor() as cur:
         for table in TABLES:
             cur.execute(f"delete from core.{table} where _batch_id = any(%s)", (batch_ids,))
         cur.execute("delete from meta.batches where batch_id = any(%s)", (batch_ids,))
+        if made.get("currency_before"):
+            cur.execute("update meta.company set currency = %s", (made["currency_before"],))
     refresh(conn)
 
 

@@ -164,6 +164,14 @@ def read_report(conn, period: Period) -> ExpenseReport:
 def render_chart(report: ExpenseReport, config: PipelineConfig) -> bytes:
     """Horizontal bars, largest category on top, each labelled with its amount: one panel per currency, each on
     its own axis in its own currency; PNG bytes."""
+    import matplotlib
+
+    # chart text is plain text: a category such as "Fees $5 and $6" or two dollar amounts are never mathtext
+    with matplotlib.rc_context({"text.parse_math": False, "text.usetex": False}):
+        return _chart_png(report, config)
+
+
+def _chart_png(report: ExpenseReport, config: PipelineConfig) -> bytes:
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
     from matplotlib.ticker import FuncFormatter

@@ -68,10 +68,15 @@ def _finding_line(r: CheckResult, f: dict[str, Any]) -> str:
         if f.get("copy_of_row") is not None:
             return f"{_where(f)}: an exact copy of row {f['copy_of_row']} ({_kv(f['key'])}, amount {f['amount']})"
         return f"{_where(f)}: {f.get('rows')} duplicate rows ({f.get('note')})"
-    if c == "freshness":
+    if c == "freshness":  # one line per missed period, whatever its length: first day, last day, count
         after = f"; next data {f['next_after']['date']} in `{f['next_after']['file']}`" if f["next_after"] else ""
-        return (f"no data from {f['no_data_from']} to {f['no_data_to']}: delivery due {', '.join(f['due'])} did not "
-                f"arrive (last data {f['last_before']['date']} in `{f['last_before']['file']}`{after})")
+        if f["deliveries"] == 1:
+            due = f"delivery due {f['due_from']} did not arrive"
+        else:
+            due = f"{f['deliveries']} deliveries due from {f['due_from']} to {f['due_to']} did not arrive"
+        stopped = "; stopped delivering while the other sources go on" if f.get("stopped") else ""
+        return (f"no data from {f['no_data_from']} to {f['no_data_to']} ({f['days_without_data']} days): {due}"
+                f"{stopped} (last data {f['last_before']['date']} in `{f['last_before']['file']}`{after})")
     if c in ("skipped_rows", "footer_totals"):
         values = _kv(f.get("values") or {})
         return f"{_where(f)}: {values} - {f.get('note')}"

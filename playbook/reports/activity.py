@@ -5,6 +5,11 @@ It draws the company's currency only, and names the period's totals of every oth
 them, and panels per currency would give a handful of export sales the same weight on the page as the
 business itself: the chart is about the daily trend of the company's own money, and the other currencies'
 totals stay in view, in their own currency, without being drawn to a scale they do not share.
+
+Its window is the sales' own: the last `reports.activity_days` days up to the last day with sales (the last
+day with costs when there are no sales at all). Sources end on different days; costs that go on after the
+last sale are not drawn, and costs that end before it end their line there, the subtitle saying so, rather
+than drawing days without data as days without costs.
 """
 
 from __future__ import annotations
@@ -14,24 +19,34 @@ from decimal import Decimal
 from pathlib import Path
 
 import matplotlib.dates as mdates
+from matplotlib.figure import Figure
 
 from pipeline.config import PipelineConfig
 from pipeline.freshness import freshness_note, read_freshness
 from pipeline.money import format_money
-from pipeline.periods import Period
+from pipeline.periods import Period, format_day
 from playbook.errors import PlaybookError
 from playbook.reports import figures
 
 ROLLING_DAYS = 7
 
 
-def default_period(conn, days: int) -> Period:
-    """The last `days` days of data (fewer when the data is younger)."""
+def data_days(conn) -> tuple[date | None, date | None, date | None]:
+    """(first day of the marts, last day with sales, last day with operating costs), any currency."""
     with conn.cursor() as cur:
-        cur.execute("select min(day), max(day) from marts.daily_activity")
-        first, last = cur.fetchone()
+        cur.execute("select min(day), max(day) filter (where orders > 0 or sales_amount <> 0),"
+                    " max(day) filter (where operating_costs <> 0) from marts.daily_activity")
+        return cur.fetchone()
+
+
+def default_period(conn, days: int) -> Period:
+    """The last `days` days up to the last day with sales (fewer when the data is younger); up to the last day
+    with costs when there are no sales."""
+    first, last_sale, last_cost = data_days(conn)
+    last = last_sale or last_cost
     if last is None:
-        raise PlaybookError("marts.daily_activity is empty: load some data and refresh the marts first")
+        raise PlaybookError("marts.daily_activity has no sales and no operating costs: load some data and "
+                            "refresh the marts first")
     return Period(max(first, last - timedelta(days=days - 1)), last)
 
 
@@ -68,6 +83,13 @@ def rolling_mean(values: list[float], window: int) -> list[float | None]:
 
 
 def activity_chart(conn, config: PipelineConfig, out_dir: Path, period: Period | None = None) -> dict[str, Path]:
+    """activity.png and activity.svg in out_dir."""
+    with figures.plain_text():
+        return figures.save(activity_figure(conn, config, period), out_dir, "activity")
+
+
+def activity_figure(conn, config: PipelineConfig, period: Period | None = None) -> Figure:
+    """The chart, every text of it plain text (amounts in dollars stay dollars)."""
     period = period or default_period(conn, config.reports.activity_days)
     currency = figures.company_currency(conn, config)
     rows = read_activity(conn, period, currency)
@@ -77,14 +99,17 @@ def activity_chart(conn, config: PipelineConfig, out_dir: Path, period: Period |
     sales_mean = rolling_mean(sales, ROLLING_DAYS)
     costs_mean = rolling_mean(costs, ROLLING_DAYS)
     shown = [i for i, d in enumerate(days) if d >= period.start]
+    _first, last_sale, last_cost = data_days(conn)
+    # days after the last cost are days without cost data, not days without costs: the line stops there
+    costs_shown = [i for i in shown if last_cost is not None and days[i] <= last_cost]
 
     fig, ax = figures.new_figure()
     x = [days[i] for i in shown]
     ax.bar(x, [sales[i] for i in shown], width=1.0, color=figures.SALES_LIGHT, label="Daily sales", linewidth=0)
     ax.plot(x, [sales_mean[i] for i in shown], color=figures.SALES, linewidth=2.2,
             label=f"Sales, {ROLLING_DAYS}-day rolling mean")
-    ax.plot(x, [costs_mean[i] for i in shown], color=figures.COSTS, linewidth=1.8,
-            label=f"Operating costs, {ROLLING_DAYS}-day rolling mean")
+    ax.plot([days[i] for i in costs_shown], [costs_mean[i] for i in costs_shown], color=figures.COSTS,
+            linewidth=1.8, label=f"Operating costs, {ROLLING_DAYS}-day rolling mean")
     figures.money_axis(ax, currency)
     ax.set_ylabel(f"Amount per day ({currency})")
     top = max(sales + costs + [1.0])
@@ -100,6 +125,11 @@ def activity_chart(conn, config: PipelineConfig, out_dir: Path, period: Period |
     total_costs = sum((Decimal(rows[i][2]) for i in shown), Decimal(0))
     subtitle = (f"{period.describe()} · in {currency}: sales {format_money(total_sales, currency, 0)}, "
                 f"operating costs {format_money(total_costs, currency, 0)}")
+    if last_sale is None:
+        subtitle += " · no sales data"
+    if last_cost is None or last_cost < period.end:
+        subtitle += (" · no operating costs data" if last_cost is None or last_cost < period.start else
+                     f" · operating costs data ends {format_day(last_cost)}")
     for other, other_sales, other_costs in other_currencies(conn, period, currency):
         subtitle += (f"\n{other} (not drawn): sales {format_money(other_sales, other, 0)}, "
                      f"operating costs {format_money(other_costs, other, 0)}")
@@ -109,4 +139,5 @@ def activity_chart(conn, config: PipelineConfig, out_dir: Path, period: Period |
         subtitle,
         freshness_note(read_freshness(conn), config.company.timezone),
     )
-    return figures.save(fig, out_dir, "activity")
+    figures.no_markup(fig)
+    return fig

@@ -4,7 +4,10 @@ never added), one filter per attribute the sales carry (marts.sales_attributes),
 computed in the page exactly as marts.top_clients(from, to, n, currency, filters) computes them.
 
 Money is embedded as integers in units of 10^-scale, where scale is the largest scale of any amount in
-marts.client_day_sales, so the page adds exact integers and rounds once, like PostgreSQL.
+marts.client_day_sales, written as decimal strings ("12345650" for 1234.565 at scale 4): the page reads them
+as BigInt, adds them exactly whatever their size and scale (16 decimal places and more), and rounds once, like
+PostgreSQL. If anything fails in the page (its data broken, a browser without BigInt), the page says so where
+the table would be, instead of going blank.
 """
 
 from __future__ import annotations
@@ -22,6 +25,16 @@ from playbook.errors import PlaybookError
 
 TEMPLATE = "dashboard.html"
 DATA_TOKEN = "__DASHBOARD_DATA__"  # noqa: S105 - a placeholder in the template, not a secret
+
+
+def units(amount: Decimal, scale: int) -> str:
+    """An amount as a decimal string of whole units of 10^-scale, exactly (no float, no context rounding)."""
+    sign, digits, exponent = Decimal(amount).as_tuple()
+    shift = exponent + scale
+    if shift < 0:
+        raise PlaybookError(f"amount {amount} has more than {scale} decimal places")
+    value = int("".join(map(str, digits)) or "0") * 10 ** shift
+    return str(-value if sign else value)
 
 
 def read_dashboard_data(conn, config: PipelineConfig) -> dict:
@@ -52,17 +65,16 @@ def read_dashboard_data(conn, config: PipelineConfig) -> dict:
         cur.execute("select day, client_id, currency, attributes, sales_amount, orders from marts.client_day_sales"
                     " order by day, client_id")
         rows = cur.fetchall()
-    unit = Decimal(10) ** scale
     sets = {json.dumps(a, sort_keys=True): i for i, a in enumerate(attribute_sets)}
     currency_index = {c: i for i, c in enumerate(currencies)}
-    columns: dict[str, list[int]] = {"day": [], "client": [], "currency": [], "attributes": [], "amount": [],
+    columns: dict[str, list] = {"day": [], "client": [], "currency": [], "attributes": [], "amount": [],
                                      "orders": []}
     for day, client_id, currency, attributes, amount, orders in rows:
         columns["day"].append((day - first).days)
         columns["client"].append(index[client_id])
         columns["currency"].append(currency_index[currency])
         columns["attributes"].append(sets[json.dumps(attributes, sort_keys=True)])
-        columns["amount"].append(int(amount * unit))
+        columns["amount"].append(units(amount, scale))
         columns["orders"].append(int(orders))
     freshness = read_freshness(conn)
     return {

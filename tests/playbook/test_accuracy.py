@@ -200,7 +200,8 @@ def located(report: ValidationReport, d: dict) -> list[dict]:
     if kind == "missing_workbook":
         due = re.search(r"overdue from (\S+)", d["expected_effect"]["freshness"]).group(1)
         start, end = d["value"].split("/")
-        return [f for f in report.findings("freshness") if f["source"] == d["source"] and f["due"] == [due]
+        return [f for f in report.findings("freshness") if f["source"] == d["source"]
+                and (f["due_from"], f["due_to"], f["deliveries"]) == (due, due, 1)
                 and f["no_data_from"] <= start and f["no_data_to"] >= end]
     if kind == "totals_row":
         return [f for f in report.findings("skipped_rows") if at(f) and f["values"].get("order_id") == "TOTAL"]

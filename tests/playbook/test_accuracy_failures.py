@@ -449,11 +449,68 @@ def test_freshness_fails_on_a_scheduled_delivery_that_never_arrived(cur, source,
     assert (r.status, r.observed) == ("fail", len(due))
     last, following, days = gap
     assert r.findings == [{
-        "source": source, "due": due, "no_data_from": str(date.fromisoformat(last) + timedelta(days=1)),
+        "source": source, "stopped": False, "due_from": due[0], "due_to": due[-1], "deliveries": len(due),
+        "no_data_from": str(date.fromisoformat(last) + timedelta(days=1)),
         "no_data_to": str(date.fromisoformat(following) - timedelta(days=1)), "days_without_data": days,
         "last_before": {"date": last, "file": before["object_key"], "sheet": None, "version": "v1"},
         "next_after": {"date": following, "file": after["object_key"], "sheet": None, "version": "v1"}}]
     passing_elsewhere(results, "freshness", source)
+
+
+def test_freshness_judges_each_source_by_its_own_data_and_schedule(cur, tmp_path):
+    """Sales (daily) go on to 31 December 2024; operating costs (weekly, Mondays) stopped after their delivery of
+    8 January 2024: ONE finding with the range of days missing and the deliveries due as a range (51 of them),
+    observed as one missed delivery; the report's size does not grow with the gap. Payments (twice a month)
+    end on 27 December: their next delivery (the days 16-31 December, due 1 January) is not due by the others'
+    last date, so they are not late."""
+    from playbook.accuracy.report import render_markdown
+    from playbook.accuracy.results import ValidationReport
+
+    dated_rows(cur, "sales", "sales", [("landing/sales/2024.csv", "2024-01-01", "2024-12-31")])
+    costs = dated_rows(cur, "operating_costs", "operating_costs",
+                       [("landing/costs/2024-01-08.csv", "2024-01-01", "2024-01-07")])
+    payments = add_batch(cur, "payments", "landing/payments/2024.xlsx")
+    cur.execute("insert into core.payments (payment_id, payment_date, client_id, amount, _batch_id, _source_row,"
+                " _row_hash, _key) select 'PM-' || d::date, d::date, 'C1', 1, %s, 2, 'h' || d, 'PM-' || d::date"
+                " from generate_series('2024-01-01'::date, '2024-12-27'::date, interval '1 day') d",
+                (payments["batch_id"],))
+    results, data_end = freshness.check_freshness(cur, CONFIG, LIMITS)
+    assert str(data_end) == "2024-12-31"
+    r = one(results, "freshness", "operating_costs")
+    assert (r.status, r.observed) == ("fail", 1)
+    mondays = [date(2024, 1, 15) + timedelta(weeks=w) for w in range(52) if date(2024, 1, 15) + timedelta(weeks=w)
+               <= date(2025, 1, 1)]  # the last one, 30 December, brings 23-29 December: all before the end
+    assert r.findings == [{
+        "source": "operating_costs", "stopped": True, "due_from": "2024-01-15", "due_to": str(mondays[-1]),
+        "deliveries": len(mondays), "no_data_from": "2024-01-08", "no_data_to": "2024-12-31",
+        "days_without_data": 359,
+        "last_before": {"date": "2024-01-07", "file": costs[0]["object_key"], "sheet": None, "version": "v1"},
+        "next_after": None}]
+    assert "stopped delivering" in r.summary and "2024-01-08 to 2024-12-31" in r.summary
+    # ending before the others, but not late by their own schedule
+    assert one(results, "freshness", "payments").status == "pass"
+    assert "not due yet" in one(results, "freshness", "payments").summary
+    # the source that ends last is judged by its own data only
+    assert (one(results, "freshness", "sales").status, one(results, "freshness", "sales").observed) == ("pass", 0)
+
+    report = ValidationReport("run-1", results, str(data_end))
+    text = render_markdown(report, "Test Co")
+    lines = [line for line in text.splitlines() if line.startswith("- no data from")]
+    assert lines == [f"- no data from 2024-01-08 to 2024-12-31 (359 days): {len(mondays)} deliveries due from "
+                     f"2024-01-15 to {mondays[-1]} did not arrive; stopped delivering while the other sources go "
+                     f"on (last data 2024-01-07 in `{costs[0]['object_key']}`)"]
+    # a gap ten times as long writes a report of the same size
+    long_gap = [dict(f, days_without_data=3590, deliveries=510) for f in r.findings]
+    longer = render_markdown(ValidationReport("run-1", [dataclasses_replace(r, findings=long_gap)], "2033-12-31"),
+                             "Test Co")
+    short = render_markdown(ValidationReport("run-1", [r], str(data_end)), "Test Co")
+    assert abs(len(longer) - len(short)) < 10
+
+
+def dataclasses_replace(result, **changes):
+    import dataclasses
+
+    return dataclasses.replace(result, **changes)
 
 
 # -- quarantine ---------------------------------------------------------------------------------------------

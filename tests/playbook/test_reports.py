@@ -299,7 +299,7 @@ def test_dashboard_in_chromium_matches_top_clients(built, reporting, config):
                                               (quarter, "GBP", {"region": "South"}),
                                               (custom, "EUR", {}), (ytd, "GBP", {"region": "East"})):
                 got = page.evaluate("([f, t, n, c, x]) => window.topClients(f, t, n, c, x).top.map(r => "
-                                    "[r.rank, r.client_id, r.amount, r.orders, r.previous])",
+                                    "[r.rank, r.client_id, String(r.amount), r.orders, String(r.previous)])",
                                     [period.start.isoformat(), period.end.isoformat(), 20, currency, filters])
                 scale = Decimal(10) ** page.evaluate("() => JSON.parse(document.getElementById('dashboard-data')"
                                                      ".textContent).scale")
