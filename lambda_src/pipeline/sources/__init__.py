@@ -123,6 +123,16 @@ def reading_columns(source) -> tuple[dict[str, str], set[str]]:
     return columns, required
 
 
+def reading_types(source) -> dict[str, str]:
+    """The type of each column a reader reads that is not one of the table's: a statement's debit and credit
+    (money), each attribute (as declared); a workbook's number cells in them are worded as their type says."""
+    from pipeline.config import DEBIT_CREDIT
+
+    types = {c: "money" for c in DEBIT_CREDIT if c in source.columns}
+    types.update({f"attribute {name}": a.type for name, a in source.attribute_columns.items()})
+    return types
+
+
 def composed_headers(source) -> list[str]:
     """The source headers its compositions name, in order: '{Country}-{Month}' names Country and Month."""
     return list(dict.fromkeys(h for template in source.compose.values() for h in re.findall(r"\{([^{}]+)\}", template)))

@@ -248,9 +248,10 @@ def _xml_unescape(text: str) -> str:
 
 class ExcelReader:
     def __init__(self, *, path: Path, display: str, options: ReadOptions, columns: dict[str, str], table: Table,
-                 required: set[str], lane: excel_lane.LaneSource | None = None):
+                 required: set[str], lane: excel_lane.LaneSource | None = None, types: dict[str, str] | None = None):
         self.path, self.display, self.options = path, display, options
         self.columns, self.table, self.required = columns, table, required
+        self.types = types or {}  # the type of each read column that is not the table's (sources.reading_types)
         self.lane = lane  # what the handler's lane needs of the source; None: SQL types every row
 
     def _open(self) -> CalamineWorkbook:
@@ -364,6 +365,8 @@ class ExcelReader:
         for canonical, pos in mapping.items():  # a composed column's part or an attribute: read as it is written
             if canonical in self.table.column_names:
                 kinds[pos] = self.table.column(canonical).type
+            else:
+                kinds[pos] = self.types.get(canonical)
         return kinds
 
     def _calamine_sheet(self, workbook: CalamineWorkbook, name: str,

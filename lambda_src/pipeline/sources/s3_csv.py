@@ -85,7 +85,8 @@ class CsvTyping:
 
 class CsvReader:
     def __init__(self, *, path: Path, display: str, options: ReadOptions, columns: dict[str, str], table: Table,
-                 required: set[str], lane: csv_lane.LaneSource | None = None):
+                 required: set[str], lane: csv_lane.LaneSource | None = None, types: dict[str, str] | None = None):
+        # types: a CSV's values are text already, worded as the file has them (a workbook's need sources.reading_types)
         self.path, self.display, self.options = path, display, options
         self.columns, self.required, self.table = columns, required, table
         self.lane = lane  # what the handler's lane needs of the source; None: SQL types every row
