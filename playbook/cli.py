@@ -19,7 +19,8 @@ Command = Callable[[argparse.Namespace], int]
 COMMAND_MODULES: list[str] = ["playbook.warehouse", "playbook.reports.commands", "playbook.demo.commands",
                                "playbook.provision", "playbook.proxy", "playbook.runtime", "playbook.deploy",
                                "playbook.scheduler", "playbook.backfill", "playbook.chain",
-                               "playbook.demo.api_commands", "playbook.accuracy", "playbook.ingest"]
+                               "playbook.demo.api_commands", "playbook.accuracy", "playbook.ingest",
+                               "playbook.secret", "playbook.suggest"]
 
 
 def _print_json(data) -> None:
@@ -74,6 +75,12 @@ def cmd_config_check(args: argparse.Namespace) -> int:
 
     config = load_config(args.config)
     print(f"{config.company.name}: {len(config.sources)} sources ({', '.join(config.sources)}) - valid")
+    if args.target:  # and what its changes since the deployment need
+        from playbook.deploy import changes_needed
+        from playbook.targets import resolve_target
+
+        needs = changes_needed(resolve_target(args.target), config)
+        print("\n".join(needs) if needs else f"the deployment on {args.target} runs this configuration")
     return 0
 
 
@@ -108,8 +115,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     config = sub.add_parser("config", help="the company configuration")
     config_sub = config.add_subparsers(dest="action", required=True, metavar="ACTION")
-    p = config_sub.add_parser("check", help="validate a configuration file")
+    p = config_sub.add_parser("check", help="validate a configuration file (with --target: and name what its "
+                              "changes need, provision or deploy)")
     p.add_argument("--config", help="configuration file (default: $PLAYBOOK_CONFIG or playbook.yaml)")
+    p.add_argument("--target", choices=("local", "aws"), help="compare with the deployment on this target")
     p.set_defaults(func=cmd_config_check)
 
     for name in COMMAND_MODULES:

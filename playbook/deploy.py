@@ -21,6 +21,7 @@ import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit
 
 from playbook.errors import PlaybookError
@@ -157,3 +158,51 @@ def register_commands(subparsers) -> None:
     p.add_argument("--target", choices=["local", "aws"], default="local")
     p.add_argument("--config", help="configuration file (default: $PLAYBOOK_CONFIG or playbook.yaml)")
     p.set_defaults(func=cmd_deploy)
+
+
+# what a source's template is made of: a change to one of these needs `provision`, any other change `deploy`
+TEMPLATE_SETTINGS = ("kind", "table", "prefix", "schedule", "start_date", "api")
+
+
+def deployed_config(target) -> dict[str, Any] | None:
+    """The configuration the deployed functions read (at their PIPELINE_CONFIG_URI), None when none is deployed."""
+    import boto3
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    functions = pipeline_functions(target.outputs(parts=("storage", "pipeline")))
+    if not functions:
+        return None
+    try:
+        conf = boto3.client("lambda").get_function_configuration(FunctionName=functions[0])
+        uri = ((conf.get("Environment") or {}).get("Variables") or {}).get("PIPELINE_CONFIG_URI")
+        if not uri:
+            return None
+        parts = urlsplit(uri)
+        body = boto3.client("s3").get_object(Bucket=parts.netloc, Key=parts.path.lstrip("/"))["Body"].read()
+    except (BotoCoreError, ClientError):
+        return None
+    return json.loads(body)
+
+
+def changes_needed(target, config) -> list[str]:
+    """What the configuration changed since the deployment, each with the command it needs: a source added or
+    one whose schedule, prefix, kind or API changed needs `provision` (its function, schedule and permissions);
+    any other change `deploy` (the functions read the configuration they were given)."""
+    deployed = deployed_config(target)
+    if deployed is None:
+        return [f"nothing is deployed on {target}: run `playbook provision --target {target}`"]
+    now = config.model_dump(mode="json")
+    was = deployed.get("sources", {})
+    needs = []
+    for name, source in now["sources"].items():
+        if name not in was:
+            needs.append(f"source {name} is new since the last provisioning: run `playbook provision --target "
+                         f"{target}` (its function, schedule and permissions)")
+        elif changed := [k for k in TEMPLATE_SETTINGS if source.get(k) != was[name].get(k)]:
+            needs.append(f"source {name}: {', '.join(changed)} changed since the last provisioning: run "
+                         f"`playbook provision --target {target}`")
+    needs += [f"source {name} was removed from the configuration: run `playbook provision --target {target}`"
+              for name in was if name not in now["sources"]]
+    if not needs and now != deployed:
+        needs.append(f"the configuration changed since the last deploy: run `playbook deploy --target {target}`")
+    return needs

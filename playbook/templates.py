@@ -255,7 +255,9 @@ def jobs(config: PipelineConfig) -> list[Job]:
         if file_source:
             job.statements = [
                 {"Sid": "ReadOwnLandingPrefix", "Effect": "Allow",
-                 "Action": ["s3:GetObject", "s3:GetObjectVersion"], "Resource": _landing_arn(f"/{source.prefix}*")},
+                 "Action": ["s3:GetObject", "s3:GetObjectVersion"],
+                 # and a dry run's copy of a file (`playbook ingest --dry-run`), where no notification fires
+                 "Resource": [_landing_arn(f"/{source.prefix}*"), _landing_arn(f"/dry-run/{source.prefix}*")]},
                 {"Sid": "ListOwnLandingPrefix", "Effect": "Allow", "Action": "s3:ListBucket",
                  "Resource": _landing_arn(), "Condition": {"StringLike": {"s3:prefix": [f"{source.prefix}*"]}}},
             ]

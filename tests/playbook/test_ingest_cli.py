@@ -67,3 +67,90 @@ def test_on_aws_the_command_waits_for_the_batch_the_upload_started(pipeline_stac
     assert loaded["status"] == "ok" and loaded["summary"]["rows_inserted"] == 1
     failed = awaited_batch("sales", "landing/sales/awaited-bad.csv", since, timeout_s=5)
     assert failed["status"] == "error" and "never closes" in failed["error"]["errorMessage"]
+
+
+def counts(table_rows=("meta.batches", "meta.quarantine", "core.sales")) -> dict[str, int]:
+    import psycopg2
+
+    from playbook.database import database_url
+
+    conn = psycopg2.connect(database_url())
+    try:
+        with conn.cursor() as cur:
+            out = {}
+            for table in table_rows:
+                cur.execute(f"select count(*) from {table}")  # noqa: S608 - the tables named above
+                out[table] = cur.fetchone()[0]
+            return out
+    finally:
+        conn.close()
+
+
+def test_a_dry_run_reports_what_would_load_and_commits_nothing(pipeline_stack, tmp_path):
+    import boto3
+
+    order = f"SO-DRY-{uuid.uuid4().hex[:6]}"
+    path = tmp_path / f"{order}.csv"
+    path.write_text(HEADER + f"{order},1,2024-01-05,00042,Widget,2,10.50,21.00,GBP\n"
+                    + f"{order},2,2024-01-05,00042,Widget,1,10.50,12.3O,GBP\n"
+                    + f"{order},3,2024-13-05,00042,Widget,1,10.50,10.50,GBP\n"
+                    + f"{order},4,2024-01-05,00042,Widget,1,10.50,10.50,GBP\n")
+    before = counts()
+    result = playbook("ingest", "--dry-run", "sales", str(path))
+    assert result.returncode == 0, result.stderr
+    assert "nothing was committed" in result.stderr
+    out = json.loads(result.stdout)
+    run = out["dry_run"]
+    assert run["status"] == "dry_run" and (run["rows_read"], run["rows_inserted"], run["rows_quarantined"]) == (4, 2, 2)
+    assert run["amount_loaded"] == "31.50"
+    assert sum(r["rows"] for r in run["quarantine_reasons"]) == 2
+    examples = " ".join(e for r in run["quarantine_reasons"] for e in r["examples"])
+    assert "row 3: amount '12.3O' is not a number" in examples and "'2024-13-05'" in examples
+    assert counts() == before  # ledger, quarantine and core unchanged
+    dry = boto3.client("s3").list_objects_v2(Bucket=pipeline_stack["LandingBucketName"], Prefix="dry-run/")
+    assert dry.get("KeyCount", 0) == 0  # the dry run's copy is gone
+    # the real load afterwards is a first load, and refreshes the marts
+    loaded = json.loads(playbook("ingest", "sales", str(path)).stdout)
+    assert loaded["summary"]["results"][0]["rows_inserted"] == 2
+    assert "client_day_sales" in loaded["marts_refreshed"]
+
+
+def test_a_source_added_since_the_provisioning_is_named_with_the_command_to_run(pipeline_stack, tmp_path):
+    import yaml
+
+    from playbook.settings import DEFAULT_CONFIG
+
+    data = yaml.safe_load(DEFAULT_CONFIG.read_text())
+    data["sources"]["refunds"] = {**data["sources"]["sales"], "prefix": "landing/refunds/"}
+    data["sources"]["sales"]["description"] = "order lines, now described"
+    added = tmp_path / "added.yaml"
+    added.write_text(yaml.safe_dump(data))
+    check = playbook("config", "check", "--config", str(added), "--target", "local")
+    assert check.returncode == 0, check.stderr
+    assert "source refunds is new since the last provisioning: run `playbook provision --target local`" in check.stdout
+    path = tmp_path / "r.csv"
+    path.write_text(HEADER + "SO-R,1,2024-01-05,00042,Widget,1,1.00,1.00,GBP\n")
+    refused = playbook("ingest", "refunds", str(path), "--config", str(added))
+    assert refused.returncode == 2 and "run `playbook provision --target local`" in refused.stderr
+    del data["sources"]["refunds"]
+    described = tmp_path / "described.yaml"
+    described.write_text(yaml.safe_dump(data))
+    assert "changed since the last deploy: run `playbook deploy --target local`" in playbook(
+        "config", "check", "--config", str(described), "--target", "local").stdout
+    assert "runs this configuration" in playbook("config", "check", "--target", "local").stdout
+
+
+def test_an_api_credential_is_stored_from_standard_input_and_never_printed(pipeline_stack):
+    import boto3
+
+    secret = f"tok-{uuid.uuid4().hex}"
+    done = subprocess.run([sys.executable, "-m", "playbook", "secret", "set", "sales_api", "--config",
+                           "examples/business_api.yaml"], input=secret + "\n", capture_output=True, text=True,
+                          timeout=120, env={**os.environ, "PLAYBOOK_STACK_PREFIX": PREFIX})
+    assert done.returncode == 0, done.stderr
+    assert secret not in done.stdout + done.stderr
+    out = json.loads(done.stdout)
+    stored = boto3.client("secretsmanager").get_secret_value(SecretId=out["secret"])["SecretString"]
+    assert json.loads(stored) == {"token": secret}
+    window = playbook("ingest", "sales_api", "--from", "2024-01-01", "--config", "examples/business_api.yaml")
+    assert window.returncode == 2 and "give both --from and --to" in window.stderr

@@ -3,6 +3,11 @@
 Accepts S3 ObjectCreated notifications (one or many records), EventBridge S3 events, or an explicit
 {"bucket", "key"} (or {"objects": [...]}, as backfills send). Returns a JSON summary per object.
 
+A dry run (`{"bucket", "key", "dry_run": true}`, the object under `dry-run/` + the source's prefix, where no
+notification fires) reads and types the object as a load would and reports what would load, be quarantined
+(grouped by reason) or skipped, and the money, then rolls everything back: nothing in core, quarantine or the
+ledger.
+
 A scheduled firing (an event that names the source, `{"source": ..., "trigger": "schedule", ...}`, and no
 object) is a sweep: it lists the source's landing prefix and loads every object not committed yet (one the
 bucket's notification missed, or one that came by a channel without one), oldest first, within the
@@ -19,14 +24,14 @@ from decimal import Decimal
 
 import boto3
 
-from pipeline.attempts import attempted, describe
+from pipeline.attempts import Attempt, attempted, describe
 from pipeline.config import PipelineConfig
 from pipeline.db import connect
 from pipeline.loader import BatchLoad, Delivery, TimeBudgetExceeded, already_loaded
 from pipeline.logs import get_logger, log
 from pipeline.model import ROW_KEY, TABLES
 from pipeline.runtime_config import pipeline_config
-from pipeline.sources import LoadError, reading_columns
+from pipeline.sources import LoadError, reading_columns, reading_types
 from pipeline.sources.kinds import source_kind
 from pipeline.sources.lane import LaneSource
 from pipeline.sources.objects import ObjectRef, download, head, objects_in_event
@@ -53,7 +58,8 @@ def reader_for(delivery: Delivery, path):
         raise LoadError(f"{delivery.display}: a {cfg.kind} source does not take files")
     columns, required = reading_columns(cfg)
     return kind.reader_class()(path=path, display=delivery.display, options=cfg.read, columns=columns,
-                               table=TABLES[cfg.table], required=required, lane=handler_lane(cfg))
+                               table=TABLES[cfg.table], required=required, lane=handler_lane(cfg),
+                               types=reading_types(cfg))
 
 
 def handler_lane(cfg) -> LaneSource | None:
@@ -63,6 +69,81 @@ def handler_lane(cfg) -> LaneSource | None:
         return None
     currency = ("currency",) if "currency" in cfg.columns else ()
     return LaneSource(key=cfg.key, negatives=cfg.amounts == "signed", required=currency)
+
+
+DRY_RUN_PREFIX = "dry-run/"  # a dry run's object: dry-run/<the source's prefix><file name>
+
+
+class _Uncommitted:
+    """A connection whose commits do nothing: a dry run's batch, ledger row included, stays one transaction that
+    is rolled back at the end."""
+
+    def __init__(self, conn):
+        self._conn = conn
+
+    def commit(self) -> None:
+        pass
+
+    def __getattr__(self, name):
+        return getattr(self._conn, name)
+
+
+class DryRunAttempt:
+    """A dry run's attempt: its ledger row lives and dies in the rolled-back transaction; a failure is reported,
+    never recorded."""
+
+    def __init__(self, attempt):
+        self._attempt = attempt
+
+    def failed(self, exc: BaseException) -> None:
+        self._attempt.conn.rollback()
+
+    def __getattr__(self, name):
+        return getattr(self._attempt, name)
+
+
+def dry_run(conn, config: PipelineConfig, ref: ObjectRef, remaining) -> dict:
+    """What loading the object would do, rolled back whole (see the module)."""
+    if not ref.key.startswith(DRY_RUN_PREFIX):
+        raise LoadError(f"{ref.key}: a dry run reads an object under {DRY_RUN_PREFIX}<the source's prefix>")
+    try:
+        source, cfg = config.source_for_key(ref.key[len(DRY_RUN_PREFIX):])
+    except KeyError as exc:
+        raise LoadError(str(exc.args[0])) from None
+    ref = head(ref)
+    delivery = Delivery(source, cfg, cfg.kind, ref.uri, ref.key, object_key=ref.key, etag=ref.etag,
+                        version=ref.version)
+    with conn.cursor() as cur:  # the same bytes already loaded under the source's prefix: say so
+        cur.execute("select batch_id, object_key from meta.batches where source = %s and status = 'committed' "
+                    "and object_etag = %s order by batch_id desc limit 1", (source, ref.etag))
+        loaded = cur.fetchone()
+    conn.rollback()
+    quiet = _Uncommitted(conn)
+    attempt = Attempt(quiet, delivery, None, remaining)
+    reasons: list[dict] = []
+
+    def read_reasons(cur, batch_id: int) -> None:
+        cur.execute("select reason_code, count(*), (array_agg(reason order by source_row))[1:5] from meta.quarantine "
+                    "where batch_id = %s group by 1 order by 2 desc, 1", (batch_id,))
+        reasons.extend({"reason_code": code, "rows": n, "examples": examples} for code, n, examples in cur.fetchall())
+
+    path, delivery.sha256 = download(ref)
+    reader = None
+    try:
+        attempt.start()
+        reader = reader_for(delivery, path)
+        summary = BatchLoad(quiet, delivery, reader, config.company, DryRunAttempt(attempt), remaining,
+                            before_commit=read_reasons).run(COMMIT_MARGIN_S)
+    finally:
+        conn.rollback()
+        if reader is not None and hasattr(reader, "close"):
+            reader.close()
+        path.unlink(missing_ok=True)
+    if summary["status"] == "already_loaded":  # these very bytes under this dry-run key: nothing to add
+        return {"status": "dry_run", "source": source, "ref": ref.uri, "already_loaded": summary["batch_id"]}
+    summary = {k: v for k, v in summary.items() if k != "batch_id"}
+    return {**summary, "status": "dry_run", "quarantine_reasons": reasons,
+            "loaded_before": {"batch_id": loaded[0], "key": loaded[1]} if loaded else None}
 
 
 def ingest(conn, config: PipelineConfig, ref: ObjectRef, remaining, request_id: str | None = None) -> dict:
@@ -186,7 +267,8 @@ def handler(event: dict, context=None) -> dict:
             return json_ready(summary)
         for ref in objects_in_event(event):
             try:
-                result = ingest(conn, config, ref, remaining, request_id)
+                result = (dry_run(conn, config, ref, remaining) if event.get("dry_run") else
+                          ingest(conn, config, ref, remaining, request_id))
             except Exception as exc:  # noqa: BLE001 - every failure is this object's outcome, in the ledger too
                 reason = describe(exc, ref.key)
                 result = {"status": "failed", "ref": f"s3://{ref.bucket}/{ref.key}", "error": reason,
