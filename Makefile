@@ -25,9 +25,11 @@ $(TOOLS_STAMP): requirements-tools.txt
 
 tools: $(TOOLS_STAMP)
 
-## Debian packages the proxy and the browser tests use (nginx with the stream module, chromium).
+## Debian packages the proxy and the browser tests use (nginx with the stream module, chromium), and the
+## Node.js tools (Stoplight Prism, the OpenAPI mock server) in node_modules/.
 system-deps:
 	bash scripts/system-deps.sh
+	bash scripts/node-deps.sh
 
 ## The main job: local stack up, then the whole pipeline on the demo company; reports under reports/.
 demo: install
