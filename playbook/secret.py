@@ -3,7 +3,9 @@
 The value is typed at a hidden prompt (or piped on standard input), never given as an argument, so it is in no
 shell history, no log, no state file and no output: the command prints the secret's name and ARN only. Its
 JSON holds what the source's `api.auth.type` needs (pipeline.config ApiAuth): `token` (bearer), `api_key`
-(api_key_header, api_key_query), or `username` and `password` (basic).
+(api_key_header, api_key_query), `username` and `password` (basic), `client_id` and `client_secret`
+(oauth2_client_credentials), and with them the `refresh_token` (oauth2_refresh_token), which the function
+rotates in place.
 """
 
 from __future__ import annotations
@@ -18,7 +20,8 @@ from playbook.errors import PlaybookError
 
 # what each authentication type reads from its secret, in the order it is asked for
 FIELDS = {"bearer": ("token",), "api_key_header": ("api_key",), "api_key_query": ("api_key",),
-          "basic": ("username", "password")}
+          "basic": ("username", "password"), "oauth2_client_credentials": ("client_id", "client_secret"),
+          "oauth2_refresh_token": ("client_id", "client_secret", "refresh_token")}
 
 
 def secret_name(config, source: str) -> tuple[str, tuple[str, ...]]:

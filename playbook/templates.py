@@ -252,6 +252,9 @@ def jobs(config: PipelineConfig) -> list[Job]:
                 "arn:${AWS::Partition}:secretsmanager:${AWS::Region}:${AWS::AccountId}:secret:" + secret + "-??????")
             job.statements = [{"Sid": "ReadOwnApiSecret", "Effect": "Allow", "Action": "secretsmanager:GetSecretValue",
                                "Resource": {"Fn::Sub": arn}}]
+            if api.auth.type == "oauth2_refresh_token":  # a rotated refresh token is written back before use
+                job.statements.append({"Sid": "RotateOwnRefreshToken", "Effect": "Allow",
+                                       "Action": "secretsmanager:PutSecretValue", "Resource": {"Fn::Sub": arn}})
         if file_source:
             job.statements = [
                 {"Sid": "ReadOwnLandingPrefix", "Effect": "Allow",

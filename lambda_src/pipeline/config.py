@@ -141,7 +141,22 @@ class ApiResource(Strict):
     path: str = Field(description="path under base_url, e.g. /v1/invoices")
     params: dict[str, str] = Field(default_factory=dict, description="query parameters sent with every request")
     records: str = Field("", description="dotted path to the list of records in the JSON body, e.g. data.items; "
-                                         "empty when the body is the list itself")
+                                         "empty when the body is the list itself; `[]` after a step expands a "
+                                         "list of lists into rows, e.g. Invoices[].LineItems[] (one row per line, "
+                                         "its invoice reached from columns as ^.InvoiceNumber)")
+
+    @field_validator("records")
+    @classmethod
+    def _records_path(cls, value: str) -> str:
+        steps = value.removesuffix("[]").split("[].") if "[]" in value else [value]
+        # the first step may be empty: the body itself is the list ([].LineItems[])
+        if "[]" in value and (not value.endswith("[]") or steps == [""] or any(
+                not s or "[]" in s for s in steps[1:]) or "[]" in steps[0]):
+            raise ValueError(f"{value!r}: write nested lists as Parent[].Child[] (each step a dotted path, each "
+                             "followed by [])")
+        if any(s.startswith(".") or s.endswith(".") for s in steps if s):
+            raise ValueError(f"{value!r} is not a dotted path such as data.items")
+        return value
 
     @field_validator("path")
     @classmethod
@@ -153,13 +168,21 @@ class ApiResource(Strict):
 
 class ApiAuth(Strict):
     """How requests authenticate. The credential lives in Secrets Manager, never here: `secret` is its name or ARN
-    and the secret's JSON holds `token` (bearer), `api_key` (api_key_header, api_key_query) or `username` and
-    `password` (basic)."""
+    and the secret's JSON holds `token` (bearer), `api_key` (api_key_header, api_key_query), `username` and
+    `password` (basic), `client_id` and `client_secret` (oauth2_client_credentials), or those and the current
+    `refresh_token` (oauth2_refresh_token: the API gives a new one at every use, which is written back to the
+    secret before the access token is used)."""
 
-    type: Literal["bearer", "api_key_header", "api_key_query", "basic", "none"]
+    type: Literal["bearer", "api_key_header", "api_key_query", "basic", "oauth2_client_credentials",
+                  "oauth2_refresh_token", "none"]
     secret: str | None = Field(None, description="Secrets Manager secret name or ARN, e.g. playbook/api/business")
     header: str = Field("X-API-Key", description="header that carries the key (api_key_header)")
     param: str = Field("api_key", description="query parameter that carries the key (api_key_query)")
+    token_url: str | None = Field(None, description="OAuth 2.0 token endpoint, e.g. https://identity.xero.com/"
+                                                    "connect/token (oauth2_*)")
+    scope: str | None = Field(None, description="scopes asked for, space-separated (oauth2_client_credentials)")
+    client_auth: Literal["basic", "body"] = Field("basic", description="how the client id and secret go to the "
+                                                                       "token endpoint: HTTP Basic or form fields")
 
     @model_validator(mode="after")
     def _secret_named(self) -> ApiAuth:
@@ -167,6 +190,13 @@ class ApiAuth(Strict):
             raise ValueError(f"secret: {self.type} authentication needs the Secrets Manager secret that holds it")
         if self.type == "none" and self.secret:
             raise ValueError("secret: authentication type none takes no secret")
+        oauth = self.type.startswith("oauth2_")
+        if oauth and not self.token_url:
+            raise ValueError(f"token_url: {self.type} authentication needs the API's token endpoint")
+        if not oauth and self.token_url:
+            raise ValueError(f"token_url: only OAuth 2.0 authentication takes a token endpoint, not {self.type}")
+        if self.token_url and not re.match(r"^https?://[^/\s?#]+(/[^\s#]*)?$", self.token_url):
+            raise ValueError(f"token_url: {self.token_url!r} is not an http(s) URL")
         return self
 
 
@@ -191,13 +221,46 @@ class ApiPagination(Strict):
 
 
 class ApiIncremental(Strict):
-    """The window each run asks for: records changed since `from` (and before `to`, when the API takes it)."""
+    """The window each run asks for: records changed since `from` (and before `to`, when the API takes it), as
+    query parameters (`from_param`, `to_param`), as templated parameters (`params`) or as a header (`header`)."""
 
-    from_param: str = Field(description="e.g. updated_since, or from for a date window")
+    from_param: str | None = Field(None, description="e.g. updated_since, or from for a date window")
     to_param: str | None = Field(None, description="e.g. to; none for an updated-since API")
     format: Literal["date", "datetime"] = Field("datetime", description="date: YYYY-MM-DD; datetime: ISO 8601 UTC")
+    params: dict[str, str] = Field(default_factory=dict, description=(
+        "query parameters written from the window: {from:FORMAT} and {to:FORMAT} (strftime, in UTC) are the "
+        "window's ends, e.g. where: 'UpdatedDateUTC>=DateTime({from:%Y,%m,%d})'; {from} alone is ISO 8601"))
+    header: str | None = Field(None, description="a header that carries the window's start as an HTTP date, "
+                                                 "e.g. If-Modified-Since")
     initial_from: str | None = Field(None, description="start of the very first window (ISO date or time); by "
                                                        "default one schedule period before the first run")
+
+    @model_validator(mode="after")
+    def _some_window(self) -> ApiIncremental:
+        if not (self.from_param or self.params or self.header):
+            raise ValueError("an incremental window needs from_param, params or header")
+        for name, template in self.params.items():
+            for field, fmt in re.findall(r"\{(\w+)(?::([^{}]*))?\}", template):
+                if field not in ("from", "to"):
+                    raise ValueError(f"params.{name}: {{{field}}} is not a window end; use {{from}} or {{to}}")
+                if fmt and "%" not in fmt:
+                    raise ValueError(f"params.{name}: {fmt!r} after {field}: is not a strftime format "
+                                     "such as %Y-%m-%d")
+        return self
+
+
+API_DATE_FORMATS = ("iso", "ms_json", "epoch_s", "epoch_ms")
+
+
+class ApiRateLimit(Strict):
+    """Call limits the API announces in its response headers, respected across pages and invocations."""
+
+    remaining_header: str = Field("X-Rate-Limit-Remaining", description="calls left in the current period")
+    reset_header: str | None = Field("X-Rate-Limit-Reset", description="when the period ends")
+    reset: Literal["seconds", "epoch", "http_date"] = Field("seconds", description="how reset_header is written: "
+                                                            "seconds from now, epoch seconds or an HTTP date")
+    keep: int = Field(0, ge=0, le=10_000, description="calls left untouched for other users of the API")
+    max_wait_s: float = Field(120, ge=0, le=900, description="a longer wait for the limit stops the run instead")
 
 
 class ApiRetry(Strict):
@@ -221,6 +284,20 @@ class ApiOptions(Strict):
     max_pages: int = Field(1_000, ge=1, le=1_000_000, description="a window needing more pages fails")
     reserve_s: float = Field(30, ge=6, le=600, description="fetching stops when fewer seconds are left before the "
                                                            "function's timeout; the complete pages commit")
+    formats: dict[str, str] = Field(default_factory=dict, description=(
+        "how a column's dates or times are written: iso (ISO 8601, with or without an offset), ms_json "
+        "(/Date(1539993600000+0000)/), epoch_s, epoch_ms, or a strftime pattern such as %d/%m/%Y; a value "
+        "that does not fit is quarantined"))
+    rate_limit: ApiRateLimit | None = None
+
+    @field_validator("formats")
+    @classmethod
+    def _known_formats(cls, value: dict[str, str]) -> dict[str, str]:
+        for column, fmt in value.items():
+            if fmt not in API_DATE_FORMATS and "%" not in fmt:
+                raise ValueError(f"{column}: {fmt!r} is not a date format; use {', '.join(API_DATE_FORMATS)} or a "
+                                 "strftime pattern such as %d/%m/%Y")
+        return value
 
     @field_validator("base_url")
     @classmethod

@@ -10,6 +10,17 @@ the file generator draws. It offers every pagination style a real API uses, chos
 Money is written as exact decimals (12.30, never 12.3 or 12.299999). Requests authenticate with the token
 as a Bearer token, an X-API-Key header, an api_key query parameter or Basic (user `playbook`); anything
 else is a 401. Faults can be switched on for tests and demos (see FAULTS).
+
+It also plays an accounting system the way Xero serves one:
+
+    POST /oauth/token        OAuth 2.0: grant_type=client_credentials (client `playbook-client`, the token as
+                             its secret) or grant_type=refresh_token; every refresh token works once and its
+                             use gives a new one (a reused or revoked one is invalid_grant)
+    GET /v2/Invoices?page=&where=UpdatedDateUTC>=DateTime(2024,01,01)&&UpdatedDateUTC<DateTime(...)
+                             (or If-Modified-Since): {"Invoices": [{..., "LineItems": [...]}]}, 100 invoices a
+                             page, dates as /Date(ms+0000)/, the Xero-Tenant-Id header required; with
+                             rate_limit=(calls, period_s) every answer says X-Rate-Limit-Remaining and
+                             X-Rate-Limit-Reset (seconds), and a call over the limit is a 429 with Retry-After
 """
 
 from __future__ import annotations
@@ -19,12 +30,14 @@ import binascii
 import bisect
 import hmac
 import json
+import math
+import re
 import secrets
 import threading
 import time
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
-from email.utils import format_datetime
+from email.utils import format_datetime, parsedate_to_datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, urlencode, urlsplit
 
@@ -38,8 +51,12 @@ FAULTS = {
     "html": "status 200 with an HTML maintenance page instead of JSON",
     "repeat_cursor": "paging never advances: the same cursor, next URL or page comes back",
     "runaway": "paging never ends: every page is full and points to another",
+    "bad_date": "the first invoice of every page has its Date as ISO text instead of /Date(...)/",
 }
 BASIC_USER = "playbook"
+CLIENT_ID = "playbook-client"
+TENANT_ID = "0d2e6b0c-northwind"
+INVOICE_PAGE = 100
 MAX_PAGE_SIZE = 1000
 
 
@@ -77,6 +94,42 @@ def _orders(company: Company) -> Resource:
             ("line_total", _money(int(amount))), ("currency", '"GBP"'), ("updated_at", json.dumps(updated))])))
     rows.sort(key=lambda r: r[:3])
     return Resource([r[0] for r in rows], [r[3] for r in rows], "order_id")
+
+
+def _ms_json(moment: datetime) -> str:
+    return f"/Date({int(moment.timestamp() * 1000)}+0000)/"
+
+
+def _invoices(company: Company) -> tuple[list[float], list[str]]:
+    """The order lines as invoices with their lines, Xero's way: (updated epoch seconds, JSON) by update time."""
+    s = company.sales
+    orders: dict[int, dict] = {}
+    for order_no, line_no, day, client, product, qty, price, amount in zip(
+            s["order_no"], s["line_no"], s["order_date"].to_numpy().astype("datetime64[D]").astype(str), s["client_id"],
+            s["product"], s["quantity"], s["unit_price"], s["amount"], strict=True):
+        order = orders.setdefault(int(order_no), {"day": day, "client": client, "lines": []})
+        order["lines"].append((int(line_no), _obj([
+            ("LineItemID", json.dumps(f"li-{int(order_no)}-{int(line_no)}")), ("ItemCode", json.dumps(product)),
+            ("Description", json.dumps(product)), ("Quantity", str(int(qty))), ("UnitAmount", _money(int(price))),
+            ("LineAmount", _money(int(amount)))])))
+    rows = []
+    for order_no, order in orders.items():
+        midnight = datetime.fromisoformat(order["day"]).replace(tzinfo=UTC)
+        updated = midnight.replace(hour=17)
+        lines = [text for _, text in sorted(order["lines"])]
+        rows.append((updated.timestamp(), order_no, _obj([
+            ("InvoiceID", json.dumps(f"inv-{order_no}")), ("Type", '"ACCREC"'),
+            ("InvoiceNumber", json.dumps(f"SO-{order_no:07d}")),
+            ("Contact", _obj([("ContactNumber", json.dumps(order["client"]))])),
+            ("Date", json.dumps(_ms_json(midnight))),
+            ("DateString", json.dumps(midnight.strftime("%Y-%m-%dT%H:%M:%S"))),
+            ("CurrencyCode", '"GBP"'), ("LineItems", "[" + ", ".join(lines) + "]"),
+            ("UpdatedDateUTC", json.dumps(_ms_json(updated)))])))
+    rows.sort(key=lambda r: r[:2])
+    return [r[0] for r in rows], [r[2] for r in rows]
+
+
+_WHERE = re.compile(r"UpdatedDateUTC\s*(>=|<)\s*DateTime\((\d{4}),\s*(\d{1,2}),\s*(\d{1,2})\)")
 
 
 def _costs(company: Company) -> Resource:
@@ -133,8 +186,19 @@ class BusinessApi:
         company = company or build_company(DEFAULT_SEED, DEFAULT_END)
         self.resources = {"/v1/orders": (_orders(company), ("updated_since", "updated_before"), False),
                           "/v1/costs": (_costs(company), ("from", "to"), True)}
+        self.invoices = _invoices(company)
         self.token = token or secrets.token_urlsafe(24)
         self.faults = Faults(dict(faults or {}), slow_s, retry_after_s)
+        # OAuth 2.0: the refresh token that works now, those spent (each use logged), live access tokens
+        self.oauth_lock = threading.Lock()
+        self.refresh_token = secrets.token_urlsafe(24)
+        self.spent_refresh_tokens: list[str] = []
+        self.access_tokens: dict[str, float] = {}  # token -> expires at (epoch seconds)
+        self.token_ttl_s = 1800
+        self.token_delay_s = 0.0  # how long a refresh takes: two at once overlap
+        self.grants: list[tuple[str, int]] = []  # (grant type, status) of every token request
+        self.rate_limit: tuple[int, float] | None = None  # (calls, period seconds) on /v2/
+        self._calls: list[float] = []
         self.log: list[tuple[str, int]] = []  # (path with query, status) of every request answered
         self.quiet = quiet
         self._http = ThreadingHTTPServer((host, port), self._handler_class())
@@ -163,6 +227,21 @@ class BusinessApi:
     def clear_faults(self) -> None:
         self.faults.active.clear()
         self._restart_page_count()
+        self.rate_limit = None
+        self._calls.clear()
+
+    def revoke(self) -> None:
+        """The company disconnected the app: the refresh token and every access token stop working."""
+        with self.oauth_lock:
+            self.spent_refresh_tokens.append(self.refresh_token)
+            self.refresh_token = secrets.token_urlsafe(24)
+            self.access_tokens.clear()
+
+    def new_refresh_token(self) -> str:
+        """A fresh authorisation (what the consultant's consent flow gives): its refresh token."""
+        with self.oauth_lock:
+            self.refresh_token = secrets.token_urlsafe(24)
+            return self.refresh_token
 
     def start(self) -> BusinessApi:
         self._thread = threading.Thread(target=self._http.serve_forever, name="business-api", daemon=True)
@@ -200,14 +279,110 @@ class BusinessApi:
                 user, password = "", ""
             if user == BASIC_USER:
                 candidates.append(password)
-        return any(c and hmac.compare_digest(c.encode(), self.token.encode()) for c in candidates)
+        if any(c and hmac.compare_digest(c.encode(), self.token.encode()) for c in candidates):
+            return True
+        with self.oauth_lock:
+            return given.startswith("Bearer ") and self.access_tokens.get(given[7:], 0) > time.time()
 
-    def answer(self, method: str, target: str, headers) -> tuple[int, dict[str, str], bytes]:
+    def _token(self, headers, body: bytes) -> tuple[int, dict[str, str], bytes]:
+        """POST /oauth/token: client credentials or a refresh token, each refresh token good for one use."""
+        form = {k: v[-1] for k, v in parse_qs(body.decode("utf-8", "replace"), keep_blank_values=True).items()}
+        client_id, client_secret = form.get("client_id", ""), form.get("client_secret", "")
+        given = headers.get("Authorization", "")
+        if given.startswith("Basic "):
+            try:
+                client_id, _, client_secret = base64.b64decode(given[6:]).decode().partition(":")
+            except (binascii.Error, UnicodeDecodeError):
+                client_id, client_secret = "", ""
+        grant = form.get("grant_type", "")
+
+        def error(status: int, code: str) -> tuple[int, dict[str, str], bytes]:
+            self.grants.append((grant, status))
+            return status, {}, json.dumps({"error": code}).encode()
+
+        if client_id != CLIENT_ID or not hmac.compare_digest(client_secret.encode(), self.token.encode()):
+            return error(401, "invalid_client")
+        with self.oauth_lock:
+            if grant == "refresh_token":
+                presented = form.get("refresh_token", "")
+                time.sleep(self.token_delay_s)
+                if not hmac.compare_digest(presented.encode(), self.refresh_token.encode()):
+                    self.spent_refresh_tokens.append(presented)
+                    return error(400, "invalid_grant")
+                self.spent_refresh_tokens.append(presented)
+                self.refresh_token = secrets.token_urlsafe(24)
+                extra = {"refresh_token": self.refresh_token}
+            elif grant == "client_credentials":
+                extra = {}
+            else:
+                return error(400, "unsupported_grant_type")
+            access = secrets.token_urlsafe(24)
+            self.access_tokens[access] = time.time() + self.token_ttl_s
+        self.grants.append((grant, 200))
+        return 200, {}, json.dumps({"access_token": access, "token_type": "Bearer", "expires_in": self.token_ttl_s,
+                                    **extra}).encode()
+
+    def _limited(self) -> tuple[int | None, dict[str, str]]:
+        """The call limit on /v2/: a 429's status (None when the call is allowed) and the headers that say it."""
+        if self.rate_limit is None:
+            return None, {}
+        calls, period = self.rate_limit
+        now = time.time()
+        with self.faults.lock:
+            if self._calls and now - self._calls[0] >= period:
+                self._calls.clear()  # a new period starts with its first call
+            start = self._calls[0] if self._calls else now
+            reset = str(max(1, math.ceil(start + period - now)))
+            if len(self._calls) >= calls:
+                return 429, {"Retry-After": reset, "X-Rate-Limit-Remaining": "0", "X-Rate-Limit-Reset": reset}
+            self._calls.append(now)
+            left = calls - len(self._calls)
+        return None, {"X-Rate-Limit-Remaining": str(left), "X-Rate-Limit-Reset": reset}
+
+    def _invoice_page(self, q: dict[str, str], headers) -> tuple[int, dict[str, str], bytes]:
+        if headers.get("Xero-Tenant-Id") != TENANT_ID:
+            return 403, {}, b'{"error": "the Xero-Tenant-Id header names no organisation this app may read"}'
+        updated, bodies = self.invoices
+        lo, hi = 0, len(updated)
+        for op, y, m, d in _WHERE.findall(q.get("where", "")):
+            at = bisect.bisect_left(updated, datetime(int(y), int(m), int(d), tzinfo=UTC).timestamp())
+            lo, hi = (max(lo, at), hi) if op == ">=" else (lo, min(hi, at))
+        since = headers.get("If-Modified-Since")
+        if since:
+            try:
+                lo = max(lo, bisect.bisect_left(updated, parsedate_to_datetime(since).timestamp()))
+            except (TypeError, ValueError):
+                raise ValueError(f"If-Modified-Since {since!r} is not an HTTP date") from None
+        page = int(q.get("page") or 1)
+        if page < 1:
+            raise ValueError("page must be 1 or more")
+        start = lo + (page - 1) * INVOICE_PAGE
+        items = list(bodies[start:min(hi, start + INVOICE_PAGE)])
+        if items and self.faults.take("bad_date"):
+            items[0] = re.sub(r'"Date": "/Date\((\d+)\+0000\)/"', lambda m: '"Date": "' + datetime.fromtimestamp(
+                int(m.group(1)) / 1000, UTC).strftime("%Y-%m-%d") + '"', items[0], count=1)
+        return 200, {}, _obj([("Id", json.dumps(secrets.token_hex(8))), ("Status", '"OK"'),
+                              ("Invoices", "[" + ", ".join(items) + "]")]).encode()
+
+    def answer(self, method: str, target: str, headers, body: bytes = b"") -> tuple[int, dict[str, str], bytes]:
         generation = self._generation
         parts = urlsplit(target)
         query = {k: v[-1] for k, v in parse_qs(parts.query, keep_blank_values=True).items()}
         if self.faults.take("slow"):
             time.sleep(self.faults.slow_s)
+        if parts.path == "/oauth/token" and method == "POST":
+            return self._token(headers, body)
+        if parts.path == "/v2/Invoices" and method == "GET":
+            if not self._authorized(headers, query):
+                return 401, {"WWW-Authenticate": 'Bearer realm="accounting"'}, b'{"error": "unauthorized"}'
+            status, limit_headers = self._limited()
+            if status is not None:
+                return status, limit_headers, b'{"error": "rate limit exceeded"}'
+            try:
+                status, extra, page = self._invoice_page(query, headers)
+            except ValueError as exc:
+                return 400, limit_headers, json.dumps({"error": str(exc)}).encode()
+            return status, {**limit_headers, **extra}, page
         if not self._authorized(headers, query):
             return 401, {"WWW-Authenticate": 'Bearer realm="business-api"'}, b'{"error": "unauthorized"}'
         if parts.path not in self.resources or method != "GET":
@@ -308,7 +483,9 @@ class BusinessApi:
                 self._answer("POST")
 
             def _answer(self, method: str) -> None:
-                status, headers, body = api.answer(method, self.path, self.headers)
+                length = int(self.headers.get("Content-Length") or 0)
+                sent = self.rfile.read(length) if length else b""
+                status, headers, body = api.answer(method, self.path, self.headers, sent)
                 api.log.append((self.path, status))
                 try:
                     self.send_response(status)

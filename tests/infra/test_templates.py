@@ -335,6 +335,14 @@ def test_a_rest_api_source_gets_the_api_handler_and_no_notification():
     statements = template["Resources"]["IngestCrmApiRole"]["Properties"]["Policies"][0]["PolicyDocument"]["Statement"]
     (api_secret,) = [s for s in statements if s["Sid"] == "ReadOwnApiSecret"]
     assert api_secret["Resource"]["Fn::Sub"].endswith(":secret:playbook/api/crm-??????")
+    assert not [s for s in statements if s["Action"] == "secretsmanager:PutSecretValue"]  # a bearer token: read only
+    # a rotating refresh token is written back, to its own secret only
+    data["sources"]["crm_api"]["api"]["auth"] = {"type": "oauth2_refresh_token", "secret": "playbook/api/crm",
+                                                 "token_url": "https://login.example.com/token"}
+    template = render_pipeline(parse_config(data))
+    statements = template["Resources"]["IngestCrmApiRole"]["Properties"]["Policies"][0]["PolicyDocument"]["Statement"]
+    (rotate,) = [s for s in statements if s["Action"] == "secretsmanager:PutSecretValue"]
+    assert rotate["Resource"]["Fn::Sub"].endswith(":secret:playbook/api/crm-??????")
 
 
 def test_network_spans_two_azs_without_hard_coding_them(templates):

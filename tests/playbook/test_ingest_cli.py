@@ -154,3 +154,17 @@ def test_an_api_credential_is_stored_from_standard_input_and_never_printed(pipel
     assert json.loads(stored) == {"token": secret}
     window = playbook("ingest", "sales_api", "--from", "2024-01-01", "--config", "examples/business_api.yaml")
     assert window.returncode == 2 and "give both --from and --to" in window.stderr
+
+
+def test_an_oauth_refresh_token_is_stored_with_its_client(pipeline_stack):
+    import boto3
+
+    values = ["client-1", f"secret-{uuid.uuid4().hex}", f"refresh-{uuid.uuid4().hex}"]
+    done = subprocess.run([sys.executable, "-m", "playbook", "secret", "set", "invoices_api", "--config",
+                           "examples/accounting_api.yaml"], input="\n".join(values) + "\n", capture_output=True,
+                          text=True, timeout=120, env={**os.environ, "PLAYBOOK_STACK_PREFIX": PREFIX})
+    assert done.returncode == 0, done.stderr
+    assert not any(v in done.stdout + done.stderr for v in values[1:])
+    stored = boto3.client("secretsmanager").get_secret_value(SecretId=json.loads(done.stdout)["secret"])
+    assert json.loads(stored["SecretString"]) == dict(zip(("client_id", "client_secret", "refresh_token"), values,
+                                                          strict=True))

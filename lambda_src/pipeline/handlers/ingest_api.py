@@ -9,7 +9,9 @@ The source comes from the event's `source`, else from PIPELINE_SOURCE (or SOURCE
 
 The cursor lives in meta.source_state and is written by the batch's own transaction, so it advances only
 when the batch commits. When the time budget runs short, fetching stops at a page boundary, the complete
-pages commit, and the state says where the next invocation resumes the same window.
+pages commit, and the state says where the next invocation resumes the same window. When the API's call limit
+needs a longer wait than the budget allows, the batch fails whole (nothing of the window commits, the cursor
+stays) with the time the API takes calls again.
 """
 
 from __future__ import annotations
@@ -28,10 +30,11 @@ from pipeline.config import PipelineConfig, SourceConfig
 from pipeline.db import connect
 from pipeline.loader import BatchLoad, Delivery, TimeBudgetExceeded
 from pipeline.logs import get_logger, log
+from pipeline.model import TABLES
 from pipeline.runtime_config import pipeline_config
 from pipeline.schedules import schedule_period
-from pipeline.sources import LoadError, reading_columns
-from pipeline.sources.rest_api import ApiReader
+from pipeline.sources import LoadError, reading_columns, reading_types
+from pipeline.sources.rest_api import ApiReader, pg_refresh_lock
 
 logger = get_logger("pipeline.ingest_api")
 ENV_SOURCE = "PIPELINE_SOURCE"
@@ -135,7 +138,11 @@ def ingest_window(conn, config: PipelineConfig, name: str, source: SourceConfig,
     if remaining() < source.api.reserve_s:
         raise TimeBudgetExceeded(f"{name}: less than api.reserve_s ({source.api.reserve_s:g} s) left to start")
     columns, required = reading_columns(source)
-    reader = ApiReader(name, source.api, columns, required, plan.window, plan.resume, remaining)
+    # an OAuth refresh token is spent under a PostgreSQL advisory lock on this connection (idle while the API is
+    # read), so two runs of the source never spend the same one
+    types = {c.name: c.type for c in TABLES[source.table].columns} | reading_types(source)
+    reader = ApiReader(name, source.api, columns, required, plan.window, plan.resume, remaining,
+                       lock=pg_refresh_lock(conn), types=types)
     delivery = Delivery(name, source, source.kind, reader.ref, reader.display, window=plan.window)
 
     def save_state(cur, batch_id: int) -> None:
@@ -158,7 +165,9 @@ def ingest_window(conn, config: PipelineConfig, name: str, source: SourceConfig,
                            before_commit=save_state).run(COMMIT_MARGIN_S)
     return {"source": name, "window": {"from": plan.window[0].isoformat(), "to": plan.window[1].isoformat()},
             "pages": reader.pages, "records": len(reader.rows), "requests": reader.client.requests,
-            "retries": reader.client.retries, "complete": reader.complete, "resumed": plan.resume is not None,
+            "retries": reader.client.retries, "waited_for_limit_s": round(reader.client.waited_s, 3),
+            "quarantined_by_reader": len(reader.rejects), "complete": reader.complete,
+            "resumed": plan.resume is not None,
             "stopped_for_time": reader.stopped_for_time, "batch": result, "resume": new_state.get("pending"),
             "state": new_state}
 
