@@ -662,7 +662,9 @@ def _natural_key(table_name: str, mapping: Mapping) -> tuple[list[str] | None, G
         for combo in itertools.combinations(candidates, size):
             values = list(zip(*(mapping.columns[c].values for c in combo), strict=False))
             keys = {tuple(_key_text(v) for v in r) for r in values}
-            if values and len(keys) == len(values):
+            # dates alone never make a key: a second sale on a day would replace the first
+            dated_only = all(table.column(c).type == "date" for c in combo)
+            if values and len(keys) == len(values) and not dated_only:
                 headers = ", ".join(repr(mapping.columns[c].header) for c in combo)
                 return list(combo), Guess("natural_key", list(combo), 0.7 if size == 1 else 0.5,
                                           f"{headers} tell{'s' if size == 1 else ''} the {len(values)} sampled rows "

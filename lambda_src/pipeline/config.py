@@ -447,6 +447,9 @@ class SourceConfig(Strict):
             raise ValueError(f"prefix: a {self.kind} source needs the landing prefix its files arrive under")
         if self.delivers == "api" and self.api is None:
             raise ValueError(f"api: a {self.kind} source needs its api options (base_url, resource, auth, pagination)")
+        if self.delivers == "api" and self.load == "snapshot":  # a window, cut short or incremental, is no snapshot
+            raise ValueError("load: an API source delivers windows (cut short by time, or only what changed), never "
+                             "its whole truth for their dates: use merge")
         if self.delivers != "api" and self.api is not None:
             api_kinds = " or ".join(k.name for k in KINDS.values() if k.delivers == "api")
             raise ValueError(f"api: only a {api_kinds} source takes api options, not a {self.kind} source")

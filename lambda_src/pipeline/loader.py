@@ -340,7 +340,7 @@ class BatchLoad(TypedInHandler, ReExports, SettledReading):
             "then {hash} end as _row_hash) h").format(
             cols=identifiers(kept), sheet=sql.Literal(sheet.name), select=select,
             hash=sql.SQL("s._h") if hashed else row_hash(self.table, names, attributes),
-            key=key_text(list(self.delivery.config.key), sheet.name),
+            key=key_text(list(self.delivery.config.key), sheet.name, self.delivery.object_key or self.delivery.ref),
             scols=sql.SQL(", ").join(sql.SQL("s.{}").format(sql.Identifier(n)) for n in kept)))
 
     def _quarantine(self, cur, sheet: RawSheet, mapped: list[Mapped]) -> None:
@@ -608,6 +608,12 @@ class BatchLoad(TypedInHandler, ReExports, SettledReading):
         back. Returns how many were marked, and their money."""
         t = self.table
         target = sql.Identifier("core", t.name)
+        cur.execute("select count(*) from typed where _row_hash is null")
+        rejected = cur.fetchone()[0]
+        if rejected:  # a rejected row may be one still held: nothing is marked deleted on its word
+            self.plan["snapshot"] = (f"{rejected} rows were quarantined, any of which may be a row still held: "
+                                     "no row is marked deleted at source by this delivery")
+            return 0, 0 if t.amount else None
         span = sql.SQL("true")
         if t.date:
             cur.execute(sql.SQL("select min({d}), max({d}) from typed where _row_hash is not null").format(

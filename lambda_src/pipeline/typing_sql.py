@@ -323,12 +323,13 @@ def typed_select(table: Table, mapped: list[Mapped], reading: Reading | ReadOpti
              norms=sql.SQL(", ").join(norms), checks=sql.SQL(", ").join(checks))
 
 
-def key_text(names: list[str], sheet: str | None) -> sql.Composable:
+def key_text(names: list[str], sheet: str | None, delivery: str = "") -> sql.Composable:
     """A typed row `s`'s _key: its key columns' values as text (the types' own spellings: ISO dates, plain
-    integers), joined by KEY_SEPARATOR; a snapshot keyed by [row] is known by its sheet and row number."""
+    integers), joined by KEY_SEPARATOR; a snapshot keyed by [row] is known by its place: the delivery (its
+    object key), sheet and row number, so February's row 5 is not January's."""
     if list(names) == [ROW_KEY]:
-        return sql.SQL("concat_ws({}, {}, s._row::text)").format(sql.Literal(KEY_SEPARATOR),
-                                                                 sql.Literal(sheet or ""))
+        return sql.SQL("concat_ws({}, {}, {}, s._row::text)").format(
+            sql.Literal(KEY_SEPARATOR), sql.Literal(delivery), sql.Literal(sheet or ""))
     return sql.SQL("concat_ws({}, {})").format(sql.Literal(KEY_SEPARATOR), sql.SQL(", ").join(
         sql.SQL("s.{}::text").format(sql.Identifier(n)) for n in names))
 

@@ -388,6 +388,52 @@ def test_a_snapshot_that_no_longer_holds_a_row_marks_it_deleted_at_source(landin
                          (rerun["batch_id"],)) == [(0, Decimal("0"))]
 
 
+def test_rows_known_by_their_place_are_each_file_s_own_and_a_quarantined_row_deletes_nothing(landing):
+    """A statement without a reference column, keyed by each row's place ([row]): February's row 2 is not
+    January's, so January stays whole when February arrives; a corrected January under another name retires
+    the first January's rows. A snapshot with a rejected row marks nothing deleted: the rejected row may be one
+    still held."""
+    header = "Date;Details;Amount\r\n"
+    config = with_source(landing.config, "plain_statement", table="payments", load="snapshot",
+                         columns={"payment_date": "Date", "invoice_ref": "Details", "amount": "Amount"},
+                         natural_key=["row"], amounts="signed",
+                         read={"delimiter": ";", "decimal": ",", "date_format": "%d/%m/%Y"})
+
+    def body(*rows: str) -> bytes:
+        return (header + "".join(r + "\r\n" for r in rows)).encode()
+
+    jan = body("02/01/2024;Card sales;100,00", "15/01/2024;Refund;-20,00")
+    feb = body("01/02/2024;Card sales;300,00", "20/02/2024;Card sales;40,00")
+    landing.ingest("landing/real/plain_statement/2024-01.csv", jan, config=config)
+    second = landing.ingest("landing/real/plain_statement/2024-02.csv", feb, config=config)
+    assert (second["rows_inserted"], second["rows_updated"], second["rows_deleted"]) == (2, 0, 0)
+    live = "select count(*), sum(amount) from core.payments where _deleted_by is null"
+    assert landing.query(live) == [(4, Decimal("420.00"))]
+    fixed = landing.ingest("landing/real/plain_statement/2024-01-corrected.csv",
+                           body("02/01/2024;Card sales;100,00", "15/01/2024;Refund;-25,00"), config=config)
+    assert (fixed["rows_inserted"], fixed["rows_deleted"], fixed["amount_deleted"]) == (2, 2, Decimal("80.00"))
+    assert landing.query(live) == [(4, Decimal("415.00"))]
+    # a March delivery with a rejected row holds its deletions back
+    landing.ingest("landing/real/plain_statement/2024-03.csv", body("04/03/2024;Card sales;10,00",
+                                                                    "05/03/2024;Card sales;11,00"), config=config)
+    bad = landing.ingest("landing/real/plain_statement/2024-03-again.csv",
+                         body("04/03/2024;Card sales;10,00", "05/03/2024;Card sales;11,0O"), config=config)
+    assert (bad["rows_quarantined"], bad["rows_deleted"]) == (1, 0)
+    plan = landing.query("select plan->>'snapshot' from meta.batches where batch_id = %s", (bad["batch_id"],))
+    assert "no row is marked deleted" in plan[0][0]
+
+
+def test_an_api_source_is_never_a_snapshot(landing):
+    data = landing.config.model_dump(mode="json")
+    api = {"kind": "rest_api", "table": "sales", "schedule": "rate(1 day)", "load": "snapshot",
+           "columns": {"order_id": "id", "line_no": "line", "order_date": "date", "amount": "total"},
+           "api": {"base_url": "https://api.example.com", "resource": {"path": "/v1/orders"},
+                   "auth": {"type": "none"}, "pagination": {"style": "none"}}}
+    data["sources"]["orders_api"] = api
+    with pytest.raises(ConfigError, match="load: an API source delivers windows"):
+        parse_config(data, "orders_api source")
+
+
 # 7 -------------------------------------------------------------------------------------------------------------
 def test_dates_with_two_digit_years(landing):
     body = (b"Ref,Date,Category,Supplier,Net\r\n"
