@@ -30,6 +30,7 @@ from pipeline.reading import Reading, SettledReading
 from pipeline.sources import LoadError, RawSheet, Reader
 from pipeline.typed_in_handler import TypedInHandler
 from pipeline.typing_sql import (
+    CURRENCY_DEFAULT,
     SQL_TYPE,
     FastLane,
     Mapped,
@@ -39,9 +40,6 @@ from pipeline.typing_sql import (
     row_hash,
     typed_select,
 )
-
-# a row that names no currency has its batch's (the source's, else the company's): set once per batch
-CURRENCY_DEFAULT = "nullif(current_setting('pipeline.currency', true), '')"
 
 
 class TimeBudgetExceeded(RuntimeError):
@@ -578,8 +576,11 @@ class BatchLoad(TypedInHandler, ReExports, SettledReading):
             return inserted, 0
         target = sql.Identifier("core", self.table.name)
         joined = sql.SQL("c._key = s._key")
-        # a row a snapshot deleted at source and that is delivered again is back, whatever its content
-        differs = sql.SQL("(c._row_hash is distinct from s._row_hash or c._deleted_by is not null)")
+        # a row a snapshot deleted at source and that is delivered again is back, whatever its content; a row
+        # whose currency the source now says differently (its currency setting corrected) takes the new one
+        differs = sql.SQL("(c._row_hash is distinct from s._row_hash or c._deleted_by is not null{})").format(
+            sql.SQL(" or c.currency is distinct from {}").format(self._data_columns()["currency"])
+            if "currency" in self.table.column_names else sql.SQL(""))
         cur.execute(sql.SQL(
             "select count(*), count(c._key), count(*) filter (where c._key is not null and {differs}) "
             "from typed s left join {target} c on {joined} where {accepted}").format(

@@ -16,6 +16,7 @@ from psycopg2 import sql
 
 from pipeline.sources import RawSheet
 from pipeline.sources.lane import LaneStream
+from pipeline.typing_sql import CURRENCY_DEFAULT
 
 HANDLER_SAMPLE = 64  # rows of a CSV's first piece looked up in core to see whether it re-exports a batch
 
@@ -57,12 +58,18 @@ class ReExports:
                 ThreadPoolExecutor(1) as pool:
             hashing = pool.submit(whole.drain)
             self._merge_turn(cur)
+            # a currency the file does not name is the source's setting, which its hash does not cover: the
+            # batch's rows must have the one it says now
+            other = (sql.SQL("count(*) filter (where currency is distinct from {})").format(sql.SQL(CURRENCY_DEFAULT))
+                     if "currency" in t.column_names and "currency" not in self.delivery.config.columns
+                     else sql.SQL("0"))
             cur.execute(sql.SQL("select count(*), coalesce(sum(('x' || left(_row_hash, 16))::bit(64)::bigint), 0),"
-                                " {} from {} where _batch_id = %s").format(total, sql.Identifier("core", t.name)),
+                                " {}, {} from {} where _batch_id = %s").format(total, other,
+                                                                             sql.Identifier("core", t.name)),
                         (batch,))
-            count, fingerprint, amount = cur.fetchone()
+            count, fingerprint, amount, other_currency = cur.fetchone()
             hashing.result()
-        if whole.handed_on_count or (count, int(fingerprint)) != (whole.rows, whole.fingerprint):
+        if whole.handed_on_count or other_currency or (count, int(fingerprint)) != (whole.rows, whole.fingerprint):
             return None
         return self._summary(read=count, inserted=0, updated=0, accepted=count, duplicates=0, quarantined=0,
                              skipped=whole.skipped, amount_in=amount, amount_loaded=amount, amount_q=0, amount_dup=0)

@@ -18,6 +18,8 @@ from pipeline.model import KEY_SEPARATOR, ROW_KEY, Column, Table
 from pipeline.reading import DAY_MONTH_YEAR, Reading
 
 _INTEGER = r"^[-+]?[0-9]{1,18}$"
+# a row that names no currency has its batch's (the source's, else the company's): set once per batch
+CURRENCY_DEFAULT = "nullif(current_setting('pipeline.currency', true), '')"
 # white space a value is trimmed of: what Python's str.strip() trims (a no-break space too), in every lane
 WHITE_SPACE = "".join(c for c in map(chr, range(0x3001)) if c.isspace())
 _YEAR_FIRST = r"^([0-9]{4})[/.]([0-9]{1,2})[/.]([0-9]{1,2})"

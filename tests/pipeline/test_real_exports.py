@@ -423,6 +423,19 @@ def test_rows_known_by_their_place_are_each_file_s_own_and_a_quarantined_row_del
     assert "no row is marked deleted" in plan[0][0]
 
 
+def test_a_corrected_currency_setting_reaches_the_rows_already_loaded(landing):
+    """A statement loaded as EUR (the source's currency setting) that was in USD: corrected and delivered again,
+    its rows take USD; the marts never add them to the euros."""
+    body = b"Ref,Date,Amount\r\nT-1,2024-01-05,10.00\r\nT-2,2024-01-06,32.50\r\n"
+    source = {"table": "payments", "columns": {"payment_id": "Ref", "payment_date": "Date", "amount": "Amount"}}
+    landing.ingest("landing/real/usd_account/a.csv", body, config=with_source(landing.config, "usd_account",
+                                                                               currency="EUR", **source))
+    again = landing.ingest("landing/real/usd_account/b.csv", body, config=with_source(landing.config, "usd_account",
+                                                                                       currency="USD", **source))
+    assert (again["rows_updated"], again["rows_inserted"]) == (2, 0)
+    assert landing.query("select currency, sum(amount) from core.payments group by 1") == [("USD", Decimal("42.50"))]
+
+
 def test_an_api_source_is_never_a_snapshot(landing):
     data = landing.config.model_dump(mode="json")
     api = {"kind": "rest_api", "table": "sales", "schedule": "rate(1 day)", "load": "snapshot",
