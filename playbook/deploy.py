@@ -162,6 +162,8 @@ def register_commands(subparsers) -> None:
 
 # what a source's template is made of: a change to one of these needs `provision`, any other change `deploy`
 TEMPLATE_SETTINGS = ("kind", "table", "prefix", "schedule", "start_date", "api")
+# what a row's _key is made of: rows already loaded keep the key they were loaded with
+KEY_SETTINGS = ("natural_key", "compose")
 
 
 def deployed_config(target) -> dict[str, Any] | None:
@@ -201,6 +203,10 @@ def changes_needed(target, config) -> list[str]:
         elif changed := [k for k in TEMPLATE_SETTINGS if source.get(k) != was[name].get(k)]:
             needs.append(f"source {name}: {', '.join(changed)} changed since the last provisioning: run "
                          f"`playbook provision --target {target}`")
+        if name in was and any(source.get(k) != was[name].get(k) for k in KEY_SETTINGS):
+            needs.append(f"source {name}: its key (natural_key or compose) changed: rows loaded before keep their "
+                         "old key, so the same rows delivered again are new rows: empty the source's rows first "
+                         f"(or keep the old key), then run `playbook deploy --target {target}`")
     needs += [f"source {name} was removed from the configuration: run `playbook provision --target {target}`"
               for name in was if name not in now["sources"]]
     if not needs and now != deployed:

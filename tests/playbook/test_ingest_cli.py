@@ -138,6 +138,11 @@ def test_a_source_added_since_the_provisioning_is_named_with_the_command_to_run(
     assert "changed since the last deploy: run `playbook deploy --target local`" in playbook(
         "config", "check", "--config", str(described), "--target", "local").stdout
     assert "runs this configuration" in playbook("config", "check", "--target", "local").stdout
+    data["sources"]["sales"]["natural_key"] = ["order_id", "line_no", "order_date"]
+    rekeyed = tmp_path / "rekeyed.yaml"
+    rekeyed.write_text(yaml.safe_dump(data))
+    assert "source sales: its key (natural_key or compose) changed" in playbook(
+        "config", "check", "--config", str(rekeyed), "--target", "local").stdout
 
 
 def test_an_api_credential_is_stored_from_standard_input_and_never_printed(pipeline_stack):
