@@ -24,14 +24,13 @@ from pathlib import Path
 from typing import Any
 
 from playbook.errors import PlaybookError
-from playbook.targets import error_text
+from playbook.targets import LAMBDA_LIMIT_S, error_text
 
 GRAINS = ("month", "quarter")
 # one window's budget for a function that may run Lambda's whole 15 minutes: far below it even on the slowest
 # object seen so far. A function with a shorter timeout gets windows smaller in proportion (window_limits).
 MAX_OBJECTS_PER_WINDOW = 40
 MAX_BYTES_PER_WINDOW = 48 * 1024 * 1024
-LAMBDA_LIMIT_S = 15 * 60
 _DATE_IN_KEY = re.compile(r"(?<!\d)(20\d{2}|19\d{2})[-_]?(0[1-9]|1[0-2])(?:[-_]?(0[1-9]|[12]\d|3[01]))?(?!\d)")
 
 

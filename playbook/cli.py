@@ -80,7 +80,7 @@ def cmd_config_check(args: argparse.Namespace) -> int:
         from playbook.targets import resolve_target
 
         needs = changes_needed(resolve_target(args.target), config)
-        print("\n".join(needs) if needs else f"the deployment on {args.target} runs this configuration")
+        print("\n".join(n.text for n in needs) if needs else f"the deployment on {args.target} runs this configuration")
     return 0
 
 

@@ -21,7 +21,7 @@ import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 from urllib.parse import urlsplit
 
 from playbook.errors import PlaybookError
@@ -166,12 +166,22 @@ TEMPLATE_SETTINGS = ("kind", "table", "prefix", "schedule", "start_date", "api")
 KEY_SETTINGS = ("natural_key", "compose")
 
 
-def deployed_config(target) -> dict[str, Any] | None:
-    """The configuration the deployed functions read (at their PIPELINE_CONFIG_URI), None when none is deployed."""
+class Need(NamedTuple):
+    """A change the configuration made since the deployment: the source it is about (None: all of it), the
+    command it needs (provision or deploy), and what to tell the consultant."""
+
+    source: str | None
+    command: str
+    text: str
+
+
+def deployed_config(target, outputs: dict[str, str] | None = None) -> dict[str, Any] | None:
+    """The configuration the deployed functions read (at their PIPELINE_CONFIG_URI), None when none is deployed.
+    outputs: the target's stack outputs, when the caller has them already."""
     import boto3
     from botocore.exceptions import BotoCoreError, ClientError
 
-    functions = pipeline_functions(target.outputs(parts=("storage", "pipeline")))
+    functions = pipeline_functions(outputs if outputs is not None else target.outputs(parts=("storage", "pipeline")))
     if not functions:
         return None
     try:
@@ -186,29 +196,32 @@ def deployed_config(target) -> dict[str, Any] | None:
     return json.loads(body)
 
 
-def changes_needed(target, config) -> list[str]:
+def changes_needed(target, config, outputs: dict[str, str] | None = None) -> list[Need]:
     """What the configuration changed since the deployment, each with the command it needs: a source added or
     one whose schedule, prefix, kind or API changed needs `provision` (its function, schedule and permissions);
     any other change `deploy` (the functions read the configuration they were given)."""
-    deployed = deployed_config(target)
+    to_provision, to_deploy = (f"`playbook provision --target {target}`", f"`playbook deploy --target {target}`")
+    deployed = deployed_config(target, outputs)
     if deployed is None:
-        return [f"nothing is deployed on {target}: run `playbook provision --target {target}`"]
+        return [Need(None, "provision", f"nothing is deployed on {target}: run {to_provision}")]
     now = config.model_dump(mode="json")
     was = deployed.get("sources", {})
     needs = []
     for name, source in now["sources"].items():
         if name not in was:
-            needs.append(f"source {name} is new since the last provisioning: run `playbook provision --target "
-                         f"{target}` (its function, schedule and permissions)")
-        elif changed := [k for k in TEMPLATE_SETTINGS if source.get(k) != was[name].get(k)]:
-            needs.append(f"source {name}: {', '.join(changed)} changed since the last provisioning: run "
-                         f"`playbook provision --target {target}`")
-        if name in was and any(source.get(k) != was[name].get(k) for k in KEY_SETTINGS):
-            needs.append(f"source {name}: its key (natural_key or compose) changed: rows loaded before keep their "
-                         "old key, so the same rows delivered again are new rows: empty the source's rows first "
-                         f"(or keep the old key), then run `playbook deploy --target {target}`")
-    needs += [f"source {name} was removed from the configuration: run `playbook provision --target {target}`"
+            needs.append(Need(name, "provision", f"source {name} is new since the last provisioning: run "
+                                                 f"{to_provision} (its function, schedule and permissions)"))
+            continue
+        if changed := [k for k in TEMPLATE_SETTINGS if source.get(k) != was[name].get(k)]:
+            needs.append(Need(name, "provision", f"source {name}: {', '.join(changed)} changed since the last "
+                                                 f"provisioning: run {to_provision}"))
+        if any(source.get(k) != was[name].get(k) for k in KEY_SETTINGS):
+            needs.append(Need(name, "deploy", f"source {name}: its key (natural_key or compose) changed: rows "
+                                              "loaded before keep their old key, so the same rows delivered again "
+                                              "are new rows: empty the source's rows first (or keep the old key), "
+                                              f"then run {to_deploy}"))
+    needs += [Need(name, "provision", f"source {name} was removed from the configuration: run {to_provision}")
               for name in was if name not in now["sources"]]
     if not needs and now != deployed:
-        needs.append(f"the configuration changed since the last deploy: run `playbook deploy --target {target}`")
+        needs.append(Need(None, "deploy", f"the configuration changed since the last deploy: run {to_deploy}"))
     return needs

@@ -29,9 +29,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from pipeline.sources.kinds import DRY_RUN_PREFIX
 from playbook.errors import PlaybookError
-
-DRY_RUN_PREFIX = "dry-run/"  # pipeline.handlers.ingest_object.DRY_RUN_PREFIX: no notification fires there
 
 
 def _source(config, source: str, delivers: str):
@@ -46,18 +45,20 @@ def _source(config, source: str, delivers: str):
     return cfg
 
 
-def _deployed_source(target, config, source: str) -> tuple[Any, str, list[str]]:
-    """The source's configuration, its deployed function, and what else the configuration's changes need."""
+def _deployed_source(target, config, source: str) -> tuple[dict[str, str], str, list[str]]:
+    """The target's stack outputs, the source's deployed function, and what the configuration's changes need;
+    PlaybookError when the source itself needs provisioning."""
     from playbook.backfill import function_output_key
     from playbook.deploy import changes_needed
 
-    function = target.outputs().get(function_output_key(source))
-    needs = changes_needed(target, config)
-    mine = [n for n in needs if n.startswith(f"source {source} ") or n.startswith("nothing is deployed")]
-    if function is None or any("provision" in n for n in mine):
+    outputs = target.outputs()
+    function = outputs.get(function_output_key(source))
+    needs = changes_needed(target, config, outputs)
+    mine = [n.text for n in needs if n.source in (source, None) and n.command == "provision"]
+    if function is None or mine:
         raise PlaybookError("; ".join(mine) or f"source {source} has no function on {target}: run "
                             f"`playbook provision --target {target}`")
-    return config.sources[source], function, needs
+    return outputs, function, [n.text for n in needs]
 
 
 def ingest_file(target, source: str, path: str | Path, config_file: str | None = None,
@@ -69,12 +70,12 @@ def ingest_file(target, source: str, path: str | Path, config_file: str | None =
     from playbook.config import load_config
 
     config = load_config(config_file)
-    _source(config, source, "files")
-    cfg, function, needs = _deployed_source(target, config, source)
+    cfg = _source(config, source, "files")
+    outputs, function, needs = _deployed_source(target, config, source)
     file = Path(path)
     if not file.is_file():
         raise PlaybookError(f"{file}: no such file")
-    bucket = target.outputs().get("LandingBucketName")
+    bucket = outputs.get("LandingBucketName")
     if not bucket:
         raise PlaybookError(f"the {target} stacks are not provisioned: run `playbook provision --target {target}`")
     if dry_run:
@@ -109,7 +110,7 @@ def ingest_api(target, source: str, window_from: str | None = None, window_to: s
     _source(config, source, "api")
     if (window_from is None) != (window_to is None):
         raise PlaybookError("give both --from and --to for a window, or neither for the source's next one")
-    cfg, function, needs = _deployed_source(target, config, source)
+    _, function, needs = _deployed_source(target, config, source)
     event: dict[str, Any] = {"source": source, "trigger": "manual"}
     if window_from is not None:
         event.update({"from": window_from, "to": window_to})
@@ -120,9 +121,7 @@ def ingest_api(target, source: str, window_from: str | None = None, window_to: s
 
 def refreshed(target) -> dict[str, Any]:
     """The marts refreshed after a load (the deployed refresh function), so the reports show it: rows per mart."""
-    summary = target.refresh_marts()
-    marts = summary.get("marts", summary) if isinstance(summary, dict) else summary
-    return {"marts_refreshed": {m["mart"]: m.get("rows") for m in marts} if isinstance(marts, list) else summary}
+    return {"marts_refreshed": {m["mart"]: m["rows"] for m in target.refresh_marts()["marts"]}}
 
 
 def awaited_batch(source: str, object_key: str, since: datetime, timeout_s: float = 900,

@@ -13,6 +13,7 @@ A run fires each occurrence once, in time order; it does not retry a failed targ
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import subprocess
@@ -35,28 +36,25 @@ class ScheduleError(PlaybookError):
 
 
 # -- expressions: pipeline.schedules reads them, for the scheduler, the freshness check and the API windows --
-def occurrences(expression: str, timezone: str, after: datetime, until: datetime,
-                start_date: datetime | None = None) -> list[datetime]:
-    """pipeline.schedules.occurrences, its errors in the playbook's words."""
-    try:
-        return schedules.occurrences(expression, timezone, after, until, start_date)
-    except schedules.ScheduleError as exc:
-        raise ScheduleError(str(exc)) from None
+def _in_playbook_words(read):
+    """pipeline.schedules' reading, its errors a ScheduleError the CLI reports."""
+    @functools.wraps(read)
+    def wrapped(*args, **kwargs):
+        try:
+            return read(*args, **kwargs)
+        except schedules.ScheduleError as exc:
+            raise ScheduleError(str(exc)) from None
+
+    return wrapped
 
 
-def croniter_expression(expression: str) -> str:
-    try:
-        return schedules.croniter_expression(expression)
-    except schedules.ScheduleError as exc:
-        raise ScheduleError(str(exc)) from None
+occurrences = _in_playbook_words(schedules.occurrences)
 
 
+@_in_playbook_words
 def _parse_time(value: str, tz: ZoneInfo | None = None) -> datetime:
     """ISO 8601; a value without an offset is a wall time in `tz` (UTC when none)."""
-    try:
-        return schedules.local_time(value, str(tz) if tz else "UTC")
-    except schedules.ScheduleError as exc:
-        raise ScheduleError(str(exc)) from None
+    return schedules.local_time(value, str(tz) if tz else "UTC")
 
 
 # -- the deployed schedules ------------------------------------------------------------------------------------

@@ -18,21 +18,18 @@ from typing import Any
 
 from playbook.errors import PlaybookError
 
-# what each authentication type reads from its secret, in the order it is asked for
-FIELDS = {"bearer": ("token",), "api_key_header": ("api_key",), "api_key_query": ("api_key",),
-          "basic": ("username", "password"), "oauth2_client_credentials": ("client_id", "client_secret"),
-          "oauth2_refresh_token": ("client_id", "client_secret", "refresh_token")}
-
 
 def secret_name(config, source: str) -> tuple[str, tuple[str, ...]]:
     """The secret a source's API authentication names, and the fields its JSON holds."""
+    from pipeline.sources.rest_api import SECRET_FIELDS
+
     cfg = config.sources.get(source)
     if cfg is None:
         raise PlaybookError(f"unknown source {source!r}; the configuration has {', '.join(config.sources)}")
     auth = cfg.api.auth if cfg.api is not None else None
     if auth is None or auth.type == "none":
         raise PlaybookError(f"source {source!r} authenticates with no secret (api.auth)")
-    return auth.secret, FIELDS[auth.type]
+    return auth.secret, SECRET_FIELDS[auth.type]
 
 
 def read_value(field: str, stream=None) -> str:
@@ -46,16 +43,9 @@ def read_value(field: str, stream=None) -> str:
 
 def store_secret(name: str, values: dict[str, str]) -> dict[str, Any]:
     """Create the secret, or put a new version of it: its name and ARN (never its value)."""
-    import boto3
+    from playbook.warehouse import put_secret
 
-    client = boto3.client("secretsmanager")
-    body = json.dumps(values)
-    try:
-        arn = client.put_secret_value(SecretId=name, SecretString=body)["ARN"]
-        action = "updated"
-    except client.exceptions.ResourceNotFoundException:
-        arn = client.create_secret(Name=name, SecretString=body, Description="an API source's credential")["ARN"]
-        action = "created"
+    arn, action = put_secret(name, json.dumps(values), "an API source's credential")
     return {"secret": name, "arn": arn, "action": action, "fields": sorted(values)}
 
 

@@ -20,6 +20,7 @@ import csv
 import datetime as dt
 import functools
 import itertools
+import os
 import re
 import sys
 from collections import Counter
@@ -381,16 +382,18 @@ def _find_header(sheet: Sheet) -> None:
 def _data_rows(sheet: Sheet) -> tuple[list[list[Any]], list[tuple[int, Any]], list[int]]:
     """The sheet's data rows (blank rows left out), its footers (row number, label): rows labelled as totals or
     balances that fill fewer cells than the header, and the rows that repeat the header (row numbers)."""
+    from pipeline.sources import normalise_header  # the loader's own matching of header names
+
     rows, footers, repeats = [], [], []
     header = sheet.rows[sheet.header]
-    names = [_tidy(v).casefold() for v in header]
+    names = [normalise_header(v) for v in header]
     for i, row in enumerate(sheet.rows[sheet.header + 1:], start=sheet.header + 1):
         number = (sheet.lines[i] if sheet.lines else i) + 1
         if not _filled(row):
             continue
         if _is_footer(row) and _filled(row) < _filled(header):
             footers.append((number, str(_first_cell(row)).strip()))
-        elif [_tidy(v).casefold() for v in row] == names:
+        elif [normalise_header(v) for v in row] == names:
             repeats.append(number)
         else:
             rows.append(row)
@@ -682,13 +685,15 @@ def _source_name(path: Path) -> str:
 
 
 def _choose_sheets(sheets: list[Sheet], hidden: list[str], path: Path) -> tuple[list[Sheet], Guess]:
+    from pipeline.sources import normalise_header  # the loader's own matching of header names
+
     data = [s for s in sheets if s.header is not None]
     if not data:
         names = ", ".join(repr(s.name) for s in sheets) or "none"
         raise PlaybookError(f"{path}: no sheet has a header row followed by rows of data (visible sheets: {names})")
 
     def layout(s: Sheet) -> tuple:
-        return s.header, tuple(_tidy(v).casefold() for v in s.rows[s.header] if _tidy(v))
+        return s.header, tuple(normalise_header(v) for v in s.rows[s.header] if _tidy(v))
 
     groups: dict[tuple, list[Sheet]] = {}
     for s in data:
@@ -699,7 +704,7 @@ def _choose_sheets(sheets: list[Sheet], hidden: list[str], path: Path) -> tuple[
     left = (f"; not read: {', '.join(repr(o) for o in others)} (another layout)" if others else "") + (
         f"; hidden: {', '.join(repr(h) for h in hidden)}" if hidden else "")
     if len(names) > 1:
-        stem = _common_prefix(names)
+        stem = os.path.commonprefix(names)
         pattern = "^" + re.sub(r"([.^$*+?{}\[\]\\|()])", r"\\\1", stem) if len(stem.strip()) >= 3 else None
         if pattern and all(re.search(pattern, n) for n in names) and not any(re.search(pattern, o) for o in others):
             return chosen, Guess("read.sheet_pattern", pattern, 0.9,
@@ -708,14 +713,6 @@ def _choose_sheets(sheets: list[Sheet], hidden: list[str], path: Path) -> tuple[
                              f"{len(names)} sheets of the same layout{left}")
     return chosen, Guess("read.sheets", names, 0.9 if not others else 0.85,
                          f"the sheet with a header and rows of data{left}")
-
-
-def _common_prefix(names: list[str]) -> str:
-    first, last = min(names), max(names)
-    n = 0
-    while n < min(len(first), len(last)) and first[n] == last[n]:
-        n += 1
-    return first[:n]
 
 
 def _footer_pattern(labels: list[str]) -> str:
@@ -731,6 +728,7 @@ def _footer_pattern(labels: list[str]) -> str:
 
 def suggest(path: str | Path, table: str | None = None, name: str | None = None) -> Suggestion:
     """The source block a file suggests (see the module's docstring)."""
+
     from pipeline.config import ReadOptions
     from pipeline.model import TABLES
 
@@ -785,7 +783,7 @@ def suggest(path: str | Path, table: str | None = None, name: str | None = None)
         guesses.append(Guess("read.skip_rows_matching", pattern, 0.9, f"footer rows, not data: {example}"))
     profiles = _profile(header, rows)
 
-    mappings = {t: _map(t, profiles) for t in TABLES}
+    mappings = {t: _map(t, profiles) for t in ([table] if table else TABLES)}
     if table is None:
         ranked = sorted(mappings.values(), key=lambda m: -m.score)
         best, second = ranked[0], ranked[1]

@@ -33,6 +33,7 @@ from typing import Any
 
 from playbook.errors import PlaybookError
 from playbook.runtime import InvokeResult
+from playbook.templates import RDS_CA_BUNDLE_ON_LAMBDA
 
 LAMBDA_LIMIT_S = 15 * 60
 LOCAL_ALLOW = ["127.0.0.1/32"]
@@ -390,7 +391,7 @@ class AwsTarget(Target):
 
     name = "aws"
     database_ssl_mode = "verify-full"
-    database_ssl_root_cert = "/var/task/pipeline/certs/rds-global-bundle.pem"  # templates.RDS_CA_BUNDLE_ON_LAMBDA
+    database_ssl_root_cert = RDS_CA_BUNDLE_ON_LAMBDA
     checks_account_quotas = True
     stack_poll_s = 5.0
     update_poll_s = 2.0

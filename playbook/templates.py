@@ -24,7 +24,7 @@ import yaml
 
 from pipeline.config import EmailReport, PipelineConfig
 from pipeline.schedules import occurrences
-from pipeline.sources.kinds import source_kind
+from pipeline.sources.kinds import DRY_RUN_PREFIX, source_kind
 from playbook.errors import PlaybookError
 from playbook.settings import PROJECT_ROOT
 
@@ -260,7 +260,7 @@ def jobs(config: PipelineConfig) -> list[Job]:
                 {"Sid": "ReadOwnLandingPrefix", "Effect": "Allow",
                  "Action": ["s3:GetObject", "s3:GetObjectVersion"],
                  # and a dry run's copy of a file (`playbook ingest --dry-run`), where no notification fires
-                 "Resource": [_landing_arn(f"/{source.prefix}*"), _landing_arn(f"/dry-run/{source.prefix}*")]},
+                 "Resource": [_landing_arn(f"/{source.prefix}*"), _landing_arn(f"/{DRY_RUN_PREFIX}{source.prefix}*")]},
                 {"Sid": "ListOwnLandingPrefix", "Effect": "Allow", "Action": "s3:ListBucket",
                  "Resource": _landing_arn(), "Condition": {"StringLike": {"s3:prefix": [f"{source.prefix}*"]}}},
             ]

@@ -79,13 +79,17 @@ def _role_urls(database_url: str) -> dict[str, tuple[str, str, bool]]:
     return found
 
 
-def _write_role_secret(name: str, role: str, url: str) -> None:
+def put_secret(name: str, value: str, description: str) -> tuple[str, str]:
+    """A new version of the secret, or the secret created: its ARN, and whether it was updated or created."""
     client = _secrets_client()
-    value = json.dumps({"url": url})
     try:
-        client.put_secret_value(SecretId=name, SecretString=value)
+        return client.put_secret_value(SecretId=name, SecretString=value)["ARN"], "updated"
     except client.exceptions.ResourceNotFoundException:
-        client.create_secret(Name=name, SecretString=value, Description=f"database login of {role}")
+        return client.create_secret(Name=name, SecretString=value, Description=description)["ARN"], "created"
+
+
+def _write_role_secret(name: str, role: str, url: str) -> None:
+    put_secret(name, json.dumps({"url": url}), f"database login of {role}")
 
 
 def ensure_role_urls(database_url: str) -> dict[str, str]:

@@ -49,5 +49,6 @@ def lock_text() -> str:
 
 
 if __name__ == "__main__":
-    LOCK.write_text(lock_text())
-    print(f"{LOCK.relative_to(ROOT)}: {len(lock_text().splitlines()) - 2} packages", file=sys.stderr)
+    text = lock_text()
+    LOCK.write_text(text)
+    print(f"{LOCK.relative_to(ROOT)}: {len(text.splitlines()) - 2} packages", file=sys.stderr)

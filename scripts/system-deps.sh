@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Installs the Debian packages the local BI proxy and the dashboard's browser test need, when missing.
+# Installs the Debian packages the local BI proxy, the dashboard's browser test and the OpenAPI mock server
+# (Node.js, for scripts/node-deps.sh) need, when missing.
 # Needs root (or sudo); on a machine without apt-get it says what to install instead.
 set -euo pipefail
 need=()
@@ -7,6 +8,8 @@ command -v nginx >/dev/null 2>&1 || need+=(nginx)
 ls /usr/lib/nginx/modules/ngx_stream_module.so >/dev/null 2>&1 || need+=(libnginx-mod-stream)
 command -v chromium >/dev/null 2>&1 || need+=(chromium)
 command -v soffice >/dev/null 2>&1 || need+=(libreoffice-calc-nogui)
+command -v node >/dev/null 2>&1 || need+=(nodejs)
+command -v npm >/dev/null 2>&1 || need+=(npm)
 
 [ ${#need[@]} -eq 0 ] && exit 0
 if ! command -v apt-get >/dev/null 2>&1; then

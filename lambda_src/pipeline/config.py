@@ -8,18 +8,41 @@ from __future__ import annotations
 
 import datetime as dt
 import re
-from typing import Literal
+from typing import Annotated, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from pipeline.model import KEY_TYPES, ROW_KEY, TABLES
-from pipeline.schedules import ScheduleError, local_time, rate_seconds
+from pipeline.schedules import ScheduleError, croniter_expression, local_time, rate_seconds
 from pipeline.sources.kinds import KINDS, source_kind
 
 _NAME = re.compile(r"^[a-z][a-z0-9_]{0,39}$")
-_SCHEDULE = re.compile(r"^(cron\((\S+ ){5}\S+\)|rate\(\d+ (minute|minutes|hour|hours|day|days)\))$")
 _EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
+
+
+def _schedule(value: str) -> str:
+    """An AWS schedule expression, read as the scheduler, the freshness check and the API windows read it
+    (pipeline.schedules): a cron expression croniter cannot evaluate is refused here, not at its first run."""
+    value = value.strip()
+    try:
+        if rate_seconds(value) is None:
+            croniter_expression(value)
+    except ScheduleError as exc:
+        raise ValueError(f"{value!r} is not an AWS schedule expression such as cron(0 6 * * ? *) or rate(1 day): "
+                         f"{exc}") from None
+    return value
+
+
+ScheduleExpression = Annotated[str, AfterValidator(_schedule)]
 
 
 class Strict(BaseModel):
@@ -331,7 +354,7 @@ class SourceConfig(Strict):
     table: str = Field(description="canonical table the source feeds")
     description: str = ""
     prefix: str | None = Field(None, description="landing bucket prefix of the files, e.g. landing/payments/")
-    schedule: str = Field(description="AWS schedule expression: cron(...) or rate(...)")
+    schedule: ScheduleExpression = Field(description="AWS schedule expression: cron(...) or rate(...)")
     columns: dict[str, str] = Field(description="canonical column -> header in the source (with amounts: "
                                                 "debit_credit, debit and credit -> their headers)")
     natural_key: list[str] | None = Field(None, description="the columns a row is known by (default: the table's "
@@ -371,13 +394,6 @@ class SourceConfig(Strict):
             raise ValueError(f"unknown table {value!r}; choose one of {', '.join(TABLES)}")
         return value
 
-    @field_validator("schedule")
-    @classmethod
-    def _schedule_shape(cls, value: str) -> str:
-        if not _SCHEDULE.match(value.strip()):
-            raise ValueError(f"{value!r} is not an AWS schedule expression such as cron(0 6 * * ? *) or rate(1 day)")
-        return value.strip()
-
     @field_validator("prefix")
     @classmethod
     def _prefix_shape(cls, value: str | None) -> str | None:
@@ -387,10 +403,7 @@ class SourceConfig(Strict):
 
     @model_validator(mode="after")
     def _a_long_rate_has_a_start(self) -> SourceConfig:
-        try:
-            step = rate_seconds(self.schedule)
-        except ScheduleError as exc:
-            raise ValueError(str(exc)) from None
+        step = rate_seconds(self.schedule)
         if step and step > 86_400 and self.start_date is None:
             raise ValueError(f"start_date: {self.schedule} needs the day its cycle counts from, e.g. start_date: "
                              "2025-01-06T06:00 (else AWS counts from the schedule's creation)")
@@ -422,6 +435,9 @@ class SourceConfig(Strict):
                 raise ValueError("columns: amounts: debit_credit needs columns.debit and columns.credit")
         elif self.amounts != "positive" and table.amount is None:
             raise ValueError(f"amounts: {self.table} holds no amount")
+        if self.currency and "currency" not in table.column_names:  # tax is the company's; the rest hold no money
+            raise ValueError(f"currency: {self.table} rows have no currency of their own (they are in the "
+                             "company's, company.currency)")
         mapped = self.mapped
         missing = [c.name for c in table.columns if c.required and c.name not in mapped]
         if missing:
@@ -447,6 +463,9 @@ class SourceConfig(Strict):
             raise ValueError(f"prefix: a {self.kind} source needs the landing prefix its files arrive under")
         if self.delivers == "api" and self.api is None:
             raise ValueError(f"api: a {self.kind} source needs its api options (base_url, resource, auth, pagination)")
+        if self.api is not None and (unknown := sorted(set(self.api.formats) - set(self.columns)
+                                                       - set(self.attributes))):
+            raise ValueError(f"api.formats: {', '.join(unknown)} is not a mapped column or attribute of this source")
         if self.delivers == "api" and self.load == "snapshot":  # a window, cut short or incremental, is no snapshot
             raise ValueError("load: an API source delivers windows (cut short by time, or only what changed), never "
                              "its whole truth for their dates: use merge")
@@ -480,7 +499,7 @@ class EmailReport(Strict):
     sender: str
     recipients: list[str] = Field(min_length=1)
     period: Literal["day", "week", "month"] = "day"
-    schedule: str = "cron(0 8 * * ? *)"
+    schedule: ScheduleExpression = "cron(0 8 * * ? *)"
 
     @field_validator("sender")
     @classmethod
@@ -501,7 +520,7 @@ class EmailReport(Strict):
 class Reports(Strict):
     top_n: int = Field(10, ge=1, le=100)
     activity_days: int = Field(365, ge=7)
-    schedule: str = "cron(30 7 * * ? *)"
+    schedule: ScheduleExpression = "cron(30 7 * * ? *)"
     email: EmailReport
 
 

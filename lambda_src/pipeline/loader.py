@@ -138,7 +138,7 @@ class BatchLoad(TypedInHandler, ReExports, SettledReading):
                     self._check_time(commit_margin_s)
                 summary = summary or self._merge(cur)
                 if d.config.load == "snapshot":
-                    deleted, amount_deleted = self._deleted_at_source(cur)
+                    deleted, amount_deleted = self._deleted_at_source(cur, summary["rows_quarantined"])
                     summary = {**summary, "rows_deleted": deleted, "amount_deleted": amount_deleted}
                 self._check_time(commit_margin_s)
                 self.attempt.committed(cur, summary)
@@ -253,17 +253,27 @@ class BatchLoad(TypedInHandler, ReExports, SettledReading):
             made.append((name, template, sql.SQL("case when {} then null else concat({}) end").format(
                 sql.SQL(" or ").join(sql.SQL("{} is null").format(p) for p in parts), sql.SQL(", ").join(pieces))))
         if cfg.amounts == "debit_credit":
+            # a side written as zero (0,00) is an empty side, as banks export it
+            zero = sql.Literal(f"^[-+]?0+({re.escape(cfg.read.decimal)}0+)?$")
+
+            def side(name: str) -> sql.Composable:
+                return sql.SQL("nullif(regexp_replace({}, {}, ''), '')").format(part(name), zero)
+
             made.append((self.table.amount, f"{cfg.columns['credit']} - {cfg.columns['debit']}", sql.SQL(
                 "case when {d} is not null and {c} is not null then 'debit ' || {d} || ' and credit ' || {c} "
                 "when {d} is not null then case when left({d}, 1) = '-' then 'debit ' || {d} else '-' || {d} end "
-                "else {c} end").format(d=part("debit"), c=part("credit"))))
-        derived = []
-        for i, (name, header, value) in enumerate(made):
-            column = sql.Identifier(f"d{i}")
-            cur.execute(sql.SQL("alter table raw add column {} text").format(column))
-            cur.execute(sql.SQL("update raw r set {} = {}").format(column, value))
-            derived.append((name, f"d{i}", header))
-        self._derived[sheet.name] = derived
+                "else {c} end").format(d=side("debit"), c=side("credit"))))
+        if not made:
+            self._derived[sheet.name] = []
+            return
+        # the derived columns made beside the raw ones, in one pass over the sheet's rows
+        columns = [sql.Identifier(f"d{i}") for i in range(len(made))]
+        cur.execute(sql.SQL("alter table raw {}").format(
+            sql.SQL(", ").join(sql.SQL("add column {} text").format(c) for c in columns)))
+        cur.execute(sql.SQL("update raw r set {}").format(
+            sql.SQL(", ").join(sql.SQL("{} = {}").format(c, value) for c, (_, _, value) in zip(columns, made,
+                                                                                                  strict=True))))
+        self._derived[sheet.name] = [(name, f"d{i}", header) for i, (name, header, _) in enumerate(made)]
 
     def note(self, sheet: RawSheet | None, what: str) -> None:
         """A decision about the delivery (or one of its sheets), for its ledger row's plan."""
@@ -602,15 +612,14 @@ class BatchLoad(TypedInHandler, ReExports, SettledReading):
                 "{} and not exists (select from {} c where {})").format(accepted, target, joined))
         return inserted, updated
 
-    def _deleted_at_source(self, cur) -> tuple[int, object]:
+    def _deleted_at_source(self, cur, rejected: int) -> tuple[int, object]:
         """A snapshot delivery holds all of its source's rows for the dates it covers (for a table without a
         date: all of them): the source's rows of those dates it no longer holds were deleted at source. They
         are kept, marked with this batch (_deleted_by), and left out of the marts; delivered again, they are
-        back. Returns how many were marked, and their money."""
+        back. A delivery with `rejected` (quarantined) rows marks none: a rejected row may be one still held.
+        Returns how many were marked, and their money."""
         t = self.table
         target = sql.Identifier("core", t.name)
-        cur.execute("select count(*) from typed where _row_hash is null")
-        rejected = cur.fetchone()[0]
         if rejected:  # a rejected row may be one still held: nothing is marked deleted on its word
             self.plan["snapshot"] = (f"{rejected} rows were quarantined, any of which may be a row still held: "
                                      "no row is marked deleted at source by this delivery")

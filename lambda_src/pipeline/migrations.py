@@ -102,6 +102,8 @@ def set_company(conn, name: str, timezone: str, currency: str) -> None:
     before rows had a currency is in the company's."""
     from psycopg2 import sql
 
+    from pipeline.model import TABLES
+
     conn.autocommit = True
     try:
         with conn.cursor() as cur:
@@ -114,11 +116,11 @@ def set_company(conn, name: str, timezone: str, currency: str) -> None:
                         "excluded.currency, updated_at = now() where (meta.company.name, meta.company.timezone, "
                         "meta.company.currency) is distinct from (excluded.name, excluded.timezone, "
                         "excluded.currency)", (name, timezone, currency))
-            for table in ("sales", "payments", "operating_costs"):
-                name = sql.Identifier("core", table)
-                cur.execute(sql.SQL("select exists (select from {} where currency is null)").format(name))
+            for table in (t for t in TABLES.values() if "currency" in t.column_names):
+                core = sql.Identifier("core", table.name)
+                cur.execute(sql.SQL("select exists (select from {} where currency is null)").format(core))
                 if cur.fetchone()[0]:  # a fact, not a change: the row's hash stays, so no history row
-                    cur.execute(sql.SQL("update {} set currency = %s where currency is null").format(name),
+                    cur.execute(sql.SQL("update {} set currency = %s where currency is null").format(core),
                                 (currency,))
     finally:
         conn.autocommit = False

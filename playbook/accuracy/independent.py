@@ -524,6 +524,7 @@ class _Tally:
             return -value if value is not None and layout.negate else value
         debit, credit = (values[mapping[c]] if c in mapping and mapping[c] < len(values) else None
                          for c in ("debit", "credit"))
+        debit, credit = (None if self.number(v) == 0 else v for v in (debit, credit))  # a zero side is empty
         if _empty(debit) == _empty(credit):
             return None
         if _empty(debit):

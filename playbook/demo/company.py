@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import date, timedelta
+from functools import cached_property
 
 import numpy as np
 import pandas as pd
@@ -84,7 +85,7 @@ class Company:
     # the euro account: txn_no, booked, client_id, invoice, type, debit, credit (euro cents, one of the two)
     euro_account: pd.DataFrame
 
-    @property
+    @cached_property
     def order_lines(self) -> pd.DataFrame:
         """The order lines the sales export holds: orders and the returns credited on them."""
         lines = pd.concat([self.sales, self.returns], ignore_index=True)

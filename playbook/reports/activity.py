@@ -31,18 +31,10 @@ from playbook.reports import figures
 ROLLING_DAYS = 7
 
 
-def data_days(conn) -> tuple[date | None, date | None, date | None]:
-    """(first day of the marts, last day with sales, last day with operating costs), any currency."""
-    with conn.cursor() as cur:
-        cur.execute("select min(day), max(day) filter (where orders > 0 or sales_amount <> 0),"
-                    " max(day) filter (where operating_costs <> 0) from marts.daily_activity")
-        return cur.fetchone()
-
-
-def default_period(conn, days: int) -> Period:
+def default_period(conn, days: int, data: tuple | None = None) -> Period:
     """The last `days` days up to the last day with sales (fewer when the data is younger); up to the last day
-    with costs when there are no sales."""
-    first, last_sale, last_cost = data_days(conn)
+    with costs when there are no sales. data: figures.data_days, when the caller has it."""
+    first, last_sale, last_cost = data or figures.data_days(conn)
     last = last_sale or last_cost
     if last is None:
         raise PlaybookError("marts.daily_activity has no sales and no operating costs: load some data and "
@@ -90,7 +82,8 @@ def activity_chart(conn, config: PipelineConfig, out_dir: Path, period: Period |
 
 def activity_figure(conn, config: PipelineConfig, period: Period | None = None) -> Figure:
     """The chart, every text of it plain text (amounts in dollars stay dollars)."""
-    period = period or default_period(conn, config.reports.activity_days)
+    data = figures.data_days(conn)
+    period = period or default_period(conn, config.reports.activity_days, data)
     currency = figures.company_currency(conn, config)
     rows = read_activity(conn, period, currency)
     days = [r[0] for r in rows]
@@ -99,7 +92,7 @@ def activity_figure(conn, config: PipelineConfig, period: Period | None = None) 
     sales_mean = rolling_mean(sales, ROLLING_DAYS)
     costs_mean = rolling_mean(costs, ROLLING_DAYS)
     shown = [i for i, d in enumerate(days) if d >= period.start]
-    _first, last_sale, last_cost = data_days(conn)
+    _first, last_sale, last_cost = data
     # days after the last cost are days without cost data, not days without costs: the line stops there
     costs_shown = [i for i in shown if last_cost is not None and days[i] <= last_cost]
 

@@ -22,6 +22,7 @@ from pipeline.config import PipelineConfig
 from pipeline.freshness import freshness_note, read_freshness
 from pipeline.money import currency_symbol, minor_digits
 from playbook.errors import PlaybookError
+from playbook.reports import figures
 
 TEMPLATE = "dashboard.html"
 DATA_TOKEN = "__DASHBOARD_DATA__"  # noqa: S105 - a placeholder in the template, not a secret
@@ -45,9 +46,7 @@ def read_dashboard_data(conn, config: PipelineConfig) -> dict:
         first, last, scale = cur.fetchone()
         if last is None:
             raise PlaybookError("marts.client_day_sales is empty: load some sales and refresh the marts first")
-        cur.execute("select currency from marts.company")
-        found = cur.fetchone()
-        company_currency = found[0] if found else config.company.currency
+        company_currency = figures.company_currency(conn, config)
         # the clients in the database's own order of client_id: the page breaks ties by this position,
         # as marts.top_clients does with `order by ..., client_id`
         cur.execute("select client_id, max(client_name) from marts.client_day_sales group by client_id"

@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import textwrap
 from collections.abc import Iterator
+from datetime import date
 from pathlib import Path
 
 from matplotlib.axes import Axes
@@ -49,6 +50,14 @@ def no_markup(fig: Figure) -> None:
 def text(fig_or_ax, x: float, y: float, s: str, **kwargs) -> Text:
     """fig.text / ax.text for chart text: never read as markup."""
     return fig_or_ax.text(x, y, s, parse_math=False, usetex=False, **kwargs)
+
+
+def data_days(conn) -> tuple[date | None, date | None, date | None]:
+    """(first day of the marts, last day with sales, last day with operating costs), any currency."""
+    with conn.cursor() as cur:
+        cur.execute("select min(day), max(day) filter (where orders > 0 or sales_amount <> 0),"
+                    " max(day) filter (where operating_costs <> 0) from marts.daily_activity")
+        return cur.fetchone()
 
 
 def company_currency(conn, config) -> str:

@@ -51,13 +51,6 @@ def other_currencies(conn, currency: str) -> dict[str, list[tuple[int, object]]]
     return found
 
 
-def last_sales_day(conn) -> date | None:
-    """The last day with sales in any currency (other sources may go on after it)."""
-    with conn.cursor() as cur:
-        cur.execute("select max(day) from marts.daily_activity where orders > 0 or sales_amount <> 0")
-        return cur.fetchone()[0]
-
-
 def growth_label(growth_pct) -> str:
     if growth_pct is None:
         return "first year"
@@ -122,7 +115,7 @@ def yearly_sales_figure(conn, config: PipelineConfig, max_bars: int = MAX_BARS) 
     subtitle = f"{span.describe()} · growth on the same days of the year before"
     if partial:
         subtitle += " · lighter bars: part of a year"
-    last_sale = last_sales_day(conn)
+    last_sale = figures.data_days(conn)[1]  # the last day with sales (other sources may go on after it)
     if last_sale is not None and last_sale < span.end:
         subtitle += f" · sales data ends {format_day(last_sale)}"
     if earlier:

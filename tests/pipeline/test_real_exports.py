@@ -115,8 +115,8 @@ def test_bank_statement_with_debit_and_credit_columns_in_decimal_comma(landing):
     body = (STATEMENT_PREAMBLE
             + "Buchungstag;Referenz;Verwendungszweck;Soll;Haben;Saldo\r\n"
             "01.03.2024;TX-1001;Rechnung INV-2024-031;;1.250,00;13.750,00\r\n"
-            "04.03.2024;TX-1002;Kartenzahlung Tankstelle;50,00;;13.700,00\r\n"
-            "05.03.2024;TX-1003;Rechnung INV-2024-032;;980,45;14.680,45\r\n"
+            "04.03.2024;TX-1002;Kartenzahlung Tankstelle;50,00;0,00;13.700,00\r\n"  # a zero side is empty
+            "05.03.2024;TX-1003;Rechnung INV-2024-032;0,00;980,45;14.680,45\r\n"
             "11.03.2024;TX-1004;Erstattung an Kunde;120,50;;14.559,95\r\n"
             "28.03.2024;TX-1005;Kontoführung;7,90;;14.552,05\r\n"
             "29.03.2024;TX-1006;Rechnung INV-2024-040;;10.000,01;24.552,06\r\n").encode("cp1252")
@@ -128,7 +128,7 @@ def test_bank_statement_with_debit_and_credit_columns_in_decimal_comma(landing):
     result = landing.ingest("landing/real/bank_eur/2024-03.csv", body, config=config)
 
     df = pd.read_csv(io.BytesIO(body), sep=";", skiprows=5, dtype=str, keep_default_na=False, encoding="cp1252")
-    credit = exact(df["Haben"].replace("", "0"), ",", ".")  # the other column is empty on each line
+    credit = exact(df["Haben"].replace("", "0"), ",", ".")  # the other column is empty (or zero) on each line
     debit = exact(df["Soll"].replace("", "0"), ",", ".")
     signed = [c - d for c, d in zip(credit, debit, strict=True)]
     loaded_exactly(landing, result, "payments", len(df), total(signed))
@@ -409,9 +409,11 @@ def test_rows_known_by_their_place_are_each_file_s_own_and_a_quarantined_row_del
     assert (second["rows_inserted"], second["rows_updated"], second["rows_deleted"]) == (2, 0, 0)
     live = "select count(*), sum(amount) from core.payments where _deleted_by is null"
     assert landing.query(live) == [(4, Decimal("420.00"))]
+    # a blank line skipped is no rejected row: the deletions go ahead
     fixed = landing.ingest("landing/real/plain_statement/2024-01-corrected.csv",
-                           body("02/01/2024;Card sales;100,00", "15/01/2024;Refund;-25,00"), config=config)
-    assert (fixed["rows_inserted"], fixed["rows_deleted"], fixed["amount_deleted"]) == (2, 2, Decimal("80.00"))
+                           body("02/01/2024;Card sales;100,00", "15/01/2024;Refund;-25,00", ";;"), config=config)
+    assert (fixed["rows_inserted"], fixed["rows_skipped"], fixed["rows_deleted"], fixed["amount_deleted"]) == (
+        2, 1, 2, Decimal("80.00"))
     assert landing.query(live) == [(4, Decimal("415.00"))]
     # a March delivery with a rejected row holds its deletions back
     landing.ingest("landing/real/plain_statement/2024-03.csv", body("04/03/2024;Card sales;10,00",

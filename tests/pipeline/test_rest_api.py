@@ -56,6 +56,20 @@ def business(api, landing, monkeypatch):
     return Business(api, landing, monkeypatch)
 
 
+def publish_config(landing, monkeypatch, data: dict, options: dict, api: dict) -> None:
+    """A source's api options with quick retries and `api`'s settings over them (a dict merged into a dict), the
+    configuration uploaded where the handler reads it."""
+    options["retry"] = {"attempts": 4, "backoff_s": 0.05, "max_backoff_s": 0.2}
+    for key, value in api.items():
+        if isinstance(value, dict) and isinstance(options.get(key), dict):
+            options[key].update(value)
+        else:
+            options[key] = value
+    key = f"config/api-{uuid.uuid4().hex[:8]}.json"
+    boto3.client("s3").put_object(Bucket=landing.bucket, Key=key, Body=json.dumps(data).encode())
+    monkeypatch.setenv("PIPELINE_CONFIG_URI", f"s3://{landing.bucket}/{key}")
+
+
 class Business:
     def __init__(self, api: BusinessApi, landing, monkeypatch):
         self.api, self.landing, self.monkeypatch = api, landing, monkeypatch
@@ -78,15 +92,7 @@ class Business:
         options["auth"]["secret"] = secret or self.secret
         options["resource"]["params"] = {"paging": paging}
         options["pagination"] = {"style": style, "page_size": page_size, **reads}
-        options["retry"] = {"attempts": 4, "backoff_s": 0.05, "max_backoff_s": 0.2}
-        for key, value in api.items():
-            if isinstance(value, dict) and isinstance(options.get(key), dict):
-                options[key].update(value)
-            else:
-                options[key] = value
-        key = f"config/api-{uuid.uuid4().hex[:8]}.json"
-        boto3.client("s3").put_object(Bucket=self.landing.bucket, Key=key, Body=json.dumps(data).encode())
-        self.monkeypatch.setenv("PIPELINE_CONFIG_URI", f"s3://{self.landing.bucket}/{key}")
+        publish_config(self.landing, self.monkeypatch, data, options, api)
 
     def run(self, event: dict, context=None) -> dict:
         return ingest_api.handler(event, context)

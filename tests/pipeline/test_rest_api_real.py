@@ -25,7 +25,7 @@ from pipeline.sources.rest_api import RateLimited, TokenSource, moment_text, par
 from playbook.config import load_config
 from playbook.demo.api_server import CLIENT_ID, BusinessApi
 from playbook.demo.company import build_company
-from tests.pipeline.test_rest_api import EXAMPLE, ledger
+from tests.pipeline.test_rest_api import EXAMPLE, ledger, publish_config
 from tests.pipeline.test_rest_api import expected_sales as expected_order_lines
 
 ACCOUNTING = EXAMPLE.parent / "accounting_api.yaml"
@@ -73,15 +73,7 @@ class Accounting:
         options["auth"]["secret"] = self.secret
         if options["auth"].get("token_url"):
             options["auth"]["token_url"] = f"{self.api.url}/oauth/token"
-        options["retry"] = {"attempts": 4, "backoff_s": 0.05, "max_backoff_s": 0.2}
-        for key, value in api.items():
-            if isinstance(value, dict) and isinstance(options.get(key), dict):
-                options[key].update(value)
-            else:
-                options[key] = value
-        key = f"config/accounting-{uuid.uuid4().hex[:8]}.json"
-        boto3.client("s3").put_object(Bucket=self.landing.bucket, Key=key, Body=json.dumps(data).encode())
-        self.monkeypatch.setenv("PIPELINE_CONFIG_URI", f"s3://{self.landing.bucket}/{key}")
+        publish_config(self.landing, self.monkeypatch, data, options, api)
 
     def run(self, event: dict, context=None) -> dict:
         return ingest_api.handler({"source": "invoices_api", **event}, context)
@@ -339,6 +331,11 @@ def test_api_options_refuse_unknown_formats_templates_and_paths():
     assert "params.where: {since} is not a window end" in text
     assert "write nested lists as Parent[].Child[]" in text
     assert "token_url: oauth2_refresh_token authentication needs the API's token endpoint" in text
+    # a format for a column the source does not map would be ignored: refused, naming api.formats
+    data = load_config(ACCOUNTING).model_dump(mode="json")
+    data["sources"]["invoices_api"]["api"]["formats"] = {"paymentdate": "ms_json"}
+    with pytest.raises(ConfigError, match=r"api.formats: paymentdate is not a mapped column or attribute"):
+        parse_config(data, "accounting_api.yaml")
 
 
 # -- call limits -----------------------------------------------------------------------------------------

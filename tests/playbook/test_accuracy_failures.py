@@ -349,6 +349,20 @@ def test_duplicate_rows_fails_on_exact_copies_of_a_row_inside_one_delivery(tmp_p
     passing_elsewhere(results, "duplicate_rows", "sales")
 
 
+
+def test_duplicate_rows_passes_a_dimension_taken_from_fact_rows_with_its_repeats_folded():
+    """Customers taken from order lines (load: distinct) repeat their keys by design: folded, not defects; the same
+    repeats in a merge source fail."""
+    data = CONFIG.model_dump(mode="json")
+    data["sources"]["clients"]["load"] = "distinct"
+    distinct = type(CONFIG).model_validate(data)
+    folded = ledger_batch(21, "clients", "landing/clients/lines.csv", rows_read=9, rows_inserted=4, rows_duplicate=5)
+    [r] = [r for r in rereads.duplicate_rows([folded], {}, distinct, LIMITS) if r.subject == "clients"]
+    assert (r.status, r.observed, r.findings) == ("pass", 0, [])
+    assert "5 repeats of a key folded" in r.summary
+    [merged] = [r for r in rereads.duplicate_rows([folded], {}, CONFIG, LIMITS) if r.subject == "clients"]
+    assert (merged.status, merged.observed) == ("fail", 5)
+
 # -- duplicate_deliveries -----------------------------------------------------------------------------------
 @pytest.mark.parametrize("fault", ["same_bytes_under_another_key", "rows_all_loaded_before"])
 def test_duplicate_deliveries_fails_on_a_delivery_that_repeats_one_already_loaded(fault):

@@ -62,6 +62,11 @@ def test_demo_company_is_valid():
          "amount comes from columns.debit and columns.credit"),
         (lambda d: d["sources"]["sales"].update(attributes={"amount": "Line Total"}), "sources.sales",
          "attributes: amount"),
+        (lambda d: d["sources"]["tax"].update(currency="EUR"), "sources.tax", "currency: tax rows have no currency"),
+        (lambda d: d["reports"].update(schedule="cron(0 6 * * * *)"), "reports.schedule",
+         "exactly one of day-of-month and day-of-week must be '?'"),
+        (lambda d: d["sources"]["sales"].update(schedule="cron(0 25 * * ? *)"), "sources.sales.schedule",
+         "not a valid AWS cron expression"),
     ],
 )
 def test_each_error_names_the_file_and_field(tmp_path, demo, mutate, field, words):

@@ -12,10 +12,10 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
+from pipeline.schedules import croniter_expression
 from playbook.scheduler import (
     Schedule,
     ScheduleError,
-    croniter_expression,
     occurrences,
     replay,
     run_once,

@@ -32,7 +32,7 @@ from pipeline.logs import get_logger, log
 from pipeline.model import ROW_KEY, TABLES
 from pipeline.runtime_config import pipeline_config
 from pipeline.sources import LoadError, reading_columns, reading_types
-from pipeline.sources.kinds import source_kind
+from pipeline.sources.kinds import DRY_RUN_PREFIX, source_kind
 from pipeline.sources.lane import LaneSource
 from pipeline.sources.objects import ObjectRef, download, head, objects_in_event
 
@@ -71,7 +71,6 @@ def handler_lane(cfg) -> LaneSource | None:
     return LaneSource(key=cfg.key, negatives=cfg.amounts == "signed", required=currency)
 
 
-DRY_RUN_PREFIX = "dry-run/"  # a dry run's object: dry-run/<the source's prefix><file name>
 
 
 class _Uncommitted:

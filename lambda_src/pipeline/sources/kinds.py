@@ -14,6 +14,10 @@ import importlib
 from dataclasses import dataclass
 from typing import Literal
 
+# a dry run's copy of a file (`playbook ingest --dry-run`): dry-run/<the source's prefix><file name>, where no
+# landing notification fires
+DRY_RUN_PREFIX = "dry-run/"
+
 Delivers = Literal["files", "api"]
 
 

@@ -43,9 +43,10 @@ from pipeline.sources import LoadError, RawSheet, copy_csv, in_pieces, map_heade
 from pipeline.sources.s3_csv import raw_columns
 
 _MISSING = object()
-_SECRET_FIELDS = {"bearer": ("token",), "api_key_header": ("api_key",), "api_key_query": ("api_key",),
-                  "basic": ("username", "password"), "oauth2_client_credentials": ("client_id", "client_secret"),
-                  "oauth2_refresh_token": ("client_id", "client_secret", "refresh_token")}
+# what each authentication type reads from its secret, in the order `playbook secret set` asks for it
+SECRET_FIELDS = {"bearer": ("token",), "api_key_header": ("api_key",), "api_key_query": ("api_key",),
+                 "basic": ("username", "password"), "oauth2_client_credentials": ("client_id", "client_secret"),
+                 "oauth2_refresh_token": ("client_id", "client_secret", "refresh_token")}
 _HINTS = {401: "check the credential in auth.secret", 403: "the credential may not read this resource",
           404: "check base_url and resource.path"}
 
@@ -115,7 +116,7 @@ def _secret(secret_id: str) -> dict:
 
 
 def _missing_fields(auth, data: dict) -> None:
-    missing = [f for f in _SECRET_FIELDS[auth.type] if not data.get(f)]
+    missing = [f for f in SECRET_FIELDS[auth.type] if not data.get(f)]
     if missing:
         raise LoadError(f"auth.secret: the secret {auth.secret!r} has no {' or '.join(missing)} field, which "
                         f"{auth.type} authentication needs")
@@ -128,7 +129,7 @@ def credentials(options: ApiOptions) -> dict[str, str]:
         return {}
     data = _secret(auth.secret)
     _missing_fields(auth, data)
-    return {f: str(data[f]) for f in _SECRET_FIELDS[auth.type]}
+    return {f: str(data[f]) for f in SECRET_FIELDS[auth.type]}
 
 
 def without_param(url: str, name: str | None) -> str:
@@ -537,9 +538,10 @@ class ApiReader:
         self.top_before = int(self.resume.get("top_records", self.records_before))
         self.top_records = 0  # records of the outermost list (the ones the API pages)
         self.steps = record_steps(options.resource.records)
-        # header index -> (canonical column, format, its type when known) of the columns api.formats declares
-        self.formats = {self.header.index(columns[c]): (c, f, (types or {}).get(c))
-                        for c, f in options.formats.items() if c in columns}
+        # header index -> (column, format, its type when known) of the columns (or attributes) api.formats declares
+        read_as = {c: c if c in columns else f"attribute {c}" for c in options.formats}
+        self.formats = {self.header.index(columns[k]): (c, options.formats[c], (types or {}).get(k))
+                        for c, k in read_as.items() if k in columns}
         self.pages = 0
         self.next_position: dict | None = None
         self.last_page_sha: str | None = self.resume.get("last_page_sha")
