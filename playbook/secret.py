@@ -21,7 +21,7 @@ from playbook.errors import PlaybookError
 
 def secret_name(config, source: str) -> tuple[str, tuple[str, ...]]:
     """The secret a source's API authentication names, and the fields its JSON holds."""
-    from pipeline.sources.rest_api import SECRET_FIELDS
+    from pipeline.config import SECRET_FIELDS
 
     cfg = config.sources.get(source)
     if cfg is None:

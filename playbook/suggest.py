@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from pipeline.model import normalise_header  # the loader's own matching of header names
 from playbook.errors import PlaybookError
 
 SAMPLE_BYTES = 2 * 1024 * 1024  # of a text file
@@ -382,8 +383,6 @@ def _find_header(sheet: Sheet) -> None:
 def _data_rows(sheet: Sheet) -> tuple[list[list[Any]], list[tuple[int, Any]], list[int]]:
     """The sheet's data rows (blank rows left out), its footers (row number, label): rows labelled as totals or
     balances that fill fewer cells than the header, and the rows that repeat the header (row numbers)."""
-    from pipeline.sources import normalise_header  # the loader's own matching of header names
-
     rows, footers, repeats = [], [], []
     header = sheet.rows[sheet.header]
     names = [normalise_header(v) for v in header]
@@ -685,8 +684,6 @@ def _source_name(path: Path) -> str:
 
 
 def _choose_sheets(sheets: list[Sheet], hidden: list[str], path: Path) -> tuple[list[Sheet], Guess]:
-    from pipeline.sources import normalise_header  # the loader's own matching of header names
-
     data = [s for s in sheets if s.header is not None]
     if not data:
         names = ", ".join(repr(s.name) for s in sheets) or "none"

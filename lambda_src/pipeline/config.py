@@ -189,6 +189,12 @@ class ApiResource(Strict):
         return value
 
 
+# what each authentication type reads from its secret, in the order `playbook secret set` asks for it
+SECRET_FIELDS = {"bearer": ("token",), "api_key_header": ("api_key",), "api_key_query": ("api_key",),
+                 "basic": ("username", "password"), "oauth2_client_credentials": ("client_id", "client_secret"),
+                 "oauth2_refresh_token": ("client_id", "client_secret", "refresh_token")}
+
+
 class ApiAuth(Strict):
     """How requests authenticate. The credential lives in Secrets Manager, never here: `secret` is its name or ARN
     and the secret's JSON holds `token` (bearer), `api_key` (api_key_header, api_key_query), `username` and

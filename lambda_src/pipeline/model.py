@@ -8,6 +8,7 @@ SQL in sql/migrations creates the same tables; tests check that the two agree.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Literal
 
@@ -139,6 +140,11 @@ TABLES: dict[str, Table] = {
 
 # what each core row keeps of where it came from; its batch's facts are in meta.batches (core.<table>_lineage)
 METADATA_COLUMNS = ("_batch_id", "_source_row", "_row_hash", "_sheet", "_key", "_deleted_by", "attributes")
+def normalise_header(value: object) -> str:
+    """A header name as a column is matched by: white space collapsed, trimmed, case folded."""
+    return re.sub(r"\s+", " ", str(value if value is not None else "")).strip().casefold()
+
+
 # a row's identity: the values of its source's key columns (pipeline.config SourceConfig.key), joined by this
 KEY_SEPARATOR = "\x1f"
 ROW_KEY = "row"  # a key of a snapshot file by each row's place in it (its sheet and row number)

@@ -16,6 +16,8 @@ from typing import Any, Protocol
 
 import psycopg2.errors
 
+from pipeline.model import normalise_header
+
 
 class LoadError(ValueError):
     """Bad input, worded for the person who fixes the source: it names the file, sheet, row or column."""
@@ -145,10 +147,6 @@ class Reader(Protocol):
     one_sheet: bool
 
     def sheets(self) -> Iterator[RawSheet]: ...
-
-
-def normalise_header(value: object) -> str:
-    return re.sub(r"\s+", " ", str(value if value is not None else "")).strip().casefold()
 
 
 def map_header(header: list[str], columns: dict[str, str], where: str, required: set[str]) -> dict[str, int]:

@@ -38,15 +38,11 @@ import requests
 from botocore.exceptions import BotoCoreError, ClientError
 from psycopg2 import sql
 
-from pipeline.config import ApiOptions
+from pipeline.config import SECRET_FIELDS, ApiOptions
 from pipeline.sources import LoadError, RawSheet, copy_csv, in_pieces, map_header
 from pipeline.sources.s3_csv import raw_columns
 
 _MISSING = object()
-# what each authentication type reads from its secret, in the order `playbook secret set` asks for it
-SECRET_FIELDS = {"bearer": ("token",), "api_key_header": ("api_key",), "api_key_query": ("api_key",),
-                 "basic": ("username", "password"), "oauth2_client_credentials": ("client_id", "client_secret"),
-                 "oauth2_refresh_token": ("client_id", "client_secret", "refresh_token")}
 _HINTS = {401: "check the credential in auth.secret", 403: "the credential may not read this resource",
           404: "check base_url and resource.path"}
 
