@@ -94,6 +94,23 @@ def _etag(s3, bucket: str, key: str) -> str | None:
         return None
 
 
+def refuse_unreachable_apis(target, config) -> None:
+    """An API source whose URL names this machine cannot be read by functions that run elsewhere (Lambda)."""
+    from urllib.parse import urlsplit
+
+    from playbook.settings import LOOPBACK_HOSTS
+
+    if target.reaches_this_machine:
+        return
+    for name, source in config.sources.items():
+        api = source.api
+        for setting, url in (("base_url", api and api.base_url), ("auth.token_url", api and api.auth.token_url)):
+            if url and urlsplit(url).hostname in LOOPBACK_HOSTS:
+                raise PlaybookError(f"sources.{name}.api.{setting} is {url}, this machine: the functions on {target} "
+                                    "cannot reach it. Point it at the system's own API, or leave the source out of "
+                                    "this configuration (the demo's accounting system runs on the local stack only)")
+
+
 def deploy(target, config_file: str | None = None, source: Path | None = None) -> Deployed:
     """Build, upload and roll out the function code (and configuration) to the pipeline deployed on a target."""
     import boto3
@@ -105,6 +122,7 @@ def deploy(target, config_file: str | None = None, source: Path | None = None) -
     from playbook.stages import refresh_report_schedule
 
     config = load_config(config_file)
+    refuse_unreachable_apis(target, config)
     outputs = target.outputs(parts=("storage", "pipeline"))
     bucket = outputs.get("ArtifactBucketName")
     functions = pipeline_functions(outputs)

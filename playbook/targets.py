@@ -58,6 +58,7 @@ class Target:
     sends_run_email: bool = True
     email_note: str = ""
     runs_functions: str = ""  # where a deployed function runs, in words
+    reaches_this_machine: bool = True  # whether its functions reach a server on this machine's loopback
 
     def __init__(self) -> None:
         self.status: dict[str, Any] = {}
@@ -400,6 +401,7 @@ class AwsTarget(Target):
     sends_run_email = False
     email_note = "on AWS the send_expense_email function sends it on its schedule"
     runs_functions = "Lambda"
+    reaches_this_machine = False
 
     def activate(self) -> AwsTarget:
         import boto3

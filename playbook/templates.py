@@ -26,7 +26,7 @@ from pipeline.config import EmailReport, PipelineConfig
 from pipeline.schedules import occurrences
 from pipeline.sources.kinds import DRY_RUN_PREFIX, source_kind
 from playbook.errors import PlaybookError
-from playbook.settings import PROJECT_ROOT
+from playbook.settings import LOOPBACK_HOSTS, PROJECT_ROOT
 
 TEMPLATE_DIR = PROJECT_ROOT / "infra" / "cloudformation"
 NGINX_TEMPLATE = PROJECT_ROOT / "infra" / "nginx" / "stream.conf.template"
@@ -167,6 +167,8 @@ def egress_ports(config: PipelineConfig) -> dict[int, list[str]]:
         if api is None:
             continue
         url = urlsplit(api.base_url)
+        if url.hostname in LOOPBACK_HOSTS:  # this machine's (the demo's): reached on the local stack only
+            continue
         ports.setdefault(url.port or (443 if url.scheme == "https" else 80), []).append(name)
     return ports
 

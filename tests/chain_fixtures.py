@@ -10,6 +10,7 @@ import subprocess
 import sys
 import tempfile
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -46,9 +47,9 @@ def chain_stack() -> Iterator[ChainStack]:
     env = {k: v for k, v in os.environ.items() if k not in INHERITED}
     env.update(stack_env(directory), PLAYBOOK_REPORTS_DIR=str(reports))
     chain = ChainStack(env, reports)
-    up = chain.playbook("local", "up")
-    assert up.returncode == 0, up.stdout + up.stderr
-    try:
+    try:  # a failed `up` may have started a part: `down` stops whatever the state file names
+        up = chain.playbook("local", "up")
+        assert up.returncode == 0, up.stdout + up.stderr
         yield chain
     finally:
         chain.playbook("local", "down")
@@ -71,6 +72,24 @@ def nbval_run(chained: dict, chain_stack: ChainStack) -> subprocess.CompletedPro
     from playbook.chain import NOTEBOOKS_DIR
     from playbook.settings import PROJECT_ROOT
 
-    return subprocess.run([sys.executable, "-m", "pytest", "--nbval-lax", "-p", "no:cacheprovider", "-q",
-                           str(NOTEBOOKS_DIR)], cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=600,
-                          env=chain_stack.env)
+    with business_system(chain_stack):  # the lessons run as committed (demo = False): the API is the company's
+        return subprocess.run([sys.executable, "-m", "pytest", "--nbval-lax", "-p", "no:cacheprovider", "-q",
+                               str(NOTEBOOKS_DIR)], cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=600,
+                              env=chain_stack.env)
+
+
+@contextmanager
+def business_system(chain_stack: ChainStack) -> Iterator[None]:
+    """The demo's accounting system serving the chain's company (`playbook demo-api --connect`), as a real
+    company's is always up; stopped on the way out, whatever happened."""
+    years, clients = DEMO[DEMO.index("demo_years") + 1], DEMO[DEMO.index("demo_clients") + 1]
+    server = subprocess.Popen([sys.executable, "-m", "playbook", "demo-api", "--connect", "--years", years,
+                               "--clients", clients], env=chain_stack.env, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True)
+    try:
+        ready = server.stdout.readline()
+        assert ready.startswith("demo accounting system at"), ready + server.stderr.read()
+        yield
+    finally:
+        server.terminate()
+        server.wait(timeout=30)

@@ -318,6 +318,9 @@ class ApiOptions(Strict):
         "(/Date(1539993600000+0000)/), epoch_s, epoch_ms, or a strftime pattern such as %d/%m/%Y; a value "
         "that does not fit is quarantined"))
     rate_limit: ApiRateLimit | None = None
+    history_from: dt.date | None = Field(None, description=(
+        "the first day of the company's data in this system: `playbook backfill` reads the API from there "
+        "(default: three years back)"))
 
     @field_validator("formats")
     @classmethod

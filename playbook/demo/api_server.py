@@ -41,6 +41,8 @@ from email.utils import format_datetime, parsedate_to_datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, urlencode, urlsplit
 
+import pandas as pd
+
 from playbook.demo.company import DEFAULT_END, DEFAULT_SEED, Company, build_company
 
 FAULTS = {
@@ -100,9 +102,8 @@ def _ms_json(moment: datetime) -> str:
     return f"/Date({int(moment.timestamp() * 1000)}+0000)/"
 
 
-def _invoices(company: Company) -> tuple[list[float], list[str]]:
-    """The order lines as invoices with their lines, Xero's way: (updated epoch seconds, JSON) by update time."""
-    s = company.sales
+def _invoices(s: pd.DataFrame) -> tuple[list[float], list[str]]:
+    """Order lines as invoices with their lines, Xero's way: (updated epoch seconds, JSON) by update time."""
     orders: dict[int, dict] = {}
     for order_no, line_no, day, client, product, qty, price, amount in zip(
             s["order_no"], s["line_no"], s["order_date"].to_numpy().astype("datetime64[D]").astype(str), s["client_id"],
@@ -178,15 +179,16 @@ class Faults:
 
 
 class BusinessApi:
-    """The sample business API on 127.0.0.1; port 0 picks a free port. Use as a context manager or start/stop."""
+    """The sample business API on 127.0.0.1; port 0 picks a free port. Use as a context manager or start/stop.
+    `invoices`: the order lines /v2/Invoices serves (default: every sale, returns aside)."""
 
     def __init__(self, company: Company | None = None, *, token: str | None = None, host: str = "127.0.0.1",
                  port: int = 0, faults: dict[str, int | None] | None = None, slow_s: float = 2.0,
-                 retry_after_s: int = 1, quiet: bool = True):
+                 retry_after_s: int = 1, quiet: bool = True, invoices: pd.DataFrame | None = None):
         company = company or build_company(DEFAULT_SEED, DEFAULT_END)
         self.resources = {"/v1/orders": (_orders(company), ("updated_since", "updated_before"), False),
                           "/v1/costs": (_costs(company), ("from", "to"), True)}
-        self.invoices = _invoices(company)
+        self.invoices = _invoices(company.sales if invoices is None else invoices)
         self.token = token or secrets.token_urlsafe(24)
         self.faults = Faults(dict(faults or {}), slow_s, retry_after_s)
         # OAuth 2.0: the refresh token that works now, those spent (each use logged), live access tokens
@@ -206,6 +208,9 @@ class BusinessApi:
         self._thread: threading.Thread | None = None
         self._data_pages = 0
         self._generation = 0
+
+    def __repr__(self) -> str:
+        return f"<BusinessApi {self.url}: {len(self.invoices[0])} invoices, {len(self.resources)} v1 resources>"
 
     @property
     def url(self) -> str:
@@ -251,6 +256,11 @@ class BusinessApi:
     def serve_forever(self) -> None:
         """Serve in this thread until interrupted (the CLI); close() afterwards."""
         self._http.serve_forever()
+
+    def join(self) -> None:
+        """Wait until a server started with start() stops (Ctrl-C interrupts the wait)."""
+        while self._thread is not None and self._thread.is_alive():
+            self._thread.join(0.5)
 
     def close(self) -> None:
         self._http.server_close()

@@ -25,7 +25,8 @@ def cmd_demo_data(args: argparse.Namespace) -> int:
     print(f"{manifest.company}: {len(manifest.files)} files in {out} ({time.perf_counter() - started:.1f} s)")
     for name, s in manifest.sources.items():
         money = f", {s['amount_sum']} GBP" if s["amount_sum"] is not None else ""
-        print(f"  {name:<16} {s['files']:>4} files {s['rows']:>8} rows{money}")
+        served = "  through its API" if s.get("api") else f"{s['files']:>4} files"
+        print(f"  {name:<16} {served} {s['rows']:>8} rows{money}")
     if manifest.defects:
         print(f"  defects: {len(manifest.defects)} injected ({out / 'defects.json'})")
     if args.bucket:

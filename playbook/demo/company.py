@@ -37,6 +37,10 @@ PRODUCTS: dict[str, int] = {
 INFLATION = 0.035  # yearly list-price rise
 
 SEGMENTS = ("Restaurant", "Cafe", "Hotel", "Retail", "Catering", "Public Sector", "Wholesale")
+# trade accounts buy on credit: their orders are invoiced in the accounting system, which the playbook reads through
+# its API (source `trade_invoices`); the other segments order through the web shop, whose order system exports CSV
+INVOICED_SEGMENTS = ("Hotel", "Catering", "Public Sector", "Wholesale")
+INVOICES_SOURCE = "trade_invoices"  # the API source's name in playbook.yaml
 COUNTRIES = ("GB", "IE", "FR", "NL", "DE")
 COUNTRY_P = (0.86, 0.07, 0.03, 0.02, 0.02)
 _NAME_A = ("Harbour", "Riverside", "Oakwood", "Kestrel", "Millbrook", "Ashford", "Bramley", "Castle",
@@ -90,6 +94,22 @@ class Company:
         """The order lines the sales export holds: orders and the returns credited on them."""
         lines = pd.concat([self.sales, self.returns], ignore_index=True)
         return lines.sort_values(["order_no", "line_no"], kind="stable").reset_index(drop=True)
+
+    @cached_property
+    def invoiced(self) -> np.ndarray:
+        """Per order line: whether it is a trade account's, invoiced in the accounting system (else the shop's)."""
+        trade = self.clients["client_id"][self.clients["segment"].isin(INVOICED_SEGMENTS)]
+        return self.order_lines["client_id"].isin(trade).to_numpy()
+
+    @property
+    def invoice_lines(self) -> pd.DataFrame:
+        """The order lines the accounting system's invoices hold (returns as negative lines): served by its API."""
+        return self.order_lines[self.invoiced].reset_index(drop=True)
+
+    @property
+    def shop_lines(self) -> pd.DataFrame:
+        """The order lines the shop's order system exports as CSV files."""
+        return self.order_lines[~self.invoiced].reset_index(drop=True)
 
 
 def history_start(end: date, years: int) -> date:

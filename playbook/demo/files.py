@@ -198,7 +198,7 @@ def _clients_file(c: Company) -> CsvExport:
 
 
 def _sales_files(c: Company) -> Iterator[CsvExport]:
-    s = c.order_lines
+    s = c.shop_lines
     text = np.column_stack([
         np.char.add("SO-", np.char.zfill(s["order_no"].to_numpy().astype(str), 7)).astype(object),
         s["line_no"].to_numpy().astype(str).astype(object),

@@ -1,4 +1,5 @@
 """What should land: per file and per source rows and exact money sums, and the sales totals the marts must show.
+The accounting system's invoices, read through its API, are a source of their own with no files (`"api": true`).
 
 The manifest describes the clean data only; seeded defects are described in defects.json beside it.
 Sums come from the generated integer pence, never from the rendered text, so a re-read of the files is an
@@ -17,7 +18,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from playbook.demo.company import COMPANY, Company
+from playbook.demo.company import COMPANY, INVOICES_SOURCE, Company
 from playbook.demo.files import CsvExport, DemoFile, PaymentsWorkbook
 
 MANIFEST_FILE = "manifest.json"
@@ -116,6 +117,9 @@ def build_manifest(company: Company, files: list[DemoFile], content: dict[str, b
         s["rows"] += e.rows
         if e.amount_sum is not None:
             s["amount_sum"] = str(Decimal(s["amount_sum"] or "0.00") + Decimal(e.amount_sum))
+    invoices = company.invoice_lines  # served by the accounting system's API, not delivered as files
+    sources[INVOICES_SOURCE] = {"table": "sales", "files": 0, "rows": len(invoices),
+                                "amount_sum": pounds(invoices["amount"].sum()), "api": True}
     sales = company.order_lines
     year = sales["order_date"].to_numpy().astype("datetime64[Y]").astype(str)
     by_year = {}

@@ -303,7 +303,8 @@ def test_pipeline_has_one_function_per_job_with_schedules_in_the_company_timezon
         assert set(props["Environment"]["Variables"]) >= {"DB_SECRET_ARN", "PIPELINE_CONFIG_URI", "LANDING_BUCKET",
                                                           "LOG_LEVEL"}
         if "-ingest-" in name:
-            assert props["MemorySize"] == 512 and props["Handler"] == "pipeline.handlers.ingest_object.handler"
+            handler = "ingest_api" if name.endswith("trade-invoices") else "ingest_object"
+            assert props["MemorySize"] == 512 and props["Handler"] == f"pipeline.handlers.{handler}.handler"
     schedules = {s["Properties"]["Name"]["Fn::Sub"]: s["Properties"]
                  for s in resources(pipeline, "AWS::Scheduler::Schedule").values()}
     assert schedules["${Prefix}-ingest-sales"]["ScheduleExpression"] == config.sources["sales"].schedule
@@ -533,5 +534,6 @@ def test_the_functions_reach_each_rest_sources_port_and_https():
 
     assert egress([]) == [(443, "0.0.0.0/0"), (5432, "VpcCidr")]
     assert egress(["https://erp.example.com"]) == [(443, "0.0.0.0/0"), (5432, "VpcCidr")]
+    assert egress(["http://127.0.0.1:8765"]) == [(443, "0.0.0.0/0"), (5432, "VpcCidr")]  # this machine's
     assert egress(["https://erp.example.com:8443/api", "http://legacy.example.com"]) == [
         (80, "0.0.0.0/0"), (443, "0.0.0.0/0"), (5432, "VpcCidr"), (8443, "0.0.0.0/0")]

@@ -15,10 +15,10 @@ from pipeline.config import PipelineConfig
 from pipeline.sources.objects import ObjectRef
 from playbook.config import load_config
 
-TRUNCATE = ("truncate meta.quarantine, meta.source_state, core.clients, core.sales, core.payments, "
-            "core.operating_costs, core.tax, core.interactions, core.clients_history, core.sales_history, "
-            "core.payments_history, core.operating_costs_history, core.tax_history, core.interactions_history, "
-            "meta.batches cascade")
+TRUNCATE = ("truncate meta.quarantine, meta.source_state, meta.api_call_limits, core.clients, core.sales, "
+            "core.payments, core.operating_costs, core.tax, core.interactions, core.clients_history, "
+            "core.sales_history, core.payments_history, core.operating_costs_history, core.tax_history, "
+            "core.interactions_history, meta.batches cascade")
 
 
 @dataclass

@@ -365,6 +365,14 @@ def test_a_limit_longer_than_the_budget_commits_nothing_and_says_when(accounting
     assert len(accounting.invoice_calls()) == 2
     resume = rest_api._CALLS_RESUME[accounting.api.url]
     assert 100 < resume - datetime.now(UTC).timestamp() <= 120
+    # a cold start (another function instance) knows it too, from the ledger's meta.api_call_limits
+    rest_api._CALLS_RESUME.clear()
+    with pytest.raises(RateLimited, match="takes calls again at"):
+        accounting.run(WINDOW, Budget(60))
+    assert len(accounting.invoice_calls()) == 2
+    (kept,) = accounting.landing.query("select source, extract(epoch from resume_at)::float8 "
+                                       "from meta.api_call_limits where base_url = %s", (accounting.api.url,))
+    assert kept[0] == "invoices_api" and abs(kept[1] - resume) < 0.01
 
 
 def test_a_429_under_a_declared_limit_waits_for_retry_after(accounting, company):

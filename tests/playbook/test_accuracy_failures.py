@@ -392,6 +392,20 @@ def test_duplicate_deliveries_fails_on_a_delivery_that_repeats_one_already_loade
     passing_elsewhere(results, "duplicate_deliveries", "sales")
 
 
+def test_an_api_window_read_again_is_not_a_repeated_delivery():
+    """The trade invoices' window read twice (a backfill's rerun) finds its 4 rows loaded, by design: not counted,
+    and the summary says why. The same figures from a file source are a repeat."""
+    first = ledger_batch(1, "trade_invoices", None, "a" * 64, rows_read=4, rows_inserted=4)
+    again = ledger_batch(2, "trade_invoices", None, "a" * 64, rows_read=4, rows_unchanged=4)
+    results = ledger.duplicate_deliveries([first, again], {2: [1]}, CONFIG, LIMITS)
+    r = one(results, "duplicate_deliveries", "trade_invoices")
+    assert (r.status, r.observed, r.findings) == ("pass", 0, [])
+    assert "an API's windows may be read again" in r.summary
+    as_files = [dict(b, source="sales", object_key=f"landing/sales/{i}.csv") for i, b in enumerate((first, again))]
+    r = one(ledger.duplicate_deliveries(as_files, {2: [1]}, CONFIG, LIMITS), "duplicate_deliveries", "sales")
+    assert (r.status, r.observed) == ("fail", 1)
+
+
 # -- changed_rows -------------------------------------------------------------------------------------------
 def test_changed_rows_fails_on_a_row_changed_after_its_first_load(cur):
     """Sales line SO-1/1, first loaded from row 2 of version v1, is loaded again from row 5 of version v2 with

@@ -45,3 +45,54 @@ def test_file_windows_are_sized_to_the_ingest_functions_timeout(monkeypatch):
     sized = plan_windows(config, outputs, grain="quarter", sources=["sales"], timeouts={"fn-sales": 300})
     assert [w.objects for w in sized] == [13, 13, 4, 1] and sum(w.objects for w in sized) == 31
     assert all(w.bytes <= 16 * 1024 * 1024 for w in sized if w.objects > 1)
+
+
+def test_one_api_sources_windows_never_run_at_once_and_go_in_date_order():
+    """Each run of an API source reads and writes its cursor: two of its windows at once would fail one of them.
+    Files and other sources still run beside them, up to the concurrency."""
+    import threading
+    import time
+
+    from playbook.backfill import Window, _run_waiting, next_window
+
+    def api(source: str, month: int) -> Window:
+        bounds = (f"2024-{month:02d}-01T00:00:00+00:00", f"2024-{month + 1:02d}-01T00:00:00+00:00")
+        return Window(source, f"fn-{source}", f"2024-{month:02d}", {"source": source, "from": f"2024-{month:02d}"},
+                      bounds=bounds)
+
+    windows = [api("invoices", m) for m in (3, 1, 2)] + [api("costs", m) for m in (2, 1)] + [
+        Window("sales", "fn-sales", f"2024-0{m}", {"objects": [{"key": f"k{m}"}]}, objects=1) for m in (1, 2, 3)]
+    running: dict[str, int] = {}
+    seen, overlaps, widest = [], [], [0]
+    guard = threading.Lock()
+
+    class Target:
+        runs_functions = "a stand-in for the runtime"
+
+        def invoke(self, function, event, log_dir=None):
+            from types import SimpleNamespace
+
+            with guard:
+                running[function] = running.get(function, 0) + 1
+                if running[function] > 1 and not function.endswith("sales"):
+                    overlaps.append(function)
+                widest[0] = max(widest[0], sum(running.values()))
+                seen.append((function, event))
+            time.sleep(0.05)
+            with guard:
+                running[function] -= 1
+            payload = {"batch": {"status": "committed"}, "committed": 1}  # the API's, and a file window's
+            return SimpleNamespace(status="ok", payload=payload, duration_ms=50, log_path=None)
+
+    _run_waiting(Target(), windows, 3, None, lambda w: None, 60, 1)
+    assert not overlaps and widest[0] == 3
+    assert all(w.status == "ok" and w.committed == 1 for w in windows)
+    assert [e["from"] for f, e in seen if f == "fn-invoices"] == ["2024-01", "2024-02", "2024-03"]
+    assert [e["from"] for f, e in seen if f == "fn-costs"] == ["2024-01", "2024-02"]
+    # the asynchronous fan-out picks the same way: not a second window of a running source, the earliest first
+    first = next_window(windows, [])
+    assert (first.source, first.period) == ("invoices", "2024-01")
+    second = next_window([w for w in windows if w is not first], [first])
+    assert (second.source, second.period) == ("costs", "2024-01")
+    third = next_window([w for w in windows if w not in (first, second)], [first, second])
+    assert third.source == "sales"

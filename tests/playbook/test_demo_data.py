@@ -9,7 +9,7 @@ import io
 import json
 import re
 from collections import defaultdict
-from datetime import date, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
 
@@ -18,7 +18,8 @@ import pytest
 
 from playbook.config import load_config
 from playbook.demo import DEFECT_KINDS, deliver, generate
-from playbook.demo.company import build_company
+from playbook.demo.api_server import BusinessApi
+from playbook.demo.company import INVOICES_SOURCE, build_company
 from playbook.demo.delivery import delivery_plan
 
 END = date(2026, 11, 30)
@@ -136,6 +137,22 @@ def test_manifest_totals_equal_an_independent_reread(clean):
         totals[f.source][0] += rows
         if file_sum is not None:
             totals[f.source][1] += file_sum
+    # the trade accounts' invoices, as the demo's accounting system serves them (JSON, read here with json)
+    company = build_company()
+    server = BusinessApi(company, invoices=company.invoice_lines)
+    server.close()
+    for text in server.invoices[1]:
+        invoice = json.loads(text, parse_float=Decimal)
+        day = datetime.fromtimestamp(int(re.fullmatch(r"/Date\((\d+)\+0000\)/", invoice["Date"])[1]) / 1000,
+                                     UTC).date().isoformat()
+        for line in invoice["LineItems"]:
+            total = Decimal(str(line["LineAmount"]))
+            assert Decimal(line["Quantity"]) * Decimal(str(line["UnitAmount"])) == total
+            by_year[day[:4]] += total
+            by_client[invoice["Contact"]["ContactNumber"]] += total
+            by_day[day] += total
+            totals[INVOICES_SOURCE][0] += 1
+            totals[INVOICES_SOURCE][1] += total
     for source, s in manifest.sources.items():
         assert totals[source][0] == s["rows"]
         assert s["amount_sum"] is None or Decimal(s["amount_sum"]) == totals[source][1]
@@ -145,13 +162,14 @@ def test_manifest_totals_equal_an_independent_reread(clean):
         daily = list(csv.DictReader(fh))
     assert len(daily) == (END - date(2023, 12, 1)).days + 1
     assert {d["date"]: Decimal(d["amount"]) for d in daily if d["amount"] != "0.00"} == by_day
-    assert sum(int(d["lines"]) for d in daily) == manifest.sources["sales"]["rows"]
+    assert sum(int(d["lines"]) for d in daily) == sum(manifest.sources[s]["rows"] for s in ("sales", INVOICES_SOURCE))
 
 
 def test_the_company_looks_like_an_sme(clean):
     out, manifest = clean
     assert (manifest.start, manifest.end) == ("2023-12-01", "2026-11-30")
-    assert 100_000 <= manifest.sources["sales"]["rows"] <= 120_000
+    lines = [manifest.sources[s]["rows"] for s in ("sales", INVOICES_SOURCE)]
+    assert 100_000 <= sum(lines) <= 120_000 and all(n > 0.4 * sum(lines) for n in lines)  # shop and trade
     orders = sum(y["orders"] for y in manifest.sales_by_year.values())
     assert 35 <= orders / 1096 <= 45
     years = {y: Decimal(v["amount"]) for y, v in manifest.sales_by_year.items()}

@@ -95,7 +95,8 @@ def test_daylight_saving_skipped_hour_does_not_fire_and_repeated_hour_fires_once
 def expected_quarter(config) -> list[tuple[str, datetime]]:
     """The demo company's schedules over Q1 2024, from the calendar (not from cron)."""
     rules = {
-        "ingest-sales": ((5, 30), lambda d: True), "ingest-interactions": ((5, 0), lambda d: True),
+        "ingest-sales": ((5, 30), lambda d: True), "ingest-trade-invoices": ((5, 30), lambda d: True),
+        "ingest-interactions": ((5, 0), lambda d: True),
         "ingest-clients": ((5, 0), lambda d: d.weekday() == 0),
         "ingest-operating-costs": ((6, 0), lambda d: d.weekday() == 0),
         "ingest-payments": ((6, 0), lambda d: d.day in (1, 15)), "ingest-tax": ((6, 0), lambda d: d.day == 5),
@@ -126,6 +127,7 @@ def test_a_replayed_quarter_fires_exactly_the_expected_invocations(pipeline_stac
     assert fired == expected
     counts = {name: sum(1 for n, _ in fired if n == name) for name, _ in fired}
     assert counts[f"{PREFIX}-ingest-sales"] == counts[f"{PREFIX}-send-expense-email"] == 91
+    assert counts[f"{PREFIX}-ingest-trade-invoices"] == 91
     assert counts[f"{PREFIX}-ingest-operating-costs"] == 13 and counts[f"{PREFIX}-ingest-payments"] == 6
     assert counts[f"{PREFIX}-ingest-tax"] == 3
     assert f"{len(expected)} firings planned (dry run), 0 failed" in done.stdout

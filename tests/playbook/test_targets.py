@@ -241,3 +241,29 @@ def test_deployment_stops_when_the_runtimes_boto3_cannot_claim_a_run():
     with pytest.raises(PlaybookError, match="p-SendExpenseEmail: the runtime's boto3 1.34.0 cannot make S3's "
                                             "conditional put"):
         check_handlers(Target(), [])
+
+
+def test_an_api_on_this_machine_is_refused_before_deploying_to_aws(tmp_path):
+    """The demo's accounting system answers on 127.0.0.1: Lambda cannot reach it, so deploying that
+    configuration to AWS stops before anything changes, naming the field; locally it is what runs."""
+    import pytest
+    import yaml
+
+    from playbook.config import load_config
+    from playbook.deploy import refuse_unreachable_apis
+    from playbook.errors import PlaybookError
+    from playbook.targets import AwsTarget, LocalTarget
+
+    config = load_config()
+    refuse_unreachable_apis(LocalTarget(), config)
+    with pytest.raises(PlaybookError, match=r"sources\.trade_invoices\.api\.base_url is http://127\.0\.0\.1:8765, "
+                                            r"this machine: the functions on aws cannot reach it"):
+        refuse_unreachable_apis(AwsTarget(), config)
+    data = yaml.safe_load(Path("playbook.yaml").read_text())
+    data["sources"]["trade_invoices"]["api"]["base_url"] = "https://api.xero.com/api.xro/2.0"
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(data))
+    with pytest.raises(PlaybookError, match=r"api\.auth\.token_url is http://127\.0\.0\.1:8765/oauth/token"):
+        refuse_unreachable_apis(AwsTarget(), load_config(tmp_path / "c.yaml"))
+    del data["sources"]["trade_invoices"]
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(data))
+    refuse_unreachable_apis(AwsTarget(), load_config(tmp_path / "c.yaml"))

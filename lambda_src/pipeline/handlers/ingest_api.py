@@ -11,7 +11,8 @@ The cursor lives in meta.source_state and is written by the batch's own transact
 when the batch commits. When the time budget runs short, fetching stops at a page boundary, the complete
 pages commit, and the state says where the next invocation resumes the same window. When the API's call limit
 needs a longer wait than the budget allows, the batch fails whole (nothing of the window commits, the cursor
-stays) with the time the API takes calls again.
+stays) with the time the API takes calls again. That time outlives the function instance: it is kept in
+meta.api_call_limits, which the next invocation reads before its first call.
 """
 
 from __future__ import annotations
@@ -23,18 +24,19 @@ from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from decimal import Decimal
 
+import psycopg2
 import psycopg2.extras
 
 from pipeline.attempts import attempted
 from pipeline.config import PipelineConfig, SourceConfig
-from pipeline.db import connect
+from pipeline.db import connect, time_left
 from pipeline.loader import BatchLoad, Delivery, TimeBudgetExceeded
 from pipeline.logs import get_logger, log
 from pipeline.model import TABLES
 from pipeline.runtime_config import pipeline_config
 from pipeline.schedules import schedule_period
 from pipeline.sources import LoadError, reading_columns, reading_types
-from pipeline.sources.rest_api import ApiReader, pg_refresh_lock
+from pipeline.sources.rest_api import ApiReader, load_call_limit, pg_refresh_lock, save_call_limit
 
 logger = get_logger("pipeline.ingest_api")
 ENV_SOURCE = "PIPELINE_SOURCE"
@@ -47,12 +49,6 @@ class Plan:
     window: tuple[datetime, datetime]
     resume: dict | None  # the saved pending state this run continues
     explicit: bool
-
-
-def _remaining(context):
-    if context is not None and hasattr(context, "get_remaining_time_in_millis"):
-        return lambda: context.get_remaining_time_in_millis() / 1000.0
-    return lambda: float("inf")
 
 
 def parse_moment(value: object, field: str) -> datetime:
@@ -176,13 +172,14 @@ def handler(event: dict, context=None) -> dict:
     started = time.monotonic()
     event = event or {}
     config = pipeline_config()
-    remaining = _remaining(context)
+    remaining = time_left(context)
     request_id = getattr(context, "aws_request_id", None)
     name, source = source_for(event, config)
-    conn = connect()
+    conn = connect(remaining=remaining)
     try:
         state = read_state(conn, name)
         plan = plan_window(event, source, state, config.company.timezone)
+        load_call_limit(conn, source.api.base_url)
         try:
             summary = ingest_window(conn, config, name, source, plan, state, remaining, request_id)
         except (LoadError, TimeBudgetExceeded) as exc:
@@ -190,11 +187,21 @@ def handler(event: dict, context=None) -> dict:
                 "source": name, "window": [w.isoformat() for w in plan.window], "error": str(exc),
                 "error_type": type(exc).__name__}})
             raise
+        finally:
+            _keep_call_limit(conn, name, source.api.base_url)
     finally:
         conn.close()
     summary["seconds"] = round(time.monotonic() - started, 3)
     log(logger, "api window processed", **{k: v for k, v in summary.items() if k != "state"})
     return json_ready(summary)
+
+
+def _keep_call_limit(conn, name: str, base_url: str) -> None:
+    """The call limit this run learned, for the next run; a failure to keep it is logged, never the run's error."""
+    try:
+        save_call_limit(conn, name, base_url)
+    except psycopg2.Error as exc:
+        logger.warning("api call limit not kept", extra={"fields": {"source": name, "error": str(exc)}})
 
 
 def json_ready(value):

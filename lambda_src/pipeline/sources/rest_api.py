@@ -55,10 +55,39 @@ class RateLimited(LoadError):
     """The API's call limit is spent for longer than this run can wait: nothing of the window is committed."""
 
 
-# base URL -> when (epoch seconds) the API takes calls again: kept by a warm function between invocations
+# base URL -> when (epoch seconds) the API takes calls again: kept by a warm function between invocations, and in
+# meta.api_call_limits for the next cold one (load_call_limit, save_call_limit)
 _CALLS_RESUME: dict[str, float] = {}
 _LOCAL_LOCKS: dict[str, threading.Lock] = {}
 _LOCAL_LOCKS_GUARD = threading.Lock()
+
+
+def load_call_limit(conn, base_url: str) -> None:
+    """When the API takes calls again, as an earlier invocation (warm or not, this instance or another) noted it."""
+    with conn.cursor() as cur:
+        cur.execute("select extract(epoch from resume_at)::float8 from meta.api_call_limits "
+                    "where base_url = %s and resume_at > now()", (base_url,))
+        row = cur.fetchone()
+    conn.commit()
+    if row:
+        _CALLS_RESUME[base_url] = max(_CALLS_RESUME.get(base_url, 0.0), row[0])
+
+
+def save_call_limit(conn, source: str, base_url: str) -> None:
+    """This invocation's word on the API's call limit, for the next one: when it takes calls again. A limit
+    noted by another run and not yet over is never cleared."""
+    until = _CALLS_RESUME.get(base_url)
+    conn.rollback()  # whatever the window left open
+    with conn.cursor() as cur:
+        if until is not None and until > time.time():
+            cur.execute("insert into meta.api_call_limits (base_url, source, resume_at) "
+                        "values (%s, %s, to_timestamp(%s)) on conflict (base_url) do update set "
+                        "source = excluded.source, updated_at = now(), "
+                        "resume_at = greatest(meta.api_call_limits.resume_at, excluded.resume_at)",
+                        (base_url, source, until))
+        else:
+            cur.execute("delete from meta.api_call_limits where base_url = %s and resume_at <= now()", (base_url,))
+    conn.commit()
 
 
 def get_path(obj: object, path: str) -> object:
