@@ -49,6 +49,10 @@ def cmd_local_status(args: argparse.Namespace) -> int:
         print(f"postgres    : {'healthy' if status['postgres']['healthy'] else 'down'}  "
               f"{redact(status['database_url'])}")
         print(f"state file  : {status['state_file']}")
+        kept = status["moto"]["recording"]
+        print(f"moto state  : {(kept['recording_bytes'] + kept['bodies_bytes']) / 2**20:.1f} MiB recorded "
+              f"({kept['recording_bytes'] / 2**20:.1f} MiB of requests, {kept['bodies']} bodies kept once each "
+              f"in {kept['bodies_bytes'] / 2**20:.1f} MiB), replayed on the next `local up`")
     return 0 if status["healthy"] else 3
 
 

@@ -51,13 +51,13 @@ def stack() -> Iterator[dict]:
                       else stack_env(directory))
     os.environ.pop("PLAYBOOK_DATABASE_URL", None)
     st = local_stack.current()
-    status = st.up()
-    os.environ.update(local_stack.environment(status))
-    if reused:
-        fresh_state(st, status)
-    else:
-        migrate(status["database_url"])
-    try:
+    try:  # whatever fails from here on, the processes `up` started are stopped
+        status = st.up()
+        os.environ.update(local_stack.environment(status))
+        if reused:
+            fresh_state(st, status)
+        else:
+            migrate(status["database_url"])
         yield status
     finally:
         if not reused:

@@ -16,10 +16,18 @@ creates its default VPC), and concurrent requests draw from in whatever order th
 
 GET and HEAD requests are neither recorded nor replayed: they only read, and draw from a generator of
 their own that nothing recorded depends on.
+
+The recording holds secrets (the roles' passwords in Secrets Manager requests) and every uploaded byte: it is
+written readable by its owner only (0600), and a body larger than INLINE_BODY_MAX is kept once by its content,
+in `bodies/<sha256>` beside the recording, so the same bytes uploaded again (a file delivered twice, a template
+or a function zip sent on every deploy) add a line, not a copy.
 """
 
 from __future__ import annotations
 
+import hashlib
+import io
+import json
 import os
 import random
 import sys
@@ -38,7 +46,8 @@ _READS = ("GET", "HEAD", "OPTIONS")
 _lock = threading.Lock()
 _position = 0
 _local = threading.local()
-_record = Recorder._record_request
+INLINE_BODY_MAX = 4096  # bytes: a larger request body is kept once by its content (bodies/<sha256>)
+BODIES_DIR = "bodies"
 
 
 def _recorded(method: str, path: str) -> bool:
@@ -65,6 +74,45 @@ class _PerRequestRandom(MotoRandom):
         _generator().seed(a, version)
 
 
+def _request_body(request: Any, body: Any) -> bytes:
+    """The request's body, as moto's own recorder reads it (and puts back for the request to read)."""
+    if body is None:
+        try:
+            body = request.environ["wsgi.input"].read(int(request.headers["Content-Length"]))
+        except (AttributeError, KeyError, ValueError):
+            return b""
+        request.environ["wsgi.input"] = io.BytesIO(body.encode() if isinstance(body, str) else body)
+    return body.encode() if isinstance(body, str) else bytes(body or b"")
+
+
+def _private_write(path: str, data: bytes, flags: int) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | flags, 0o600)
+    try:
+        os.write(fd, data)
+    finally:
+        os.close(fd)
+
+
+def _append(self: Recorder, request: Any, body: Any) -> None:
+    """One line of the recording (moto's layout), a large body kept once by its content beside it."""
+    if not self._user_enabled or request.raw_path.startswith("/moto-api/recorder/"):
+        return
+    data = _request_body(request, body)
+    entry: dict[str, Any] = {"headers": dict(request.headers), "method": request.method, "url": request.raw_url}
+    if len(data) > INLINE_BODY_MAX:
+        digest = hashlib.sha256(data).hexdigest()
+        stored = os.path.join(os.path.dirname(self._location), BODIES_DIR, digest)
+        if not os.path.exists(stored):
+            os.makedirs(os.path.dirname(stored), mode=0o700, exist_ok=True)
+            _private_write(stored + ".tmp", data, os.O_TRUNC)
+            os.replace(stored + ".tmp", stored)
+        entry.update(body_sha256=digest)
+    else:
+        text, encoded = self._encode_body(data)
+        entry.update(body=text, body_encoded=encoded)
+    _private_write(self._location, (json.dumps(entry) + "\n").encode(), os.O_APPEND)
+
+
 def _take_place(self: Recorder, request: Any, body: Any = None) -> None:
     """Called by moto as each request starts: its place in the recording fixes the ids it will draw."""
     global _position
@@ -72,7 +120,7 @@ def _take_place(self: Recorder, request: Any, body: Any = None) -> None:
         _local.rng = random.Random()  # noqa: S311
         return
     with _lock:
-        _record(self, request, body)  # appends only while recording (not during a replay)
+        _append(self, request, body)  # appends only while recording (not during a replay)
         _local.rng = random.Random(SEED * 1_000_003 + _position)  # noqa: S311
         _position += 1
 

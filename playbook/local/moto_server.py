@@ -21,8 +21,11 @@ import requests
 
 from playbook.local.processes import StackError, require_free_port, wait_until
 
-# each recorded request draws its ids from a generator seeded by its position (see moto_main)
-RECORDING_FORMAT = "positional-seeds-1"
+# each recorded request draws its ids from a generator seeded by its position; large bodies are kept by content
+# (see moto_main). A recording of the earlier format ("positional-seeds-1", every body inline) replays the same.
+RECORDING_FORMAT = "positional-seeds-2"
+READABLE_FORMATS = ("positional-seeds-1", RECORDING_FORMAT)
+BODIES_DIR = "bodies"
 
 
 def version() -> str:
@@ -92,7 +95,7 @@ class MotoServer:
         """Replay what was recorded before, then keep recording."""
         if self.recording.exists():
             fmt = self.recording_format
-            if not (fmt.exists() and fmt.read_text().strip() == RECORDING_FORMAT):
+            if not (fmt.exists() and fmt.read_text().strip() in READABLE_FORMATS):
                 print(f"warning: {self.recording} was written by an older moto server whose ids a replay cannot "
                       "reproduce; provisioned stacks may refer to resources that no longer exist. To start moto "
                       "empty, `playbook local down` and move that file aside.", file=sys.stderr)
@@ -103,7 +106,15 @@ class MotoServer:
                       "replayed (written concurrently by an older moto server)", file=sys.stderr)
         if not self.recording.exists():
             self.recording_format.write_text(RECORDING_FORMAT + "\n")
+        else:
+            self.recording.chmod(0o600)  # it holds secrets: an older one may have been written 0644
         self._post("/moto-api/recorder/start-recording")
+
+    def recording_size(self) -> dict[str, int]:
+        """What the recording keeps on disk: its lines, and the large bodies kept once each by content."""
+        bodies = [p for p in (self.root / BODIES_DIR).glob("*") if p.is_file()]
+        return {"recording_bytes": self.recording.stat().st_size if self.recording.exists() else 0,
+                "bodies": len(bodies), "bodies_bytes": sum(p.stat().st_size for p in bodies)}
 
 
 def replay(recording: Path, endpoint: str) -> tuple[int, int]:
@@ -122,9 +133,12 @@ def replay(recording: Path, endpoint: str) -> tuple[int, int]:
             except ValueError:
                 unreadable += 1
                 continue
-            body = entry.get("body") or b""
-            if entry.get("body_encoded"):
-                body = base64.b64decode(body)
+            if entry.get("body_sha256"):
+                body = (recording.parent / BODIES_DIR / entry["body_sha256"]).read_bytes()
+            else:
+                body = entry.get("body") or b""
+                if entry.get("body_encoded"):
+                    body = base64.b64decode(body)
             parts = urlsplit(entry["url"])
             url = urlunsplit((target.scheme, target.netloc, parts.path, parts.query, ""))
             headers = {k: v for k, v in (entry.get("headers") or {}).items()

@@ -53,7 +53,11 @@ class Stack:
         path = self.settings.state_file
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps({**state, "version": STATE_VERSION}, indent=2, sort_keys=True))
+        tmp.unlink(missing_ok=True)
+        # it holds the database URL with the owner's password: readable by its owner only
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            fh.write(json.dumps({**state, "version": STATE_VERSION}, indent=2, sort_keys=True))
         os.replace(tmp, path)
 
     # -- lifecycle ----------------------------------------------------------------------------------
@@ -148,7 +152,7 @@ class Stack:
             "aws_endpoint_url": state.get("aws_endpoint_url", self.moto.endpoint),
             "database_url": state.get("database_url") or (
                 self.settings.external_database_url or (self.pg.url() if self.pg.initialised() else None)),
-            "moto": {**moto_part, "healthy": moto_ok},
+            "moto": {**moto_part, "healthy": moto_ok, "recording": self.moto.recording_size()},
         }
         if self.settings.external_database_url:
             result["postgres"] = {"external": True, "healthy": _db_healthy(result["database_url"])}

@@ -64,6 +64,13 @@ def test_up_twice_is_one_stack_and_down_stops_it_and_data_persists(own_env):
     with psycopg2.connect(second["database_url"]) as conn, conn.cursor() as cur:
         cur.execute("create table kept (n int); insert into kept values (42)")
 
+    # every state file that holds a secret is its owner's alone: the owner's database URL, the passwords, and
+    # the recording of every request (the secrets' values among them)
+    state = Path(own_env["PLAYBOOK_STATE_DIR"])
+    for kept in (state / "stack.json", state / "pg" / "credentials.json", state / "moto" / "recording.jsonl"):
+        assert kept.stat().st_mode & 0o077 == 0, f"{kept} is {oct(kept.stat().st_mode & 0o777)}"
+    assert b"db" in (state / "moto" / "recording.jsonl").read_bytes()
+
     playbook(own_env, "local", "down")
     for pid in pids_of(second):
         assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
@@ -171,6 +178,16 @@ def test_provisioned_stacks_and_concurrent_uploads_survive_down_and_up(own_env, 
     with ThreadPoolExecutor(8) as pool:
         list(pool.map(lambda kv: s3.put_object(Bucket=bucket, Key=kv[0], Body=kv[1]), bodies.items()))
     before = _described(aws)
+    # the same bytes delivered again (a re-sent file) add a line to the recording, not a second copy
+    kept = status(own_env)["moto"]["recording"]
+    s3.put_object(Bucket=bucket, Key="landing/sales/part-00 (resent).csv", Body=bodies["landing/sales/part-00.csv"])
+    bodies["landing/sales/part-00 (resent).csv"] = bodies["landing/sales/part-00.csv"]
+    again = status(own_env)["moto"]["recording"]
+    assert again["bodies"] == kept["bodies"] >= 24 and again["bodies_bytes"] == kept["bodies_bytes"]
+    assert 0 < again["recording_bytes"] - kept["recording_bytes"] < 8 * 1024
+    stored = Path(own_env["PLAYBOOK_STATE_DIR"]) / "moto" / "bodies"
+    assert all(p.stat().st_mode & 0o077 == 0 for p in stored.iterdir())
+    assert "MiB recorded" in playbook(own_env, "local", "status").stdout
 
     playbook(own_env, "local", "down")
     playbook(own_env, "local", "up")
@@ -183,3 +200,36 @@ def test_provisioned_stacks_and_concurrent_uploads_survive_down_and_up(own_env, 
     assert replayed["unreadable"] == 0
     again = playbook(own_env, "provision", "--target", "local")
     assert "changes: none" in again.stdout, again.stdout
+
+
+def stack_processes() -> set[tuple[int, float]]:
+    """Every moto server and PostgreSQL server of a playbook stack on this machine."""
+    found = set()
+    for proc in psutil.process_iter(["pid", "cmdline", "create_time"]):
+        line = " ".join(proc.info["cmdline"] or [])
+        if "playbook.local.moto_main" in line or ("postgres" in line and "playbook-state-" in line):
+            found.add((proc.info["pid"], proc.info["create_time"]))
+    return found
+
+
+PLANTED = {
+    "in_the_test": "def test_fails_on_the_stack(stack):\n    assert stack['healthy'] and False, 'planted failure'\n",
+    "in_the_stack_s_setup": "import playbook.database\n\n\ndef refuse(url):\n    raise RuntimeError('planted failure')"
+                            "\n\n\nplaybook.database.migrate = refuse\n\n\ndef test_never_runs(stack):\n    pass\n",
+}
+
+
+@pytest.mark.parametrize("where", sorted(PLANTED))
+def test_a_failing_stack_test_leaves_no_process_behind(tmp_path, where):
+    """A test that fails on the session's stack, or whose stack fails after `up` (its migration), stops every
+    process its stack started."""
+    from playbook.settings import PROJECT_ROOT
+
+    (tmp_path / "test_planted.py").write_text(PLANTED[where])
+    env = {k: v for k, v in os.environ.items() if k not in ("PLAYBOOK_TEST_STACK_DIR", "PLAYBOOK_DATABASE_URL")}
+    before = stack_processes()
+    done = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "tests.conftest",
+                           "--rootdir", str(tmp_path), str(tmp_path / "test_planted.py")], cwd=PROJECT_ROOT,
+                          env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 1 and "planted failure" in done.stdout, done.stdout[-2000:] + done.stderr[-2000:]
+    assert stack_processes() - before == set()
