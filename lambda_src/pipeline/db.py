@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable
 from functools import lru_cache
 
 import boto3
 import psycopg2
 
 TEMP_BUFFERS = "256MB"
+SESSION_MARGIN_S = 5.0  # a function's seconds kept after its session's last statement: record the failure, answer
 ENV_SECRET_ARN = "DB_SECRET_ARN"  # noqa: S105 - the name of a variable, not a secret
 
 
@@ -41,20 +43,43 @@ def connection_kwargs(secret_arn: str | None = None) -> dict:
     }
 
 
-def connect(secret_arn: str | None = None, application_name: str | None = None):
+def time_left(context) -> Callable[[], float]:
+    """Seconds the invocation has left (Lambda's context), or no limit when called without one."""
+    if context is not None and hasattr(context, "get_remaining_time_in_millis"):
+        return lambda: context.get_remaining_time_in_millis() / 1000.0
+    return lambda: float("inf")
+
+
+def session_timeouts(seconds_left: float) -> dict[str, int]:
+    """Milliseconds a session may spend, sized to what its function has left: no statement outlives the
+    function (SESSION_MARGIN_S kept to record a failure and answer), so the backend of a function that was
+    killed cancels its own work; a wait for a lock takes at most a quarter of that."""
+    statement = max(1.0, seconds_left - SESSION_MARGIN_S)
+    return {"statement_timeout": int(statement * 1000), "lock_timeout": int(max(1.0, statement / 4) * 1000),
+            "idle_in_transaction_session_timeout": int(statement * 1000)}
+
+
+def connect(secret_arn: str | None = None, application_name: str | None = None,
+            remaining: Callable[[], float] | None = None):
     """A new psycopg2 connection (autocommit off): one transaction per batch is the caller's to manage.
 
     The secret is cached for the container's life; a password rotated since is read again on the first
-    authentication failure.
+    authentication failure. With `remaining` (the function's time left), the session's statement, lock and
+    idle-in-transaction timeouts are sized to it (session_timeouts).
 
     A batch stages its rows in temporary tables; `temp_buffers` lets the session keep them in memory (it is
     a ceiling the session grows into, and can only be set before its first temporary table).
     """
     name = application_name or os.environ.get("AWS_LAMBDA_FUNCTION_NAME", "pipeline")
+    settings = {"temp_buffers": TEMP_BUFFERS}
+    left = remaining() if remaining is not None else float("inf")
+    if left != float("inf"):
+        settings.update(session_timeouts(left))
+    options = " ".join(f"-c {key}={value}" for key, value in settings.items())
 
     def attempt():
         return psycopg2.connect(**connection_kwargs(secret_arn), connect_timeout=10, application_name=name[:60],
-                                options=f"-c temp_buffers={TEMP_BUFFERS}")
+                                options=options)
 
     try:
         return attempt()

@@ -457,6 +457,94 @@ def test_a_failing_refresh_keeps_the_previous_snapshot_records_the_error_and_rai
         refresh_marts(db)
 
 
+class Budget:
+    """A Lambda context with a fixed time left."""
+
+    def __init__(self, seconds: float):
+        self.seconds = seconds
+
+    def get_remaining_time_in_millis(self) -> int:
+        return int(self.seconds * 1000)
+
+
+def test_a_refresh_behind_a_held_lock_gives_up_after_its_lock_timeout_and_says_why(loaded, db, stack,
+                                                                                   landing_session):
+    """A session holds core.tax, which marts.company_daily reads: the refresh function, 9 s left, waits for it no
+    longer than its lock_timeout (a quarter of the 4 s its statements may take), records the reason in
+    meta.mart_refreshes, refreshes what does not read it and skips what is built on it; a refresh already running
+    makes the next one give up the same way, every mart recorded as skipped with the reason."""
+    from pipeline.handlers import refresh_marts as handler
+
+    holder = psycopg2.connect(stack["database_url"])
+    try:
+        with holder.cursor() as cur:
+            cur.execute("lock table core.tax in access exclusive mode")  # as a migration or a TRUNCATE does
+        with pytest.raises(MartRefreshError) as failure:
+            handler.handler(None, Budget(9))
+        status = {r["mart"]: r for r in failure.value.marts}
+        blocked = status["company_daily"]
+        assert blocked["status"] == "failed" and "lock timeout" in blocked["error"]
+        assert "waited longer than lock_timeout (1s) for a lock another session holds" in blocked["error"]
+        assert 0.9 <= blocked["seconds"] < 4
+        assert status["yearly_sales"]["status"] == "skipped" and status["client_day_sales"]["status"] == "ok"
+        holder.rollback()
+        with holder.cursor() as cur:
+            cur.execute("select pg_advisory_lock(7341003)")  # the lock marts.refresh runs under
+        with pytest.raises(MartRefreshError) as failure:
+            handler.handler(None, Budget(9))
+        recorded = fetch(db, "select status, error from meta.mart_refreshes where run_id = %s",
+                         (failure.value.run_id,))
+        assert recorded and {r[0] for r in recorded} == {"skipped"}
+        assert {r[1] for r in recorded} == {
+            "not refreshed: another refresh of the marts held them longer than lock_timeout (1s)"}
+    finally:
+        holder.close()
+    assert all(r["status"] == "ok" for r in refresh_marts(db))
+
+
+def test_a_killed_functions_session_cancels_its_own_statement(landing_session):
+    """A function killed mid-statement (its process gone, as Lambda kills one at its timeout) leaves no work
+    running on the server: the session's statement_timeout, sized to the time the function had, ends it."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    from pipeline.db import session_timeouts
+
+    assert session_timeouts(9) == {"statement_timeout": 4000, "lock_timeout": 1000,
+                                   "idle_in_transaction_session_timeout": 4000}
+    assert session_timeouts(2)["statement_timeout"] == 1000  # never below a second
+    name = f"killed-{os.getpid()}"
+    code = ("from pipeline.db import connect\n"
+            f"conn = connect(application_name={name!r}, remaining=lambda: 7)\n"
+            "conn.cursor().execute('select pg_sleep(60)')\n")
+    proc = subprocess.Popen([sys.executable, "-c", code], env={**os.environ, "PYTHONPATH": "lambda_src"})
+    watcher = psycopg2.connect(landing_session.database_url)
+    watcher.autocommit = True
+
+    def running() -> int:
+        with watcher.cursor() as cur:
+            cur.execute("select count(*) from pg_stat_activity where application_name = %s and state = 'active'",
+                        (name,))
+            return cur.fetchone()[0]
+
+    try:
+        deadline = time.monotonic() + 30
+        while running() == 0 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert running() == 1
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(10)
+        killed_at = time.monotonic()
+        while running() and time.monotonic() < killed_at + 30:
+            time.sleep(0.1)
+        assert running() == 0 and time.monotonic() - killed_at < 10  # its 2 s statement_timeout, not pg_sleep's 60
+    finally:
+        proc.kill()
+        watcher.close()
+
+
 def test_the_refresh_command_prints_rows_and_seconds_per_mart(loaded, db, pipeline_stack, capsys):
     from playbook.cli import main
 

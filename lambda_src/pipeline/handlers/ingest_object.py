@@ -26,7 +26,7 @@ import boto3
 
 from pipeline.attempts import Attempt, attempted, describe
 from pipeline.config import PipelineConfig
-from pipeline.db import connect
+from pipeline.db import connect, time_left
 from pipeline.loader import BatchLoad, Delivery, TimeBudgetExceeded, already_loaded
 from pipeline.logs import get_logger, log
 from pipeline.model import ROW_KEY, TABLES
@@ -42,12 +42,6 @@ COMMIT_MARGIN_S = 5.0
 
 class IngestFailed(RuntimeError):
     """One or more objects did not load; each was rolled back and recorded as a failed batch."""
-
-
-def _remaining(context) -> callable:
-    if context is not None and hasattr(context, "get_remaining_time_in_millis"):
-        return lambda: context.get_remaining_time_in_millis() / 1000.0
-    return lambda: float("inf")
 
 
 def reader_for(delivery: Delivery, path):
@@ -235,7 +229,7 @@ def sweep(conn, config: PipelineConfig, name: str, remaining, request_id: str | 
                 result = {"status": "failed", "ref": f"s3://{bucket}/{ref.key}", "error": describe(exc, ref.key),
                           "error_type": type(exc).__name__}
                 if current.closed:  # the connection was lost: the next object gets a new one
-                    current = connect()
+                    current = connect(remaining=remaining)
             log(logger, "object swept", **result)
             results.append(result)
     finally:
@@ -255,10 +249,10 @@ def handler(event: dict, context=None) -> dict:
     ledger, and the next sweep goes on where it stopped."""
     started = time.monotonic()
     config = pipeline_config()
-    remaining = _remaining(context)
+    remaining = time_left(context)
     request_id = getattr(context, "aws_request_id", None)
     results, errors = [], []
-    conn = connect()
+    conn = connect(remaining=remaining)
     try:
         if (name := swept_source(event, config)) is not None:
             summary = sweep(conn, config, name, remaining, request_id)
@@ -274,7 +268,7 @@ def handler(event: dict, context=None) -> dict:
                           "error_type": type(exc).__name__}
                 errors.append(reason)
                 if conn.closed:  # the connection was lost: the next object gets a new one
-                    conn = connect()
+                    conn = connect(remaining=remaining)
             log(logger, "object processed", **result)
             results.append(result)
     finally:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import os
 
-from pipeline.db import connect
+from pipeline.db import connect, time_left
 from pipeline.logs import get_logger, log
 from pipeline.migrations import apply_migrations, set_company
 from pipeline.roles import apply_role_logins
@@ -22,7 +22,7 @@ logger = get_logger("pipeline.migrate")
 
 def handler(event: dict | None = None, context=None) -> dict:
     config = pipeline_config()
-    conn = connect()
+    conn = connect(remaining=time_left(context))
     try:
         applied = apply_migrations(conn)
         set_company(conn, config.company.name, config.company.timezone, config.company.currency)

@@ -38,7 +38,7 @@ def handler(event: dict[str, Any] | None, context: Any = None) -> dict[str, Any]
     if event.get("check") == "runtime":
         return runtime_check()
     config = pipeline_config()
-    conn = db.connect(application_name="send_expense_email")
+    conn = db.connect(application_name="send_expense_email", remaining=db.time_left(context))
     try:
         conn.set_session(readonly=True)
         result = send_expense_email(event, config, conn)
