@@ -115,6 +115,12 @@ class ReadOptions(Strict):
     earliest_date: dt.date = Field(dt.date(1950, 1, 1), description="earlier dates are quarantined, not loaded")
     latest_date: dt.date = Field(dt.date(2099, 12, 31), description="later dates are quarantined, not loaded")
     chunk_rows: int = Field(100_000, ge=1_000, le=1_000_000)
+    max_unpacked_mb: int = Field(400, ge=1, le=10_000, description=(
+        "a workbook whose parts unpack to more is refused before it is read (Excel): a 100,000-row sheet "
+        "unpacks to about 40 MB; the ingest function has 512 MB"))
+    max_compression_ratio: int = Field(200, ge=10, le=100_000, description=(
+        "a workbook part that inflates more than this many times is refused before it is read (Excel): "
+        "exports compress 5 to 30 times, a zip bomb a thousand"))
 
     @field_validator("sheet_pattern", "skip_rows_matching")
     @classmethod

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import io
+import zipfile
 from decimal import Decimal
 
 import openpyxl
@@ -171,6 +172,45 @@ def test_corrupt_password_protected_and_empty_workbooks_are_clear_errors(landing
         landing.ingest("landing/payments/2024/empty.xlsx", b"")
     assert landing.query("select count(*) from core.payments") == [(0,)]
     assert landing.query("select count(*) from meta.batches where status = 'failed'") == [(3,)]
+
+
+def inflated(good: bytes, unpacked: int) -> bytes:
+    """A copy of a workbook whose sheet is `unpacked` bytes of repeated rows: a zip bomb a few MB long."""
+    row = b'<row><c t="inlineStr"><is><t>x</t></is></c></row>' * 2000
+    bomb = io.BytesIO()
+    with zipfile.ZipFile(io.BytesIO(good)) as source, zipfile.ZipFile(bomb, "w", zipfile.ZIP_DEFLATED,
+                                                                      compresslevel=9) as out:
+        for part in source.infolist():
+            if part.filename != "xl/worksheets/sheet1.xml":
+                out.writestr(part, source.read(part))
+                continue
+            with out.open(part.filename, "w", force_zip64=True) as sheet:
+                for _ in range(unpacked // len(row)):
+                    sheet.write(row)
+    return bomb.getvalue()
+
+
+def test_a_workbook_that_inflates_past_its_limits_is_refused_before_it_is_read(landing):
+    """A 3 MB workbook whose sheet inflates to 1.1 GB would exhaust the function's memory: refused from the sizes
+    its archive declares, in seconds, with a failed batch in the ledger naming the setting. A smaller part that
+    inflates hundreds of times (exports compress 5 to 30 times) is refused for its ratio."""
+    import time
+
+    good = workbook({"Payments - Barclays": [payment("P-1", 1.0)]})
+    bomb = inflated(good, 1_100_000_000)
+    assert len(bomb) < 8_000_000
+    started = time.monotonic()
+    with pytest.raises(LoadError, match=r"bomb.xlsx: the workbook unpacks to 1,049 MB, more than "
+                                        r"read.max_unpacked_mb \(400 MB\); it was not read"):
+        landing.ingest("landing/payments/2024/bomb.xlsx", bomb)
+    assert time.monotonic() - started < 5
+    (failed,) = landing.query("select status, error from meta.batches where object_key like '%bomb.xlsx'")
+    assert failed[0] == "failed" and "read.max_unpacked_mb" in failed[1]
+    with pytest.raises(LoadError, match=r"dense.xlsx: its part xl/worksheets/sheet1.xml inflates [0-9,]+ times "
+                                        r"\(from [0-9,]+ KB to 191 MB\), more than read.max_compression_ratio "
+                                        r"\(200\); it was not read"):
+        landing.ingest("landing/payments/2024/dense.xlsx", inflated(good, 200_000_000))
+    assert landing.query("select count(*) from core.payments") == [(0,)]
 
 
 def test_hostile_sheet_names_stay_inert(landing):

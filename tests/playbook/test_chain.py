@@ -90,6 +90,7 @@ def test_run_folder_holds_the_executed_notebooks_the_manifest_and_the_reports(ch
 def test_second_backfill_changes_nothing(chained, chain_stack):
     url = chain_stack.status()["database_url"]
     before = core_counts(url)
+    recorded = chain_stack.status()["moto"]["recording"]
     done = chain_stack.playbook("run", "--only", "backfill", *DEMO)  # the demo: its accounting system serves again
     assert done.returncode == 0, done.stdout + done.stderr
     outputs = json.loads((chain_stack.latest() / "outputs" / "backfill.json").read_text())
@@ -100,6 +101,10 @@ def test_second_backfill_changes_nothing(chained, chain_stack):
     after = core_counts(url)
     assert after.pop("batches")[0] == before.pop("batches")[0] + outputs["totals"]["api_windows"]
     assert after == before
+    # the demo delivered again adds no copy of its files to moto's recording (what `local up` replays)
+    again = chain_stack.status()["moto"]["recording"]
+    assert again["bodies_bytes"] == recorded["bodies_bytes"] > 1_000_000
+    assert again["recording_bytes"] - recorded["recording_bytes"] < 256 * 1024
 
 
 def test_the_trade_invoices_come_through_the_api(chained, chain_stack):

@@ -265,11 +265,34 @@ class ExcelReader:
         if not magic.startswith(b"PK"):
             raise LoadError(f"{self.display}: not an .xlsx workbook (the file is not a zip archive, as every .xlsx "
                             "is); save it from Excel as .xlsx and deliver it again")
+        self._refuse_size_bomb()
         try:
             return CalamineWorkbook.from_path(str(self.path))
         except Exception:  # noqa: BLE001 - calamine raises several types for unreadable files
             raise LoadError(f"{self.display}: not a readable .xlsx workbook (it is damaged, or another kind of file "
                             "with an .xlsx name); open it in Excel, save it as .xlsx and deliver it again") from None
+
+    def _refuse_size_bomb(self) -> None:
+        """Before any part is inflated: the sizes the archive declares, against the source's limits. (A reader
+        inflates no part past its declared size, so a part that lies about it fails as damaged.)"""
+        try:
+            with zipfile.ZipFile(self.path) as zf:
+                parts = zf.infolist()
+        except (zipfile.BadZipFile, OSError):
+            return  # not a readable archive: the reader says so in its own words
+        unpacked = sum(p.file_size for p in parts)
+        if unpacked > self.options.max_unpacked_mb * 2**20:
+            raise LoadError(f"{self.display}: the workbook unpacks to {unpacked / 2**20:,.0f} MB, more than "
+                            f"read.max_unpacked_mb ({self.options.max_unpacked_mb} MB); it was not read. Deliver it "
+                            "split into smaller workbooks, or raise the setting knowingly (the function's memory "
+                            "must hold the sheet being read)")
+        for part in parts:
+            ratio = part.file_size / max(part.compress_size, 1)
+            if ratio > self.options.max_compression_ratio and part.file_size > 2**20:
+                raise LoadError(f"{self.display}: its part {part.filename} inflates {ratio:,.0f} times (from "
+                                f"{part.compress_size / 2**10:,.0f} KB to {part.file_size / 2**20:,.0f} MB), more "
+                                f"than read.max_compression_ratio ({self.options.max_compression_ratio}); it was "
+                                "not read: exports compress far less, so this is not a workbook as Excel saves it")
 
     def _chosen(self, workbook: CalamineWorkbook) -> list[str]:
         metadata = {m.name: m for m in workbook.sheets_metadata}
