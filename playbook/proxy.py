@@ -24,7 +24,7 @@ from playbook.errors import PlaybookError
 
 ENV_PROXY_PORT = "PLAYBOOK_PROXY_PORT"
 ENV_PROXY_ALLOW = "PLAYBOOK_PROXY_ALLOW"
-DEFAULT_PROXY_PORT = 47433
+DEFAULT_PROXY_PORT = 24433
 DEFAULT_ALLOW = ["127.0.0.1/32"]
 STREAM_MODULE = Path("/usr/lib/nginx/modules/ngx_stream_module.so")
 

@@ -21,8 +21,9 @@ ENV_REGION = "AWS_DEFAULT_REGION"
 ENV_REPORTS_DIR = "PLAYBOOK_REPORTS_DIR"
 
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")  # a URL naming one of these names this machine
-DEFAULT_MOTO_PORT = 47566
-DEFAULT_PG_PORT = 47432
+# the default ports lie below Linux's ephemeral range (32768-60999), which no outgoing connection takes them from
+DEFAULT_MOTO_PORT = 24566
+DEFAULT_PG_PORT = 24432
 DEFAULT_REGION = "eu-west-2"
 DEFAULT_CONFIG = PROJECT_ROOT / "playbook.yaml"
 

@@ -19,8 +19,8 @@ def free_port() -> int:
 
 
 def state_dir() -> Path:
-    """A state directory outside pytest's tmp root: pytest keeps that root 0700, and the embedded
-    PostgreSQL runs as its own system user when the tests run as root."""
+    """A state directory of its own (0700, as any may be: as root the embedded PostgreSQL keeps its data in a
+    directory of its system user's, playbook.local.postgres)."""
     return Path(tempfile.mkdtemp(prefix="playbook-state-"))
 
 

@@ -3,10 +3,17 @@
 pgserver ships a full PostgreSQL build as a wheel, so a laptop with only Python gets a real server. We
 drive its initdb and pg_ctl ourselves to choose the port, the authentication (scram on 127.0.0.1 only,
 no Unix socket) and the pg_hba rules the warehouse's roles need.
+
+PostgreSQL refuses to run as root. As root the server runs as a system user of its own (SYSTEM_USER), which
+may not reach the project (a clone under /root, a 0700 directory): its binaries are copied once per pgserver
+build, and each stack's data and log kept, in a directory made for it (SERVER_HOME, /var/lib/playbook-pgserver),
+so no directory of the user's is ever opened up. The state directory keeps the credentials (0600) either way.
+A cluster there whose state directory is gone is removed by the next one made.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 import secrets
 import shutil
@@ -25,6 +32,16 @@ OWNER_ROLE = "playbook_owner"
 SUPERUSER = "postgres"
 # pgserver refuses nothing as root, but PostgreSQL does: as root we run it as this system user.
 SYSTEM_USER = "pgserver"
+ENV_SERVER_HOME = "PLAYBOOK_PG_SERVER_DIR"
+
+
+def as_root() -> bool:
+    return os.geteuid() == 0
+
+
+def server_home() -> Path:
+    """As root: where the server's system user finds its binaries and keeps each stack's data."""
+    return Path(os.environ.get(ENV_SERVER_HOME, "/var/lib/playbook-pgserver"))
 
 
 def binaries() -> Path:
@@ -36,7 +53,37 @@ def binaries() -> Path:
         raise StackError("pgserver is not installed: run `make install` (or pip install pgserver)") from exc
     if not (POSTGRES_BIN_PATH / "pg_ctl").exists():
         raise StackError(f"PostgreSQL binaries are missing under {POSTGRES_BIN_PATH}: reinstall pgserver")
-    return POSTGRES_BIN_PATH
+    return _for_the_server(POSTGRES_BIN_PATH.parent) / "bin" if as_root() else POSTGRES_BIN_PATH
+
+
+def _for_the_server(pginstall: Path) -> Path:
+    """pgserver's build copied once (per version) where the server's system user can read and run it, with the
+    shared libraries its binaries find relative to themselves (pgserver.libs, three levels up)."""
+    from importlib.metadata import version as dist_version
+
+    copied = server_home() / f"pgserver-{dist_version('pgserver')}"
+    target = copied / "pgserver" / "pginstall"
+    if (target / "bin" / "pg_ctl").exists():
+        return target
+    home = server_home()
+    try:
+        home.mkdir(mode=0o755, parents=True, exist_ok=True)
+        home.chmod(0o755)
+        staging = home / f".{copied.name}-{os.getpid()}"
+        shutil.rmtree(staging, ignore_errors=True)
+        shutil.copytree(pginstall, staging / "pgserver" / "pginstall", symlinks=True)
+        libs = pginstall.parent.parent / "pgserver.libs"
+        if libs.is_dir():
+            shutil.copytree(libs, staging / "pgserver.libs", symlinks=True)
+        try:
+            staging.rename(copied)
+        except OSError:  # another stack copied it meanwhile
+            shutil.rmtree(staging, ignore_errors=True)
+    except OSError as exc:
+        raise StackError(f"as root the embedded PostgreSQL runs as the system user {SYSTEM_USER!r}, from a copy of "
+                         f"its binaries in {home}, which could not be made ({exc}); set {ENV_SERVER_HOME} to a "
+                         "directory root may create, or run the stack as another user") from exc
+    return target
 
 
 def version() -> str:
@@ -50,12 +97,21 @@ class EmbeddedPostgres:
     port: int
 
     @property
+    def home(self) -> Path:
+        """Where the server's own files are: the state directory's pg/, or as root a directory of the server's
+        user (the state directory's data from before stays where it is)."""
+        if not as_root() or (self.root / "data" / "PG_VERSION").exists():
+            return self.root
+        key = hashlib.sha256(str(self.root.resolve()).encode()).hexdigest()[:16]
+        return server_home() / "clusters" / key
+
+    @property
     def data_dir(self) -> Path:
-        return self.root / "data"
+        return self.home / "data"
 
     @property
     def log_file(self) -> Path:
-        return self.root / "log" / "postgres.log"
+        return self.home / "log" / "postgres.log"
 
     @property
     def secret_file(self) -> Path:
@@ -92,30 +148,36 @@ class EmbeddedPostgres:
         return {"user": SYSTEM_USER, "group": SYSTEM_USER, "extra_groups": []}
 
     def _chown(self, path: Path) -> None:
-        if os.geteuid() == 0:
+        if as_root():
             shutil.chown(path, SYSTEM_USER, SYSTEM_USER)
 
-    def _make_traversable(self) -> None:
-        """As root, the server's system user must reach the data directory through every parent."""
-        if os.geteuid() != 0:
+    def _make_home(self) -> None:
+        """As root: the cluster's directory, its user's alone, naming the state directory it belongs to; the
+        clusters whose state directory is gone (and whose server is down) are removed."""
+        if self.home == self.root:
+            self.root.mkdir(parents=True, exist_ok=True)
             return
-        for parent in self.root.parents:
-            mode = parent.stat().st_mode
-            if mode & 0o001 == 0:
-                parent.chmod(mode | 0o001)
+        clusters = self.home.parent
+        clusters.mkdir(mode=0o755, parents=True, exist_ok=True)
+        for other in clusters.iterdir():
+            owner = other / "state_dir"
+            if other != self.home and owner.exists() and not Path(owner.read_text().strip()).exists() \
+                    and not _server_running(other / "data"):
+                shutil.rmtree(other, ignore_errors=True)
+        self.home.mkdir(mode=0o700, exist_ok=True)
+        (self.home / "state_dir").write_text(str(self.root.resolve()) + "\n")
+        self._chown(self.home)
 
     def initialised(self) -> bool:
         return (self.data_dir / "PG_VERSION").exists()
 
     def init(self) -> None:
         creds = self.credentials()
-        self.root.mkdir(parents=True, exist_ok=True)
-        self.log_file.parent.mkdir(parents=True, exist_ok=True)
         run_as = self._run_as()
-        self._make_traversable()
-        self._chown(self.root)
+        self._make_home()
+        self.log_file.parent.mkdir(parents=True, exist_ok=True)
         self._chown(self.log_file.parent)
-        pwfile = self.root / "pwfile"
+        pwfile = self.home / "pwfile"
         fd = os.open(pwfile, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w") as fh:
             fh.write(creds["superuser"])
@@ -220,3 +282,13 @@ class EmbeddedPostgres:
         finally:
             conn.close()
 
+
+
+def _server_running(data_dir: Path) -> bool:
+    """Whether the postmaster a data directory names is alive."""
+    import psutil
+
+    try:
+        return psutil.pid_exists(int((data_dir / "postmaster.pid").read_text().splitlines()[0]))
+    except (OSError, ValueError, IndexError):
+        return False

@@ -233,3 +233,52 @@ def test_a_failing_stack_test_leaves_no_process_behind(tmp_path, where):
                           env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 1 and "planted failure" in done.stdout, done.stdout[-2000:] + done.stderr[-2000:]
     assert stack_processes() - before == set()
+
+
+def test_default_ports_are_outside_the_ephemeral_range_and_a_time_wait_does_not_hold_one():
+    """No outgoing connection can take a default port (its TIME-WAIT would hold it from any server); a port
+    whose server's last connection waits in TIME-WAIT is free to the next server, which binds with SO_REUSEADDR
+    as moto's and PostgreSQL's do, and `local up` judges it the same way."""
+    from playbook.local.processes import port_is_free
+    from playbook.proxy import DEFAULT_PROXY_PORT
+    from playbook.settings import DEFAULT_MOTO_PORT, DEFAULT_PG_PORT
+
+    low, high = map(int, Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split())
+    assert not [p for p in (DEFAULT_MOTO_PORT, DEFAULT_PG_PORT, DEFAULT_PROXY_PORT) if low <= p <= high]
+    with socket.socket() as listener:
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as a server does
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        port = listener.getsockname()[1]
+        client = socket.create_connection(("127.0.0.1", port))
+        served, _ = listener.accept()
+        served.close()  # the server side closes first: its end of the connection waits in TIME-WAIT
+        client.close()
+    waiting = [c for c in psutil.net_connections("tcp") if c.laddr and c.laddr.port == port
+               and c.status == psutil.CONN_TIME_WAIT]
+    assert waiting and port_is_free(port)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="as root only: the embedded PostgreSQL then runs as its own user")
+def test_as_root_a_stack_under_a_directory_no_one_else_may_enter_starts_and_changes_no_mode(tmp_path):
+    """A clone under /root (0700): PostgreSQL refuses root, and its system user may not enter the directory. The
+    stack starts anyway, from binaries and data kept where that user may go; the user's directories keep their
+    modes, the credentials their 0600."""
+    from tests.conftest import free_port
+
+    locked = tmp_path / "home"
+    locked.mkdir(mode=0o700)
+    env = {"PLAYBOOK_STATE_DIR": str(locked / "clone" / ".state"), "PLAYBOOK_MOTO_PORT": str(free_port()),
+           "PLAYBOOK_PG_PORT": str(free_port()), "AWS_DEFAULT_REGION": "eu-west-2"}
+    modes = {p: p.stat().st_mode for p in (locked, tmp_path)}
+    try:
+        playbook(env, "local", "up")
+        up = status(env)
+        assert up["healthy"] and not up["postgres"]["data_dir"].startswith(str(locked))
+        done = subprocess.run(["psql", up["database_url"], "-Atc", "select current_user"], capture_output=True,
+                              text=True)
+        assert done.stdout.strip() == "playbook_owner", done.stderr
+        assert {p: p.stat().st_mode for p in modes} == modes
+        assert (locked / "clone" / ".state" / "pg" / "credentials.json").stat().st_mode & 0o077 == 0
+    finally:
+        playbook(env, "local", "down", "--force", check=False)
