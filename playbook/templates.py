@@ -24,7 +24,7 @@ import yaml
 
 from pipeline.config import EmailReport, PipelineConfig
 from pipeline.schedules import occurrences
-from pipeline.sources.kinds import DRY_RUN_PREFIX, source_kind
+from pipeline.sources.kinds import API_PAGES_PREFIX, DRY_RUN_PREFIX, source_kind
 from playbook.errors import PlaybookError
 from playbook.settings import LOOPBACK_HOSTS, PROJECT_ROOT
 
@@ -257,6 +257,10 @@ def jobs(config: PipelineConfig) -> list[Job]:
             if api.auth.type == "oauth2_refresh_token":  # a rotated refresh token is written back before use
                 job.statements.append({"Sid": "RotateOwnRefreshToken", "Effect": "Allow",
                                        "Action": "secretsmanager:PutSecretValue", "Resource": {"Fn::Sub": arn}})
+        if not file_source:  # the window's pages, kept for validation and audit (pipeline.sources.rest_api)
+            job.statements = [*job.statements, {
+                "Sid": "KeepOwnApiPages", "Effect": "Allow", "Action": "s3:PutObject",
+                "Resource": _landing_arn(f"/{API_PAGES_PREFIX}{name}/*")}]
         if file_source:
             job.statements = [
                 {"Sid": "ReadOwnLandingPrefix", "Effect": "Allow",

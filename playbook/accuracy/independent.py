@@ -27,6 +27,7 @@ import codecs
 import datetime as dt
 import decimal
 import io
+import json
 import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -124,6 +125,81 @@ def read_object(path: str | Path, source: SourceConfig, currency: str, locale: s
     else:
         raise ReadError(f"a {source.kind} source delivers no files")
     return tally.finish()
+
+
+def read_api_pages(bodies: list[bytes], source: SourceConfig, currency: str, locale: str | None = None) -> Reading:
+    """An API window's pages as the API sent them, read with json and this module's rules: a row per record the
+    source's `api.resource.records` path reaches, each column found by its JSON path (`^.` the record it sits
+    in, `#` its place in its list), JSON numbers kept as their text."""
+    tally = _Tally(source, currency, locale)
+    header = list(dict.fromkeys(tally.layout.columns.values()))
+    path = source.api.resource.records
+
+    def rows() -> Iterator[tuple[int, list[Any]]]:
+        number = 0
+        for page, body in enumerate(bodies, 1):
+            try:
+                parsed = json.loads(body, parse_float=str, parse_int=str)
+            except ValueError as exc:
+                raise ReadError(f"page {page} is not JSON ({exc})") from None
+            for record, parents, place in _api_records(parsed, path, page):
+                number += 1
+                yield number, [_api_value(record, parents, place, field) for field in header]
+
+    tally.sheet(None, header, rows(), csv=False)
+    return tally.finish()
+
+
+_LIST_STEP = re.compile(r"\[\]\.?")
+_ABSENT = object()
+
+
+def _api_dig(node: Any, path: str) -> Any:
+    if path == "":
+        return node
+    if isinstance(node, dict) and path in node:
+        return node[path]
+    for part in path.split("."):
+        if isinstance(node, dict) and part in node:
+            node = node[part]
+        elif isinstance(node, list) and part.isdigit() and int(part) < len(node):
+            node = node[int(part)]
+        else:
+            return _ABSENT
+    return node
+
+
+def _api_records(body: Any, path: str, page: int) -> Iterator[tuple[Any, tuple, int]]:
+    """(record, the records it sits in nearest first, its place from 1) for every record the path reaches:
+    `Invoices[].LineItems[]` is each line of each invoice, `data.items` each item."""
+    steps = [step for step in _LIST_STEP.split(path or "") if step] or [""]
+
+    def walk(node: Any, parents: tuple, depth: int) -> Iterator[tuple[Any, tuple, int]]:
+        items = _api_dig(node, steps[depth])
+        if items is _ABSENT or items is None:
+            return
+        if not isinstance(items, list):
+            raise ReadError(f"page {page}: {steps[depth] or 'the body'} is not a list of records")
+        for place, item in enumerate(items, 1):
+            if depth + 1 == len(steps):
+                yield item, parents, place
+            else:
+                yield from walk(item, (item, *parents), depth + 1)
+
+    yield from walk(body, (), 0)
+
+
+def _api_value(record: Any, parents: tuple, place: int, field: str) -> Any:
+    if field == "#":
+        return str(place)
+    up = len(field) - len(field.lstrip("^"))
+    if up and field[up:up + 1] == ".":
+        value = _api_dig(parents[up - 1], field[up + 1:]) if up <= len(parents) else _ABSENT
+    else:
+        value = _api_dig(record, field)
+    if value is _ABSENT or value is None:
+        return None
+    return json.dumps(value) if isinstance(value, dict | list) else value
 
 
 # -- numbers ------------------------------------------------------------------------------------------------

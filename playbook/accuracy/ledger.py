@@ -19,7 +19,8 @@ from playbook.accuracy.results import CheckResult, judge, place, reason_kind
 CENT = Decimal("0.01")
 BATCH_COLUMNS = ("batch_id, source, target_table, source_ref, object_key, object_etag, object_version, content_sha256,"
                  " rows_read, rows_inserted, rows_updated, rows_unchanged, rows_duplicate, rows_quarantined,"
-                 " rows_skipped, amount_in, amount_loaded, amount_quarantined, amount_duplicate")
+                 " rows_skipped, amount_in, amount_loaded, amount_quarantined, amount_duplicate,"
+                 " plan -> 'api_pages' as api_pages")
 
 
 def committed_batches(cur) -> list[dict[str, Any]]:

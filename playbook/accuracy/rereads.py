@@ -1,4 +1,5 @@
-"""Every committed batch's delivered object, read again independently and held against the ledger.
+"""Every committed batch's delivered object (or an API window's pages, as the API sent them), read again
+independently and held against the ledger.
 
 Each object version is fetched from S3, its sha256 checked against the batch's, and read by
 playbook.accuracy.independent, which shares no code with the loader. Its data rows and money must equal
@@ -30,7 +31,7 @@ from psycopg2 import sql
 
 from pipeline.config import Accuracy, PipelineConfig
 from pipeline.model import TABLES
-from playbook.accuracy.independent import EXACT, ReadError, Reading, read_object
+from playbook.accuracy.independent import EXACT, ReadError, Reading, read_api_pages, read_object
 from playbook.accuracy.results import CheckResult, judge
 
 CENT = Decimal("0.01")
@@ -52,7 +53,7 @@ class Reread:
     @property
     def place(self) -> dict[str, Any]:
         b = self.batch
-        return {"batch_id": b["batch_id"], "source": b["source"], "file": b["object_key"],
+        return {"batch_id": b["batch_id"], "source": b["source"], "file": b["object_key"] or b["source_ref"],
                 "version": b["object_version"]}
 
 
@@ -66,7 +67,8 @@ def reread_objects(config: PipelineConfig, batches: list[dict[str, Any]], limits
                    s3=None) -> dict[int, Reread]:
     """Each committed object batch of a file source, read again; those other checks need go first, then the
     rest in batch order, until the time budget is spent. The next few objects download while one is read."""
-    candidates = [b for b in batches if b["object_key"]]
+    windows = {name for name, source in config.sources.items() if source.delivers != "files"}
+    candidates = [b for b in batches if b["object_key"] or b.get("api_pages") or b["source"] in windows]
     order = sorted(candidates, key=lambda b: (not needs_rows(b), b["batch_id"]))
     deadline = time.monotonic() + limits.reread_budget_s
     out: dict[int, Reread] = {b["batch_id"]: Reread(b) for b in order}
@@ -81,8 +83,10 @@ def reread_objects(config: PipelineConfig, batches: list[dict[str, Any]], limits
             for b in queue:
                 r = out[b["batch_id"]]
                 source = config.sources.get(b["source"])
-                if source is None or source.delivers != "files":
-                    r.not_read = "its source is not a configured file source"
+                if source is None:
+                    r.not_read = "its source is not in the configuration"
+                elif source.delivers != "files" and not b.get("api_pages"):
+                    r.not_read = "its pages were not kept (a window loaded before API pages were kept)"
                 elif time.monotonic() > deadline:
                     r.not_read = f"the time budget ({limits.reread_budget_s:g} s, accuracy.reread_budget_s) was spent"
                 else:
@@ -94,30 +98,57 @@ def reread_objects(config: PipelineConfig, batches: list[dict[str, Any]], limits
                 fetch_next()
             while pending:
                 r, source, fetched = pending.popleft()
-                path = fetched.result()
+                got = fetched.result()
                 fetch_next()
-                if path is not None:
+                if got is not None:
                     started = time.monotonic()
                     try:
-                        _read(r, path, config, source)
+                        _read(r, got, config, source)
                     finally:
-                        path.unlink(missing_ok=True)
+                        if isinstance(got, Path):
+                            got.unlink(missing_ok=True)
                     r.seconds += time.monotonic() - started
         finally:  # interrupted: the downloads already made are removed
             for _, _, fetched in pending:
                 with contextlib.suppress(Exception):
-                    if (path := fetched.result()) is not None:
+                    if isinstance(path := fetched.result(), Path):
                         path.unlink(missing_ok=True)
     return out
 
 
-def _fetch(r: Reread, s3, limits: Accuracy) -> Path | None:
-    """The batch's object version in a temporary file, its sha256 checked; None (and why) when it is not."""
+def _fetch(r: Reread, s3, limits: Accuracy) -> Path | list[bytes] | None:
+    """The batch's object version in a temporary file, or an API window's pages, checked against what the batch
+    recorded; None (and why) when they are not there or not the same."""
     started = time.monotonic()
     try:
-        return _download(r, s3, limits)
+        return _download_pages(r, s3, limits) if r.batch.get("api_pages") else _download(r, s3, limits)
     finally:
         r.seconds += time.monotonic() - started
+
+
+def _download_pages(r: Reread, s3, limits: Accuracy) -> list[bytes] | None:
+    kept = r.batch["api_pages"]
+    try:
+        listed = [o for page in s3.get_paginator("list_objects_v2").paginate(Bucket=kept["bucket"],
+                                                                            Prefix=kept["prefix"])
+                  for o in page.get("Contents", [])]
+        r.size = sum(o["Size"] for o in listed)
+        if r.size > limits.reread_max_bytes:
+            r.not_read = f"{r.size} bytes of pages, over accuracy.reread_max_bytes ({limits.reread_max_bytes})"
+            return None
+        bodies = [s3.get_object(Bucket=kept["bucket"], Key=o["Key"])["Body"].read()
+                  for o in sorted(listed, key=lambda o: o["Key"])]
+    except Exception as exc:  # noqa: BLE001 - any S3 failure: the window is named as not re-read, and why
+        r.not_read = f"S3 did not return its pages ({type(exc).__name__}: {exc})"
+        return None
+    digest = hashlib.sha256()
+    for body in bodies:
+        digest.update(hashlib.sha256(body).digest())
+    if len(bodies) != kept["pages"] or digest.hexdigest() != kept["sha256"]:
+        r.refused = (f"the pages kept under s3://{kept['bucket']}/{kept['prefix']} ({len(bodies)}) are not the "
+                     f"{kept['pages']} the batch loaded (their digest differs)")
+        return None
+    return bodies
 
 
 def _download(r: Reread, s3, limits: Accuracy) -> Path | None:
@@ -161,9 +192,11 @@ def _download(r: Reread, s3, limits: Accuracy) -> Path | None:
     return path
 
 
-def _read(r: Reread, path: Path, config: PipelineConfig, source) -> None:
+def _read(r: Reread, got: Path | list[bytes], config: PipelineConfig, source) -> None:
+    locale = getattr(config.company, "locale", None)
     try:
-        r.reading = read_object(path, source, config.company.currency, getattr(config.company, "locale", None))
+        r.reading = (read_api_pages(got, source, config.company.currency, locale) if isinstance(got, list)
+                     else read_object(got, source, config.company.currency, locale))
     except ReadError as exc:
         r.refused = f"read independently, the file does not load: {exc}"
     except Exception as exc:  # noqa: BLE001 - the finding says what the independent reader met
@@ -218,10 +251,6 @@ def independent_reconciliation(batches: list[dict[str, Any]], rereads: dict[int,
     for source in sorted(set(config.sources) | set(by_source)):
         cfg = config.sources.get(source)
         items = sorted(by_source.get(source, []), key=lambda r: r.batch["batch_id"])
-        if cfg is not None and cfg.delivers != "files":
-            results.append(judge("independent_reconciliation", source, 0, limits.max_reread_differences,
-                                 "API windows deliver no object to re-read"))
-            continue
         money = cfg is not None and TABLES[cfg.table].amount is not None
         findings, info, unread = [], [], []
         read = [r for r in items if r.reading is not None or r.refused]

@@ -64,6 +64,7 @@ def landing_session(stack) -> Landing:
     urls = ensure_role_logins(stack["database_url"])
     os.environ["DB_SECRET_ARN"] = secret_arn("pipeline_ingest")
     os.environ["PIPELINE_CONFIG_URI"] = f"s3://{bucket}/config/pipeline.json"
+    os.environ["LANDING_BUCKET"] = bucket
     return Landing(bucket, config, stack["database_url"], urls["pipeline_ingest"])
 
 

@@ -93,3 +93,40 @@ def test_loading_everything_again_changes_nothing(demo):
         assert (result["rows_inserted"], result["rows_updated"], result["rows_unchanged"]) == (0, 0, entry["rows"])
     after = {t: landing.query(CHECKSUM.format(t))[0][0] for t in TABLES}
     assert before == after
+
+
+def test_the_api_pages_are_kept_and_read_again_with_a_reader_of_their_own(demo):
+    """The invoices' window kept its pages as the API sent them; validation's reader (json, its own record walk)
+    finds the manifest's rows and money in them. A page changed since, or a ledger that disagrees, is a finding."""
+    import boto3
+
+    from playbook.accuracy.ledger import committed_batches
+    from playbook.accuracy.rereads import independent_reconciliation, reread_objects
+
+    landing, manifest, results, _ = demo
+    batch_id = results[INVOICES_SOURCE]["batch_id"]
+    with psycopg2.connect(landing.database_url) as conn, conn.cursor() as cur:
+        (batch,) = [b for b in committed_batches(cur) if b["batch_id"] == batch_id]
+    kept = batch["api_pages"]
+    assert kept["prefix"] == f"api-pages/{INVOICES_SOURCE}/{batch_id:012d}/" and kept["pages"] > 100
+    config, limits = landing.config, landing.config.accuracy
+    reading = reread_objects(config, [batch], limits)[batch_id].reading
+    expected = manifest["sources"][INVOICES_SOURCE]
+    assert (reading.rows_read, reading.amount_in) == (expected["rows"], Decimal(expected["amount_sum"]))
+    (result,) = [r for r in independent_reconciliation([batch], reread_objects(config, [batch], limits), config,
+                                                       limits) if r.subject == INVOICES_SOURCE]
+    assert result.status == "pass" and "agrees with the ledger" in result.summary
+
+    told = {**batch, "amount_in": Decimal(batch["amount_in"]) + Decimal("0.01")}
+    (result,) = [r for r in independent_reconciliation([told], reread_objects(config, [told], limits), config,
+                                                       limits) if r.subject == INVOICES_SOURCE]
+    assert result.status == "fail" and f"amount in: ledger {told['amount_in']}" in result.summary
+    s3 = boto3.client("s3")
+    first = f"{kept['prefix']}page-00001.json"
+    original = s3.get_object(Bucket=kept["bucket"], Key=first)["Body"].read()
+    s3.put_object(Bucket=kept["bucket"], Key=first, Body=original.replace(b'"LineAmount": ', b'"LineAmount": 1', 1))
+    try:
+        r = reread_objects(config, [batch], limits)[batch_id]
+        assert r.reading is None and "are not the" in r.refused and "the batch loaded" in r.refused
+    finally:
+        s3.put_object(Bucket=kept["bucket"], Key=first, Body=original)

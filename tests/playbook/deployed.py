@@ -128,3 +128,33 @@ def deploy_probes(bucket: str) -> None:
         lam.create_function(FunctionName=function, Runtime="python3.12", Role=role, Handler=f"probe.{name}",
                             Code={"S3Bucket": bucket, "S3Key": "tests/probe.zip"}, Timeout=PROBE_TIMEOUT_S,
                             MemorySize=PROBE_MEMORY_MB, Environment={"Variables": {"PROBE_SETTING": "from-deploy"}})
+
+
+@contextlib.contextmanager
+def demo_accounting_system(database_url: str) -> Iterator[object]:
+    """The demo's accounting system serving the default company where its source reads it, its credential in
+    the session's Secrets Manager; on the way out, everything its source loaded is taken out of the warehouse
+    again (rows, their history and quarantine, batches, cursor, call limit), so the tests after it find only
+    their own data."""
+    import psycopg2
+
+    from pipeline.model import TABLES
+    from playbook.demo.business_system import serve_business_system
+    from playbook.demo.company import INVOICES_SOURCE
+
+    business = serve_business_system()
+    try:
+        yield business
+    finally:
+        business.stop()
+        with psycopg2.connect(database_url) as conn, conn.cursor() as cur:
+            cur.execute("select array_agg(batch_id) from meta.batches where source = %s", (INVOICES_SOURCE,))
+            batches = cur.fetchone()[0] or []
+            for table in TABLES:
+                for name in (table, f"{table}_history"):
+                    cur.execute(f"delete from core.{name} where _batch_id = any(%s)", (batches,))
+            cur.execute("delete from meta.quarantine where batch_id = any(%s)", (batches,))
+            cur.execute("delete from meta.source_state where source = %s", (INVOICES_SOURCE,))
+            cur.execute("delete from meta.api_call_limits where source = %s", (INVOICES_SOURCE,))
+            cur.execute("delete from meta.batches where batch_id = any(%s)", (batches,))
+        conn.close()

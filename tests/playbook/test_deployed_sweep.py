@@ -13,7 +13,7 @@ import uuid
 import boto3
 import pytest
 
-from tests.playbook.deployed import PREFIX
+from tests.playbook.deployed import PREFIX, demo_accounting_system
 
 pytestmark = pytest.mark.stack
 
@@ -61,18 +61,19 @@ def test_scheduled_sweeps_load_what_no_notification_brought(pipeline_stack, stac
     broken_key = f"landing/sales/sweep-{run}-broken.csv"
     s3.put_object(Bucket=bucket, Key=broken_key, Body=(SALES_HEADER + 'SW-B,1,2024-05-14,00042,"Widget,1\n').encode())
 
-    fired = schedule_run()
-    assert fired.returncode == 0, fired.stdout + fired.stderr
-    for name in ("ingest-interactions", "ingest-sales", "ingest-payments"):
-        assert re.search(rf"  {PREFIX}-{name} +lambda {PREFIX}-{name}  ok$", fired.stdout, re.M), fired.stdout
-    assert "3 firings, 0 failed" in fired.stdout  # the interactions sweep found nothing: a success
-    assert committed(stack["database_url"], [*sales_keys, payments_key]) == {
-        sales_keys[0]: 1, sales_keys[1]: 1, payments_key: 1}
-    assert committed(stack["database_url"], [broken_key]) == {}  # its failure is in the ledger
+    with demo_accounting_system(stack["database_url"]):  # the trade invoices' API, on the same schedule
+        fired = schedule_run()
+        assert fired.returncode == 0, fired.stdout + fired.stderr
+        for name in ("ingest-interactions", "ingest-sales", "ingest-trade-invoices", "ingest-payments"):
+            assert re.search(rf"  {PREFIX}-{name} +lambda {PREFIX}-{name}  ok$", fired.stdout, re.M), fired.stdout
+        assert "4 firings, 0 failed" in fired.stdout  # the interactions sweep found nothing: a success
+        assert committed(stack["database_url"], [*sales_keys, payments_key]) == {
+            sales_keys[0]: 1, sales_keys[1]: 1, payments_key: 1}
+        assert committed(stack["database_url"], [broken_key]) == {}  # its failure is in the ledger
 
-    # the same firings again: everything is loaded, and the broken file (its content unchanged) is left alone
-    again = schedule_run()
-    assert again.returncode == 0 and "3 firings, 0 failed" in again.stdout, again.stdout + again.stderr
+        # the same firings again: everything is loaded, the broken file (its content unchanged) is left alone
+        again = schedule_run()
+        assert again.returncode == 0 and "4 firings, 0 failed" in again.stdout, again.stdout + again.stderr
     import psycopg2
 
     with psycopg2.connect(stack["database_url"]) as conn, conn.cursor() as cur:

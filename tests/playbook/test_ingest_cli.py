@@ -175,25 +175,21 @@ def test_an_oauth_refresh_token_is_stored_with_its_client(pipeline_stack):
                                                           strict=True))
 
 
-def test_an_oauth_api_source_loads_through_the_deployed_function_and_rotates_its_token(pipeline_stack):
+def test_an_oauth_api_source_loads_through_the_deployed_function_and_rotates_its_token(pipeline_stack, stack):
     """`playbook ingest trade_invoices --from --to` as a consultant runs it: the deployed function (the local
     runtime, as Lambda runs it) spends the refresh token the secret holds, stores the new one, reads the nested
     invoices and loads their lines; a second window works with the rotated token. Expected rows from pandas."""
-    from datetime import date
     from decimal import Decimal
 
     import boto3
     import psycopg2
 
     from playbook.config import load_config
-    from playbook.database import database_url
-    from playbook.demo.business_system import serve_business_system
     from playbook.demo.company import INVOICES_SOURCE, build_company
+    from tests.playbook.deployed import demo_accounting_system
 
-    config = load_config()
-    secret = config.sources[INVOICES_SOURCE].api.auth.secret
-    business = serve_business_system(config)  # the demo company the other tests load: the same rows
-    try:
+    secret = load_config().sources[INVOICES_SOURCE].api.auth.secret
+    with demo_accounting_system(stack["database_url"]) as business:
         tokens = []
         for first, after in (("2026-10-01", "2026-11-01"), ("2026-11-01", "2026-12-01")):
             done = playbook("ingest", INVOICES_SOURCE, "--from", first, "--to", after)
@@ -204,13 +200,11 @@ def test_an_oauth_api_source_loads_through_the_deployed_function_and_rotates_its
                                      ["SecretString"])["refresh_token"])
         assert tokens[0] != tokens[1] and tokens[1] == business.refresh_token
         assert business.grants == [("refresh_token", 200)] * 2
-    finally:
-        business.stop()
-    lines = build_company().invoice_lines
-    lines = lines[(lines["order_date"] >= "2026-10-01") & (lines["order_date"] < "2026-12-01")]
-    with psycopg2.connect(database_url()) as conn, conn.cursor() as cur:
-        cur.execute("select count(*), sum(amount) from core.sales_lineage where _source = %s and order_date >= %s",
-                    (INVOICES_SOURCE, date(2026, 10, 1)))
-        count, amount = cur.fetchone()
-    conn.close()
-    assert (count, amount) == (len(lines), Decimal(int(lines["amount"].sum())).scaleb(-2))
+        lines = build_company().invoice_lines
+        lines = lines[(lines["order_date"] >= "2026-10-01") & (lines["order_date"] < "2026-12-01")]
+        with psycopg2.connect(stack["database_url"]) as conn, conn.cursor() as cur:
+            cur.execute("select count(*), sum(amount) from core.sales_lineage where _source = %s",
+                        (INVOICES_SOURCE,))
+            count, amount = cur.fetchone()
+        conn.close()
+        assert (count, amount) == (len(lines), Decimal(int(lines["amount"].sum())).scaleb(-2))

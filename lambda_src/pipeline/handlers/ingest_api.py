@@ -36,7 +36,7 @@ from pipeline.model import TABLES
 from pipeline.runtime_config import pipeline_config
 from pipeline.schedules import schedule_period
 from pipeline.sources import LoadError, reading_columns, reading_types
-from pipeline.sources.rest_api import ApiReader, load_call_limit, pg_refresh_lock, save_call_limit
+from pipeline.sources.rest_api import ApiReader, keep_pages, load_call_limit, pg_refresh_lock, save_call_limit
 
 logger = get_logger("pipeline.ingest_api")
 ENV_SOURCE = "PIPELINE_SOURCE"
@@ -156,6 +156,7 @@ def ingest_window(conn, config: PipelineConfig, name: str, source: SourceConfig,
         reader.fetch()
         if reader.pages == 0 and not reader.complete:
             raise TimeBudgetExceeded(f"{reader.display}: no complete page within the time budget")
+        attempt.plan["api_pages"] = keep_pages(landing_bucket(), name, attempt.batch_id, reader.bodies)
         new_state = state_after(state, plan, reader)
         result = BatchLoad(conn, delivery, reader, config.company, attempt, remaining,
                            before_commit=save_state).run(COMMIT_MARGIN_S)
@@ -194,6 +195,13 @@ def handler(event: dict, context=None) -> dict:
     summary["seconds"] = round(time.monotonic() - started, 3)
     log(logger, "api window processed", **{k: v for k, v in summary.items() if k != "state"})
     return json_ready(summary)
+
+
+def landing_bucket() -> str:
+    bucket = os.environ.get("LANDING_BUCKET")
+    if not bucket:
+        raise LoadError("LANDING_BUCKET is not set: the function does not know where to keep the API's pages")
+    return bucket
 
 
 def _keep_call_limit(conn, name: str, base_url: str) -> None:

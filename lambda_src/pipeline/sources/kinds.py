@@ -17,6 +17,9 @@ from typing import Literal
 # a dry run's copy of a file (`playbook ingest --dry-run`): dry-run/<the source's prefix><file name>, where no
 # landing notification fires
 DRY_RUN_PREFIX = "dry-run/"
+# an API window's pages as the API sent them: api-pages/<source>/<batch id>/page-00001.json, kept in the landing
+# bucket for the independent re-read (validation) and for audit; no notification fires there
+API_PAGES_PREFIX = "api-pages/"
 
 Delivers = Literal["files", "api"]
 

@@ -40,6 +40,7 @@ from psycopg2 import sql
 
 from pipeline.config import SECRET_FIELDS, ApiOptions
 from pipeline.sources import LoadError, RawSheet, copy_csv, in_pieces, map_header
+from pipeline.sources.kinds import API_PAGES_PREFIX
 from pipeline.sources.s3_csv import raw_columns
 
 _MISSING = object()
@@ -88,6 +89,27 @@ def save_call_limit(conn, source: str, base_url: str) -> None:
         else:
             cur.execute("delete from meta.api_call_limits where base_url = %s and resume_at <= now()", (base_url,))
     conn.commit()
+
+
+def keep_pages(bucket: str, source: str, batch_id: int, bodies: list[bytes]) -> dict:
+    """A window's pages as the API sent them, kept in the landing bucket before the batch commits: what
+    validation reads again with a reader of its own, and what an audit asks for. Its place and a digest of the
+    pages, in order, go in the batch's plan."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    prefix = f"{API_PAGES_PREFIX}{source}/{batch_id:012d}/"
+    s3 = boto3.client("s3")
+
+    def put(numbered: tuple[int, bytes]) -> None:
+        s3.put_object(Bucket=bucket, Key=f"{prefix}page-{numbered[0]:05d}.json", Body=numbered[1],
+                      ContentType="application/json")
+
+    with ThreadPoolExecutor(8) as pool:
+        list(pool.map(put, enumerate(bodies, 1)))
+    digest = hashlib.sha256()
+    for body in bodies:
+        digest.update(hashlib.sha256(body).digest())
+    return {"bucket": bucket, "prefix": prefix, "pages": len(bodies), "sha256": digest.hexdigest()}
 
 
 def get_path(obj: object, path: str) -> object:
@@ -568,6 +590,7 @@ class ApiReader:
         self.formats = {self.header.index(columns[k]): (c, options.formats[c], (types or {}).get(k))
                         for c, k in read_as.items() if k in columns}
         self.pages = 0
+        self.bodies: list[bytes] = []  # each page as the API sent it (keep_pages)
         self.next_position: dict | None = None
         self.last_page_sha: str | None = self.resume.get("last_page_sha")
         self.stopped_for_time = False
@@ -666,6 +689,7 @@ class ApiReader:
                 raise LoadError(f"GET {shown}: page {done + 1} holds exactly the records of the page before; "
                                 "the API is not advancing (a page or cursor parameter ignored?)")
             self.last_page_sha = sha
+            self.bodies.append(response.content)
             for row in self._expand(records, shown):
                 self._add([json_text(row.value(f)) for f in self.header])
             self.top_records += len(records)
