@@ -273,8 +273,8 @@ class ExcelReader:
                             "with an .xlsx name); open it in Excel, save it as .xlsx and deliver it again") from None
 
     def _refuse_size_bomb(self) -> None:
-        """Before any part is inflated: the sizes the archive declares, against the source's limits. (A reader
-        inflates no part past its declared size, so a part that lies about it fails as damaged.)"""
+        """Before any part is inflated: the sizes the archive declares, against the source's limits. An archive
+        that lies about its sizes is not caught here (the function's memory limit is the last guard)."""
         try:
             with zipfile.ZipFile(self.path) as zf:
                 parts = zf.infolist()
