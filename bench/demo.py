@@ -75,7 +75,7 @@ def run(repeat: int = 1, progress=print) -> list[Result]:
             manifest = json.loads((reports / "latest" / "manifest.json").read_text())
             stages = {name: s.get("seconds") for name, s in manifest.get("stages", {}).items()}
         finally:
-            subprocess.run([playbook, "local", "down"], env=env, capture_output=True, timeout=120)
+            subprocess.run([playbook, "local", "down", "--delete-data"], env=env, capture_output=True, timeout=120)
             shutil.rmtree(state, ignore_errors=True)
             shutil.rmtree(reports, ignore_errors=True)
     results.append(Result("demo", "playbook_demo", 0, len(walls), round(statistics.median(walls), 1) if walls else 0.0,

@@ -66,7 +66,7 @@ def main(sizes: list[int]) -> None:
             print(f"{size:>9} sales lines: refresh {total:.2f}s  ({marts})")
         conn.close()
     finally:
-        st.down()
+        st.down(delete_data=True)
 
 
 if __name__ == "__main__":

@@ -116,7 +116,7 @@ def bench_stack(provisioned: bool = True) -> Iterator[BenchStack]:
 
         runtime.shutdown_environments()  # warm handler processes of this stack's functions
         with contextlib.suppress(Exception):
-            st.down()
+            st.down(delete_data=True)
         os.environ.clear()
         os.environ.update(saved)
         shutil.rmtree(state, ignore_errors=True)

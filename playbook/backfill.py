@@ -28,6 +28,7 @@ from playbook.errors import PlaybookError
 from playbook.targets import LAMBDA_LIMIT_S, error_text
 
 GRAINS = ("month", "quarter")
+MAX_RESUMES = 20  # invocations after the first that one API window may take to complete
 # one window's budget for a function that may run Lambda's whole 15 minutes: far below it even on the slowest
 # object seen so far. A function with a shorter timeout gets windows smaller in proportion (window_limits).
 MAX_OBJECTS_PER_WINDOW = 40
@@ -203,10 +204,14 @@ def plan_windows(config, outputs: dict[str, str], *, grain: str = "quarter", sou
                     windows.append(Window(name, function, label, event, len(chunk), sum(v["Size"] for v in chunk)))
         else:
             start = api_start or source.api.history_from or date.today() - timedelta(days=3 * 365 + 1)
+            # the last window ends now, not at midnight: what changes later today is the next scheduled run's
+            now = datetime.now(UTC).replace(microsecond=0)
             for window_from, window_to in date_windows(start, date.today(), grain):
-                event = {"source": name, "from": window_from.isoformat(), "to": window_to.isoformat()}
+                end = min(datetime.combine(window_to, dt_time.min, UTC), now)
+                event = {"source": name, "from": window_from.isoformat(),
+                         "to": window_to.isoformat() if end < now else end.isoformat()}
                 windows.append(Window(name, function, window_from.isoformat()[:7], event,
-                                      bounds=(_midnight_utc(window_from), _midnight_utc(window_to))))
+                                      bounds=(_midnight_utc(window_from), end.isoformat())))
     return windows
 
 
@@ -236,11 +241,20 @@ def _run_waiting(target, windows: list[Window], concurrency: int, log_dir: Path 
     """Each window's invocation waited for, `concurrency` at a time (locally: warm handler processes)."""
     def one(window: Window) -> Window:
         result = target.invoke(window.function, window.event, log_dir=log_dir)
+        seconds = result.duration_ms / 1000.0
+        # an API window its function's time did not cover: the same event again resumes it where it stopped
+        for _ in range(MAX_RESUMES):
+            payload = result.payload if isinstance(result.payload, dict) else {}
+            if not (result.status == "ok" and window.bounds and payload.get("complete") is False):
+                break
+            result = target.invoke(window.function, window.event, log_dir=log_dir)
+            seconds += result.duration_ms / 1000.0
         ok = result.status == "ok"
         payload = result.payload if isinstance(result.payload, dict) else None
         error = None if ok else error_text(result)
-        return _apply(window, "ok" if ok else "failed", payload, error, result.duration_ms / 1000.0,
-                      result.log_path or None)
+        if ok and window.bounds and payload and payload.get("complete") is False:
+            ok, error = False, f"still incomplete after {MAX_RESUMES + 1} invocations; run the backfill again"
+        return _apply(window, "ok" if ok else "failed", payload, error, seconds, result.log_path or None)
 
     shown = threading.Lock()
 

@@ -59,8 +59,10 @@ def cmd_local_status(args: argparse.Namespace) -> int:
 def cmd_local_down(args: argparse.Namespace) -> int:
     from playbook.local.stack import current
 
-    stopped = current().down(force=args.force)
+    stopped = current().down(force=args.force, delete_data=args.delete_data)
     print(f"stopped: {', '.join(stopped) if stopped else 'nothing was running'}")
+    if args.delete_data:
+        print("deleted: the database's files and moto's recorded state")
     return 0
 
 
@@ -109,6 +111,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_local_status)
     p = local_sub.add_parser("down", help="stop exactly the processes `up` started")
     p.add_argument("--force", action="store_true", help="also clear an unreadable state file")
+    p.add_argument("--delete-data", action="store_true",
+                   help="also delete the stack's data: the database's files (wherever they are kept) and moto's "
+                        "recorded state; the next `up` starts empty")
     p.set_defaults(func=cmd_local_down)
 
     p = sub.add_parser("demo", help="the main job: local stack up, whole pipeline on the demo company")

@@ -98,14 +98,14 @@ def refuse_unreachable_apis(target, config) -> None:
     """An API source whose URL names this machine cannot be read by functions that run elsewhere (Lambda)."""
     from urllib.parse import urlsplit
 
-    from playbook.settings import LOOPBACK_HOSTS
+    from playbook.settings import names_this_machine
 
     if target.reaches_this_machine:
         return
     for name, source in config.sources.items():
         api = source.api
         for setting, url in (("base_url", api and api.base_url), ("auth.token_url", api and api.auth.token_url)):
-            if url and urlsplit(url).hostname in LOOPBACK_HOSTS:
+            if url and names_this_machine(urlsplit(url).hostname):
                 raise PlaybookError(f"sources.{name}.api.{setting} is {url}, this machine: the functions on {target} "
                                     "cannot reach it. Point it at the system's own API, or leave the source out of "
                                     "this configuration (the demo's accounting system runs on the local stack only)")

@@ -417,6 +417,7 @@ def provision(target, config_file: str | None = None, allow: list[str] | None = 
     import boto3
 
     from playbook.config import load_config
+    from playbook.deploy import refuse_unreachable_apis
     from playbook.settings import PROJECT_ROOT, local_settings
     from playbook.stack_outputs import stack_name, stack_prefix
     from playbook.stages import refresh_report_schedule
@@ -424,6 +425,7 @@ def provision(target, config_file: str | None = None, allow: list[str] | None = 
 
     allow_list = resolve_allow_list(target, allow)
     config = load_config(config_file)
+    refuse_unreachable_apis(target, config)
     settings = local_settings()
     region = boto3.session.Session().region_name
     prefix = stack_prefix()

@@ -20,7 +20,23 @@ ENV_CONFIG = "PLAYBOOK_CONFIG"
 ENV_REGION = "AWS_DEFAULT_REGION"
 ENV_REPORTS_DIR = "PLAYBOOK_REPORTS_DIR"
 
-LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")  # a URL naming one of these names this machine
+
+
+def names_this_machine(host: str | None) -> bool:
+    """Whether a URL's host is this machine: localhost, any loopback address (127.0.0.0/8, ::1, an IPv4-mapped
+    one), or 0.0.0.0."""
+    import ipaddress
+
+    host = (host or "").rstrip(".").lower()
+    if host == "localhost" or host.endswith(".localhost"):
+        return True
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    mapped = getattr(address, "ipv4_mapped", None)
+    return address.is_loopback or address.is_unspecified or bool(mapped and mapped.is_loopback)
+
 # the default ports lie below Linux's ephemeral range (32768-60999), which no outgoing connection takes them from
 DEFAULT_MOTO_PORT = 24566
 DEFAULT_PG_PORT = 24432

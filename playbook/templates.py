@@ -26,7 +26,7 @@ from pipeline.config import EmailReport, PipelineConfig
 from pipeline.schedules import occurrences
 from pipeline.sources.kinds import API_PAGES_PREFIX, DRY_RUN_PREFIX, source_kind
 from playbook.errors import PlaybookError
-from playbook.settings import LOOPBACK_HOSTS, PROJECT_ROOT
+from playbook.settings import PROJECT_ROOT, names_this_machine
 
 TEMPLATE_DIR = PROJECT_ROOT / "infra" / "cloudformation"
 NGINX_TEMPLATE = PROJECT_ROOT / "infra" / "nginx" / "stream.conf.template"
@@ -167,7 +167,7 @@ def egress_ports(config: PipelineConfig) -> dict[int, list[str]]:
         if api is None:
             continue
         url = urlsplit(api.base_url)
-        if url.hostname in LOOPBACK_HOSTS:  # this machine's (the demo's): reached on the local stack only
+        if names_this_machine(url.hostname):  # this machine's (the demo's): reached on the local stack only
             continue
         ports.setdefault(url.port or (443 if url.scheme == "https" else 80), []).append(name)
     return ports

@@ -52,7 +52,7 @@ def chain_stack() -> Iterator[ChainStack]:
         assert up.returncode == 0, up.stdout + up.stderr
         yield chain
     finally:
-        chain.playbook("local", "down")
+        chain.playbook("local", "down", "--delete-data")
         shutil.rmtree(directory, ignore_errors=True)
         shutil.rmtree(reports, ignore_errors=True)
 

@@ -61,7 +61,7 @@ def stack() -> Iterator[dict]:
         yield status
     finally:
         if not reused:
-            st.down()
+            st.down(delete_data=True)
         os.environ.clear()
         os.environ.update(saved)
         if not reused:

@@ -23,7 +23,7 @@ from pydantic import (
 
 from pipeline.model import KEY_TYPES, ROW_KEY, TABLES
 from pipeline.schedules import ScheduleError, croniter_expression, local_time, rate_seconds
-from pipeline.sources.kinds import KINDS, source_kind
+from pipeline.sources.kinds import API_PAGES_PREFIX, DRY_RUN_PREFIX, KINDS, source_kind
 
 _NAME = re.compile(r"^[a-z][a-z0-9_]{0,39}$")
 _EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
@@ -116,8 +116,8 @@ class ReadOptions(Strict):
     latest_date: dt.date = Field(dt.date(2099, 12, 31), description="later dates are quarantined, not loaded")
     chunk_rows: int = Field(100_000, ge=1_000, le=1_000_000)
     max_unpacked_mb: int = Field(400, ge=1, le=10_000, description=(
-        "a workbook whose parts unpack to more is refused before it is read (Excel): a 100,000-row sheet "
-        "unpacks to about 40 MB; the ingest function has 512 MB"))
+        "a workbook whose parts unpack to more is refused before it is read (Excel): a guard against zip bombs, "
+        "not a memory budget (a 100,000-row sheet unpacks to about 40 MB)"))
     max_compression_ratio: int = Field(200, ge=10, le=100_000, description=(
         "a workbook part that inflates more than this many times is refused before it is read (Excel): "
         "exports compress 5 to 30 times, a zip bomb a thousand"))
@@ -414,6 +414,9 @@ class SourceConfig(Strict):
     def _prefix_shape(cls, value: str | None) -> str | None:
         if value is not None and (not value.endswith("/") or value.startswith("/") or ".." in value):
             raise ValueError(f"{value!r} must be a relative key prefix ending in '/', e.g. landing/sales/")
+        if value is not None and value.startswith((API_PAGES_PREFIX, DRY_RUN_PREFIX)):
+            raise ValueError(f"{value!r} lies in {value.split('/')[0]}/, which the pipeline keeps for itself "
+                             "(API pages, dry runs): choose a prefix such as landing/sales/")
         return value
 
     @model_validator(mode="after")

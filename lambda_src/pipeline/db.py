@@ -50,17 +50,19 @@ def time_left(context) -> Callable[[], float]:
     return lambda: float("inf")
 
 
-def session_timeouts(seconds_left: float) -> dict[str, int]:
+def session_timeouts(seconds_left: float, lock_share: float = 1.0) -> dict[str, int]:
     """Milliseconds a session may spend, sized to what its function has left: no statement outlives the
     function (SESSION_MARGIN_S kept to record a failure and answer), so the backend of a function that was
-    killed cancels its own work; a wait for a lock takes at most a quarter of that."""
+    killed cancels its own work; a wait for a lock takes at most `lock_share` of that (a load waits its turn as
+    long as it can; the marts refresh, a quarter, so one held mart leaves time for the others)."""
     statement = max(1.0, seconds_left - SESSION_MARGIN_S)
-    return {"statement_timeout": int(statement * 1000), "lock_timeout": int(max(1.0, statement / 4) * 1000),
+    return {"statement_timeout": int(statement * 1000),
+            "lock_timeout": int(max(1.0, statement * lock_share) * 1000),
             "idle_in_transaction_session_timeout": int(statement * 1000)}
 
 
 def connect(secret_arn: str | None = None, application_name: str | None = None,
-            remaining: Callable[[], float] | None = None):
+            remaining: Callable[[], float] | None = None, lock_share: float = 1.0):
     """A new psycopg2 connection (autocommit off): one transaction per batch is the caller's to manage.
 
     The secret is cached for the container's life; a password rotated since is read again on the first
@@ -74,7 +76,7 @@ def connect(secret_arn: str | None = None, application_name: str | None = None,
     settings = {"temp_buffers": TEMP_BUFFERS}
     left = remaining() if remaining is not None else float("inf")
     if left != float("inf"):
-        settings.update(session_timeouts(left))
+        settings.update(session_timeouts(left, lock_share))
     options = " ".join(f"-c {key}={value}" for key, value in settings.items())
 
     def attempt():

@@ -86,7 +86,7 @@ def reread_objects(config: PipelineConfig, batches: list[dict[str, Any]], limits
                 if source is None:
                     r.not_read = "its source is not in the configuration"
                 elif source.delivers != "files" and not b.get("api_pages"):
-                    r.not_read = "its pages were not kept (a window loaded before API pages were kept)"
+                    r.not_read = PAGES_NOT_KEPT
                 elif time.monotonic() > deadline:
                     r.not_read = f"the time budget ({limits.reread_budget_s:g} s, accuracy.reread_budget_s) was spent"
                 else:
@@ -273,8 +273,12 @@ def independent_reconciliation(batches: list[dict[str, Any]], rereads: dict[int,
     return results
 
 
+PAGES_NOT_KEPT = "its pages were not kept (a window loaded before API pages were kept)"
+
+
 def _by_limit(reason: str) -> bool:
-    return "accuracy.reread_" in reason
+    """Whether a window or object was left unread by choice (a limit, or no pages to read), not by a fault."""
+    return "accuracy.reread_" in reason or reason == PAGES_NOT_KEPT
 
 
 def _summary(total: int, read: int, findings: list, unread: list, info: list, money: bool) -> str:

@@ -249,6 +249,9 @@ class BusinessApi:
             return self.refresh_token
 
     def start(self) -> BusinessApi:
+        """Serve in a thread of its own (a server already started is left as it is)."""
+        if self._thread is not None and self._thread.is_alive():
+            return self
         self._thread = threading.Thread(target=self._http.serve_forever, name="business-api", daemon=True)
         self._thread.start()
         return self

@@ -16,7 +16,7 @@ from urllib.parse import urlsplit
 from playbook.demo.api_server import CLIENT_ID, BusinessApi
 from playbook.demo.company import DEFAULT_END, DEFAULT_SEED, INVOICES_SOURCE, build_company
 from playbook.errors import PlaybookError
-from playbook.settings import LOOPBACK_HOSTS
+from playbook.settings import names_this_machine
 
 DAILY_CALL_LIMIT = 5_000  # calls a day, as Xero allows an app per organisation
 
@@ -32,7 +32,7 @@ def serve_business_system(config=None, *, years: int = 3, clients: int = 300, se
     secret, _ = secret_name(company_config, source)
     api_options = company_config.sources[source].api
     url = urlsplit(api_options.base_url)
-    if url.hostname not in LOOPBACK_HOSTS:
+    if not names_this_machine(url.hostname):
         raise PlaybookError(f"sources.{source}.api.base_url is {api_options.base_url}: the demo accounting system "
                             "serves on this machine only (http://127.0.0.1:PORT)")
     company = build_company(seed, end, years, clients)

@@ -88,7 +88,9 @@ def _request_body(request: Any, body: Any) -> bytes:
 def _private_write(path: str, data: bytes, flags: int) -> None:
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | flags, 0o600)
     try:
-        os.write(fd, data)
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view):]
     finally:
         os.close(fd)
 

@@ -104,10 +104,10 @@ class MotoServer:
             if unreadable:
                 print(f"warning: {unreadable} recorded requests in {self.recording} could not be read and were not "
                       "replayed (written concurrently by an older moto server)", file=sys.stderr)
-        if not self.recording.exists():
-            self.recording_format.write_text(RECORDING_FORMAT + "\n")
-        else:
+        if self.recording.exists():
             self.recording.chmod(0o600)  # it holds secrets: an older one may have been written 0644
+        # lines from here on may keep their bodies by content: a reader of the older format could not replay them
+        self.recording_format.write_text(RECORDING_FORMAT + "\n")
         self._post("/moto-api/recorder/start-recording")
 
     def recording_size(self) -> dict[str, int]:

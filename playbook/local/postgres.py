@@ -7,8 +7,10 @@ no Unix socket) and the pg_hba rules the warehouse's roles need.
 PostgreSQL refuses to run as root. As root the server runs as a system user of its own (SYSTEM_USER), which
 may not reach the project (a clone under /root, a 0700 directory): its binaries are copied once per pgserver
 build, and each stack's data and log kept, in a directory made for it (SERVER_HOME, /var/lib/playbook-pgserver),
-so no directory of the user's is ever opened up. The state directory keeps the credentials (0600) either way.
-A cluster there whose state directory is gone is removed by the next one made.
+so no directory of the user's is ever opened up. The state directory keeps the credentials (0600) either way,
+and the cluster's name with them: a state folder made again gets a cluster of its own, a moved one keeps its
+data. Nothing there is deleted but by `playbook local down --delete-data`; `local up` names the clusters whose
+state folder is gone.
 """
 
 from __future__ import annotations
@@ -68,7 +70,6 @@ def _for_the_server(pginstall: Path) -> Path:
     home = server_home()
     try:
         home.mkdir(mode=0o755, parents=True, exist_ok=True)
-        home.chmod(0o755)
         staging = home / f".{copied.name}-{os.getpid()}"
         shutil.rmtree(staging, ignore_errors=True)
         shutil.copytree(pginstall, staging / "pgserver" / "pginstall", symlinks=True)
@@ -102,7 +103,8 @@ class EmbeddedPostgres:
         user (the state directory's data from before stays where it is)."""
         if not as_root() or (self.root / "data" / "PG_VERSION").exists():
             return self.root
-        key = hashlib.sha256(str(self.root.resolve()).encode()).hexdigest()[:16]
+        creds = self.credentials()
+        key = creds.get("cluster") or hashlib.sha256(creds["superuser"].encode()).hexdigest()[:16]
         return server_home() / "clusters" / key
 
     @property
@@ -122,7 +124,9 @@ class EmbeddedPostgres:
         import json
 
         if not self.secret_file.exists():
-            creds = {"superuser": secrets.token_urlsafe(24), "owner": secrets.token_urlsafe(24)}
+            # the cluster's name: a stack made again (its state folder deleted) never meets the old one's data
+            creds = {"superuser": secrets.token_urlsafe(24), "owner": secrets.token_urlsafe(24),
+                     "cluster": secrets.token_hex(8)}
             self.secret_file.parent.mkdir(parents=True, exist_ok=True)
             fd = os.open(self.secret_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
             with os.fdopen(fd, "w") as fh:
@@ -152,21 +156,33 @@ class EmbeddedPostgres:
             shutil.chown(path, SYSTEM_USER, SYSTEM_USER)
 
     def _make_home(self) -> None:
-        """As root: the cluster's directory, its user's alone, naming the state directory it belongs to; the
-        clusters whose state directory is gone (and whose server is down) are removed."""
+        """As root: the cluster's directory, its user's alone, naming the state folder it belongs to (written again
+        at every start, so a moved project keeps its data)."""
         if self.home == self.root:
             self.root.mkdir(parents=True, exist_ok=True)
             return
-        clusters = self.home.parent
-        clusters.mkdir(mode=0o755, parents=True, exist_ok=True)
-        for other in clusters.iterdir():
-            owner = other / "state_dir"
-            if other != self.home and owner.exists() and not Path(owner.read_text().strip()).exists() \
-                    and not _server_running(other / "data"):
-                shutil.rmtree(other, ignore_errors=True)
+        self.home.parent.mkdir(mode=0o755, parents=True, exist_ok=True)
         self.home.mkdir(mode=0o700, exist_ok=True)
         (self.home / "state_dir").write_text(str(self.root.resolve()) + "\n")
         self._chown(self.home)
+
+    def orphans(self) -> list[str]:
+        """As root: clusters whose state folder is gone (deleted, or a project moved and not started since)."""
+        clusters = server_home() / "clusters"
+        if self.home == self.root or not clusters.is_dir():
+            return []
+        found = []
+        for other in sorted(clusters.iterdir()):
+            owner = other / "state_dir"
+            if other != self.home and owner.exists() and not Path(owner.read_text().strip()).exists():
+                found.append(f"{other} (of {owner.read_text().strip()})")
+        return found
+
+    def delete_data(self) -> None:
+        """The database's files, wherever they are kept (with the server stopped): `local down --delete-data`."""
+        if self.home != self.root:
+            shutil.rmtree(self.home, ignore_errors=True)
+        shutil.rmtree(self.root, ignore_errors=True)
 
     def initialised(self) -> bool:
         return (self.data_dir / "PG_VERSION").exists()
@@ -214,6 +230,7 @@ class EmbeddedPostgres:
 
     def start(self) -> int:
         require_free_port(self.port, "the embedded PostgreSQL", "PLAYBOOK_PG_PORT")
+        self._make_home()
         options = f"-p {self.port} -c listen_addresses=127.0.0.1 -c unix_socket_directories='' " \
                   "-c max_connections=60 -c shared_buffers=128MB -c fsync=on"
         try:
@@ -283,12 +300,3 @@ class EmbeddedPostgres:
             conn.close()
 
 
-
-def _server_running(data_dir: Path) -> bool:
-    """Whether the postmaster a data directory names is alive."""
-    import psutil
-
-    try:
-        return psutil.pid_exists(int((data_dir / "postmaster.pid").read_text().splitlines()[0]))
-    except (OSError, ValueError, IndexError):
-        return False

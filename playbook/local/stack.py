@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
+import sys
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -93,6 +95,10 @@ class Stack:
             state["database_url"] = self.pg.url()
         state["aws_endpoint_url"] = self.moto.endpoint
         self.write_state(state)
+        if not self.settings.external_database_url and (orphans := self.pg.orphans()):
+            print(f"note: {len(orphans)} database cluster(s) belong to state folders that no longer exist: "
+                  f"{'; '.join(orphans[:3])}{' ...' if len(orphans) > 3 else ''}. Delete them if they are not a "
+                  "moved project's (`playbook local down --delete-data` deletes a stack's own)", file=sys.stderr)
         return self.status()
 
     def _check_ports_belong_to_us(self, state: dict[str, Any]) -> None:
@@ -109,7 +115,7 @@ class Stack:
                 continue
             require_free_port(port, what, env_var)
 
-    def down(self, force: bool = False) -> list[str]:
+    def down(self, force: bool = False, delete_data: bool = False) -> list[str]:
         try:
             state = self.read_state()
         except StackError:
@@ -126,6 +132,10 @@ class Stack:
             self.pg.stop()
         if state or force:
             self.write_state({"parts": {}, "region": self.settings.region})
+        if delete_data:
+            if not self.settings.external_database_url:
+                self.pg.delete_data()
+            shutil.rmtree(self.moto.root, ignore_errors=True)
         return stopped
 
     def _alive(self, part: dict[str, Any]) -> bool:

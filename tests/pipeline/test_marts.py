@@ -512,8 +512,9 @@ def test_a_killed_functions_session_cancels_its_own_statement(landing_session):
 
     from pipeline.db import session_timeouts
 
-    assert session_timeouts(9) == {"statement_timeout": 4000, "lock_timeout": 1000,
+    assert session_timeouts(9) == {"statement_timeout": 4000, "lock_timeout": 4000,
                                    "idle_in_transaction_session_timeout": 4000}
+    assert session_timeouts(9, lock_share=0.25)["lock_timeout"] == 1000  # the marts refresh's
     assert session_timeouts(2)["statement_timeout"] == 1000  # never below a second
     name = f"killed-{os.getpid()}"
     code = ("from pipeline.db import connect\n"

@@ -16,9 +16,15 @@ def test_each_api_window_is_the_window_the_handler_plans():
     assert windows and windows[0].event["from"] == "2024-01-01"
     for w in windows:
         plan = plan_window(w.event, config.sources["sales_api"], None, config.company.timezone)
-        assert (plan.window[0].date().isoformat(), plan.window[1].date().isoformat()) == (w.event["from"],
-                                                                                           w.event["to"])
+        assert plan.window[0].date().isoformat() == w.event["from"]
         assert w.bounds == (plan.window[0].isoformat(), plan.window[1].isoformat())  # what its batch records
+    # each window ends where the next starts; the last one now, not at midnight (what changes later today is
+    # the next scheduled run's: a cursor past it would skip it)
+    assert all(a.bounds[1] == b.bounds[0] for a, b in zip(windows, windows[1:], strict=False))
+    from datetime import UTC, datetime
+
+    last = datetime.fromisoformat(windows[-1].bounds[1])
+    assert datetime.now(UTC).replace(hour=0, minute=0, second=0, microsecond=0) < last <= datetime.now(UTC)
 
 
 def test_file_windows_are_sized_to_the_ingest_functions_timeout(monkeypatch):
@@ -96,3 +102,35 @@ def test_one_api_sources_windows_never_run_at_once_and_go_in_date_order():
     assert (second.source, second.period) == ("costs", "2024-01")
     third = next_window([w for w in windows if w not in (first, second)], [first, second])
     assert third.source == "sales"
+
+
+def test_an_api_window_its_function_could_not_finish_is_invoked_again_until_complete():
+    """A window whose function stopped for time (complete false, where to resume saved) is the same event
+    again: the handler resumes it. One that never completes fails, saying so."""
+    from types import SimpleNamespace
+
+    from playbook.backfill import MAX_RESUMES, Window, _run_waiting
+
+    def window() -> Window:
+        return Window("invoices", "fn", "2024-01", {"source": "invoices", "from": "2024-01-01", "to": "2024-02-01"},
+                      bounds=("2024-01-01T00:00:00+00:00", "2024-02-01T00:00:00+00:00"))
+
+    class Target:
+        runs_functions = "a stand-in for the runtime"
+
+        def __init__(self, incomplete: int):
+            self.incomplete, self.events = incomplete, []
+
+        def invoke(self, function, event, log_dir=None):
+            self.events.append(event)
+            complete = len(self.events) > self.incomplete
+            return SimpleNamespace(status="ok", duration_ms=10, log_path=None, payload={
+                "complete": complete, "batch": {"status": "committed"}})
+
+    finishing, w = Target(incomplete=2), window()
+    _run_waiting(finishing, [w], 1, None, lambda w: None, 60, 1)
+    assert len(finishing.events) == 3 and all(e == w.event for e in finishing.events)
+    assert (w.status, w.committed) == ("ok", 1)
+    endless, w = Target(incomplete=10_000), window()
+    _run_waiting(endless, [w], 1, None, lambda w: None, 60, 1)
+    assert len(endless.events) == MAX_RESUMES + 1 and w.status == "failed" and "still incomplete" in w.error

@@ -388,3 +388,23 @@ def test_objects_over_the_size_limit_or_past_the_time_budget_are_named_not_read(
     budget = run(url, tmp_path / "budget", thresholds={"reread_budget_s": 0})
     unread = [u for r in budget.by_check("independent_reconciliation") for u in r.extra["not_re_read"]]
     assert unread and all("the time budget (0 s, accuracy.reread_budget_s) was spent" in u["reason"] for u in unread)
+
+
+def test_api_pages_are_read_as_the_loader_reads_them_a_misdated_row_holds_no_money():
+    """An invoice whose date does not fit api.formats is read and quarantined by the loader before typing, its
+    money in no ledger figure: the independent reading counts the row and not its money. A JSON number in
+    exponent form is the exact decimal it writes (1.5E+1 is 15)."""
+    from playbook.accuracy.independent import read_api_pages
+    from playbook.config import load_config
+
+    source = load_config().sources["trade_invoices"]
+
+    def invoice(number: str, day: str, amount: str) -> str:
+        return (f'{{"InvoiceNumber": "{number}", "Date": "{day}", "Contact": {{"ContactNumber": "00042"}}, '
+                f'"CurrencyCode": "GBP", "LineItems": [{{"ItemCode": "Oil", "Quantity": 1, "UnitAmount": {amount}, '
+                f'"LineAmount": {amount}}}]}}')
+
+    page = ('{"Invoices": [' + invoice("SO-1", "2024-01-01", "10.00") + ", "
+            + invoice("SO-2", "/Date(1704067200000+0000)/", "1.5E+1") + "]}").encode()
+    reading = read_api_pages([page], source, "GBP")
+    assert (reading.rows_read, reading.amount_in) == (2, Decimal("15"))

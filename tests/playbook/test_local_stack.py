@@ -36,8 +36,20 @@ def own_env():
     env = stack_env(directory / "state")
     env.pop("PLAYBOOK_DATABASE_URL", None)
     yield env
-    playbook(env, "local", "down", "--force", check=False)
+    playbook(env, "local", "down", "--force", "--delete-data", check=False)
     shutil.rmtree(directory, ignore_errors=True)
+
+
+def recorded_bodies(recording: Path) -> str:
+    """Every request body the recording holds inline, decoded."""
+    import base64
+
+    bodies = []
+    for line in recording.read_text().splitlines():
+        entry = json.loads(line)
+        body = entry.get("body") or ""
+        bodies.append(base64.b64decode(body).decode(errors="replace") if entry.get("body_encoded") else body)
+    return "\n".join(bodies)
 
 
 def pids_of(st: dict) -> set[int]:
@@ -60,7 +72,9 @@ def test_up_twice_is_one_stack_and_down_stops_it_and_data_persists(own_env):
     s3 = boto3.client("s3", **aws)
     s3.create_bucket(Bucket="landing", CreateBucketConfiguration={"LocationConstraint": "eu-west-2"})
     s3.put_object(Bucket="landing", Key="landing/sales/day 1.csv", Body=b"a,b\n1,2\n")
-    secret_arn = boto3.client("secretsmanager", **aws).create_secret(Name="db", SecretString="{}")["ARN"]
+    password = f"pw-{os.urandom(8).hex()}"
+    secret_arn = boto3.client("secretsmanager", **aws).create_secret(
+        Name="db", SecretString=json.dumps({"password": password}))["ARN"]
     with psycopg2.connect(second["database_url"]) as conn, conn.cursor() as cur:
         cur.execute("create table kept (n int); insert into kept values (42)")
 
@@ -69,7 +83,7 @@ def test_up_twice_is_one_stack_and_down_stops_it_and_data_persists(own_env):
     state = Path(own_env["PLAYBOOK_STATE_DIR"])
     for kept in (state / "stack.json", state / "pg" / "credentials.json", state / "moto" / "recording.jsonl"):
         assert kept.stat().st_mode & 0o077 == 0, f"{kept} is {oct(kept.stat().st_mode & 0o777)}"
-    assert b"db" in (state / "moto" / "recording.jsonl").read_bytes()
+    assert password in recorded_bodies(state / "moto" / "recording.jsonl")  # a secret's value, kept there
 
     playbook(own_env, "local", "down")
     for pid in pids_of(second):
@@ -207,7 +221,7 @@ def stack_processes() -> set[tuple[int, float]]:
     found = set()
     for proc in psutil.process_iter(["pid", "cmdline", "create_time"]):
         line = " ".join(proc.info["cmdline"] or [])
-        if "playbook.local.moto_main" in line or ("postgres" in line and "playbook-state-" in line):
+        if "playbook.local.moto_main" in line or ("postgres -D" in line and "pginstall" in line):
             found.add((proc.info["pid"], proc.info["create_time"]))
     return found
 
@@ -280,5 +294,9 @@ def test_as_root_a_stack_under_a_directory_no_one_else_may_enter_starts_and_chan
         assert done.stdout.strip() == "playbook_owner", done.stderr
         assert {p: p.stat().st_mode for p in modes} == modes
         assert (locked / "clone" / ".state" / "pg" / "credentials.json").stat().st_mode & 0o077 == 0
+        # down keeps the data where it is; --delete-data deletes it there too
+        playbook(env, "local", "down")
+        assert Path(up["postgres"]["data_dir"], "PG_VERSION").exists()
     finally:
-        playbook(env, "local", "down", "--force", check=False)
+        playbook(env, "local", "down", "--force", "--delete-data", check=False)
+    assert not Path(up["postgres"]["data_dir"]).exists()

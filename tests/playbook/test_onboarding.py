@@ -96,5 +96,6 @@ def test_the_readme_walkthrough_onboards_a_company_from_an_empty_configuration(t
         for name in ("activity.png", "yearly_sales.png", "dashboard.html", "expense_email.eml"):
             assert (latest / name).stat().st_size > 0, name
     finally:
-        subprocess.run([sys.executable, "-m", "playbook", "local", "down"], env=env, capture_output=True, timeout=120)
+        subprocess.run([sys.executable, "-m", "playbook", "local", "down", "--delete-data"], env=env,
+                       capture_output=True, timeout=120)
         shutil.rmtree(state, ignore_errors=True)

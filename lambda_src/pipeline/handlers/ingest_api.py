@@ -36,7 +36,7 @@ from pipeline.model import TABLES
 from pipeline.runtime_config import pipeline_config
 from pipeline.schedules import schedule_period
 from pipeline.sources import LoadError, reading_columns, reading_types
-from pipeline.sources.rest_api import ApiReader, keep_pages, load_call_limit, pg_refresh_lock, save_call_limit
+from pipeline.sources.rest_api import ApiReader, PageKeeper, load_call_limit, pg_refresh_lock, save_call_limit
 
 logger = get_logger("pipeline.ingest_api")
 ENV_SOURCE = "PIPELINE_SOURCE"
@@ -153,10 +153,16 @@ def ingest_window(conn, config: PipelineConfig, name: str, source: SourceConfig,
                     (name, psycopg2.extras.Json(new_state), batch_id))
 
     with attempted(conn, delivery, request_id, remaining) as attempt:
-        reader.fetch()
+        pages = PageKeeper(landing_bucket(), name, attempt.batch_id, reader.client.hidden_value)
+        reader.keep = pages.put
+        try:
+            reader.fetch()
+        except BaseException:
+            pages.close()  # the pages fetched so far stay, for whoever looks into the failure
+            raise
+        attempt.plan["api_pages"] = pages.summary()
         if reader.pages == 0 and not reader.complete:
             raise TimeBudgetExceeded(f"{reader.display}: no complete page within the time budget")
-        attempt.plan["api_pages"] = keep_pages(landing_bucket(), name, attempt.batch_id, reader.bodies)
         new_state = state_after(state, plan, reader)
         result = BatchLoad(conn, delivery, reader, config.company, attempt, remaining,
                            before_commit=save_state).run(COMMIT_MARGIN_S)

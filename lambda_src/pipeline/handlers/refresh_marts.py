@@ -13,7 +13,7 @@ logger = get_logger(__name__)
 
 def handler(event: dict[str, Any] | None, context: Any) -> dict[str, Any]:
     """Returns the run's summary; a failed mart is logged with its error and fails the invocation."""
-    conn = db.connect(application_name="refresh_marts", remaining=db.time_left(context))
+    conn = db.connect(application_name="refresh_marts", remaining=db.time_left(context), lock_share=0.25)
     try:
         try:
             rows = refresh_marts(conn)

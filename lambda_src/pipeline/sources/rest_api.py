@@ -31,9 +31,10 @@ from datetime import UTC, datetime, timedelta, timezone
 from decimal import Decimal, InvalidOperation
 from email.utils import format_datetime, parsedate_to_datetime
 from functools import lru_cache
-from urllib.parse import parse_qsl, urlencode, urljoin, urlsplit, urlunsplit
+from urllib.parse import parse_qsl, quote, quote_plus, urlencode, urljoin, urlsplit, urlunsplit
 
 import boto3
+import psycopg2.errors
 import requests
 from botocore.exceptions import BotoCoreError, ClientError
 from psycopg2 import sql
@@ -64,11 +65,16 @@ _LOCAL_LOCKS_GUARD = threading.Lock()
 
 
 def load_call_limit(conn, base_url: str) -> None:
-    """When the API takes calls again, as an earlier invocation (warm or not, this instance or another) noted it."""
-    with conn.cursor() as cur:
-        cur.execute("select extract(epoch from resume_at)::float8 from meta.api_call_limits "
-                    "where base_url = %s and resume_at > now()", (base_url,))
-        row = cur.fetchone()
+    """When the API takes calls again, as an earlier invocation (warm or not, this instance or another) noted it.
+    A warehouse not yet migrated to keep limits (code deployed before `migrate`) has nothing to tell."""
+    try:
+        with conn.cursor() as cur:
+            cur.execute("select extract(epoch from resume_at)::float8 from meta.api_call_limits "
+                        "where base_url = %s and resume_at > now()", (base_url,))
+            row = cur.fetchone()
+    except psycopg2.errors.UndefinedTable:
+        conn.rollback()
+        return
     conn.commit()
     if row:
         _CALLS_RESUME[base_url] = max(_CALLS_RESUME.get(base_url, 0.0), row[0])
@@ -91,25 +97,43 @@ def save_call_limit(conn, source: str, base_url: str) -> None:
     conn.commit()
 
 
-def keep_pages(bucket: str, source: str, batch_id: int, bodies: list[bytes]) -> dict:
-    """A window's pages as the API sent them, kept in the landing bucket before the batch commits: what
-    validation reads again with a reader of its own, and what an audit asks for. Its place and a digest of the
-    pages, in order, go in the batch's plan."""
-    from concurrent.futures import ThreadPoolExecutor
+class PageKeeper:
+    """A window's pages as the API sent them, put in the landing bucket as they are fetched (never all held in
+    memory): what validation reads again with a reader of its own, and what an audit asks for. `summary()`
+    waits for the last one and gives their place and a digest of them, in order, for the batch's plan."""
 
-    prefix = f"{API_PAGES_PREFIX}{source}/{batch_id:012d}/"
-    s3 = boto3.client("s3")
+    def __init__(self, bucket: str, source: str, batch_id: int, hidden: str | None = None):
+        from concurrent.futures import ThreadPoolExecutor
 
-    def put(numbered: tuple[int, bytes]) -> None:
-        s3.put_object(Bucket=bucket, Key=f"{prefix}page-{numbered[0]:05d}.json", Body=numbered[1],
-                      ContentType="application/json")
+        self.bucket, self.prefix = bucket, f"{API_PAGES_PREFIX}{source}/{batch_id:012d}/"
+        self.hidden = hidden  # an API key sent in the query: never kept, even where the API echoes its URLs
+        self.s3 = boto3.client("s3")
+        self.pool = ThreadPoolExecutor(4, thread_name_prefix="keep-page")
+        self.pending: list = []
+        self.digest = hashlib.sha256()
+        self.pages = 0
 
-    with ThreadPoolExecutor(8) as pool:
-        list(pool.map(put, enumerate(bodies, 1)))
-    digest = hashlib.sha256()
-    for body in bodies:
-        digest.update(hashlib.sha256(body).digest())
-    return {"bucket": bucket, "prefix": prefix, "pages": len(bodies), "sha256": digest.hexdigest()}
+    def put(self, body: bytes) -> None:
+        if self.hidden:
+            for form in {self.hidden, quote(self.hidden, safe=""), quote_plus(self.hidden)}:
+                body = body.replace(form.encode(), b"***")
+        self.pages += 1
+        self.digest.update(hashlib.sha256(body).digest())
+        self.pending.append(self.pool.submit(self.s3.put_object, Bucket=self.bucket, Body=body,
+                                             Key=f"{self.prefix}page-{self.pages:05d}.json",
+                                             ContentType="application/json"))
+
+    def close(self) -> None:
+        """Wait for the uploads under way, whatever became of them."""
+        self.pool.shutdown(wait=True)
+
+    def summary(self) -> dict:
+        try:
+            for future in self.pending:
+                future.result()
+        finally:
+            self.close()
+        return {"bucket": self.bucket, "prefix": self.prefix, "pages": self.pages, "sha256": self.digest.hexdigest()}
 
 
 def get_path(obj: object, path: str) -> object:
@@ -428,6 +452,7 @@ class ApiClient:
         elif auth.type == "basic":
             self.session.auth = (creds["username"], creds["password"])
         self.hidden_param = auth.param if auth.type == "api_key_query" else None
+        self.hidden_value = self._query.get(self.hidden_param) if self.hidden_param else None
         self.requests = 0
         self.retries = 0
         self.waited_s = 0.0  # for the API's call limit
@@ -590,7 +615,7 @@ class ApiReader:
         self.formats = {self.header.index(columns[k]): (c, options.formats[c], (types or {}).get(k))
                         for c, k in read_as.items() if k in columns}
         self.pages = 0
-        self.bodies: list[bytes] = []  # each page as the API sent it (keep_pages)
+        self.keep: Callable[[bytes], None] | None = None  # given each page as the API sent it (PageKeeper.put)
         self.next_position: dict | None = None
         self.last_page_sha: str | None = self.resume.get("last_page_sha")
         self.stopped_for_time = False
@@ -689,7 +714,8 @@ class ApiReader:
                 raise LoadError(f"GET {shown}: page {done + 1} holds exactly the records of the page before; "
                                 "the API is not advancing (a page or cursor parameter ignored?)")
             self.last_page_sha = sha
-            self.bodies.append(response.content)
+            if self.keep is not None:
+                self.keep(response.content)
             for row in self._expand(records, shown):
                 self._add([json_text(row.value(f)) for f in self.header])
             self.top_records += len(records)

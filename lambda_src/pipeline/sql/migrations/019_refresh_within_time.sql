@@ -53,9 +53,14 @@ begin
                 v_error := format('%s: waited longer than lock_timeout (%s) for a lock another session holds',
                                   sqlerrm, current_setting('lock_timeout'));
             when query_canceled then
-                v_error := format('%s (statement_timeout %s: the time the function had left ran out)',
-                                  sqlerrm, current_setting('statement_timeout'));
-                v_stopped := 'not refreshed: the refresh ran out of time at marts.' || m.mart;
+                if sqlerrm like '%statement timeout%' then
+                    v_error := format('%s (statement_timeout %s: the time the function had left ran out)',
+                                      sqlerrm, current_setting('statement_timeout'));
+                    v_stopped := 'not refreshed: the refresh ran out of time at marts.' || m.mart;
+                else
+                    v_error := sqlerrm;
+                    v_stopped := 'not refreshed: the refresh was cancelled at marts.' || m.mart;
+                end if;
             when others then
                 v_error := sqlerrm;
         end;
