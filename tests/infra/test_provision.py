@@ -274,9 +274,17 @@ def test_reserving_concurrency_is_refused_where_the_account_cannot_keep_100_unre
     assert "100 of the account's 1000" in check_concurrency_quota(held, wanted)
 
 
-def test_provisioning_with_reservation_refuses_before_a_stack_is_touched(monkeypatch):
-    """On AWS the quota is checked first: a refused reservation leaves every stack as it was."""
+def test_provisioning_with_reservation_refuses_before_a_stack_is_touched(monkeypatch, tmp_path):
+    """On AWS the quota is checked first: a refused reservation leaves every stack as it was. (The company's
+    configuration without the demo's accounting system, which answers on this machine only.)"""
     import boto3
+    import yaml
+
+    from playbook.settings import DEFAULT_CONFIG
+
+    data = yaml.safe_load(DEFAULT_CONFIG.read_text())
+    del data["sources"]["trade_invoices"]
+    (tmp_path / "aws.yaml").write_text(yaml.safe_dump(data))
 
     from playbook.errors import PlaybookError
     from playbook.provision import provision
@@ -289,7 +297,7 @@ def test_provisioning_with_reservation_refuses_before_a_stack_is_touched(monkeyp
     clients = {"lambda": FakeLambda(total=10, unreserved=10)}
     monkeypatch.setattr(boto3, "client", lambda service, *a, **k: clients.get(service, Untouchable()))
     with pytest.raises(PlaybookError, match="--reserved-concurrency"):
-        provision(AwsTarget(), allow=["203.0.113.10/32"], reserved_concurrency=True)
+        provision(AwsTarget(), str(tmp_path / "aws.yaml"), allow=["203.0.113.10/32"], reserved_concurrency=True)
 
 
 def test_reservation_is_off_unless_asked(monkeypatch):
