@@ -20,12 +20,12 @@ for part in pipeline:lambda_src/pipeline playbook:playbook tests:tests playbook.
 done
 cp pyproject.toml "$work/pyproject.toml"
 
-export PLAYBOOK_STATE_DIR="$work/stack" PLAYBOOK_MOTO_PORT="${PLAYBOOK_MOTO_PORT:-47666}" \
-       PLAYBOOK_PG_PORT="${PLAYBOOK_PG_PORT:-47632}" AWS_DEFAULT_REGION=eu-west-2
+export PLAYBOOK_STATE_DIR="$work/stack" PLAYBOOK_MOTO_PORT="${PLAYBOOK_MOTO_PORT:-24666}" \
+       PLAYBOOK_PG_PORT="${PLAYBOOK_PG_PORT:-24632}" AWS_DEFAULT_REGION=eu-west-2
 export PLAYBOOK_TEST_STACK_DIR="$PLAYBOOK_STATE_DIR"
 rm -rf "$PLAYBOOK_STATE_DIR"  # a new stack: its database template is migrated by the first session
 "$root/.venv/bin/playbook" local up >/dev/null
-trap '"$root/.venv/bin/playbook" local down >/dev/null' EXIT
+trap '"$root/.venv/bin/playbook" local down --delete-data >/dev/null' EXIT
 
 cd "$work"
 "$root/.venv/bin/mutmut" run --max-children 1 "$@" || true
