@@ -24,6 +24,7 @@ from datetime import time as dt_time
 from pathlib import Path
 from typing import Any
 
+from pipeline.periods import months_before
 from playbook.errors import PlaybookError
 from playbook.targets import LAMBDA_LIMIT_S, error_text
 
@@ -203,11 +204,11 @@ def plan_windows(config, outputs: dict[str, str], *, grain: str = "quarter", sou
                                          {"bucket": bucket, "key": v["Key"]} for v in chunk]}
                     windows.append(Window(name, function, label, event, len(chunk), sum(v["Size"] for v in chunk)))
         else:
-            start = api_start or source.api.history_from or date.today() - timedelta(days=3 * 365 + 1)
+            start = api_start or source.api.history_from or months_before(date.today(), 36)
             # the last window ends now, not at midnight: what changes later today is the next scheduled run's
             now = datetime.now(UTC).replace(microsecond=0)
             for window_from, window_to in date_windows(start, date.today(), grain):
-                end = min(datetime.combine(window_to, dt_time.min, UTC), now)
+                end = min(datetime.fromisoformat(_midnight_utc(window_to)), now)
                 event = {"source": name, "from": window_from.isoformat(),
                          "to": window_to.isoformat() if end < now else end.isoformat()}
                 windows.append(Window(name, function, window_from.isoformat()[:7], event,
@@ -240,20 +241,19 @@ def _run_waiting(target, windows: list[Window], concurrency: int, log_dir: Path 
                  timeout_s: float, poll_s: float) -> str:
     """Each window's invocation waited for, `concurrency` at a time (locally: warm handler processes)."""
     def one(window: Window) -> Window:
-        result = target.invoke(window.function, window.event, log_dir=log_dir)
-        seconds = result.duration_ms / 1000.0
+        seconds = 0.0
         # an API window its function's time did not cover: the same event again resumes it where it stopped
-        for _ in range(MAX_RESUMES):
-            payload = result.payload if isinstance(result.payload, dict) else {}
-            if not (result.status == "ok" and window.bounds and payload.get("complete") is False):
-                break
+        for _ in range(MAX_RESUMES + 1):
             result = target.invoke(window.function, window.event, log_dir=log_dir)
             seconds += result.duration_ms / 1000.0
-        ok = result.status == "ok"
-        payload = result.payload if isinstance(result.payload, dict) else None
-        error = None if ok else error_text(result)
-        if ok and window.bounds and payload and payload.get("complete") is False:
-            ok, error = False, f"still incomplete after {MAX_RESUMES + 1} invocations; run the backfill again"
+            payload = result.payload if isinstance(result.payload, dict) else None
+            unfinished = bool(result.status == "ok" and window.bounds and payload
+                              and payload.get("complete") is False)
+            if not unfinished:
+                break
+        ok = result.status == "ok" and not unfinished
+        error = None if ok else (f"still incomplete after {MAX_RESUMES + 1} invocations; run the backfill again"
+                                 if unfinished else error_text(result))
         return _apply(window, "ok" if ok else "failed", payload, error, seconds, result.log_path or None)
 
     shown = threading.Lock()
@@ -271,17 +271,10 @@ def _run_waiting(target, windows: list[Window], concurrency: int, log_dir: Path 
 
 
 def next_window(pending: list[Window], running: list[Window]) -> Window | None:
-    """The first pending window that may start beside the running ones: one window of an API source at a time,
-    in date order (see lanes)."""
+    """The first pending window that may start beside the running ones: the head of a lane (see lanes) whose
+    API source has no window running."""
     busy = {w.source for w in running if w.bounds}
-    waiting = [w for w in pending if w.bounds]
-    for window in pending:
-        if window.bounds is None:
-            return window
-        if window.source not in busy and window is min((w for w in waiting if w.source == window.source),
-                                                      key=lambda w: w.bounds):
-            return window
-    return None
+    return next((lane[0] for lane in lanes(pending) if lane[0].bounds is None or lane[0].source not in busy), None)
 
 
 def lanes(windows: list[Window]) -> list[list[Window]]:

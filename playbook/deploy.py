@@ -96,8 +96,6 @@ def _etag(s3, bucket: str, key: str) -> str | None:
 
 def refuse_unreachable_apis(target, config) -> None:
     """An API source whose URL names this machine cannot be read by functions that run elsewhere (Lambda)."""
-    from urllib.parse import urlsplit
-
     from playbook.settings import names_this_machine
 
     if target.reaches_this_machine:

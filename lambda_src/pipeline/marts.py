@@ -50,7 +50,8 @@ def refresh_marts(conn) -> list[dict[str, Any]]:
                 cur.execute("call marts.refresh(%s)", (run_id,))
             except psycopg2.Error as exc:
                 # a refresh stopped outside a mart's own step must not leave the marts' lock with this session
-                cur.execute("select pg_advisory_unlock_all()")
+                cur.execute("select pg_advisory_unlock(7341003) from pg_locks where locktype = 'advisory'"
+                            " and pid = pg_backend_pid() and objid = 7341003 and granted")
                 rows = _run_rows(cur, run_id)
                 message = (exc.diag.message_primary or str(exc)).strip()
                 detail = (exc.diag.message_detail or "").strip()

@@ -19,6 +19,17 @@ from botocore.exceptions import ClientError
 from pipeline.config import PipelineConfig, parse_config
 
 ENV_CONFIG_URI = "PIPELINE_CONFIG_URI"
+ENV_LANDING_BUCKET = "LANDING_BUCKET"
+
+
+def landing_bucket() -> str:
+    """The landing bucket the function was deployed with (its files, its API pages)."""
+    from pipeline.sources import LoadError
+
+    bucket = os.environ.get(ENV_LANDING_BUCKET)
+    if not bucket:
+        raise LoadError(f"{ENV_LANDING_BUCKET} is not set: the function does not know its landing bucket")
+    return bucket
 
 
 _cache: dict[str, tuple[str, PipelineConfig]] = {}  # uri -> (version seen, configuration)

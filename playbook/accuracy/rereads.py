@@ -37,6 +37,7 @@ from playbook.accuracy.results import CheckResult, judge
 CENT = Decimal("0.01")
 CHUNK = 1024 * 1024
 PREFETCH = 2  # objects downloading while one is read
+PAGES_NOT_KEPT = "its pages were not kept (a window loaded before API pages were kept)"
 
 
 @dataclass
@@ -47,6 +48,7 @@ class Reread:
     reading: Reading | None = None
     refused: str | None = None  # the independent reader (or S3's content) says the object is not what was loaded
     not_read: str | None = None  # why it was not re-read (a limit, S3 unreachable)
+    by_choice: bool = False  # not read by a setting's choice (a limit, no pages kept), not for a fault
     size: int | None = None
     seconds: float = 0.0
 
@@ -86,9 +88,10 @@ def reread_objects(config: PipelineConfig, batches: list[dict[str, Any]], limits
                 if source is None:
                     r.not_read = "its source is not in the configuration"
                 elif source.delivers != "files" and not b.get("api_pages"):
-                    r.not_read = PAGES_NOT_KEPT
+                    r.not_read, r.by_choice = PAGES_NOT_KEPT, True
                 elif time.monotonic() > deadline:
                     r.not_read = f"the time budget ({limits.reread_budget_s:g} s, accuracy.reread_budget_s) was spent"
+                    r.by_choice = True
                 else:
                     pending.append((r, source, pool.submit(_fetch, r, s3, limits)))
                     return
@@ -135,6 +138,7 @@ def _download_pages(r: Reread, s3, limits: Accuracy) -> list[bytes] | None:
         r.size = sum(o["Size"] for o in listed)
         if r.size > limits.reread_max_bytes:
             r.not_read = f"{r.size} bytes of pages, over accuracy.reread_max_bytes ({limits.reread_max_bytes})"
+            r.by_choice = True
             return None
         bodies = [s3.get_object(Bucket=kept["bucket"], Key=o["Key"])["Body"].read()
                   for o in sorted(listed, key=lambda o: o["Key"])]
@@ -166,7 +170,7 @@ def _download(r: Reread, s3, limits: Accuracy) -> Path | None:
     r.size = response.get("ContentLength")
     if r.size is not None and r.size > limits.reread_max_bytes:
         body.close()
-        r.not_read = f"{r.size} bytes, over accuracy.reread_max_bytes ({limits.reread_max_bytes})"
+        r.not_read, r.by_choice = f"{r.size} bytes, over accuracy.reread_max_bytes ({limits.reread_max_bytes})", True
         return None
     digest = hashlib.sha256()
     fd, name = tempfile.mkstemp(prefix="reread-", suffix=Path(b["object_key"]).suffix[:10])
@@ -262,23 +266,15 @@ def independent_reconciliation(batches: list[dict[str, Any]], rereads: dict[int,
             if notes:
                 info.append({**r.place, "notes": notes, "ledger": ledger, "independent": independent})
             if r.not_read:
-                unread.append({**r.place, "size": r.size, "reason": r.not_read})
+                unread.append({**r.place, "size": r.size, "reason": r.not_read, "by_choice": r.by_choice})
         summary = _summary(len(items), len(read), findings, unread, info, money)
         result = judge("independent_reconciliation", source, len(findings), limits.max_reread_differences, summary,
                        findings, re_read=len(read), not_re_read=unread, information=info,
                        source_seconds=round(sum(r.seconds for r in items), 3), all_sources_seconds=seconds)
-        if result.status == "pass" and any(not _by_limit(u["reason"]) for u in unread):
+        if result.status == "pass" and any(not u["by_choice"] for u in unread):
             result.status = "warn"  # nothing disagrees, but some objects could not be fetched to be checked
         results.append(result)
     return results
-
-
-PAGES_NOT_KEPT = "its pages were not kept (a window loaded before API pages were kept)"
-
-
-def _by_limit(reason: str) -> bool:
-    """Whether a window or object was left unread by choice (a limit, or no pages to read), not by a fault."""
-    return "accuracy.reread_" in reason or reason == PAGES_NOT_KEPT
 
 
 def _summary(total: int, read: int, findings: list, unread: list, info: list, money: bool) -> str:
@@ -295,7 +291,7 @@ def _summary(total: int, read: int, findings: list, unread: list, info: list, mo
     if unread:
         reasons = defaultdict(int)
         for u in unread:
-            reasons[u["reason"].split(" (")[0] if _by_limit(u["reason"]) else u["reason"]] += 1
+            reasons[u["reason"].split(" (")[0] if u["by_choice"] else u["reason"]] += 1
         text += f"; {len(unread)} not read again: " + "; ".join(f"{n} x {why}" for why, n in reasons.items())
     if info:
         text += f"; {len(info)} workbooks count blank rows differently (information only)"

@@ -40,6 +40,9 @@ from moto.moto_api._internal.recorder.models import Recorder
 from moto.s3 import models as s3_models
 from moto.server import main
 
+from playbook.local.moto_server import BODIES_DIR
+from playbook.local.processes import write_private
+
 SEED = 20240601
 _READS = ("GET", "HEAD", "OPTIONS")
 
@@ -47,7 +50,6 @@ _lock = threading.Lock()
 _position = 0
 _local = threading.local()
 INLINE_BODY_MAX = 4096  # bytes: a larger request body is kept once by its content (bodies/<sha256>)
-BODIES_DIR = "bodies"
 
 
 def _recorded(method: str, path: str) -> bool:
@@ -85,16 +87,6 @@ def _request_body(request: Any, body: Any) -> bytes:
     return body.encode() if isinstance(body, str) else bytes(body or b"")
 
 
-def _private_write(path: str, data: bytes, flags: int) -> None:
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | flags, 0o600)
-    try:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view):]
-    finally:
-        os.close(fd)
-
-
 def _append(self: Recorder, request: Any, body: Any) -> None:
     """One line of the recording (moto's layout), a large body kept once by its content beside it."""
     if not self._user_enabled or request.raw_path.startswith("/moto-api/recorder/"):
@@ -106,13 +98,13 @@ def _append(self: Recorder, request: Any, body: Any) -> None:
         stored = os.path.join(os.path.dirname(self._location), BODIES_DIR, digest)
         if not os.path.exists(stored):
             os.makedirs(os.path.dirname(stored), mode=0o700, exist_ok=True)
-            _private_write(stored + ".tmp", data, os.O_TRUNC)
+            write_private(stored + ".tmp", data)
             os.replace(stored + ".tmp", stored)
         entry.update(body_sha256=digest)
     else:
         text, encoded = self._encode_body(data)
         entry.update(body=text, body_encoded=encoded)
-    _private_write(self._location, (json.dumps(entry) + "\n").encode(), os.O_APPEND)
+    write_private(self._location, json.dumps(entry) + "\n", append=True)
 
 
 def _take_place(self: Recorder, request: Any, body: Any = None) -> None:

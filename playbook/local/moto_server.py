@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import json
 import os
+import shutil
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -109,6 +110,10 @@ class MotoServer:
         # lines from here on may keep their bodies by content: a reader of the older format could not replay them
         self.recording_format.write_text(RECORDING_FORMAT + "\n")
         self._post("/moto-api/recorder/start-recording")
+
+    def delete_data(self) -> None:
+        """What moto keeps across `down`/`up` (`local down --delete-data`): the next start is empty."""
+        shutil.rmtree(self.root, ignore_errors=True)
 
     def recording_size(self) -> dict[str, int]:
         """What the recording keeps on disk: its lines, and the large bodies kept once each by content."""

@@ -15,6 +15,7 @@ state folder is gone.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 import secrets
@@ -27,7 +28,7 @@ from urllib.parse import quote
 
 import psycopg2
 
-from playbook.local.processes import StackError, require_free_port, wait_until
+from playbook.local.processes import StackError, require_free_port, wait_until, write_private
 
 DATABASE = "playbook"
 OWNER_ROLE = "playbook_owner"
@@ -97,7 +98,7 @@ class EmbeddedPostgres:
     root: Path  # <state>/pg
     port: int
 
-    @property
+    @functools.cached_property
     def home(self) -> Path:
         """Where the server's own files are: the state directory's pg/, or as root a directory of the server's
         user (the state directory's data from before stays where it is)."""
@@ -128,9 +129,7 @@ class EmbeddedPostgres:
             creds = {"superuser": secrets.token_urlsafe(24), "owner": secrets.token_urlsafe(24),
                      "cluster": secrets.token_hex(8)}
             self.secret_file.parent.mkdir(parents=True, exist_ok=True)
-            fd = os.open(self.secret_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-            with os.fdopen(fd, "w") as fh:
-                json.dump(creds, fh)
+            write_private(self.secret_file, json.dumps(creds), exclusive=True)
             return creds
         return json.loads(self.secret_file.read_text())
 
@@ -142,7 +141,7 @@ class EmbeddedPostgres:
 
     # -- lifecycle ----------------------------------------------------------------------------------
     def _run_as(self) -> dict:
-        if os.geteuid() != 0:
+        if not as_root():
             return {}
         binaries()  # imports pgserver quietly
         from pgserver.utils import ensure_user_exists
@@ -174,8 +173,9 @@ class EmbeddedPostgres:
         found = []
         for other in sorted(clusters.iterdir()):
             owner = other / "state_dir"
-            if other != self.home and owner.exists() and not Path(owner.read_text().strip()).exists():
-                found.append(f"{other} (of {owner.read_text().strip()})")
+            named = owner.read_text().strip() if owner.exists() else None
+            if other != self.home and named and not Path(named).exists():
+                found.append(f"{other} (of {named})")
         return found
 
     def delete_data(self) -> None:
@@ -194,9 +194,7 @@ class EmbeddedPostgres:
         self.log_file.parent.mkdir(parents=True, exist_ok=True)
         self._chown(self.log_file.parent)
         pwfile = self.home / "pwfile"
-        fd = os.open(pwfile, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as fh:
-            fh.write(creds["superuser"])
+        write_private(pwfile, creds["superuser"])
         self._chown(pwfile)
         try:
             subprocess.run(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import signal
 import socket
 import time
@@ -12,6 +13,19 @@ import psutil
 
 class StackError(RuntimeError):
     """A local stack problem, worded so the reader knows what to do next."""
+
+
+def write_private(path: str | os.PathLike, data: bytes | str, *, append: bool = False,
+                  exclusive: bool = False) -> None:
+    """Write a file readable by its owner only, from the moment it exists (0600): it holds a secret."""
+    flags = os.O_WRONLY | os.O_CREAT | (os.O_APPEND if append else os.O_EXCL if exclusive else os.O_TRUNC)
+    fd = os.open(path, flags, 0o600)
+    try:
+        view = memoryview(data.encode() if isinstance(data, str) else data)
+        while view:
+            view = view[os.write(fd, view):]
+    finally:
+        os.close(fd)
 
 
 def port_is_free(port: int, host: str = "127.0.0.1") -> bool:

@@ -9,14 +9,13 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import sys
 import time
 from dataclasses import dataclass
 from typing import Any
 
 from playbook.local import moto_server, postgres
-from playbook.local.processes import StackError, create_time_of, process_matches, terminate
+from playbook.local.processes import StackError, create_time_of, process_matches, terminate, write_private
 from playbook.settings import LocalSettings, local_settings
 
 STATE_VERSION = 1
@@ -56,10 +55,8 @@ class Stack:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(".tmp")
         tmp.unlink(missing_ok=True)
-        # it holds the database URL with the owner's password: readable by its owner only
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "w") as fh:
-            fh.write(json.dumps({**state, "version": STATE_VERSION}, indent=2, sort_keys=True))
+        # it holds the database URL with the owner's password
+        write_private(tmp, json.dumps({**state, "version": STATE_VERSION}, indent=2, sort_keys=True))
         os.replace(tmp, path)
 
     # -- lifecycle ----------------------------------------------------------------------------------
@@ -135,7 +132,7 @@ class Stack:
         if delete_data:
             if not self.settings.external_database_url:
                 self.pg.delete_data()
-            shutil.rmtree(self.moto.root, ignore_errors=True)
+            self.moto.delete_data()
         return stopped
 
     def _alive(self, part: dict[str, Any]) -> bool:

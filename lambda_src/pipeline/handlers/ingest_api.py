@@ -33,7 +33,7 @@ from pipeline.db import connect, time_left
 from pipeline.loader import BatchLoad, Delivery, TimeBudgetExceeded
 from pipeline.logs import get_logger, log
 from pipeline.model import TABLES
-from pipeline.runtime_config import pipeline_config
+from pipeline.runtime_config import landing_bucket, pipeline_config
 from pipeline.schedules import schedule_period
 from pipeline.sources import LoadError, reading_columns, reading_types
 from pipeline.sources.rest_api import ApiReader, PageKeeper, load_call_limit, pg_refresh_lock, save_call_limit
@@ -186,7 +186,9 @@ def handler(event: dict, context=None) -> dict:
     try:
         state = read_state(conn, name)
         plan = plan_window(event, source, state, config.company.timezone)
-        load_call_limit(conn, source.api.base_url)
+        limited = source.api.rate_limit is not None  # only a declared limit is read from the headers
+        if limited:
+            load_call_limit(conn, source.api.base_url)
         try:
             summary = ingest_window(conn, config, name, source, plan, state, remaining, request_id)
         except (LoadError, TimeBudgetExceeded) as exc:
@@ -195,19 +197,13 @@ def handler(event: dict, context=None) -> dict:
                 "error_type": type(exc).__name__}})
             raise
         finally:
-            _keep_call_limit(conn, name, source.api.base_url)
+            if limited:
+                _keep_call_limit(conn, name, source.api.base_url)
     finally:
         conn.close()
     summary["seconds"] = round(time.monotonic() - started, 3)
     log(logger, "api window processed", **{k: v for k, v in summary.items() if k != "state"})
     return json_ready(summary)
-
-
-def landing_bucket() -> str:
-    bucket = os.environ.get("LANDING_BUCKET")
-    if not bucket:
-        raise LoadError("LANDING_BUCKET is not set: the function does not know where to keep the API's pages")
-    return bucket
 
 
 def _keep_call_limit(conn, name: str, base_url: str) -> None:

@@ -30,7 +30,7 @@ from pipeline.db import connect, time_left
 from pipeline.loader import BatchLoad, Delivery, TimeBudgetExceeded, already_loaded
 from pipeline.logs import get_logger, log
 from pipeline.model import ROW_KEY, TABLES
-from pipeline.runtime_config import pipeline_config
+from pipeline.runtime_config import landing_bucket, pipeline_config
 from pipeline.sources import LoadError, reading_columns, reading_types
 from pipeline.sources.kinds import DRY_RUN_PREFIX, source_kind
 from pipeline.sources.lane import LaneSource
@@ -212,9 +212,7 @@ def unloaded_objects(conn, config: PipelineConfig, name: str, bucket: str) -> tu
 
 def sweep(conn, config: PipelineConfig, name: str, remaining, request_id: str | None) -> dict:
     """A scheduled firing of a file source: its unloaded objects loaded in turn while time lasts."""
-    bucket = os.environ.get("LANDING_BUCKET")
-    if not bucket:
-        raise LoadError("LANDING_BUCKET is not set: the function does not know its landing bucket")
+    bucket = landing_bucket()
     todo, failed_before = unloaded_objects(conn, config, name, bucket)
     results, left = [], []
     current = conn

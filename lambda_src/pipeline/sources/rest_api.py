@@ -359,8 +359,7 @@ class TokenSource:
             return self._token[0]
         auth = self.options.auth
         if auth.type == "oauth2_client_credentials":
-            creds = _secret(auth.secret)
-            _missing_fields(auth, creds)
+            creds = credentials(self.options)
             form = {"grant_type": "client_credentials", **({"scope": auth.scope} if auth.scope else {})}
             body = self._post(form, creds)
         else:
