@@ -45,10 +45,11 @@ bench: install
 	$(BIN)/python -m bench all
 
 ## Mutation testing (mutmut) of the modules that decide the numbers; hours, not part of `make test`.
-## MUTANTS="pipeline.reading*" narrows it to the mutants of one module.
+## MUTANTS="pipeline.reading*" narrows it to the mutants of one module; SAMPLE=400 judges a seeded random
+## sample of every module instead (SEED=2 draws another), the score with its 95% interval.
 mutation: install
 	$(BIN)/pip install --quiet -e '.[mutation]'
-	bash scripts/mutation.sh $(MUTANTS)
+	SAMPLE=$(SAMPLE) SEED=$(SEED) bash scripts/mutation.sh $(MUTANTS)
 
 ## AWS's global RDS CA bundle, which the functions verify the cluster's certificate with (sslmode verify-full).
 ## `playbook provision --target aws` fetches it when it is missing; this fetches it again (AWS adds CAs).

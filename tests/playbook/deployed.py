@@ -95,7 +95,7 @@ def provisioned_pipeline() -> Iterator[dict[str, str]]:
     os.environ["PLAYBOOK_STACK_PREFIX"] = PREFIX
     try:
         key = os.environ["PLAYBOOK_STATE_DIR"]
-        if key not in _provisioned:
+        if key not in _provisioned or not _still_there():  # a reused stack is emptied for each test session
             target = resolve_target("local")
             result = provision(target)
             target.migrate()
@@ -107,6 +107,18 @@ def provisioned_pipeline() -> Iterator[dict[str, str]]:
             os.environ.pop("PLAYBOOK_STACK_PREFIX", None)
         else:
             os.environ["PLAYBOOK_STACK_PREFIX"] = saved
+
+
+def _still_there() -> bool:
+    from botocore.exceptions import ClientError
+
+    from playbook.stack_outputs import stack_name
+
+    try:
+        boto3.client("cloudformation").describe_stacks(StackName=stack_name("pipeline", PREFIX))
+        return True
+    except ClientError:
+        return False
 
 
 def deploy_probes(bucket: str) -> None:
