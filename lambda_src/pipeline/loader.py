@@ -613,8 +613,8 @@ class BatchLoad(TypedInHandler, ReExports, SettledReading):
         return inserted, updated
 
     def _deleted_at_source(self, cur, rejected: int) -> tuple[int, object]:
-        """A snapshot delivery holds all of its source's rows for the dates it covers (for a table without a
-        date: all of them): the source's rows of those dates it no longer holds were deleted at source. They
+        """A snapshot delivery holds all of its source's rows for the dates it covers: the source's rows of those
+        dates it no longer holds were deleted at source. They
         are kept, marked with this batch (_deleted_by), and left out of the marts; delivered again, they are
         back. A delivery with `rejected` (quarantined) rows marks none: a rejected row may be one still held.
         Returns how many were marked, and their money."""
@@ -624,20 +624,15 @@ class BatchLoad(TypedInHandler, ReExports, SettledReading):
             self.plan["snapshot"] = (f"{rejected} rows were quarantined, any of which may be a row still held: "
                                      "no row is marked deleted at source by this delivery")
             return 0, 0 if t.amount else None
-        span = sql.SQL("true")
-        if t.date:
-            cur.execute(sql.SQL("select min({d}), max({d}) from typed where _row_hash is not null").format(
-                d=sql.Identifier(t.date)))
-            first, last = cur.fetchone()
-            if first is None:  # a snapshot of no rows covers no dates: nothing is known deleted
-                return 0, 0 if t.amount else None
-            span = sql.SQL("c.{d} between {f} and {l}").format(d=sql.Identifier(t.date), f=sql.Literal(first),
-                                                              l=sql.Literal(last))
-            self.plan["snapshot"] = (f"the delivery holds the source's rows from {first} to {last}: rows of those "
-                                     "dates it no longer holds are marked deleted at source")
-        else:
-            self.plan["snapshot"] = "the delivery holds all the source's rows: rows it no longer holds are marked " \
-                                    "deleted at source"
+        cur.execute(sql.SQL("select min({d}), max({d}) from typed where _row_hash is not null").format(
+            d=sql.Identifier(t.date)))  # every table has a business date (pipeline.model)
+        first, last = cur.fetchone()
+        if first is None:  # a snapshot of no rows covers no dates: nothing is known deleted
+            return 0, 0 if t.amount else None
+        span = sql.SQL("c.{d} between {f} and {l}").format(d=sql.Identifier(t.date), f=sql.Literal(first),
+                                                          l=sql.Literal(last))
+        self.plan["snapshot"] = (f"the delivery holds the source's rows from {first} to {last}: rows of those "
+                                 "dates it no longer holds are marked deleted at source")
         amount = sql.SQL("coalesce(sum({}), 0)").format(sql.Identifier(t.amount)) if t.amount else sql.SQL("null")
         cur.execute(sql.SQL(
             "with gone as (update {target} c set _deleted_by = %(batch)s from meta.batches b "

@@ -215,6 +215,28 @@ def test_an_unclosed_quote_fails_the_batch_naming_the_row_and_leaves_nothing(lan
     assert fixed["rows_inserted"] == 3
 
 
+@pytest.mark.parametrize(("bad", "error"), [
+    # a quoted value with more after its closing quote: the csv module stops there
+    ('SO-4,1,2024-01-05,00043,"Tin" round,1,10.50,10.50,GBP',
+     r"g.csv: row 5 \(line 6\): .*a quoted field is probably never closed"),
+    # a quoted value over two lines and too few values: a quote that took the next line with it
+    ('SO-4,1,2024-01-05,00043,"Tin\nround",1',
+     r"g.csv: row 5: a quoted value runs over several lines and leaves the record with 6 values where the header "
+     r"has 9"),
+])
+def test_a_broken_record_in_a_file_read_record_by_record_fails_naming_its_row_and_line(landing, bad, error):
+    """A file with an inch mark in an unquoted value is read record by record (the csv module's own reading);
+    a record it cannot read there fails the batch, named by its row and the line it starts on (row 4 spans two
+    lines, so row 5 starts on line 6)."""
+    body = sales('SO-1,1,2024-01-05,00042,Pizza Base 12" x10,2,10.50,21.00,GBP',
+                 'SO-2,1,2024-01-05,00042,"Hamper, large",1,10.50,10.50,GBP',
+                 'SO-3,1,2024-01-05,00042,"Gift box\nwith ribbon",1,10.50,10.50,GBP',
+                 bad)
+    with pytest.raises(LoadError, match=error):
+        landing.ingest("landing/sales/2024/g.csv", body)
+    assert landing.query("select count(*) from core.sales") == [(0,)]
+
+
 def test_wall_times_across_the_clock_changes_are_read_as_the_scheduler_reads_them(landing):
     """A time without an offset is the company's wall time (Europe/London); in the hour the autumn change repeats
     it is the first instant (BST), as a schedule at that time fires; one with an offset is that instant; a time

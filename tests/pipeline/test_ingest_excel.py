@@ -135,6 +135,36 @@ def test_formula_without_a_cached_value_is_an_error_naming_the_cell(landing):
     assert landing.query("select count(*) from core.payments") == [(0,)]
 
 
+def test_a_formula_without_a_value_is_found_in_a_workbook_read_cell_by_cell(landing):
+    """'N/A' among the shared strings sends a workbook cell by cell (fastexcel would read it as empty), and that
+    path searches the sheet for formulas without a value while calamine parses it: a generator that writes
+    formulas and no values (xlsxwriter's cells, their <v> taken out) is refused, naming the cell."""
+    made = io.BytesIO()
+    wb = xlsxwriter.Workbook(made, {"in_memory": True})
+    ws = wb.add_worksheet("Payments - Barclays")
+    for c, title in enumerate(HEADER):
+        ws.write_string(3, c, title)
+    for r, (ref, invoice) in enumerate((("P-1", "N/A"), ("P-2", "INV-2")), start=4):
+        for c, value in enumerate((ref, "2024-01-03", "00042", invoice, "BACS")):
+            ws.write_string(r, c, value)
+    ws.write_number(4, 5, 10)
+    ws.write_formula(5, 5, "=F5*2")
+    wb.close()
+    with zipfile.ZipFile(io.BytesIO(made.getvalue())) as zf:
+        assert b"N/A" in zf.read("xl/sharedStrings.xml")
+        parts = {name: zf.read(name) for name in zf.namelist()}
+    sheet = "xl/worksheets/sheet1.xml"
+    assert parts[sheet].count(b"<f>F5*2</f><v>0</v>") == 1
+    parts[sheet] = parts[sheet].replace(b"<f>F5*2</f><v>0</v>", b"<f>F5*2</f>")
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as zf:
+        for name, data in parts.items():
+            zf.writestr(name, data)
+    with pytest.raises(LoadError, match=r"sheet 'Payments - Barclays', cell F6: the formula has no cached value"):
+        landing.ingest("landing/payments/2024/p5.xlsx", buffer.getvalue())
+    assert landing.query("select count(*) from core.payments") == [(0,)]
+
+
 def test_serial_dates_and_the_1900_leap_day():
     assert excel_serial_to_date(45292) == dt.date(2024, 1, 1)
     assert excel_serial_to_date(59) == dt.date(1900, 2, 28)
@@ -142,18 +172,21 @@ def test_serial_dates_and_the_1900_leap_day():
     with pytest.raises(ValueError, match="1900-02-29"):
         excel_serial_to_date(60)
     assert cell_text(45292.0, "date") == "2024-01-01"
+    assert cell_text(0.0, "date") == "0"  # Excel's day 0 ("00/01/1900") is no day: left as written, and refused
     assert cell_text(12.3, "money") == "12.3" and cell_text(1e-7, "money") == "0.0000001"
     assert cell_text(3.0, "integer") == "3"
 
 
 def test_serial_numbers_in_a_date_column_load_as_dates(landing):
     body = workbook({"Payments - Barclays": [["P-1", 45292, "00042", "INV-1", "BACS", 10.0],
-                                             ["P-2", 60, "00042", "INV-2", "BACS", 10.0]]})
+                                             ["P-2", 60, "00042", "INV-2", "BACS", 10.0],
+                                             ["P-3", 0, "00042", "INV-3", "BACS", 10.0]]})
     result = landing.ingest("landing/payments/2024/p4.xlsx", body)
-    assert (result["rows_inserted"], result["rows_quarantined"]) == (1, 1)
+    assert (result["rows_inserted"], result["rows_quarantined"]) == (1, 2)
     assert landing.query("select payment_date::text from core.payments") == [("2024-01-01",)]
-    assert landing.query("select reason from meta.quarantine") == [
-        ("row 6: payment_date '1900-02-29' is not a valid date",)]  # serial 60: Excel's day that never was
+    assert landing.query("select reason from meta.quarantine order by source_row") == [
+        ("row 6: payment_date '1900-02-29' is not a valid date",),  # serial 60: Excel's day that never was
+        ("row 7: payment_date '0' is not a valid date",)]  # serial 0: Excel shows 00/01/1900
 
 
 def test_corrupt_password_protected_and_empty_workbooks_are_clear_errors(landing):

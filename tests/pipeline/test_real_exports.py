@@ -388,6 +388,32 @@ def test_a_snapshot_that_no_longer_holds_a_row_marks_it_deleted_at_source(landin
                          (rerun["batch_id"],)) == [(0, Decimal("0"))]
 
 
+def test_a_client_list_sent_whole_marks_a_client_it_no_longer_holds_and_counts_no_money(landing):
+    """A client list (a table without money) sent whole each week: a client removed at source is kept, marked
+    deleted by the first delivery that no longer holds it, for the dates that delivery covers; the ledger counts
+    the row and no money."""
+    header = "Code,Name,Segment,Country,Since\r\n"
+    rows = ["00042,Brasserie Lune,Restaurant,GB,2021-03-04", "00043,Cafe Nord,Cafe,GB,2022-07-19",
+            "00044,Deli Sud,Retailer,FR,2023-01-02"]
+    config = with_source(landing.config, "client_list", table="clients", load="snapshot",
+                         columns={"client_id": "Code", "name": "Name", "segment": "Segment", "country": "Country",
+                                  "created_on": "Since"})
+    first = landing.ingest("landing/real/client_list/2024-01-01.csv",
+                           (header + "".join(r + "\r\n" for r in rows)).encode(), config=config)
+    assert (first["status"], first["rows_inserted"]) == ("committed", len(rows))
+    second_body = (header + "".join(r + "\r\n" for r in rows if not r.startswith("00043,"))).encode()
+    held = pd.read_csv(io.BytesIO(second_body), dtype=str)
+    second = landing.ingest("landing/real/client_list/2024-01-08.csv", second_body, config=config)
+    assert (second["status"], second["rows_deleted"], second["amount_deleted"]) == ("committed", 1, None)
+    assert landing.query("select plan->>'snapshot', rows_deleted, amount_deleted from meta.batches "
+                         "where batch_id = %s", (second["batch_id"],)) == [(
+        f"the delivery holds the source's rows from {held['Since'].min()} to {held['Since'].max()}: rows of those "
+        "dates it no longer holds are marked deleted at source", 1, None)]
+    assert landing.query("select client_id from core.clients where _deleted_by = %s", (second["batch_id"],)) == [
+        ("00043",)]
+    assert landing.query("select count(*) from core.clients where _deleted_by is null") == [(len(held),)]
+
+
 def test_rows_known_by_their_place_are_each_file_s_own_and_a_quarantined_row_deletes_nothing(landing):
     """A statement without a reference column, keyed by each row's place ([row]): February's row 2 is not
     January's, so January stays whole when February arrives; a corrected January under another name retires
