@@ -392,7 +392,8 @@ def test_objects_over_the_size_limit_or_past_the_time_budget_are_named_not_read(
 
 def test_api_pages_are_read_as_the_loader_reads_them_a_misdated_row_holds_no_money():
     """An invoice whose date does not fit api.formats is read and quarantined by the loader before typing, its
-    money in no ledger figure: the independent reading counts the row and not its money. A JSON number in
+    money in no ledger figure: the independent reading counts the row and not its money. One without a date
+    fits any format: typed, and quarantined there, its money in the batch's amount in. A JSON number in
     exponent form is the exact decimal it writes (1.5E+1 is 15)."""
     from playbook.accuracy.independent import read_api_pages
     from playbook.config import load_config
@@ -405,6 +406,7 @@ def test_api_pages_are_read_as_the_loader_reads_them_a_misdated_row_holds_no_mon
                 f'"LineAmount": {amount}}}]}}')
 
     page = ('{"Invoices": [' + invoice("SO-1", "2024-01-01", "10.00") + ", "
-            + invoice("SO-2", "/Date(1704067200000+0000)/", "1.5E+1") + "]}").encode()
+            + invoice("SO-2", "/Date(1704067200000+0000)/", "1.5E+1") + ", "
+            + invoice("SO-3", "", "7.25") + "]}").encode()  # no date: typed, and quarantined with its money
     reading = read_api_pages([page], source, "GBP")
-    assert (reading.rows_read, reading.amount_in) == (2, Decimal("15"))
+    assert (reading.rows_read, reading.amount_in) == (3, Decimal("15") + Decimal("7.25"))
