@@ -174,6 +174,10 @@ def test_encodings_bom_and_utf16(tmp_path):
     assert read_object(write(tmp_path, text, encoding="utf-16"), source("tax", TAX), "GBP").amount_in == 1250
     with pytest.raises(ReadError, match="UTF-16 text without a byte-order mark; set read.encoding: utf-16le"):
         read_object(write(tmp_path, text, encoding="utf-16-le"), source("tax", TAX), "GBP")
+    # declared, UTF-16 without a byte-order mark is read in the order the setting names
+    for declared, codec in (("utf-16le", "utf-16-le"), ("utf-16be", "utf-16-be")):
+        r = read_object(write(tmp_path, text, encoding=codec), source("tax", TAX, encoding=declared), "GBP")
+        assert (r.rows_read, r.amount_in) == (2, Decimal("1250.00")), declared
     with pytest.raises(ReadError, match="not utf-8 text"):
         read_object(write(tmp_path, text, encoding="cp1252"), source("tax", TAX), "GBP")
 
