@@ -440,7 +440,7 @@ def _decode(data: bytes, encoding: str, header_row: int) -> str:
             end = len(data) if nl < 0 else nl + 1
         if b"\x00" in data[:end]:
             raise ReadError("looks like UTF-16 text without a byte-order mark; set read.encoding: utf-16le")
-    codec = {"utf-8-sig": "utf-8", "latin-1": "latin-1"}.get(encoding, encoding)
+    codec = "utf-8" if encoding == "utf-8-sig" else encoding  # its mark is skipped above
     try:
         return data.decode(codec)
     except UnicodeDecodeError as exc:

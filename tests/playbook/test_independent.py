@@ -5,6 +5,7 @@ and fails, naming the batch, the object and both figures, on a batch whose ledge
 from __future__ import annotations
 
 import datetime as dt
+import io
 import json
 from decimal import Decimal
 from pathlib import Path
@@ -295,6 +296,22 @@ def test_workbook_named_sheets_hidden_too_and_a_missing_name_fails(tmp_path):
         read_object(path, source("payments", PAYMENTS, kind="excel", sheets=["Payments - New"]), "GBP")
     with pytest.raises(ReadError, match="no visible sheet matches"):
         read_object(path, source("payments", PAYMENTS, kind="excel", sheet_pattern="^Receipts"), "GBP")
+
+
+def test_a_locked_or_old_or_damaged_workbook_is_named_for_what_it_is(tmp_path):
+    import msoffcrypto
+    from msoffcrypto.format.ooxml import OOXMLFile
+
+    good = xlsxwriter_payments(tmp_path / "p.xlsx")
+    excel = source("payments", PAYMENTS, kind="excel")
+    locked = io.BytesIO()
+    OOXMLFile(io.BytesIO(good.read_bytes())).encrypt("s3cret", locked)
+    assert msoffcrypto.olefile.isOleFile(io.BytesIO(locked.getvalue()))  # as an .xls file is: an OLE container
+    with pytest.raises(ReadError) as caught:
+        read_object(write(tmp_path, locked.getvalue(), "locked.xlsx"), excel, "GBP")
+    assert str(caught.value) == "password-protected or in the old .xls format"
+    with pytest.raises(ReadError, match=r"^not a readable \.xlsx workbook \(BadZipFile: "):
+        read_object(write(tmp_path, good.read_bytes()[:2000], "cut.xlsx"), excel, "GBP")
 
 
 def test_openpyxl_workbook_first_visible_sheet_blank_rows_and_trailing_styles(tmp_path):
