@@ -329,6 +329,9 @@ def test_openpyxl_workbook_first_visible_sheet_blank_rows_and_trailing_styles(tm
     ws.append(["Grand Total", None, None, 22.5])            # row 7
     ws.cell(9, 1).font = Font(bold=True)                     # row 9: formatting only
     ws.cell(10, 2, None)
+    notes = wb.create_sheet("Notes")  # a second visible sheet: without sheets or sheet_pattern, not read
+    notes.append(list(PAYMENTS.values()))
+    notes.append(["N1", dt.datetime(2024, 1, 7), "C3", 99])
     path = tmp_path / "o.xlsx"
     wb.save(path)
     r = read_object(path, source("payments", PAYMENTS, kind="excel"), "GBP")
