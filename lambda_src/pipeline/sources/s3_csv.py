@@ -72,14 +72,13 @@ class CsvTyping:
         """The records the lane handed on, as a raw sheet for the SQL lanes: each parsed by the csv module
         (so a quoted line break, an escaped quote, a ragged row are read as the forgiving path reads them)."""
         width = len(sheet.header)
-        handed = RawSheet(sheet.name, sheet.header, sheet.mapping, sheet.first_row, lambda cur, target: None)
 
         def copy(cur, target: str) -> None:
             statement = sql.SQL("copy {} (_row, {}) from stdin with (format csv)").format(
                 sql.Identifier(target), raw_columns(width)).as_string(cur)
             copy_csv(cur, statement, in_pieces(self.reader.parse_records(stream.handed_on(), handed)))
 
-        handed.copy = copy
+        handed = RawSheet(sheet.name, sheet.header, sheet.mapping, sheet.first_row, copy)
         return handed
 
 
@@ -170,7 +169,6 @@ class CsvReader:
         header, _ = self._read_header()
         mapping = map_header(header, self.columns, self.display, self.required)
         width = len(header)
-        sheet = RawSheet(None, header, mapping, self.options.header_row + 2, lambda cur, target: None)
 
         def copy_parsed(cur, target: str) -> None:
             statement = sql.SQL("copy {} (_row, {}) from stdin with (format csv)").format(
@@ -182,7 +180,7 @@ class CsvReader:
                 if (row := raw_record(row_no, values, width, sheet, self.display)) is not None:
                     yield row
 
-        sheet.copy = copy_parsed
+        sheet = RawSheet(None, header, mapping, self.options.header_row + 2, copy_parsed)
         return sheet
 
     def parse_records(self, records: Iterable[tuple[int, int, bytes]], sheet: RawSheet) -> Iterator[list]:
