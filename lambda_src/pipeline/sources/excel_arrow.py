@@ -209,7 +209,7 @@ def copy_binary(sheet_name: str, first_row: int, columns: list[Column], n: int,
     """PostgreSQL's binary COPY of rows (_sheet text, _row bigint, c0 text, ...), in pieces of CHUNK_ROWS: the
     sheet's n data rows, or only those at these indices."""
     yield _HEADER
-    name = sheet_name.encode("utf-8")
+    name = sheet_name.encode()
     fields = 2 + len(columns)
     count = n if rows is None else len(rows)
     for start in range(0, count, CHUNK_ROWS):
