@@ -110,15 +110,9 @@ def provisioned_pipeline() -> Iterator[dict[str, str]]:
 
 
 def _still_there() -> bool:
-    from botocore.exceptions import ClientError
+    from playbook.stack_outputs import outputs_of, stack_name
 
-    from playbook.stack_outputs import stack_name
-
-    try:
-        boto3.client("cloudformation").describe_stacks(StackName=stack_name("pipeline", PREFIX))
-        return True
-    except ClientError:
-        return False
+    return outputs_of(boto3.client("cloudformation"), stack_name("pipeline", PREFIX)) is not None
 
 
 def deploy_probes(bucket: str) -> None:
