@@ -75,14 +75,12 @@ class BenchStack:
 
 
 def psql_binary() -> str:
-    import pgserver
-
-    bundled = Path(pgserver.__file__).parent / "pginstall" / "bin" / "psql"
-    if bundled.exists():
-        return str(bundled)
-    if Path("/usr/bin/psql").exists():
-        return "/usr/bin/psql"
-    raise RuntimeError("no psql binary: neither pgserver's pginstall/bin/psql nor /usr/bin/psql")
+    """A psql built with TLS (the local database accepts TLS logins only): the system's, Debian's postgresql-client
+    (pgserver's own psql is built without OpenSSL)."""
+    found = shutil.which("psql")
+    if not found:
+        raise RuntimeError("no psql on PATH: install postgresql-client (`make system-deps`)")
+    return found
 
 
 @contextlib.contextmanager

@@ -35,6 +35,8 @@ def cmd_local_up(args: argparse.Namespace) -> int:
     print(f"local stack is up (state: {status['state_file']})")
     print(f"  AWS endpoint : {status['aws_endpoint_url']}  ({status['moto'].get('version', '')})")
     print(f"  database     : {redact(status['database_url'])}  ({status['postgres'].get('version', 'external')})")
+    if status.get("tls"):
+        print(f"  TLS          : every login but the superuser's; clients verify with {status['tls'].get('ca')}")
     return 0
 
 

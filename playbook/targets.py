@@ -209,7 +209,8 @@ class LocalTarget(Target):
     """The local default: the moto server and the local database; functions run through playbook.runtime."""
 
     name = "local"
-    database_ssl_mode = "prefer"  # the local database listens on loopback only
+    # the functions' secret holds the local database's URL, which names the TLS front and the local CA
+    database_ssl_mode = "verify-full"
     creates_cluster = False  # the local database stands in for the cluster moto does not create
     stack_poll_s = 0.2
     update_poll_s = 0.2

@@ -20,6 +20,7 @@ from typing import Any
 from urllib.parse import quote, unquote, urlsplit
 
 from pipeline.roles import scram_verifier
+from playbook.local.tls import RELAY_SOURCE
 
 INGEST_ROLE = "pipeline_ingest"
 REPORTING_ROLE = "pipeline_reporting"
@@ -27,8 +28,9 @@ REPORTING_ROLE = "pipeline_reporting"
 MONITOR_ROLE = "pipeline_monitor"
 SECRET_NAMES = {INGEST_ROLE: "playbook/db/ingest", REPORTING_ROLE: "playbook/db/reporting",
                 MONITOR_ROLE: "playbook/db/monitor"}
-# Where BI tools come from: the proxy. Locally the proxy runs on loopback.
-DEFAULT_REPORTING_SOURCES = ("127.0.0.1/32",)
+# Where BI tools come from: the proxy. Locally the proxy runs on loopback, and every login reaches the server
+# through the TLS front, from its relay address.
+DEFAULT_REPORTING_SOURCES = (f"{RELAY_SOURCE}/32",)
 
 
 def _role_url(database_url: str, role: str, password: str) -> str:

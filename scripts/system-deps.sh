@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
-# Installs the Debian packages the local BI proxy, the dashboard's browser test and the OpenAPI mock server
+# Installs the Debian packages the local BI proxy, psql (built with TLS: the benchmarks' baseline), the
+# dashboard's browser test and the OpenAPI mock server
 # (Node.js, for scripts/node-deps.sh) need, when missing.
 # Needs root (or sudo); on a machine without apt-get it says what to install instead.
 set -euo pipefail
 need=()
 command -v nginx >/dev/null 2>&1 || need+=(nginx)
 ls /usr/lib/nginx/modules/ngx_stream_module.so >/dev/null 2>&1 || need+=(libnginx-mod-stream)
+command -v psql >/dev/null 2>&1 || need+=(postgresql-client)
 command -v chromium >/dev/null 2>&1 || need+=(chromium)
 command -v soffice >/dev/null 2>&1 || need+=(libreoffice-calc-nogui)
 command -v node >/dev/null 2>&1 || need+=(nodejs)

@@ -1,8 +1,10 @@
 """The embedded PostgreSQL: pgserver's bundled binaries, a project-local data directory, loopback TCP.
 
 pgserver ships a full PostgreSQL build as a wheel, so a laptop with only Python gets a real server. We
-drive its initdb and pg_ctl ourselves to choose the port, the authentication (scram on 127.0.0.1 only,
-no Unix socket) and the pg_hba rules the warehouse's roles need.
+drive its initdb and pg_ctl ourselves to choose the port, the authentication (scram on loopback only, no
+Unix socket) and the pg_hba rules the warehouse's roles need. Every login but the superuser's comes through
+the TLS front (playbook.local.tls), as Aurora with rds.force_ssl accepts TLS only: the URLs handed out name
+the front with sslmode=verify-full and the local CA.
 
 PostgreSQL refuses to run as root. As root the server runs as a system user of its own (SYSTEM_USER), which
 may not reach the project (a clone under /root, a 0700 directory): its binaries are copied once per pgserver
@@ -29,6 +31,7 @@ from urllib.parse import quote
 import psycopg2
 
 from playbook.local.processes import StackError, require_free_port, wait_until, write_private
+from playbook.local.tls import FRONT_HOST, RELAY_SOURCE, SERVER_HOST, TlsFront
 
 DATABASE = "playbook"
 OWNER_ROLE = "playbook_owner"
@@ -36,6 +39,8 @@ SUPERUSER = "postgres"
 # pgserver refuses nothing as root, but PostgreSQL does: as root we run it as this system user.
 SYSTEM_USER = "pgserver"
 ENV_SERVER_HOME = "PLAYBOOK_PG_SERVER_DIR"
+# how the lines pg_hba.conf's managed rules begin with (write_hba): other lines are rules added to them
+MANAGED_HBA = ("# Managed", f"host all {SUPERUSER} ", "host all all ")
 
 
 def as_root() -> bool:
@@ -133,11 +138,22 @@ class EmbeddedPostgres:
             return creds
         return json.loads(self.secret_file.read_text())
 
+    @property
+    def tls(self) -> TlsFront:
+        """The TLS front every login but the superuser's goes through (<state>/tls: the CA, the certificate)."""
+        return TlsFront(self.root.parent / "tls", self.port)
+
     def url(self, role: str = OWNER_ROLE, password: str | None = None, database: str = DATABASE) -> str:
+        """A role's login through the TLS front, verifying the server with the local CA; the superuser's is the
+        server's own address in plain text (the stack administers its server before the front is up)."""
         creds = self.credentials()
         if password is None:
             password = creds["owner"] if role == OWNER_ROLE else creds["superuser"]
-        return f"postgresql://{quote(role)}:{quote(password, safe='')}@127.0.0.1:{self.port}/{database}"
+        login = f"postgresql://{quote(role)}:{quote(password, safe='')}"
+        if role == SUPERUSER:
+            return f"{login}@{SERVER_HOST}:{self.port}/{database}?sslmode=disable"
+        ca = quote(str(self.tls.certificates.ca), safe="/")
+        return f"{login}@{FRONT_HOST}:{self.port}/{database}?sslmode=verify-full&sslrootcert={ca}"
 
     # -- lifecycle ----------------------------------------------------------------------------------
     def _run_as(self) -> dict:
@@ -206,16 +222,22 @@ class EmbeddedPostgres:
             raise StackError(f"initdb failed for {self.data_dir}: {exc.stderr.strip()}") from exc
         finally:
             pwfile.unlink(missing_ok=True)
-        self.write_hba()
+        self.write_hba([])  # initdb's own rules go
 
     def write_hba(self, extra_rules: list[str] | None = None) -> None:
-        """pg_hba: loopback TCP with scram only; later rules (reporting through the proxy) are added here."""
-        rules = [
-            "# Managed by the playbook: loopback only, scram passwords, no Unix socket.",
-            *(extra_rules or []),
-            "host all all 127.0.0.1/32 scram-sha-256",
-        ]
+        """pg_hba: scram passwords; the superuser from loopback, every other login from the TLS front's relay
+        address only (a plain-text login to the server itself is refused). `extra_rules` (the reporting role's,
+        warehouse.apply_reporting_allow_list) come between; None keeps the ones the file has."""
         hba = self.data_dir / "pg_hba.conf"
+        if extra_rules is None:
+            kept = hba.read_text().splitlines() if hba.exists() else []
+            extra_rules = [line for line in kept if line.strip() and not line.startswith(MANAGED_HBA)]
+        rules = [
+            f"{MANAGED_HBA[0]} by the playbook: scram passwords, no Unix socket; TLS but for the superuser.",
+            f"{MANAGED_HBA[1]}127.0.0.1/32 scram-sha-256",
+            *extra_rules,
+            f"{MANAGED_HBA[2]}{RELAY_SOURCE}/32 scram-sha-256",
+        ]
         hba.write_text("\n".join(rules) + "\n")
         self._chown(hba)
 
@@ -227,9 +249,10 @@ class EmbeddedPostgres:
             return None
 
     def start(self) -> int:
-        require_free_port(self.port, "the embedded PostgreSQL", "PLAYBOOK_PG_PORT")
+        require_free_port(self.port, "the embedded PostgreSQL", "PLAYBOOK_PG_PORT", host=SERVER_HOST)
         self._make_home()
-        options = f"-p {self.port} -c listen_addresses=127.0.0.1 -c unix_socket_directories='' " \
+        self.write_hba()  # the managed rules of this version, whatever an older one wrote
+        options = f"-p {self.port} -c listen_addresses={SERVER_HOST} -c unix_socket_directories='' " \
                   "-c max_connections=60 -c shared_buffers=128MB -c fsync=on"
         try:
             subprocess.run(

@@ -48,8 +48,8 @@ def who_listens(port: int) -> str:
     return "another process"
 
 
-def require_free_port(port: int, what: str, env_var: str) -> None:
-    if not port_is_free(port):
+def require_free_port(port: int, what: str, env_var: str, host: str = "127.0.0.1") -> None:
+    if not port_is_free(port, host):
         raise StackError(
             f"port {port} for {what} is already in use by {who_listens(port)}. "
             f"Stop that process, or choose another port with {env_var}=<port>."

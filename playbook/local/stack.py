@@ -16,6 +16,7 @@ from typing import Any
 
 from playbook.local import moto_server, postgres
 from playbook.local.processes import StackError, create_time_of, process_matches, terminate, write_private
+from playbook.local.tls import FRONT_HOST, SERVER_HOST
 from playbook.settings import LocalSettings, local_settings
 
 STATE_VERSION = 1
@@ -77,10 +78,11 @@ class Stack:
 
         if self.settings.external_database_url:
             state["parts"].pop("postgres", None)
+            state["parts"].pop("tls", None)
             state["database_url"] = self.settings.external_database_url
         else:
             pg_part = state["parts"].get("postgres", {})
-            if not (self._alive(pg_part) and self.pg.healthy() and pg_part.get("port") == self.pg.port):
+            if not (self._alive(pg_part) and _server_healthy(self.pg) and pg_part.get("port") == self.pg.port):
                 self._stop_part(pg_part, postgres_stop=True)
                 if not self.pg.initialised():
                     self.pg.init()
@@ -89,6 +91,14 @@ class Stack:
                            "data_dir": str(self.pg.data_dir), "version": postgres.version(),
                            "started_at": time.time()}
             state["parts"]["postgres"] = pg_part
+            self.write_state(state)
+            tls_part = state["parts"].get("tls", {})
+            if not (self._alive(tls_part) and self.pg.tls.healthy() and tls_part.get("port") == self.pg.port):
+                self._stop_part(tls_part)
+                pid = self.pg.tls.start()
+                tls_part = {"pid": pid, "create_time": create_time_of(pid), "port": self.pg.port,
+                            "ca": str(self.pg.tls.certificates.ca), "started_at": time.time()}
+            state["parts"]["tls"] = tls_part
             state["database_url"] = self.pg.url()
         state["aws_endpoint_url"] = self.moto.endpoint
         self.write_state(state)
@@ -103,14 +113,16 @@ class Stack:
         from playbook.local.processes import require_free_port
 
         parts = state.get("parts", {})
-        wanted = [("moto", self.settings.moto_port, "the moto server", "PLAYBOOK_MOTO_PORT")]
+        wanted = [("moto", self.settings.moto_port, "the moto server", "PLAYBOOK_MOTO_PORT", "127.0.0.1")]
         if not self.settings.external_database_url:
-            wanted.append(("postgres", self.settings.pg_port, "the embedded PostgreSQL", "PLAYBOOK_PG_PORT"))
-        for name, port, what, env_var in wanted:
+            wanted += [("postgres", self.settings.pg_port, "the embedded PostgreSQL", "PLAYBOOK_PG_PORT",
+                        SERVER_HOST),
+                       ("tls", self.settings.pg_port, "the database's TLS front", "PLAYBOOK_PG_PORT", FRONT_HOST)]
+        for name, port, what, env_var, host in wanted:
             part = parts.get(name, {})
             if self._alive(part) and part.get("port") == port:
                 continue
-            require_free_port(port, what, env_var)
+            require_free_port(port, what, env_var, host=host)
 
     def down(self, force: bool = False, delete_data: bool = False) -> list[str]:
         try:
@@ -123,6 +135,8 @@ class Stack:
         parts = state.get("parts", {})
         if self._stop_part(parts.get("moto", {})):
             stopped.append("moto")
+        if self._stop_part(parts.get("tls", {})):
+            stopped.append("tls")
         if self._stop_part(parts.get("postgres", {}), postgres_stop=True):
             stopped.append("postgres")
         if force and not self.settings.external_database_url and self.pg.initialised() and self.pg.pid():
@@ -132,6 +146,7 @@ class Stack:
         if delete_data:
             if not self.settings.external_database_url:
                 self.pg.delete_data()
+                self.pg.tls.delete_data()
             self.moto.delete_data()
         return stopped
 
@@ -164,10 +179,22 @@ class Stack:
         if self.settings.external_database_url:
             result["postgres"] = {"external": True, "healthy": _db_healthy(result["database_url"])}
         else:
-            pg_part = parts.get("postgres", {})
-            result["postgres"] = {**pg_part, "healthy": self._alive(pg_part) and self.pg.healthy()}
+            pg_part, tls_part = parts.get("postgres", {}), parts.get("tls", {})
+            result["tls"] = {**tls_part, "healthy": self._alive(tls_part) and self.pg.tls.healthy()}
+            result["postgres"] = {**pg_part, "healthy": self._alive(pg_part) and result["tls"]["healthy"]
+                                  and self.pg.healthy()}
         result["healthy"] = bool(result["moto"]["healthy"] and result["postgres"]["healthy"])
         return result
+
+
+def _server_healthy(pg: postgres.EmbeddedPostgres) -> bool:
+    """The server answers its superuser (on its own address, whether or not the TLS front is up)."""
+    import psycopg2
+
+    try:
+        return pg.healthy_superuser()
+    except psycopg2.Error:
+        return False
 
 
 def _db_healthy(url: str | None) -> bool:

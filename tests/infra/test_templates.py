@@ -501,7 +501,8 @@ def test_the_functions_verify_the_cluster_with_the_rds_ca_bundle(templates):
     pipeline = templates["pipeline"]
     assert pipeline["Parameters"]["DatabaseSslRootCert"]["Default"] == RDS_CA_BUNDLE_ON_LAMBDA
     assert (AwsTarget.database_ssl_mode, AwsTarget.database_ssl_root_cert) == ("verify-full", RDS_CA_BUNDLE_ON_LAMBDA)
-    assert (LocalTarget.database_ssl_mode, LocalTarget.database_ssl_root_cert) == ("prefer", "")
+    # locally the secret's URL names the TLS front and the stack's CA (playbook.local.tls)
+    assert (LocalTarget.database_ssl_mode, LocalTarget.database_ssl_root_cert) == ("verify-full", "")
     assert RDS_CA_BUNDLE_FILE == PROJECT_ROOT / "lambda_src" / RDS_CA_BUNDLE
     for function in resources(pipeline, "AWS::Lambda::Function").values():
         env = function["Properties"]["Environment"]["Variables"]

@@ -17,6 +17,7 @@ from psycopg2 import errors, sql
 from pipeline.db import connection_kwargs
 from pipeline.marts import refresh_marts
 from playbook import warehouse
+from playbook.local.tls import RELAY_SOURCE
 from tests.pipeline import synthetic_core
 
 pytestmark = pytest.mark.stack
@@ -93,7 +94,7 @@ def test_the_roles_command_prints_no_password(stack, logins, capsys):
     for url in logins.values():
         password = url.split(":")[2].split("@")[0]
         assert password not in out
-    assert "playbook/db/reporting" in out and "pipeline_reporting 127.0.0.1/32 scram-sha-256" in out
+    assert "playbook/db/reporting" in out and f"pipeline_reporting {RELAY_SOURCE}/32 scram-sha-256" in out
     assert "playbook/db/monitor" in out
 
 
@@ -257,7 +258,8 @@ def test_reporting_connects_only_from_the_allow_listed_proxy(stack, logins):
         connect_as(logins, INGEST).close()  # the other roles are unaffected
     finally:
         rules = warehouse.apply_reporting_allow_list()
-    assert rules[1] == "host all pipeline_reporting 127.0.0.1/32 scram-sha-256"
+    # locally every login reaches the server from the TLS front's relay address (playbook.local.tls)
+    assert rules[1] == f"host all pipeline_reporting {RELAY_SOURCE}/32 scram-sha-256"
     assert rules[-2:] == ["host all pipeline_reporting 0.0.0.0/0 reject", "host all pipeline_reporting ::/0 reject"]
     connect_as(logins, REPORTING).close()
     with pytest.raises(ValueError):

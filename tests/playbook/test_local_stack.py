@@ -217,11 +217,12 @@ def test_provisioned_stacks_and_concurrent_uploads_survive_down_and_up(own_env, 
 
 
 def stack_processes() -> set[tuple[int, float]]:
-    """Every moto server and PostgreSQL server of a playbook stack on this machine."""
+    """Every moto server, PostgreSQL server and TLS front of a playbook stack on this machine."""
     found = set()
     for proc in psutil.process_iter(["pid", "cmdline", "create_time"]):
         line = " ".join(proc.info["cmdline"] or [])
-        if "playbook.local.moto_main" in line or ("postgres -D" in line and "pginstall" in line):
+        if "playbook.local.moto_main" in line or "playbook.local.tls" in line or \
+                ("postgres -D" in line and "pginstall" in line):
             found.add((proc.info["pid"], proc.info["create_time"]))
     return found
 
