@@ -107,6 +107,13 @@ class Target:
         """The reporting role's connection, for the reports (carries a password: never shown)."""
         raise NotImplementedError
 
+    def bi_address(self, reporting_url: str) -> tuple[str, int]:
+        """Where a BI tool connects (host, port): the BI proxy. On AWS the reporting URL already names it."""
+        from urllib.parse import urlsplit
+
+        parts = urlsplit(reporting_url)
+        return parts.hostname or "", parts.port or 5432
+
     def role_secrets(self) -> dict[str, str]:
         """{role: secret ARN} of the ingest, reporting and monitor logins, made before the pipeline stack that names
         them; the migrate function gives the roles these logins."""
@@ -260,6 +267,16 @@ class LocalTarget(Target):
         from playbook.warehouse import REPORTING_ROLE, ensure_role_logins
 
         return ensure_role_logins(self.database_url())[REPORTING_ROLE]
+
+    def bi_address(self, reporting_url: str) -> tuple[str, int]:
+        # the local BI proxy (`playbook proxy up`), in front of the database's TLS front
+        from playbook.proxy import current
+
+        status = current().status()
+        if not status["healthy"]:
+            raise PlaybookError("the local BI proxy is not running: start it with `playbook proxy up`")
+        host, port = status["listen"].rsplit(":", 1)
+        return host, int(port)
 
     def role_secrets(self) -> dict[str, str]:
         from playbook.warehouse import ensure_role_urls

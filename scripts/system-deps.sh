@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Installs the Debian packages the local BI proxy, psql (built with TLS: the benchmarks' baseline), the
-# dashboard's browser test and the OpenAPI mock server
+# Installs the Debian packages the local BI proxy, the BI clients the tests drive (psql, unixODBC's isql with
+# psqlODBC; psql is also the benchmarks' baseline), the dashboard's browser test and the OpenAPI mock server
 # (Node.js, for scripts/node-deps.sh) need, when missing.
 # Needs root (or sudo); on a machine without apt-get it says what to install instead.
 set -euo pipefail
@@ -8,6 +8,8 @@ need=()
 command -v nginx >/dev/null 2>&1 || need+=(nginx)
 ls /usr/lib/nginx/modules/ngx_stream_module.so >/dev/null 2>&1 || need+=(libnginx-mod-stream)
 command -v psql >/dev/null 2>&1 || need+=(postgresql-client)
+command -v isql >/dev/null 2>&1 || need+=(unixodbc)
+odbcinst -q -d -n "PostgreSQL Unicode" >/dev/null 2>&1 || need+=(odbc-postgresql)
 command -v chromium >/dev/null 2>&1 || need+=(chromium)
 command -v soffice >/dev/null 2>&1 || need+=(libreoffice-calc-nogui)
 command -v node >/dev/null 2>&1 || need+=(nodejs)
