@@ -557,6 +557,20 @@ def costs_csv_with_quoted_line_breaks() -> Fixture:
                                     ("EX-803", "vendor", "Line one\nLine two\nLine three"))))
 
 
+def costs_csv_with_windows_line_ends_inside_quotes() -> Fixture:
+    """Excel's "CSV (Windows)": every record ends in CR LF, and so does a line break typed inside a quoted
+    address; the value keeps its CR LF as the file has it (only the record's own line end is dropped)."""
+    rows = [["EX-811", "2024-07-01", "Rent", '"Harbour Estates\r\nUnit 4, Dock Road"', "1250.00"],
+            ["EX-812", "2024-07-02", "Repairs", "Fix-It", "80.00"],
+            ["EX-813", "2024-07-03", "Repairs", '"Line one\r\nLine two"', "45.25"]]
+    return Fixture("costs-crlf.csv", csv_bytes(COSTS_HEADER, rows, newline="\r\n"),
+                   source("s3_csv", "operating_costs", COSTS_COLUMNS),
+                   Expected(loaded=3, total=Decimal("1375.25"),
+                            values=(("EX-811", "vendor", "Harbour Estates\r\nUnit 4, Dock Road"),
+                                    ("EX-812", "vendor", "Fix-It"),
+                                    ("EX-813", "vendor", "Line one\r\nLine two"))))
+
+
 def costs_csv_with_a_quote_that_never_closes() -> Fixture:
     """A value that opens a quote on row 4 (line 5, after a two-line address) and never closes it: the
     batch fails naming where it opened."""

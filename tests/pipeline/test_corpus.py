@@ -207,6 +207,10 @@ def test_quoted_line_breaks_are_one_value_and_rows_are_records(landing):
     loads_as_read(landing, corpus.costs_csv_with_quoted_line_breaks())
 
 
+def test_windows_line_ends_inside_quotes_are_kept_in_the_value(landing):
+    loads_as_read(landing, corpus.costs_csv_with_windows_line_ends_inside_quotes())
+
+
 def test_a_quote_that_never_closes_fails_the_batch_naming_where_it_opened(landing):
     loads_as_read(landing, corpus.costs_csv_with_a_quote_that_never_closes())
 
@@ -215,6 +219,13 @@ def test_a_quote_that_never_closes_fails_the_batch_naming_where_it_opened(landin
 
 
 def test_the_fictitious_1900_leap_day_is_refused(landing):
+    loads_as_read(landing, corpus.payments_workbook_with_the_1900_leap_day())
+
+
+def test_the_fictitious_1900_leap_day_is_refused_in_a_later_piece_of_the_sheet(landing, monkeypatch):
+    """Rows are copied in pieces; the day that never was is found in whichever piece holds it (one row each
+    here, so it sits in the piece after the first, never in one that ends just before it)."""
+    monkeypatch.setattr("pipeline.sources.excel.PIECE_ROWS", 1)
     loads_as_read(landing, corpus.payments_workbook_with_the_1900_leap_day())
 
 

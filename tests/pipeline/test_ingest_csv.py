@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import contextlib
 import decimal
+import io
 import time
 from concurrent.futures import ThreadPoolExecutor
 from decimal import Decimal
 
+import pandas as pd
 import psycopg2
 import pytest
 
@@ -106,6 +108,9 @@ def test_a_key_repeated_with_other_values_keeps_the_later_row_and_quarantines_th
     assert landing.query("select reason from meta.quarantine")[0][0] == (
         "row 2: order_id=SO-1, line_no=1 appears again at row 3 with different values; the later row is loaded")
     assert reconciles(ledger(landing, result["batch_id"]))
+    # into the empty table the rows went straight in until the key build found the repeat: its plan says so
+    assert landing.query("select plan->>'into' from meta.batches where batch_id = %s", (result["batch_id"],)) == [
+        ("merged after all: a key repeats in the delivery, so its rows were staged and the repeats collapsed",)]
 
 
 def test_repeats_are_found_whether_or_not_the_table_already_holds_their_keys(landing):
@@ -329,6 +334,31 @@ def test_white_space_of_every_kind_is_trimmed_and_old_mac_line_ends_read(landing
         ("Widget", Decimal("1.07")), ("Gadget", Decimal("4.06"))]
     assert landing.query("select plan->>'line_ends' from meta.batches") == [
         ("a carriage return alone, read as line breaks",)]
+
+
+def test_a_line_break_inside_quotes_keeps_its_carriage_return_in_a_windows_file(landing):
+    """Excel's "CSV (Windows)": records end in CR LF, and so does a line break typed inside a quoted product
+    name. With an escaped quote too, the handler's lane hands that record on to be parsed on its own; its
+    value keeps the CR LF the file holds, as pandas reads it."""
+    body = (HEADER + 'SO-1,1,2024-01-05,00042,"Widget ""XL""\r\nblue",2,10.57,21.14,GBP\n'
+            "SO-2,1,2024-01-05,00043,Gadget,1,3.09,3.09,GBP\n").replace("\n", "\r\n").replace("\r\r", "\r").encode()
+    expected = pd.read_csv(io.BytesIO(body), dtype=str, keep_default_na=False)
+    result = landing.ingest("landing/sales/2024/crlf.csv", body)
+    assert result["rows_inserted"] == 2
+    assert landing.query("select product from core.sales order by order_id") == \
+        [(p,) for p in expected.sort_values("Order No")["Product"]]
+    assert expected["Product"][0] == 'Widget "XL"\r\nblue'
+
+
+def test_a_carriage_return_inside_an_unquoted_value_fails_the_batch_naming_it(landing):
+    """In a CR LF file a lone carriage return in an unquoted value ends a record to the csv module: the row is
+    not guessed at, the batch fails naming the row and the carriage return."""
+    body = (HEADER.replace("\n", "\r\n") + "SO-1,1,2024-01-05,00042,Wid\rget,2,10.57,21.14,GBP\r\n"
+            "SO-2,1,2024-01-05,00043,Gadget,1,3.09,3.09,GBP\r\n").encode()
+    with pytest.raises(LoadError, match=r"cr.csv: row 2 \(line 2\) reads as more than one record; a carriage "
+                                        r"return outside quotes ends a record there: quote that value or take"):
+        landing.ingest("landing/sales/2024/cr.csv", body)
+    assert landing.query("select count(*) from core.sales") == [(0,)]
 
 
 def test_each_batch_keeps_the_plan_it_followed(landing):

@@ -436,3 +436,23 @@ def test_api_pages_are_read_as_the_loader_reads_them_a_misdated_row_holds_no_mon
             + invoice("SO-3", "", "7.25") + "]}").encode()  # no date: typed, and quarantined with its money
     reading = read_api_pages([page], source, "GBP")
     assert (reading.rows_read, reading.amount_in) == (3, Decimal("15") + Decimal("7.25"))
+
+
+def test_api_dates_are_read_by_their_declared_strftime_format():
+    """api.formats may be a strftime pattern (a day-first API): a date written that way fits, and its money is
+    in; one written otherwise (ISO, where %d/%m/%Y was declared) holds no money."""
+    from playbook.accuracy.independent import read_api_pages
+    from playbook.config import load_config
+
+    source = load_config().sources["trade_invoices"]
+    source = source.model_copy(update={"api": source.api.model_copy(update={"formats": {"order_date": "%d/%m/%Y"}})})
+
+    def invoice(number: str, day: str, amount: str) -> str:
+        return (f'{{"InvoiceNumber": "{number}", "Date": "{day}", "Contact": {{"ContactNumber": "00042"}}, '
+                f'"CurrencyCode": "GBP", "LineItems": [{{"ItemCode": "Oil", "Quantity": 1, "UnitAmount": {amount}, '
+                f'"LineAmount": {amount}}}]}}')
+
+    page = ('{"Invoices": [' + invoice("SO-1", "05/01/2024", "10.01") + ", "
+            + invoice("SO-2", "2024-01-05", "3.03") + ", " + invoice("SO-3", "31/12/2024", "0.07") + "]}").encode()
+    reading = read_api_pages([page], source, "GBP")
+    assert (reading.rows_read, reading.amount_in) == (3, Decimal("10.01") + Decimal("0.07"))

@@ -202,8 +202,9 @@ class CsvReader:
                 raise LoadError(f"{self.display}: row {row_no} (line {line}): {exc}; "
                                 "a quoted field is probably never closed") from None
             if more is not None:  # the records were cut where the csv module reads no record end
-                raise LoadError(f"{self.display}: row {row_no} (line {line}) reads as more than one record; "
-                                "its quotes are not where values start and end")
+                why = ("a carriage return outside quotes ends a record there: quote that value or take the carriage "
+                       "return out" if "\r" in text.rstrip("\r\n") else "its quotes are not where values start and end")
+                raise LoadError(f"{self.display}: row {row_no} (line {line}) reads as more than one record; {why}")
             if (row := raw_record(row_no, values, width, sheet, self.display)) is not None:
                 yield row
 
