@@ -20,7 +20,8 @@ COMMAND_MODULES: list[str] = ["playbook.warehouse", "playbook.reports.commands",
                                "playbook.provision", "playbook.proxy", "playbook.runtime", "playbook.deploy",
                                "playbook.scheduler", "playbook.backfill", "playbook.chain",
                                "playbook.demo.api_commands", "playbook.accuracy", "playbook.ingest",
-                               "playbook.secret", "playbook.suggest", "playbook.bi"]
+                               "playbook.secret", "playbook.suggest", "playbook.bi",
+                               "playbook.cost"]
 
 
 def _print_json(data) -> None:
