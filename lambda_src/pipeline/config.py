@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import datetime as dt
 import re
+from decimal import Decimal
 from typing import Annotated, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -566,6 +567,14 @@ class Accuracy(Strict):
                                                                      "again (the report names them)")
     reread_budget_s: float = Field(300, ge=0, description="seconds spent reading objects again; the objects left "
                                                           "when it is spent are named in the report")
+    max_outliers: int = Field(0, ge=0, description="sales lines far from their product's or client's others "
+                                                   "(a warning: an outlier may be a real order)")
+    outlier_robust_z: Decimal = Field(Decimal(10), gt=0, description="robust deviations (1.4826 x MAD) from the "
+                                                                     "median a value must lie beyond")
+    outlier_ratio: Decimal = Field(Decimal(50), gt=1, description="and how many times the median (or its "
+                                                                  "reciprocal) it must reach: a typo of two "
+                                                                  "zeros or more, not a large order")
+    outlier_min_rows: int = Field(8, ge=3, description="rows a product or client needs before its values are judged")
 
 
 class PipelineConfig(Strict):

@@ -4,7 +4,8 @@ From the ledger and the tables it checks that every batch reconciles (rows and m
 each delivered object, read again by a reader that shares no code with the loader, holds the rows and money
 the ledger says it read, that the marts equal core, that no failed load is left unloaded, that every row
 names a known client, that no delivery or row repeats and no row changed after its first load, that every
-scheduled delivery arrived, and what the quarantine holds. Each result goes to meta.accuracy_results and to
+scheduled delivery arrived, what the quarantine holds, and which sales lines lie far from their product's or
+client's others. Each result goes to meta.accuracy_results and to
 accuracy.md in the run folder; any breach of the limits in the configuration's `accuracy` section raises
 AccuracyBreach, which stops the chain at this stage.
 """
@@ -33,7 +34,7 @@ def validate(database_url: str | None = None, config=None, run_id: str | None = 
     PipelineConfig or a path (default: the company configuration); `thresholds` override its `accuracy` limits.
     """
     from pipeline.config import PipelineConfig
-    from playbook.accuracy import freshness, ledger, marts, rereads
+    from playbook.accuracy import freshness, ledger, marts, outliers, rereads
     from playbook.accuracy.report import store_results, write_report
     from playbook.config import load_config
     from playbook.database import connect
@@ -77,6 +78,7 @@ def validate(database_url: str | None = None, config=None, run_id: str | None = 
             results += fresh
             results += ledger.quarantine_summary(cur, config, limits)
             results += rereads.skipped_rows(batches, objects, config, limits)
+            results += outliers.outliers(cur, limits)
         conn.rollback()
         conn.set_session(isolation_level="DEFAULT", readonly=False)
         report = ValidationReport(run_id, results, str(data_end) if data_end else None)

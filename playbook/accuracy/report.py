@@ -80,6 +80,10 @@ def _finding_line(r: CheckResult, f: dict[str, Any]) -> str:
     if c in ("skipped_rows", "footer_totals"):
         values = _kv(f.get("values") or {})
         return f"{_where(f)}: {values} - {f.get('note')}"
+    if c == "outliers":
+        group = "client and product" if "client and product" in f else "product"
+        return (f"{_where(f)}: order {f['order_id']} line {f['line_no']}, quantity {f['quantity']} where the "
+                f"{group} {f[group]}'s median is {f['median']} ({f['rows_in_group']} lines)")
     if c == "batch_reconciliation":
         return f"{_where(f)}: " + "; ".join(f["problems"])
     if c == "independent_reconciliation":

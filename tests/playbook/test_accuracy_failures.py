@@ -628,3 +628,39 @@ def test_footer_totals_fails_on_a_footer_whose_total_disagrees_with_the_rows_abo
     skipped = one(results, "skipped_rows", "payments")
     assert (skipped.status, skipped.observed, skipped.summary) == (
         "pass", 0, "2 footers, 1 not equal to the rows they total (footer_totals)")
+
+
+# -- outliers ----------------------------------------------------------------------------------------------------
+def test_outliers_warns_on_a_line_far_from_its_products_and_clients_others(cur):
+    """Flour: ten lines of 2 bags and one of 20,000 (row 12, a typo for 2), and one of 3 (row 13: no typo, though
+    the spread of the 2s is 0). Oil: quantities 1 to 10, none far. Salt: three lines, one of 500, too few to
+    judge (outlier_min_rows 8). C1's own Flour lines say the same of the 20,000."""
+    batch = add_batch(cur, "sales", "landing/sales/2024-03-01.csv")
+    row = 1
+    for product, quantities, client in (("Flour", [2] * 10 + [20000, 3], "C1"), ("Oil", list(range(1, 11)), "C2"),
+                                        ("Salt", [1, 1, 500], "C3")):
+        for quantity in quantities:
+            row += 1
+            add_row(cur, "sales", batch, row, order_id=f"SO-{row}", line_no=1, order_date=date(2024, 3, 1),
+                    client_id=client, product=product, quantity=quantity, unit_price=Decimal("5.00"),
+                    amount=Decimal(quantity) * Decimal("5.00"), currency="GBP")
+    from playbook.accuracy import outliers
+
+    results = outliers.outliers(cur, LIMITS)
+    by_product = one(results, "outliers", "sales quantity by product")
+    assert (by_product.status, by_product.observed, by_product.threshold) == ("warn", 1, 0)
+    assert by_product.findings == [{
+        "batch_id": batch["batch_id"], "file": "landing/sales/2024-03-01.csv", "sheet": None, "version": "v1",
+        "row": 12, "order_id": "SO-12", "line_no": 1, "product": "Flour", "quantity": "20000", "median": "2",
+        "mad": "0", "rows_in_group": 12}]
+    assert by_product.summary == ("1 quantity values far from their product's others: SO-12/1 quantity 20000 "
+                                  "(product Flour, median 2; landing/sales/2024-03-01.csv row 12)")
+    by_client = one(results, "outliers", "sales quantity by client and product")
+    assert (by_client.status, by_client.observed) == ("warn", 1)
+    [finding] = by_client.findings
+    assert (finding["row"], finding["client and product"], finding["quantity"], finding["median"]) == (
+        12, "C1 Flour", "20000", "2")
+    # the thresholds are the configuration's: a stricter ratio lets the 20,000 through, a looser z takes the 3
+    assert outliers.outliers(cur, LIMITS.model_copy(update={"outlier_ratio": Decimal(20000)}))[0].observed == 0
+    assert outliers.outliers(cur, LIMITS.model_copy(update={"outlier_min_rows": 13}))[0].observed == 0
+    assert outliers.outliers(cur, LIMITS.model_copy(update={"outlier_ratio": Decimal("1.4")}))[0].observed == 2
