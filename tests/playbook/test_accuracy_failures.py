@@ -655,6 +655,11 @@ def test_outliers_warns_on_a_line_far_from_its_products_and_clients_others(cur):
         "mad": "0", "rows_in_group": 12}]
     assert by_product.summary == ("1 quantity values far from their product's others: SO-12/1 quantity 20000 "
                                   "(product Flour, median 2; landing/sales/2024-03-01.csv row 12)")
+    from playbook.accuracy.report import _finding_line
+
+    assert _finding_line(by_product, by_product.findings[0]) == (
+        f"`landing/sales/2024-03-01.csv`, row 12, batch {batch['batch_id']}: order SO-12 line 1, quantity 20000 where "
+        "the product Flour's median is 2 (12 lines)")
     by_client = one(results, "outliers", "sales quantity by client and product")
     assert (by_client.status, by_client.observed) == ("warn", 1)
     [finding] = by_client.findings
