@@ -2,10 +2,11 @@
 
 Every BI tool logs in as the reporting role (SELECT on the marts, nothing else) at the BI proxy, over TLS that
 the proxy passes through unchanged: the session is encrypted from the tool to the database, and the proxy
-never holds a key. The tool verifies the server with sslmode=verify-ca against the database's CA (AWS: the
-RDS CA bundle; locally: the stack's own CA). Not verify-full: the certificate names the database (Aurora's
-cluster endpoint), and the tool connects to the proxy's address. The allow-list (security group and nginx)
-decides who reaches the proxy at all.
+never holds a key. A tool verifies the server with sslmode=verify-ca against the database's CA (AWS: the
+RDS CA bundle; locally: the stack's own CA) where it lets the CA be named: libpq, psqlODBC, Metabase and
+Superset do; Tableau's file says only "SSL required", Power BI trusts the Windows store. Not verify-full:
+the certificate names the database (Aurora's cluster endpoint), and the tool connects to the proxy's address.
+The allow-list (security group and nginx) decides who reaches the proxy at all.
 
 Files written to reports/bi/<target>/ (under $PLAYBOOK_REPORTS_DIR when set, or --out); only `pgpass` holds
 the password:
@@ -49,14 +50,22 @@ class Connection:
         return f"playbook-{self.target}"
 
     def libpq(self) -> str:
-        """A libpq keyword string (no password: it comes from the pgpass file, or the tool asks)."""
-        return (f"host={self.host} port={self.port} dbname={self.database} user={self.user} "
-                f"sslmode={self.sslmode} sslrootcert={self.ca_file}")
+        """A libpq keyword string (no password: it comes from the pgpass file, or the tool asks); a value with a
+        space or quote (a CA file under "My Documents") is quoted as libpq reads it."""
+        return " ".join(f"{k}={_conninfo_value(str(v))}" for k, v in (
+            ("host", self.host), ("port", self.port), ("dbname", self.database), ("user", self.user),
+            ("sslmode", self.sslmode), ("sslrootcert", self.ca_file)))
 
     def url(self, with_password: bool = False) -> str:
         login = f"{quote(self.user)}:{quote(self.password, safe='')}" if with_password else quote(self.user)
         return (f"postgresql://{login}@{self.host}:{self.port}/{self.database}"
                 f"?sslmode={self.sslmode}&sslrootcert={quote(str(self.ca_file), safe='/')}")
+
+
+def _conninfo_value(value: str) -> str:
+    if value and not any(c in value for c in " '\\"):
+        return value
+    return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
 
 
 def connection(target) -> Connection:
@@ -88,7 +97,8 @@ def odbc_ini(conn: Connection) -> str:
     """A DSN for psqlODBC: its own keys, and libpq's for the CA (pqopt)."""
     keys = {"Description": "SME Analytics Playbook: the marts, as the reporting role, through the BI proxy",
             "Driver": ODBC_DRIVER, "Servername": conn.host, "Port": str(conn.port), "Database": conn.database,
-            "Username": conn.user, "SSLmode": conn.sslmode, "pqopt": f"sslrootcert={conn.ca_file}",
+            "Username": conn.user, "SSLmode": conn.sslmode,
+            "pqopt": f"sslrootcert={_conninfo_value(str(conn.ca_file))}",
             "ReadOnly": "1"}
     return f"[{conn.dsn_name}]\n" + "".join(f"{k} = {v}\n" for k, v in keys.items())
 
@@ -102,7 +112,8 @@ def pbids(conn: Connection) -> str:
 
 
 def tds(conn: Connection) -> str:
-    """A Tableau data source: the PostgreSQL connector, username and password, SSL required."""
+    """A Tableau data source: the PostgreSQL connector, username and password, SSL required (Tableau's own
+    setting: the session is encrypted; Tableau does not check the server against the CA file)."""
     root = ET.Element("datasource", {"formatted-name": f"SME Analytics Playbook ({conn.target})", "inline": "true",
                                      "version": "18.1", "xmlns:user": "http://www.tableausoftware.com/xml/user"})
     ET.SubElement(root, "connection", {
@@ -149,8 +160,9 @@ def instructions(conn: Connection, tool: str, files: dict[str, Path]) -> list[st
                     "Require SSL)"],
         "metabase": ["Admin > Databases > Add: PostgreSQL, the host, port, database and user above, Use a secure "
                      f"connection (SSL), SSL Mode verify-ca, SSL Root Certificate {conn.ca_file}"],
-        "superset": [f"Settings > Database Connections > + Database > PostgreSQL, SQLAlchemy URI "
-                     f"{conn.url(with_password=False).replace('postgresql://', 'postgresql+psycopg2://', 1)}"],
+        "superset": ["Settings > Database Connections > + Database > PostgreSQL, SQLAlchemy URI "
+                     + conn.url(with_password=False).replace("postgresql://", "postgresql+psycopg2://", 1)
+                     .replace(f"{quote(conn.user)}@", f"{quote(conn.user)}:<password>@", 1)],
     }
     return [f"  {tool}: {line}" for line in steps[tool]]
 

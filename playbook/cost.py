@@ -243,21 +243,27 @@ def variants(dep: Deployment, usage: Usage, prices: Prices) -> list[dict[str, An
         options.append(("Aurora Serverless v2 scaling to zero (MinCapacity 0)", replace(dep, min_acu=Decimal(0)),
                         "the cluster pauses when idle; the first query after a pause waits about 15 s, so the "
                         "08:00 email and a BI user's first click may wait"))
-    options.append(("a provisioned db.t4g.medium writer (--cluster-mode provisioned)",
-                    replace(dep, cluster_mode="provisioned", instance_class="db.t4g.medium"),
-                    "a fixed price and no scaling; 4 GB of memory for every query"))
+    if dep.cluster_mode == "serverless":
+        options.append(("a provisioned db.t4g.medium writer (--cluster-mode provisioned)",
+                        replace(dep, cluster_mode="provisioned", instance_class="db.t4g.medium"),
+                        "a fixed price and no scaling; 4 GB of memory for every query"))
     if dep.interface_endpoint_azs:
         options.append(("Secrets Manager through the NAT gateway instead of its endpoint",
                         replace(dep, interface_endpoint_azs=0),
                         "cheaper; the functions' secret reads leave the VPC through the NAT gateway (still TLS)"))
-    return [{"variant": name, "month": float(total(estimate(d, usage, prices)).quantize(CENT)),
-             "difference": float((total(estimate(d, usage, prices)) - base).quantize(CENT)), "trade_off": why}
+    return [{"variant": name, "month": float(cents(total(estimate(d, usage, prices)))),
+             "difference": float(cents(total(estimate(d, usage, prices)) - base)), "trade_off": why}
             for name, d, why in options]
 
 
 # -- output ----------------------------------------------------------------------------------------------------
+def cents(amount: Decimal) -> Decimal:
+    """An amount to the cent, half up: cost.md and cost.json round alike."""
+    return amount.quantize(CENT, ROUND_HALF_UP)
+
+
 def money(amount: Decimal) -> str:
-    return f"${amount.quantize(CENT, ROUND_HALF_UP):,}"
+    return f"${cents(amount):,}"
 
 
 def write(out: Path, dep: Deployment, usage: Usage, prices: Prices) -> dict[str, Path]:
@@ -266,8 +272,8 @@ def write(out: Path, dep: Deployment, usage: Usage, prices: Prices) -> dict[str,
     others = variants(dep, usage, prices)
     out.mkdir(parents=True, exist_ok=True)
     data = {"region": prices.region, "prices_as_of": prices.as_of, "currency": prices.currency,
-            "month": float(month.quantize(CENT)),
-            "lines": [{"part": line.part, "billed": line.billed, "month": float(line.amount.quantize(CENT))}
+            "month": float(cents(month)),
+            "lines": [{"part": line.part, "billed": line.billed, "month": float(cents(line.amount))}
                       for line in lines],
             "deployment": {k: (str(v) if isinstance(v, Decimal) else v) for k, v in asdict(dep).items()
                            if k != "functions"},

@@ -231,7 +231,10 @@ class EmbeddedPostgres:
         hba = self.data_dir / "pg_hba.conf"
         if extra_rules is None:
             kept = hba.read_text().splitlines() if hba.exists() else []
-            extra_rules = [line for line in kept if line.strip() and not line.startswith(MANAGED_HBA)]
+            # a rule for loopback written before the front existed: every loopback login now arrives from its
+            # relay address, so it names that (else an upgraded stack would refuse the reporting role)
+            extra_rules = [line.replace(" 127.0.0.1/32 ", f" {RELAY_SOURCE}/32 ") for line in kept
+                           if line.strip() and not line.startswith(MANAGED_HBA)]
         rules = [
             f"{MANAGED_HBA[0]} by the playbook: scram passwords, no Unix socket; TLS but for the superuser.",
             f"{MANAGED_HBA[1]}127.0.0.1/32 scram-sha-256",

@@ -13,7 +13,8 @@ Addresses (all on loopback, one port number, PLAYBOOK_PG_PORT):
 - 127.0.0.3, the address the front relays from: a login that reaches the server otherwise is refused.
 
 The CA and the server certificate are kept in <state>/tls/: ca.pem (what clients verify the server with,
-public), ca.key and server.key (readable by their owner only), server.pem (names localhost and 127.0.0.1).
+not secret), ca.key and server.key (readable by their owner only), server.pem (names localhost and 127.0.0.1),
+made again by the `local up` that starts the front within a month of its expiry.
 
     python -m playbook.local.tls --listen 127.0.0.1:P --upstream 127.0.0.2:P --source 127.0.0.3 --tls-dir D
 """
@@ -49,6 +50,7 @@ SSL_REQUEST = 80877103
 GSSENC_REQUEST = 80877104
 CANCEL_REQUEST = 80877102
 CHUNK = 256 * 1024
+OPENING_S = 30  # what a client may take to ask for TLS and complete the handshake
 
 
 # -- certificates -----------------------------------------------------------------------------------------
@@ -76,6 +78,7 @@ class Certificates:
         """The CA (made once) and a server certificate it signed, made again when it is missing, about to
         expire, or signed by another CA."""
         from cryptography import x509
+        from cryptography.exceptions import InvalidSignature
 
         self.root.mkdir(parents=True, exist_ok=True)
         self.root.chmod(0o700)
@@ -84,8 +87,12 @@ class Certificates:
         if self.cert.exists() and self.key.exists():
             cert = x509.load_pem_x509_certificate(self.cert.read_bytes())
             ca = x509.load_pem_x509_certificate(self.ca.read_bytes())
-            fresh = cert.not_valid_after_utc - _now() > RENEW_BEFORE
-            if fresh and cert.issuer == ca.subject:
+            try:
+                cert.verify_directly_issued_by(ca)  # every CA made here has the same name: its signature tells
+                signed = True
+            except (ValueError, TypeError, InvalidSignature):
+                signed = False
+            if signed and cert.not_valid_after_utc - _now() > RENEW_BEFORE:
                 return
         self._make_server()
 
@@ -188,6 +195,7 @@ class TlsFront:
             wait_until(lambda: proc.poll() is None and self.healthy(), 30, "the database's TLS front")
         except StackError:
             proc.kill()
+            proc.wait(10)
             tail = self.log_file.read_text(errors="replace").splitlines()[-5:]
             raise StackError(f"the database's TLS front did not start on {FRONT_HOST}:{self.port}: "
                              f"{' | '.join(tail)}") from None
@@ -241,7 +249,7 @@ class Front:
     def __init__(self, upstream: tuple[str, int], source: str, context: ssl.SSLContext, ca: Path) -> None:
         self.upstream, self.source, self.context, self.ca = upstream, source, context, ca
 
-    async def _relay(self, reader, writer, first: bytes = b"") -> None:
+    async def _relay(self, reader, writer, first: bytes) -> None:
         try:
             up_reader, up_writer = await asyncio.open_connection(*self.upstream, local_addr=(self.source, 0))
         except OSError as exc:
@@ -257,32 +265,49 @@ class Front:
 
     async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
-            while True:
-                length, code = struct.unpack("!II", await reader.readexactly(8))
-                if code == GSSENC_REQUEST:  # no GSSAPI here: the client goes on to ask for TLS
-                    writer.write(b"N")
-                    await writer.drain()
-                    continue
-                break
-            if code == SSL_REQUEST:
-                writer.write(b"S")
-                await writer.drain()
-                await writer.start_tls(self.context)
-                await self._relay(reader, writer)
-            elif code == CANCEL_REQUEST:  # a query's cancel, sent in plain text by libpq: no login, relayed
-                await self._relay(reader, writer, struct.pack("!II", length, code) +
-                                  await reader.readexactly(length - 8))
-            else:
-                fields = _startup_fields(await reader.readexactly(max(0, min(length, 10_000) - 8)))
-                writer.write(_refusal(
-                    f"the database accepts TLS connections only, as Aurora with rds.force_ssl does: connect "
-                    f"\"{fields.get('user', '')}\" with sslmode=verify-full and sslrootcert={self.ca}"))
-                await writer.drain()
-        except (asyncio.IncompleteReadError, ConnectionError, ssl.SSLError, OSError):
-            pass  # a client that went away, or failed its handshake (it says why on its side)
+            session = await asyncio.wait_for(self._opening(reader, writer), OPENING_S)
+            if session is not None:
+                await self._relay(reader, writer, session)
+        except (TimeoutError, asyncio.IncompleteReadError, ConnectionError, ssl.SSLError, OSError):
+            pass  # a client that went away, stalled, or failed its handshake (it says why on its side)
         finally:
             with contextlib.suppress(Exception):
                 writer.close()
+
+    async def _opening(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> bytes | None:
+        """The opening (within OPENING_S): the bytes to send the server first when a session is to be relayed
+        (b"" after a TLS handshake, a cancel request as it came), None when the client was answered here."""
+        while True:
+            length, code = struct.unpack("!II", await reader.readexactly(8))
+            if code == GSSENC_REQUEST:  # no GSSAPI here: the client goes on to ask for TLS
+                writer.write(b"N")
+                await writer.drain()
+                continue
+            break
+        if code == SSL_REQUEST:
+            if length != 8 or _buffered(reader):  # bytes sent before the handshake would be relayed as if
+                # encrypted (PostgreSQL's CVE-2021-23214): refused, as PostgreSQL refuses them
+                writer.write(_refusal("received unencrypted data after SSL request"))
+                await writer.drain()
+                return None
+            writer.write(b"S")
+            await writer.drain()
+            await writer.start_tls(self.context, ssl_handshake_timeout=OPENING_S)
+            return b""
+        if code == CANCEL_REQUEST and length == 16:  # a query's cancel, sent in plain text by libpq: no login
+            return struct.pack("!II", length, code) + await reader.readexactly(8)
+        if 8 <= length <= 10_000:
+            fields = _startup_fields(await reader.readexactly(length - 8))
+            writer.write(_refusal(
+                f"the database accepts TLS connections only, as Aurora with rds.force_ssl does: connect "
+                f"\"{fields.get('user', '')}\" with sslmode=verify-full and sslrootcert={self.ca}"))
+            await writer.drain()
+        return None
+
+
+def _buffered(reader: asyncio.StreamReader) -> bool:
+    """Whether the client sent more than the packet just read (asyncio keeps no public count of it)."""
+    return bool(getattr(reader, "_buffer", b""))
 
 
 def main(argv: list[str] | None = None) -> int:

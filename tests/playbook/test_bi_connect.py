@@ -96,7 +96,7 @@ def expected_rows(stack) -> list[tuple[str, str, str]]:
     """The rows the reports read: the reporting role's own session, the way the report stage connects."""
     with psycopg2.connect(reporting_url(stack["database_url"])) as conn, conn.cursor() as cur:
         cur.execute(TOP)
-        rows = [(c, n, str(a)) for c, n, a in cur.fetchall()]
+        rows = [(c, n or "", str(a)) for c, n, a in cur.fetchall()]  # a client without a name prints empty
     conn.close()
     assert len(rows) == 10
     return rows
@@ -220,7 +220,18 @@ def test_the_readme_section_runs_as_written(stack, company, proxy, tmp_path):
     assert len(rows) == 10
     printed = done.stdout
     for rank, name, amount in rows:  # psql's aligned table: every row the reports read, in order
-        assert re.search(rf"^\s*{rank} \| {re.escape(name)}\s+\|\s+{re.escape(str(amount))}$", printed, re.M), \
+        assert re.search(rf"^\s*{rank} \| {re.escape(name or '')}\s*\|\s+{re.escape(str(amount))}$", printed, re.M), \
             (rank, name, amount, printed)
     assert re.search(r"^\| 10 +\|$", printed, re.M), "isql counts the same ten rows"
     assert "SSL" not in done.stderr and "FATAL" not in done.stderr
+
+
+def test_a_ca_file_under_a_folder_with_a_space_is_quoted_as_libpq_reads_it():
+    from playbook.bi import Connection, odbc_ini
+
+    conn = Connection(target="aws", host="proxy.example", port=5432, database="playbook", user="pipeline_reporting",
+                      ca_file=Path("/home/ana/My Documents/it's ca.pem"), password="x")  # noqa: S106
+    parsed = psycopg2.extensions.parse_dsn(conn.libpq())  # libpq's own parser
+    assert parsed["sslrootcert"] == "/home/ana/My Documents/it's ca.pem" and parsed["sslmode"] == "verify-ca"
+    pqopt = next(line for line in odbc_ini(conn).splitlines() if line.startswith("pqopt = ")).removeprefix("pqopt = ")
+    assert psycopg2.extensions.parse_dsn(pqopt) == {"sslrootcert": "/home/ana/My Documents/it's ca.pem"}

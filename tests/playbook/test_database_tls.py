@@ -109,6 +109,15 @@ def test_the_ca_and_certificate_are_kept_private_and_renewed_before_they_expire(
     renewed = x509.load_pem_x509_certificate(certs.cert.read_bytes())
     assert renewed.serial_number != server.serial_number
     renewed.verify_directly_issued_by(ca)  # by the same CA: clients keep trusting it
+    # a CA put in its place (of the same name, as every CA made here is): the certificate is signed again by it
+    monkeypatch.setattr(tls, "RENEW_BEFORE", tls.dt.timedelta(days=30))
+    other = tls.Certificates(tmp_path / "other")
+    other.ensure()
+    for name in ("ca.pem", "ca.key"):
+        (certs.root / name).write_bytes((other.root / name).read_bytes())
+    certs.ensure()
+    x509.load_pem_x509_certificate(certs.cert.read_bytes()).verify_directly_issued_by(
+        x509.load_pem_x509_certificate(other.ca.read_bytes()))
 
 
 def test_the_front_declines_gssapi_then_offers_tls(stack):
@@ -156,3 +165,41 @@ def test_a_front_whose_server_is_down_says_so_in_postgresqls_words(stack):
     finally:
         front.terminate()
         front.wait(10)
+
+
+def test_bytes_sent_before_the_handshake_are_refused_not_relayed(stack):
+    """Plain text after the SSLRequest would be relayed as if it came through TLS (PostgreSQL's CVE-2021-23214):
+    the front refuses it in PostgreSQL's words, as PostgreSQL does; a cancel request of the wrong length is
+    refused, not relayed; the front serves the next client either way."""
+    port = urlsplit(stack["database_url"]).port
+    with socket.create_connection((tls.FRONT_HOST, port), timeout=5) as sock:
+        sock.sendall(struct.pack("!II", 8, tls.SSL_REQUEST) + b"Q\0\0\0\x0dselect 1\0")
+        answer = sock.recv(4096)
+    assert answer[:1] == b"E" and b"received unencrypted data after SSL request" in answer
+    with socket.create_connection((tls.FRONT_HOST, port), timeout=5) as sock:
+        sock.sendall(struct.pack("!II", 12, tls.CANCEL_REQUEST) + b"\0\0\0\0")
+        assert b"accepts TLS connections only" in sock.recv(4096)
+    with psycopg2.connect(stack["database_url"]) as conn:
+        assert conn.info.ssl_in_use
+    conn.close()
+
+
+def test_pg_hba_written_before_the_front_admits_the_relay_where_it_admitted_loopback(stack):
+    """A stack made by an earlier version kept rules for 127.0.0.1 (the reporting role's): at the next start
+    they name the relay address, through which every loopback login now arrives."""
+    pg = current().pg
+    hba = pg.data_dir / "pg_hba.conf"
+    before = hba.read_text()
+    try:
+        hba.write_text("# Managed by the playbook: loopback only, scram passwords, no Unix socket.\n"
+                       "host all pipeline_reporting 127.0.0.1/32 scram-sha-256\n"
+                       "host all pipeline_reporting 0.0.0.0/0 reject\n"
+                       "host all all 127.0.0.1/32 scram-sha-256\n")
+        pg.write_hba()
+        assert hba.read_text().splitlines()[1:] == [
+            "host all postgres 127.0.0.1/32 scram-sha-256",
+            f"host all pipeline_reporting {tls.RELAY_SOURCE}/32 scram-sha-256",
+            "host all pipeline_reporting 0.0.0.0/0 reject",
+            f"host all all {tls.RELAY_SOURCE}/32 scram-sha-256"]
+    finally:
+        hba.write_text(before)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import codecs
 import csv
 import io
+import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -202,8 +203,9 @@ class CsvReader:
                 raise LoadError(f"{self.display}: row {row_no} (line {line}): {exc}; "
                                 "a quoted field is probably never closed") from None
             if more is not None:  # the records were cut where the csv module reads no record end
+                bare_cr = re.search("\r(?!\n)", text.rstrip("\r\n"))  # a carriage return not part of CR LF
                 why = ("a carriage return outside quotes ends a record there: quote that value or take the carriage "
-                       "return out" if "\r" in text.rstrip("\r\n") else "its quotes are not where values start and end")
+                       "return out" if bare_cr else "its quotes are not where values start and end")
                 raise LoadError(f"{self.display}: row {row_no} (line {line}) reads as more than one record; {why}")
             if (row := raw_record(row_no, values, width, sheet, self.display)) is not None:
                 yield row
