@@ -22,8 +22,8 @@ import pytest
 from playbook import cli
 from playbook.errors import PlaybookError
 from playbook.local import tls
-from playbook.settings import PROJECT_ROOT
 from tests.conftest import free_port
+from tests.readme import bash_block
 from tests.reporting_data import reporting_url, synthetic_company
 
 pytestmark = pytest.mark.stack
@@ -196,18 +196,10 @@ def test_on_aws_it_names_the_proxy_and_the_rds_ca_bundle(stack, company, monkeyp
         connection(AwsTarget())
 
 
-def readme_block() -> str:
-    readme = (PROJECT_ROOT / "README.md").read_text()
-    section = readme[readme.index(SECTION):]
-    section = section[:section.index("\n## ", len(SECTION))]
-    [block] = re.findall(r"```bash\n(.*?)```", section, re.S)
-    return block
-
-
 @pytest.mark.timeout(600)
 def test_the_readme_section_runs_as_written(stack, company, proxy, tmp_path):
     """(Last in the module: it provisions the session's stack, and its `proxy up` is the shared proxy's.)"""
-    script = readme_block().replace(".venv/bin/", f"{Path(sys.executable).parent}/")
+    script = bash_block(SECTION).replace(".venv/bin/", f"{Path(sys.executable).parent}/")
     env = {**os.environ, "PLAYBOOK_REPORTS_DIR": str(tmp_path / "reports"), "PLAYBOOK_PROXY_PORT": str(proxy)}
     done = subprocess.run(["bash", "-euo", "pipefail", "-c", script], cwd=tmp_path, env=env, capture_output=True,
                           text=True, timeout=600)

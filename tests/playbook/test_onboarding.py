@@ -8,7 +8,6 @@ import datetime as dt
 import json
 import os
 import random
-import re
 import shutil
 import subprocess
 import sys
@@ -18,18 +17,10 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from playbook.settings import PROJECT_ROOT
 from tests.conftest import stack_env, state_dir
+from tests.readme import bash_block
 
 SECTION = "## Onboard your own company"
-
-
-def walkthrough() -> str:
-    readme = (PROJECT_ROOT / "README.md").read_text()
-    section = readme[readme.index(SECTION):]
-    section = section[:section.index("\n## ", len(SECTION))]
-    [block] = re.findall(r"```bash\n(.*?)```", section, re.S)
-    return block
 
 
 def exports(folder: Path) -> None:
@@ -64,7 +55,7 @@ def test_the_readme_walkthrough_onboards_a_company_from_an_empty_configuration(t
     work = tmp_path / "acme"
     (work / "exports").mkdir(parents=True)
     exports(work / "exports")
-    script = walkthrough().replace(".venv/bin/", f"{Path(sys.executable).parent}/")
+    script = bash_block(SECTION).replace(".venv/bin/", f"{Path(sys.executable).parent}/")
     state = state_dir()
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PLAYBOOK_", "AWS_", "PG"))}
     env.update(stack_env(state), PLAYBOOK_REPORTS_DIR=str(work / "reports"))
