@@ -195,7 +195,9 @@ def test_corrupt_password_protected_and_empty_workbooks_are_clear_errors(landing
     from msoffcrypto.format.ooxml import OOXMLFile
 
     good = workbook({"Payments - Barclays": [payment("P-1", 1.0)]})
-    with pytest.raises(LoadError, match=r"bad.xlsx: not a readable .xlsx workbook"):
+    with pytest.raises(LoadError, match=r"bad.xlsx: not a readable .xlsx workbook \(it is damaged, or another kind "
+                                        r"of file with an .xlsx name\); open it in Excel, save it as .xlsx and deliver "
+                                        r"it again$"):
         landing.ingest("landing/payments/2024/bad.xlsx", good[: len(good) // 2])
     encrypted = io.BytesIO()
     OOXMLFile(io.BytesIO(good)).encrypt("s3cret", encrypted)
