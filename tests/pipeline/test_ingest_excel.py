@@ -247,6 +247,13 @@ def test_a_workbook_that_inflates_past_its_limits_is_refused_before_it_is_read(l
                                         r"\(200\); it was not read"):
         landing.ingest("landing/payments/2024/dense.xlsx", inflated(good, 200_000_000))
     assert landing.query("select count(*) from core.payments") == [(0,)]
+    # and its clean counterpart: a real export's sheet of several MB, compressed as Excel compresses, loads
+    rows = [payment(f"P-{i}", round(1 + i * 0.37, 2), client=f"{i % 977:05d}") for i in range(20_000)]
+    export = workbook({"Payments - Barclays": rows})
+    with zipfile.ZipFile(io.BytesIO(export)) as zf:
+        sheet = zf.getinfo("xl/worksheets/sheet1.xml")
+    assert sheet.file_size > 2**20 and sheet.file_size / sheet.compress_size < 200
+    assert landing.ingest("landing/payments/2024/export.xlsx", export)["rows_inserted"] == 20_000
 
 
 def test_hostile_sheet_names_stay_inert(landing):
