@@ -318,6 +318,18 @@ def test_a_declared_day_order_alone_reads_every_slash_date(landing, dayfirst, re
         (f"{'day' if dayfirst else 'month'} first (read.dayfirst)",)]
 
 
+@pytest.mark.parametrize(("dayfirst", "utc"), [(True, "2025-01-05 13:30"), (False, "2025-05-01 12:30")])
+def test_a_declared_day_order_keeps_the_time_of_a_timestamp(landing, dayfirst, utc):
+    """read.dayfirst without a date_format on a timestamp column: the day order is the setting's, and the time
+    after the date is kept (a date column drops it), read as the company's wall time (GMT in January, BST in May)."""
+    crm = (b"Activity Id,Timestamp,Account,Channel,Outcome\n"
+           b"A-1,05/01/2025 13:30,00042,Email,Sent\n")
+    config = with_read(landing.config, "interactions", date_format=None, dayfirst=dayfirst)
+    assert landing.ingest("landing/crm/2025/order.csv", crm, config=config)["rows_inserted"] == 1
+    assert landing.query("select to_char(occurred_at at time zone 'UTC', 'YYYY-MM-DD HH24:MI') "
+                         "from core.interactions") == [(utc,)]
+
+
 def test_white_space_of_every_kind_is_trimmed_and_old_mac_line_ends_read(landing):
     """Values pasted from web pages carry no-break spaces, tabs pad exports: trimmed as str.strip() trims, in
     every lane alike; a Total footer behind a no-break space is still a footer; lines that end in a carriage
