@@ -330,6 +330,20 @@ def test_a_declared_day_order_keeps_the_time_of_a_timestamp(landing, dayfirst, u
                          "from core.interactions") == [(utc,)]
 
 
+def test_an_amount_in_another_currency_is_quarantined_naming_the_companys(landing):
+    """The company keeps pounds: an amount written in dollars or with a currency code is not read as pounds,
+    it is quarantined saying which currency the company keeps; its pounds load."""
+    body = (b"Expense ID;Date;Category;Supplier;Amount\n"
+            b"EX-1;03/01/2024;Rent;Harbour Estates;4.250,07\n"
+            b"EX-2;03/01/2024;IT;Byte Co;$19,99\n"
+            b"EX-3;03/01/2024;IT;Byte Co;USD 5,00\n")
+    result = landing.ingest("landing/costs/2024/dollars.csv", body)
+    assert (result["rows_inserted"], result["rows_quarantined"]) == (1, 2)
+    assert landing.query("select reason from meta.quarantine order by source_row") == [
+        ("row 3: amount '$19,99' is not in GBP, the company's currency",),
+        ("row 4: amount 'USD 5,00' is not in GBP, the company's currency",)]
+
+
 def test_white_space_of_every_kind_is_trimmed_and_old_mac_line_ends_read(landing):
     """Values pasted from web pages carry no-break spaces, tabs pad exports: trimmed as str.strip() trims, in
     every lane alike; a Total footer behind a no-break space is still a footer; lines that end in a carriage
