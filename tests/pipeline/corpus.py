@@ -520,7 +520,7 @@ def unicode_text_export_without_bom() -> Fixture:
 
 # -- 9. quotes -------------------------------------------------------------------------------------------------
 
-STRAY_QUOTES = {100: 'Pizza Base 12" x10', 7000: 'Baking Tin 9" round'}
+STRAY_QUOTES = {100: 'Pizza Base 12" x10', 7000: 'Baking Tin 9" round', 19000: 'Cake Board 10" square'}
 
 
 def sales_csv_with_stray_inch_marks(rows: tuple[int, ...] = (100,), n: int = 10_000) -> Fixture:

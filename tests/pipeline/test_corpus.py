@@ -203,6 +203,14 @@ def test_inch_marks_in_unquoted_values_on_two_rows_far_apart(landing):
     loads_as_read(landing, corpus.sales_csv_with_stray_inch_marks((100, 7000)))
 
 
+def test_an_inch_mark_past_the_first_megabyte_is_found(landing):
+    """The file's quotes are surveyed a megabyte at a time: a stray one in a later megabyte (row 19,000 of
+    20,000, about 1.6 MB in) sends the file through the reader of values, as one in the first does."""
+    fixture = corpus.sales_csv_with_stray_inch_marks((19000,), n=20_000)
+    assert fixture.body.index(b'10" square') > 1 << 20
+    loads_as_read(landing, fixture)
+
+
 def test_quoted_line_breaks_are_one_value_and_rows_are_records(landing):
     loads_as_read(landing, corpus.costs_csv_with_quoted_line_breaks())
 
