@@ -112,7 +112,7 @@ class Usage:
 
 
 def deployment(templates: dict[str, dict], *, nat_gateways: str = "single", cluster_mode: str = "serverless",
-               functions: tuple[Function, ...] = (), source_secrets: int = 0) -> Deployment:
+               functions: tuple[Function, ...] = ()) -> Deployment:
     """The billable parts of the rendered templates, with the provisioning choices applied."""
     network, database, proxy, pipeline = (templates[n] for n in ("network", "database", "proxy", "pipeline"))
     conditions = {"NatPerAz": nat_gateways == "per-az", "Serverless": cluster_mode == "serverless"}
@@ -127,8 +127,9 @@ def deployment(templates: dict[str, dict], *, nat_gateways: str = "single", clus
     endpoints = [e for e in present(network, "AWS::EC2::VPCEndpoint")
                  if e["Properties"].get("VpcEndpointType") == "Interface"]
     # the cluster's master secret (RDS makes it), the ingest, reporting and monitor logins (provisioning makes
-    # them), one per REST source that signs in (`source_secrets`), and any the templates declare
-    secrets = 4 + source_secrets + sum(len(present(t, "AWS::SecretsManager::Secret")) for t in templates.values())
+    # them), one per REST source that signs in (its function's policy reads it), and any the templates declare
+    signing_in = json.dumps(pipeline).count('"ReadOwnApiSecret"')
+    secrets = 4 + signing_in + sum(len(present(t, "AWS::SecretsManager::Secret")) for t in templates.values())
     return Deployment(
         cluster_mode=cluster_mode, min_acu=Decimal(str(db_params["MinCapacity"]["Default"])),
         max_acu=Decimal(str(db_params["MaxCapacity"]["Default"])), instance_class=db_params["InstanceClass"]["Default"],
@@ -251,9 +252,9 @@ def variants(dep: Deployment, usage: Usage, prices: Prices) -> list[dict[str, An
         options.append(("Secrets Manager through the NAT gateway instead of its endpoint",
                         replace(dep, interface_endpoint_azs=0),
                         "cheaper; the functions' secret reads leave the VPC through the NAT gateway (still TLS)"))
-    return [{"variant": name, "month": float(cents(total(estimate(d, usage, prices)))),
-             "difference": float(cents(total(estimate(d, usage, prices)) - base)), "trade_off": why}
-            for name, d, why in options]
+    months = [(name, total(estimate(d, usage, prices)), why) for name, d, why in options]
+    return [{"variant": name, "month": month, "difference": month - base, "trade_off": why}
+            for name, month, why in months]
 
 
 # -- output ----------------------------------------------------------------------------------------------------
@@ -266,7 +267,8 @@ def money(amount: Decimal) -> str:
     return f"${cents(amount):,}"
 
 
-def write(out: Path, dep: Deployment, usage: Usage, prices: Prices) -> dict[str, Path]:
+def write(out: Path, dep: Deployment, usage: Usage, prices: Prices) -> Decimal:
+    """cost.md and cost.json in `out`; the month's total."""
     lines = estimate(dep, usage, prices)
     month = total(lines)
     others = variants(dep, usage, prices)
@@ -280,7 +282,8 @@ def write(out: Path, dep: Deployment, usage: Usage, prices: Prices) -> dict[str,
             "functions": [{**asdict(f), "runs": str(f.runs.quantize(CENT)), "seconds": str(f.seconds)}
                           for f in dep.functions],
             "usage": {k: (str(v) if isinstance(v, Decimal) else v) for k, v in asdict(usage).items()},
-            "variants": others}
+            "variants": [{**v, "month": float(cents(v["month"])), "difference": float(cents(v["difference"]))}
+                         for v in others]}
     (out / "cost.json").write_text(json.dumps(data, indent=2) + "\n")
     words = {"busy_acu_hours": "ACU-hours above the floor", "database_gb": "GB in the database",
              "io_millions": "million I/Os", "nat_gb": "GB through the NAT gateway", "s3_gb": "GB in S3",
@@ -298,10 +301,10 @@ def write(out: Path, dep: Deployment, usage: Usage, prices: Prices) -> dict[str,
           "Scheduler, S3 requests, backups within the retention, support, taxes.", "",
           "## Cheaper or safer variants", "", "| variant | a month | difference | trade-off |",
           "| --- | ---: | ---: | --- |",
-          *(f"| {v['variant']} | {money(Decimal(str(v['month'])))} | {'+' if v['difference'] >= 0 else '-'}"
-            f"{money(abs(Decimal(str(v['difference']))))} | {v['trade_off']} |" for v in others), ""]
+          *(f"| {v['variant']} | {money(v['month'])} | {'+' if v['difference'] >= 0 else '-'}"
+            f"{money(abs(v['difference']))} | {v['trade_off']} |" for v in others), ""]
     (out / "cost.md").write_text("\n".join(md))
-    return {"cost.md": out / "cost.md", "cost.json": out / "cost.json"}
+    return month
 
 
 def measured_usage(conn) -> Usage:
@@ -329,15 +332,12 @@ def cmd_cost(args: argparse.Namespace) -> int:
         usage = measured_usage(conn)
     finally:
         conn.close()
-    signing_in = sum(1 for src in config.sources.values()
-                     if getattr(src, "api", None) is not None and src.api.auth is not None and src.api.auth.secret)
     dep = deployment(render_all(config, ["203.0.113.0/32"]), nat_gateways=args.nat_gateways,
-                     cluster_mode=args.cluster_mode, functions=functions, source_secrets=signing_in)
+                     cluster_mode=args.cluster_mode, functions=functions)
     out = Path(args.out) if args.out else reports_root() / "cost"
-    written = write(out, dep, usage, prices)
-    month = total(estimate(dep, usage, prices))
+    month = write(out, dep, usage, prices)
     print(f"about {money(month)} a month on AWS ({prices.region}, prices of {prices.as_of}); "
-          f"{written['cost.md']} and cost.json")
+          f"{out / 'cost.md'} and cost.json")
     return 0
 
 
