@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import contextlib
+import datetime as dt
 import decimal
 import io
 import time
 from concurrent.futures import ThreadPoolExecutor
 from decimal import Decimal
+from zoneinfo import ZoneInfo
 
 import pandas as pd
 import psycopg2
@@ -324,6 +326,10 @@ def test_a_declared_day_order_keeps_the_time_of_a_timestamp(landing, dayfirst, u
     after the date is kept (a date column drops it), read as the company's wall time (GMT in January, BST in May)."""
     crm = (b"Activity Id,Timestamp,Account,Channel,Outcome\n"
            b"A-1,05/01/2025 13:30,00042,Email,Sent\n")
+    # the same reading by Python's datetime and zoneinfo, not the loader's SQL
+    wall = dt.datetime.strptime("05/01/2025 13:30", "%d/%m/%Y %H:%M" if dayfirst else "%m/%d/%Y %H:%M")
+    expected = wall.replace(tzinfo=ZoneInfo(landing.config.company.timezone)).astimezone(dt.UTC)
+    assert f"{expected:%Y-%m-%d %H:%M}" == utc
     config = with_read(landing.config, "interactions", date_format=None, dayfirst=dayfirst)
     assert landing.ingest("landing/crm/2025/order.csv", crm, config=config)["rows_inserted"] == 1
     assert landing.query("select to_char(occurred_at at time zone 'UTC', 'YYYY-MM-DD HH24:MI') "
@@ -339,6 +345,9 @@ def test_an_amount_in_another_currency_is_quarantined_naming_the_companys(landin
             b"EX-3;03/01/2024;IT;Byte Co;USD 5,00\n")
     result = landing.ingest("landing/costs/2024/dollars.csv", body)
     assert (result["rows_inserted"], result["rows_quarantined"]) == (1, 2)
+    # the pounds, read by pandas with the layout's separators (its float, to the cent): what loaded
+    pounds = pd.read_csv(io.BytesIO(body), sep=";", decimal=",", thousands=".", nrows=1)["Amount"][0]
+    assert landing.query("select amount from core.operating_costs") == [(Decimal(f"{pounds:.2f}"),)]
     assert landing.query("select reason from meta.quarantine order by source_row") == [
         ("row 3: amount '$19,99' is not in GBP, the company's currency",),
         ("row 4: amount 'USD 5,00' is not in GBP, the company's currency",)]
