@@ -35,7 +35,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from playbook.local.processes import StackError, wait_until, write_private
+from playbook.local.processes import StackError, require_free_port, wait_until, write_private
 
 FRONT_HOST = "127.0.0.1"  # where clients connect: the address every URL names
 SERVER_HOST = "127.0.0.2"  # where the server listens
@@ -182,8 +182,6 @@ class TlsFront:
         return self.root / "front.log"
 
     def start(self) -> int:
-        from playbook.local.processes import require_free_port
-
         require_free_port(self.port, "the database's TLS front", "PLAYBOOK_PG_PORT")
         self.certificates.ensure()
         with open(self.log_file, "ab") as log:
