@@ -18,7 +18,7 @@ import json
 import os
 import re
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from email.message import EmailMessage
@@ -36,6 +36,7 @@ from pipeline.periods import Period, trailing
 ENV_REPORTS_BUCKET = "REPORTS_BUCKET"
 EMAIL_PREFIX = "emails/expense/"
 CHART_CID_DOMAIN = "playbook.reports"
+TREND_MIN_DAYS = 28
 
 
 class EmailRequestError(ValueError):
@@ -44,19 +45,32 @@ class EmailRequestError(ValueError):
 
 @dataclass(frozen=True)
 class CategoryTotal:
+    """One category's costs in the period, with what it cost in the two periods it is compared with: the
+    previous period of the same length and the same days a year earlier (None: the marts hold no costs that
+    far back, so there is nothing to compare with; 0: the category cost nothing then)."""
     category: str | None
     amount: Decimal
     entries: int
     currency: str | None = None  # None: the company's
+    previous: Decimal | None = None
+    year_before: Decimal | None = None
 
     @property
     def label(self) -> str:
         return self.category if self.category is not None else "(no category)"
 
+    @property
+    def change(self) -> Decimal | None:
+        return None if self.previous is None else self.amount - self.previous
+
+
+def _sum_known(values: list[Decimal | None]) -> Decimal | None:
+    return None if any(v is None for v in values) else sum(values, Decimal(0))
+
 
 @dataclass(frozen=True)
 class CurrencyCosts:
-    """One currency's categories, largest first, and their total."""
+    """One currency's categories, the biggest change against the previous period first, and their totals."""
     currency: str
     categories: list[CategoryTotal]
 
@@ -68,12 +82,34 @@ class CurrencyCosts:
     def entries(self) -> int:
         return sum(c.entries for c in self.categories)
 
+    @property
+    def previous(self) -> Decimal | None:
+        return _sum_known([c.previous for c in self.categories])
+
+    @property
+    def year_before(self) -> Decimal | None:
+        return _sum_known([c.year_before for c in self.categories])
+
+    @property
+    def current(self) -> list[CategoryTotal]:
+        """The categories with costs in the period, largest first (what the chart draws)."""
+        return sorted((c for c in self.categories if c.entries), key=lambda c: (-c.amount, c.label))
+
 
 @dataclass(frozen=True)
 class ExpenseReport:
     period: Period
     categories: list[CategoryTotal]
     freshness: list[SourceFreshness]
+    trend: list[tuple[date, Decimal]] = field(default_factory=list)  # the company's currency, day by day
+
+    @property
+    def previous_period(self) -> Period:
+        return self.period.previous()
+
+    @property
+    def year_before_period(self) -> Period:
+        return self.period.year_before()
 
     def by_currency(self, company_currency: str) -> list[CurrencyCosts]:
         """The company's currency first (also when it had no costs), then every other currency with costs."""
@@ -81,10 +117,15 @@ class ExpenseReport:
         for c in self.categories:
             found.setdefault(c.currency or company_currency, []).append(c)
         order = [company_currency] + sorted(k for k in found if k != company_currency)
-        return [CurrencyCosts(k, sorted(found[k], key=lambda c: (-c.amount, c.label))) for k in order]
+        return [CurrencyCosts(k, sorted(found[k], key=_biggest_change_first)) for k in order]
 
     def totals(self, company_currency: str) -> dict[str, Decimal]:
         return {g.currency: g.total for g in self.by_currency(company_currency)}
+
+
+def _biggest_change_first(c: CategoryTotal) -> tuple:
+    change = c.change
+    return (-abs(change) if change is not None else Decimal(0), -c.amount, c.label)
 
 
 # -- what the run is about ------------------------------------------------------------------------------
@@ -149,21 +190,83 @@ def last_cost_day(conn) -> date | None:
         return cur.fetchone()[0]
 
 
-def read_report(conn, period: Period) -> ExpenseReport:
+def read_report(conn, period: Period, company_currency: str) -> ExpenseReport:
+    """Each currency's categories in the period, the previous period and the year before, and the company's
+    daily costs over the trend window. A comparison period the marts do not reach back to in full is not
+    compared (None), rather than read as a period without costs."""
+    previous, year_before = period.previous(), period.year_before()
+    window = trend_window(period)
     with conn.cursor() as cur:
+        cur.execute("select min(day) from marts.daily_costs_by_category")
+        first = cur.fetchone()[0]
         cur.execute(
-            "select category, sum(amount), sum(entries)::bigint, currency from marts.daily_costs_by_category"
-            " where day between %s and %s group by currency, category order by currency, 2 desc, 1",
-            (period.start, period.end),
+            "select category, currency,"
+            " coalesce(sum(amount) filter (where day between %(start)s and %(end)s), 0),"
+            " coalesce(sum(entries) filter (where day between %(start)s and %(end)s), 0)::bigint,"
+            " coalesce(sum(amount) filter (where day between %(p_start)s and %(p_end)s), 0),"
+            " coalesce(sum(amount) filter (where day between %(y_start)s and %(y_end)s), 0)"
+            " from marts.daily_costs_by_category"
+            " where day between %(p_start)s and %(end)s or day between %(y_start)s and %(y_end)s"
+            " group by currency, category order by currency, category",
+            {"start": period.start, "end": period.end, "p_start": previous.start, "p_end": previous.end,
+             "y_start": year_before.start, "y_end": year_before.end},
         )
-        categories = [CategoryTotal(c, Decimal(a), int(n), k) for c, a, n, k in cur.fetchall()]
-    return ExpenseReport(period, categories, read_freshness(conn))
+        rows = cur.fetchall()
+        cur.execute("select day, sum(amount) from marts.daily_costs_by_category"
+                    " where currency = %s and day between %s and %s group by day order by day",
+                    (company_currency, window.start, window.end))
+        by_day = dict(cur.fetchall())
+    reaches = {previous: first is not None and first <= previous.start,
+               year_before: first is not None and first <= year_before.start}
+    categories = [CategoryTotal(c, Decimal(a), int(n), k, Decimal(p) if reaches[previous] else None,
+                                Decimal(y) if reaches[year_before] else None)
+                  for c, k, a, n, p, y in rows
+                  if n or (p and reaches[previous]) or (y and reaches[year_before])]
+    trend = [(day, Decimal(by_day.get(day, 0))) for day in window.each_day() if first is not None and day >= first]
+    return ExpenseReport(period, categories, read_freshness(conn), trend)
+
+
+def trend_window(period: Period) -> Period:
+    """The days the daily trend is drawn over: the period and the one before it, at least four weeks."""
+    days = max(TREND_MIN_DAYS, 2 * period.days)
+    return Period(period.end - timedelta(days=days - 1), period.end)
 
 
 # -- the message ----------------------------------------------------------------------------------------
+def change_text(amount: Decimal, then: Decimal | None, currency: str) -> str:
+    """'+£234.00 (+23.4%)', '-£12.00 (-5.0%)', '+£80.00 (new)', or 'no data' when there is nothing to compare."""
+    if then is None:
+        return "no data"
+    diff = amount - then
+    sign = "+" if diff > 0 else ""
+    if then:
+        return f"{sign}{format_money(diff, currency)} ({sign}{diff / abs(then) * 100:.1f}%)"
+    return f"{sign}{format_money(diff, currency)}" + (" (new)" if amount else "")
+
+
+def _then(amount: Decimal | None, currency: str) -> str:
+    return "no data" if amount is None else format_money(amount, currency)
+
+
+def daily_average(amount: Decimal | None, period: Period) -> Decimal | None:
+    return None if amount is None else amount / period.days
+
+
+def trend_summary(report: ExpenseReport, currency: str) -> str:
+    """The daily trend the chart draws, in words: the last 7 days' average against the window's first 7."""
+    values = [amount for _day, amount in report.trend]
+    if len(values) < 14:
+        return ""
+    first, last = sum(values[:7], Decimal(0)) / 7, sum(values[-7:], Decimal(0)) / 7
+    return (f"Daily trend in {currency} over the last {len(values)} days: {format_money(last, currency)} a day in "
+            f"the last 7 days against {format_money(first, currency)} in the first 7: "
+            f"{change_text(last, first, currency)}.")
+
+
 def render_chart(report: ExpenseReport, config: PipelineConfig) -> bytes:
     """Horizontal bars, largest category on top, each labelled with its amount: one panel per currency, each on
-    its own axis in its own currency; PNG bytes."""
+    its own axis in its own currency; below them the company's daily costs over the trend window with their
+    7-day mean, the period shaded; PNG bytes."""
     import matplotlib
 
     # chart text is plain text: a category such as "Fees $5 and $6" or two dollar amounts are never mathtext
@@ -178,14 +281,17 @@ def _chart_png(report: ExpenseReport, config: PipelineConfig) -> bytes:
 
     groups = report.by_currency(config.company.currency)
     if len(groups) > 1:
-        groups = [g for g in groups if g.categories]
-    heights = [max(1.6, 0.45 * len(g.categories) + 1.0) for g in groups]
+        groups = [g for g in groups if g.current]
+    heights = [max(1.6, 0.45 * len(g.current) + 1.0) for g in groups]
+    trend = len(report.trend) >= 2
+    if trend:
+        heights.append(2.2)
     fig = Figure(figsize=(7.5, max(2.6, sum(heights) + 0.6)), dpi=110, layout="constrained")
     FigureCanvasAgg(fig)
-    axes = fig.subplots(len(groups), 1, squeeze=False, gridspec_kw={"height_ratios": heights})[:, 0]
-    for ax, group in zip(axes, groups, strict=True):
+    axes = fig.subplots(len(heights), 1, squeeze=False, gridspec_kw={"height_ratios": heights})[:, 0]
+    for ax, group in zip(axes, groups, strict=False):
         currency = group.currency
-        cats = list(reversed(group.categories))
+        cats = list(reversed(group.current))
         if cats:
             values = [float(c.amount) for c in cats]
             bars = ax.barh([c.label for c in cats], values, color="#c0504d")
@@ -199,10 +305,33 @@ def _chart_png(report: ExpenseReport, config: PipelineConfig) -> bytes:
         ax.spines[["top", "right"]].set_visible(False)
         ax.grid(axis="x", alpha=0.3)
         ax.set_title(f"In {currency}", loc="left", fontsize=10)
+    if trend:
+        _trend_panel(axes[-1], report, config.company.currency)
     fig.suptitle(f"Operating costs by category: {report.period.describe()}", x=0.02, ha="left", fontsize=11)
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png")
     return buffer.getvalue()
+
+
+def _trend_panel(ax, report: ExpenseReport, currency: str) -> None:
+    import matplotlib.dates as mdates
+    from matplotlib.ticker import FuncFormatter
+
+    days = [d for d, _ in report.trend]
+    values = [float(v) for _, v in report.trend]
+    mean = [sum(values[max(0, i - 6):i + 1]) / 7 if i >= 6 else None for i in range(len(values))]
+    ax.axvspan(report.period.start - timedelta(hours=12), report.period.end + timedelta(hours=12),
+               color="#eeeeee", label="This period")
+    ax.plot(days, values, color="#c0504d", linewidth=0.8, alpha=0.6, label="Daily")
+    ax.plot(days, mean, color="#c0504d", linewidth=2, label="7-day mean")
+    ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _pos: format_compact(v, currency)))
+    locator = mdates.AutoDateLocator(minticks=3, maxticks=7)
+    ax.xaxis.set_major_locator(locator)
+    ax.xaxis.set_major_formatter(mdates.ConciseDateFormatter(locator))
+    ax.spines[["top", "right"]].set_visible(False)
+    ax.grid(axis="y", alpha=0.3)
+    ax.legend(loc="upper left", frameon=False, fontsize=8, ncols=3)
+    ax.set_title(f"Daily operating costs in {currency}, last {len(days)} days", loc="left", fontsize=10)
 
 
 def _groups(report: ExpenseReport, config: PipelineConfig) -> list[CurrencyCosts]:
@@ -210,20 +339,51 @@ def _groups(report: ExpenseReport, config: PipelineConfig) -> list[CurrencyCosts
     return [g for g in groups if g.categories] or groups[:1]
 
 
+def _rows(report: ExpenseReport, group: CurrencyCosts) -> list[list[str]]:
+    """The table of one currency as text cells: a row per category, the total, the daily average."""
+    k = group.currency
+    rows = [[c.label, format_money(c.amount, k), str(c.entries), _then(c.previous, k),
+             change_text(c.amount, c.previous, k), _then(c.year_before, k), change_text(c.amount, c.year_before, k)]
+            for c in group.categories]
+    total, previous, year_before = group.total, group.previous, group.year_before
+    rows.append([f"Total {k}", format_money(total, k), str(group.entries), _then(previous, k),
+                 change_text(total, previous, k), _then(year_before, k), change_text(total, year_before, k)])
+    per_day = [daily_average(total, report.period), daily_average(previous, report.previous_period),
+               daily_average(year_before, report.year_before_period)]
+    rows.append(["Daily average", format_money(per_day[0], k), "", _then(per_day[1], k),
+                 change_text(per_day[0], per_day[1], k), _then(per_day[2], k),
+                 change_text(per_day[0], per_day[2], k)])
+    return rows
+
+
+def _headers(report: ExpenseReport) -> list[str]:
+    return ["Category", "This period", "Entries", "Previous period", "Change", "Year before", "Change"]
+
+
+def _compared_with(report: ExpenseReport) -> str:
+    return (f"Compared with the previous period of the same length ({report.previous_period.describe()}) and the "
+            f"same days a year earlier ({report.year_before_period.describe()}); the biggest changes first.")
+
+
 def _plain_text(report: ExpenseReport, config: PipelineConfig, note: str) -> str:
+    """The same content as the HTML part, as aligned columns; the chart's trend in words."""
     groups = _groups(report, config)
-    width = max([len(c.label) for c in report.categories] + [len("Total GBP")])
     lines = [f"{config.company.name}: operating costs by category",
-             f"Period: {report.period.describe()}"]
+             f"Period: {report.period.describe()}",
+             _compared_with(report)]
     for group in groups:
-        currency = group.currency
-        lines += ["", f"In {currency}"]
-        for c in group.categories:
-            lines.append(f"{c.label:<{width}}  {format_money(c.amount, currency):>14}  {c.entries:>5} entries")
+        table = [_headers(report)] + _rows(report, group)
+        widths = [max(len(r[i]) for r in table) for i in range(len(table[0]))]
+        lines += ["", f"In {group.currency}"]
+        for row in table:
+            cells = [cell.ljust(w) if i == 0 else cell.rjust(w) for i, (cell, w) in enumerate(zip(row, widths,
+                                                                                               strict=True))]
+            lines.append("  ".join(cells).rstrip())
         if not group.categories:
             lines.append("No operating costs were recorded in this period.")
-        lines.append(f"{'Total ' + currency:<{width}}  {format_money(group.total, currency):>14}  "
-                     f"{group.entries:>5} entries")
+    trend = trend_summary(report, config.company.currency)
+    if trend:
+        lines += ["", trend]
     if len(groups) > 1:
         lines += ["", "Each currency is totalled on its own: amounts in different currencies are not added."]
     lines += ["", note, ""]
@@ -231,40 +391,42 @@ def _plain_text(report: ExpenseReport, config: PipelineConfig, note: str) -> str
 
 
 def _html(report: ExpenseReport, config: PipelineConfig, note: str, chart_cid: str) -> str:
-    cell = "padding:4px 10px;border-bottom:1px solid #ddd"
-    head = "padding:4px 10px;text-align:left;border-bottom:2px solid #333"
+    cell = "padding:4px 8px;border-bottom:1px solid #ddd"
+    head = "padding:4px 8px;text-align:left;border-bottom:2px solid #333;font-size:12px"
     tables = []
     for group in _groups(report, config):
-        currency = group.currency
-        rows = []
-        for c in group.categories:
-            share = f"{c.amount / group.total * 100:.1f}%" if group.total else "-"
-            rows.append(f"<tr><td style='{cell}'>{html.escape(c.label)}</td>"
-                        f"<td style='{cell};text-align:right'>{format_money(c.amount, currency)}</td>"
-                        f"<td style='{cell};text-align:right'>{share}</td>"
-                        f"<td style='{cell};text-align:right'>{c.entries}</td></tr>")
+        rows = _rows(report, group)
+        body = []
+        for n, row in enumerate(rows):
+            weight = ";font-weight:bold" if n >= len(rows) - 2 else ""
+            cells = [f"<td style='{cell}{weight}'>{html.escape(row[0])}</td>"]
+            for i, value in enumerate(row[1:], start=1):
+                colour = ";color:#b00020" if i in (4, 6) and value.startswith("+") else (
+                    ";color:#1b7f3b" if i in (4, 6) and value.startswith("-") else "")
+                cells.append(f"<td style='{cell};text-align:right{weight}{colour}'>{html.escape(value)}</td>")
+            body.append(f"<tr>{''.join(cells)}</tr>")
         if not group.categories:
-            rows.append(f"<tr><td colspan='4' style='{cell}'>No operating costs were recorded in this period."
-                        "</td></tr>")
-        tables.append(f"""<h3 style="margin:16px 0 4px">In {html.escape(currency)}</h3>
-<table style="border-collapse:collapse">
-<tr><th style="{head}">Category</th><th style="{head};text-align:right">Amount ({html.escape(currency)})</th>
-<th style="{head};text-align:right">Share</th><th style="{head};text-align:right">Entries</th></tr>
-{''.join(rows)}
-<tr><td style="{cell};font-weight:bold">Total {html.escape(currency)}</td>
-<td style="{cell};text-align:right;font-weight:bold">{format_money(group.total, currency)}</td>
-<td style="{cell};text-align:right">{'100.0%' if group.total else '-'}</td>
-<td style="{cell};text-align:right;font-weight:bold">{group.entries}</td></tr>
+            body.insert(0, f"<tr><td colspan='7' style='{cell}'>No operating costs were recorded in this period."
+                           "</td></tr>")
+        header = "".join(f"<th style='{head}{'' if i == 0 else ';text-align:right'}'>{html.escape(h)}</th>"
+                         for i, h in enumerate(_headers(report)))
+        tables.append(f"""<h3 style="margin:16px 0 4px">In {html.escape(group.currency)}</h3>
+<table style="border-collapse:collapse;font-size:13px">
+<tr>{header}</tr>
+{''.join(body)}
 </table>""")
+    trend = trend_summary(report, config.company.currency)
     apart = ("<p style='font-size:12px'>Each currency is totalled on its own: amounts in different currencies are "
              "not added.</p>" if len(tables) > 1 else "")
     return f"""<!DOCTYPE html>
-<html><body style="font-family:Arial,Helvetica,sans-serif;color:#222;max-width:720px">
+<html><body style="font-family:Arial,Helvetica,sans-serif;color:#222;max-width:900px">
 <h2 style="margin-bottom:4px">Operating costs by category</h2>
 <p style="margin-top:0">{html.escape(config.company.name)} &middot; period:
 <strong>{html.escape(report.period.describe())}</strong></p>
+<p style="font-size:13px">{html.escape(_compared_with(report))}</p>
 <img src="cid:{chart_cid[1:-1]}" alt="Operating costs by category" style="max-width:100%">
 {''.join(tables)}
+{f'<p style="font-size:13px">{html.escape(trend)}</p>' if trend else ''}
 {apart}
 <p style="color:#666;font-size:12px">{html.escape(note)}</p>
 </body></html>
@@ -339,11 +501,18 @@ def send_expense_email(event: dict, config: PipelineConfig, conn, bucket: str | 
         raise RuntimeError(f"{ENV_REPORTS_BUCKET} is not set: the function does not know where to keep emails")
     run_key = run_key_of(event)
     period = resolve_period(event, config, last_cost_day(conn))
-    report = read_report(conn, period)
+    report = read_report(conn, period, config.company.currency)
     message = build_message(report, config, run_key)
     email = config.reports.email
     outcome = send_once(message, bucket, run_key, email.sender, list(email.recipients))
     return {**outcome, "period": period.as_dict(), "recipients": list(email.recipients),
             "totals": {g.currency: str(g.total) for g in _groups(report, config)},
-            "categories": {g.currency: {c.label: str(c.amount) for c in g.categories}
-                           for g in _groups(report, config)}}
+            "categories": {g.currency: {c.label: str(c.amount) for c in g.categories if c.entries}
+                           for g in _groups(report, config)},
+            "compared": {g.currency: {c.label: {"amount": str(c.amount), "previous": _str(c.previous),
+                                                "year_before": _str(c.year_before)} for c in g.categories}
+                         for g in _groups(report, config)}}
+
+
+def _str(value: Decimal | None) -> str | None:
+    return None if value is None else str(value)

@@ -23,6 +23,13 @@ class Period:
         """The period of the same length just before this one (what 'change' is measured against)."""
         return Period(self.start - timedelta(days=self.days), self.start - timedelta(days=1))
 
+    def each_day(self) -> list[date]:
+        return [self.start + timedelta(days=i) for i in range(self.days)]
+
+    def year_before(self) -> Period:
+        """The same calendar days a year earlier (29 Feb falls back to 28 Feb)."""
+        return Period(months_before(self.start, 12), months_before(self.end, 12))
+
     def describe(self) -> str:
         """'1 Jul 2024 - 7 Jul 2024 (7 days)', or '7 Jul 2024' for a single day."""
         if self.days == 1:

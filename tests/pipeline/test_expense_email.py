@@ -12,6 +12,7 @@ from datetime import date, timedelta
 from decimal import Decimal
 from email import policy
 from email.parser import BytesParser
+from html.parser import HTMLParser
 
 import boto3
 import psycopg2
@@ -76,17 +77,56 @@ def parse(path):
     return BytesParser(policy=policy.default).parsebytes(path.read_bytes())
 
 
-def plain_text_totals(text: str) -> dict[str, dict[str, str]]:
-    """{currency: {category or 'Total': amount as written}}, from each "In <currency>" section of the text."""
-    found: dict[str, dict[str, str]] = {}
+def plain_text_tables(text: str) -> dict[str, dict[str, list[str]]]:
+    """{currency: {category, 'Total <currency>' or 'Daily average': its cells after the label}}, from each
+    "In <currency>" table of the text (columns are two or more spaces apart)."""
+    found: dict[str, dict[str, list[str]]] = {}
     section = None
     for line in text.splitlines():
         if re.fullmatch(r"In [A-Z]{3}", line):
             section = found.setdefault(line[3:], {})
-        elif re.search(r"\d+ entries$", line):
-            m = re.match(r"^(.+?)\s{2,}(\S+)\s+\d+ entries$", line)
-            section[m.group(1).strip()] = m.group(2)
+        elif not line.strip():
+            section = None
+        elif section is not None and not line.startswith("Category  "):
+            label, *cells = re.split(r"\s{2,}", line)
+            section[label] = cells
     return found
+
+
+def plain_text_totals(text: str) -> dict[str, dict[str, str]]:
+    """{currency: {category with entries in the period, or 'Total <currency>': its amount as written}}."""
+    return {k: {label: cells[0] for label, cells in rows.items() if label != "Daily average" and cells[1] != "0"}
+            for k, rows in plain_text_tables(text).items()}
+
+
+class _Cells(HTMLParser):
+    """The text of every <td> of an HTML part, row by row."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.rows: list[list[str]] = []
+        self._cell: list[str] | None = None
+
+    def handle_starttag(self, tag, attrs):
+        if tag == "tr":
+            self.rows.append([])
+        elif tag == "td":
+            self._cell = []
+
+    def handle_endtag(self, tag):
+        if tag == "td" and self._cell is not None:
+            self.rows[-1].append("".join(self._cell))
+            self._cell = None
+
+    def handle_data(self, data):
+        if self._cell is not None:
+            self._cell.append(data)
+
+
+def html_rows(body: str) -> list[list[str]]:
+    parser = _Cells()
+    parser.feed(body)
+    return [r for r in parser.rows if r]
 
 
 def per_send(config) -> int:
@@ -135,9 +175,101 @@ def test_email_parts_recipients_and_totals(stack, environment, config, tmp_path)
     assert subject.endswith(f"{format_money(sum(expected['GBP'].values()), 'GBP')} and "
                             f"{format_money(sum(expected['EUR'].values()), 'EUR')}")
     body = html_part.get_content()
-    assert "Amount (GBP)" in body and "Amount (EUR)" in body and "Total EUR" in body
+    assert "In GBP" in body and "In EUR" in body and "Total EUR" in body
     assert "1 Apr 2024 – 30 Apr 2024 (30 days)" in text and "1 Apr 2024 – 30 Apr 2024" in html_part.get_content()
     assert "Data as of the last successful load" in text and "test_reports_operating_costs" in text
+
+
+def expected_change(now: Decimal, then: Decimal | None, currency: str) -> str:
+    """The change as the email should write it, worked out here in Decimal."""
+    if then is None:
+        return "no data"
+    diff = now - then
+    sign = "+" if diff > 0 else ""
+    if then == 0:
+        return f"{sign}{format_money(diff, currency)}" + (" (new)" if now else "")
+    percent = (diff / abs(then) * 100).quantize(Decimal("0.1"), rounding="ROUND_HALF_EVEN")
+    return f"{sign}{format_money(diff, currency)} ({sign}{percent}%)"
+
+
+def test_each_category_is_compared_with_the_previous_period_and_the_year_before(stack, environment, config):
+    """April 2024 against the 30 days before it (2 to 31 March) and April 2023, read from core's live rows in
+    SQL of the test's own: every cell of both parts, the order (the biggest change against the previous period
+    first), and the daily trend the chart draws."""
+    event = {"period": "custom", "from": "2024-04-01", "to": "2024-04-30", "run_key": "test-april-2024-compared"}
+    result = send_expense_email_locally(ARTIFACTS / "compared", event, environment)
+    msg = parse(result["eml"])
+    text = msg.get_body(("plain",)).get_content()
+    body = msg.get_body(("html",)).get_content()
+
+    start, end = date(2024, 4, 1), date(2024, 4, 30)
+    previous = (start - timedelta(days=30), start - timedelta(days=1))
+    assert previous == (date(2024, 3, 2), date(2024, 3, 31))
+    now = sql_costs(stack["database_url"], start, end)
+    before = sql_costs(stack["database_url"], *previous)
+    year = sql_costs(stack["database_url"], date(2023, 4, 1), date(2023, 4, 30))
+    tables = plain_text_tables(text)
+    html_cells = html_rows(body)
+    for currency in ("GBP", "EUR"):
+        categories = set(now[currency]) | set(before.get(currency, {})) | set(year.get(currency, {}))
+        expected = {}
+        for category in categories:
+            a, p, y = (d.get(currency, {}).get(category, Decimal(0)) for d in (now, before, year))
+            expected[category] = [format_money(a, currency), format_money(p, currency),
+                                  expected_change(a, p, currency), format_money(y, currency),
+                                  expected_change(a, y, currency)]
+            compared = result["compared"][currency][category]
+            assert [Decimal(compared[k]) for k in ("amount", "previous", "year_before")] == [a, p, y]
+        rows = tables[currency]
+        labels = [label for label in rows if label not in (f"Total {currency}", "Daily average")]
+        got = {label: [cells[0], *cells[2:]] for label, cells in rows.items() if label in expected}
+        assert got == expected
+        changes = [abs(now[currency].get(c, 0) - before.get(currency, {}).get(c, 0)) for c in labels]
+        assert changes == sorted(changes, reverse=True), "the biggest change first"
+        totals = [sum(d.get(currency, {}).values(), Decimal(0)) for d in (now, before, year)]
+        total = rows[f"Total {currency}"]
+        assert [total[0], *total[2:]] == [format_money(totals[0], currency), format_money(totals[1], currency),
+                                          expected_change(totals[0], totals[1], currency),
+                                          format_money(totals[2], currency),
+                                          expected_change(totals[0], totals[2], currency)]
+        per_day = [totals[0] / 30, totals[1] / 30, totals[2] / 30]
+        assert rows["Daily average"] == [format_money(per_day[0], currency), format_money(per_day[1], currency),
+                                         expected_change(per_day[0], per_day[1], currency),
+                                         format_money(per_day[2], currency),
+                                         expected_change(per_day[0], per_day[2], currency)]
+        # the HTML part holds the same rows, cell for cell
+        for label, cells in rows.items():
+            assert [label, *cells] in [[c for c in r if c] for r in html_cells]
+
+    # the trend: the company's daily costs over the 60 days to 30 April, last 7 days against the first 7
+    conn = psycopg2.connect(stack["database_url"])
+    try:
+        with conn.cursor() as cur:
+            cur.execute("select cost_date, sum(amount) from core.operating_costs where _deleted_by is null"
+                        " and currency is null and cost_date between %s and %s group by 1", (end - timedelta(59), end))
+            by_day = dict(cur.fetchall())
+    finally:
+        conn.close()
+    daily = [by_day.get(end - timedelta(days=59 - i), Decimal(0)) for i in range(60)]
+    first, last = sum(daily[:7]) / 7, sum(daily[-7:]) / 7
+    trend = (f"Daily trend in GBP over the last 60 days: {format_money(last, 'GBP')} a day in the last 7 days "
+             f"against {format_money(first, 'GBP')} in the first 7: {expected_change(last, first, 'GBP')}.")
+    assert trend in text and trend in body
+    dates = "(2 Mar 2024 – 31 Mar 2024 (30 days)) and the same days a year earlier (1 Apr 2023 – 30 Apr 2023"
+    assert dates in text and dates in body
+
+
+def test_a_period_the_marts_do_not_reach_back_from_is_not_compared(environment, config):
+    """The synthetic company's costs start on 1 Jan 2023. 10 to 20 Jan 2023 has a previous period (30 Dec 2022 to
+    9 Jan 2023) the marts hold only part of, and no year before: the email says 'no data' rather than reading the
+    days before as days without costs."""
+    event = {"period": "custom", "from": "2023-01-10", "to": "2023-01-20", "run_key": "test-first-month"}
+    result = send_expense_email_locally(ARTIFACTS / "first-month", event, environment)
+    assert result["compared"]["GBP"], "the synthetic company has costs in mid-January 2023"
+    assert all(c["previous"] is None and c["year_before"] is None
+               for k in result["compared"].values() for c in k.values())
+    rows = plain_text_tables(parse(result["eml"]).get_body(("plain",)).get_content())["GBP"]
+    assert rows["Total GBP"][2:] == ["no data"] * 4
 
 
 def test_same_run_key_sends_nothing_more(environment, tmp_path):
