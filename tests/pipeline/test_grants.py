@@ -446,6 +446,7 @@ DML = ("SELECT", "INSERT", "UPDATE", "DELETE")
 # The README's roles table, object by object: (role, kind, object, privileges). `schema.*` is every object of that
 # kind in the schema, now and created later; a routine is named with its argument types. Nothing else is granted
 # to any of these roles or to PUBLIC, on any object of any schema.
+OUTLIERS = "marts.sales_outliers(numeric, numeric, integer, timestamp with time zone)"
 README_ROLES = [
     (INGEST, "database", "*", ("CONNECT", "TEMPORARY")),
     (INGEST, "schema", "staging", ("USAGE",)),
@@ -468,6 +469,7 @@ README_ROLES = [
     (REPORTING, "schema", "marts", ("USAGE",)),
     (REPORTING, "relation", "marts.*", ("SELECT",)),
     (REPORTING, "routine", "marts.top_clients(date, date, integer, text, jsonb)", ("EXECUTE",)),
+    (REPORTING, "routine", OUTLIERS, ("EXECUTE",)),
     (MONITOR, "database", "*", ("CONNECT",)),
     (MONITOR, "schema", "meta", ("USAGE",)),
     (MONITOR, "schema", "core", ("USAGE",)),
@@ -476,6 +478,7 @@ README_ROLES = [
     (MONITOR, "relation", "core.*", ("SELECT",)),
     (MONITOR, "relation", "marts.*", ("SELECT",)),
     (MONITOR, "relation", "meta.accuracy_results", ("INSERT", "DELETE")),  # validation replaces its run's results
+    (MONITOR, "routine", OUTLIERS, ("EXECUTE",)),  # validation's outlier check
 ]
 # Kept from the ingest role inside its own schemas (see the primary-key test above): the ledger of keys taken off
 # and the trigger that checks it.
@@ -711,3 +714,29 @@ def test_a_table_grant_behind_a_missing_schema_usage_is_still_reported(stack, lo
             assert_exactly_the_readme(db)
     assert privilege_findings(db) == set()
     db.rollback()
+
+
+def test_the_reporting_role_s_one_window_into_core_is_the_outlier_function(stack, logins, db):
+    """marts.sales_outliers runs as its owner so that the email (as pipeline_reporting) can name outlier lines: it
+    is the only SECURITY DEFINER routine the reporting role may call; every such routine pins its search_path so
+    that no object of the caller's can stand in for one it reads; and calling it gives the reporting role no
+    table of core."""
+    with db.cursor() as cur:
+        cur.execute("select p.oid::regprocedure::text, p.proconfig,"
+                    " has_function_privilege(%s, p.oid, 'EXECUTE') from pg_proc p join pg_namespace n"
+                    " on n.oid = p.pronamespace where p.prosecdef and n.nspname not like 'pg\\_%%'"
+                    " and n.nspname <> 'information_schema'", (REPORTING,))
+        definers = cur.fetchall()
+    db.rollback()
+    assert [name for name, _config, reporting in definers if reporting] == [
+        "marts.sales_outliers(numeric,numeric,integer,timestamp with time zone)"]
+    assert all(any(c.startswith("search_path=pg_catalog") for c in config or []) for _n, config, _r in definers)
+    conn = connect_as(logins, REPORTING)
+    try:
+        with conn.cursor() as cur:
+            cur.execute("select count(*) from marts.sales_outliers(10, 50, 8, null)")
+            assert cur.fetchone()[0] >= 0
+        conn.rollback()
+        refused(conn, "select 1 from core.sales limit 1")
+    finally:
+        conn.close()

@@ -1,0 +1,50 @@
+-- Sales lines far from their neighbours, in one place for the two that report them: `playbook validate` (as
+-- the owner) and the operations email (as pipeline_reporting, which reads no core table, so the function runs
+-- as its owner and returns only the lines it finds). Per product and per client and product, the median
+-- quantity and the median absolute deviation (MAD); a line is an outlier when it is more than p_robust_z
+-- robust deviations (1.4826 x MAD) from its group's median and at least p_ratio times the median (or at most
+-- its reciprocal). Groups of fewer than p_min_rows lines are not judged. p_loaded_since keeps the lines of
+-- batches committed since then (null: every line); the statistics always use every live line.
+create function marts.sales_outliers(p_robust_z numeric, p_ratio numeric, p_min_rows int,
+                                     p_loaded_since timestamptz default null)
+returns table (grouped_by text, order_id text, line_no bigint, client_id text, product text, quantity numeric,
+               median double precision, mad double precision, rows_in_group bigint, batch_id bigint,
+               source_ref text, sheet text, source_row bigint, loaded_at timestamptz)
+language sql stable security definer
+set search_path = pg_catalog, pg_temp
+as $$
+    with live as (
+        select s.order_id, s.line_no, s.client_id, s.product, s.quantity::numeric as quantity, s._batch_id,
+               s._sheet, s._source_row
+          from core.sales s where s._deleted_by is null and s.quantity is not null),
+    keyed as (
+        select 'product' as grouped_by, null::text as g_client, l.product as g_product, l.* from live l
+        union all
+        select 'client and product', l.client_id, l.product, l.* from live l),
+    centre as (
+        select k.grouped_by, k.g_client, k.g_product, count(*) as n,
+               percentile_cont(0.5) within group (order by k.quantity) as med
+          from keyed k group by 1, 2, 3),
+    spread as (
+        select k.grouped_by, k.g_client, k.g_product,
+               percentile_cont(0.5) within group (order by abs(k.quantity - c.med)) as mad
+          from keyed k join centre c on c.grouped_by = k.grouped_by and c.g_client is not distinct from k.g_client
+                                    and c.g_product is not distinct from k.g_product
+         group by 1, 2, 3)
+    select k.grouped_by, k.order_id, k.line_no, k.client_id, k.product, k.quantity, c.med, s.mad, c.n, k._batch_id,
+           b.source_ref, k._sheet, k._source_row, b.finished_at
+      from keyed k
+      join centre c on c.grouped_by = k.grouped_by and c.g_client is not distinct from k.g_client
+                   and c.g_product is not distinct from k.g_product
+      join spread s on s.grouped_by = k.grouped_by and s.g_client is not distinct from k.g_client
+                   and s.g_product is not distinct from k.g_product
+      join meta.batches b on b.batch_id = k._batch_id
+     where c.n >= p_min_rows and c.med <> 0
+       and abs(k.quantity - c.med) > p_robust_z * 1.4826 * s.mad
+       and (abs(k.quantity) >= p_ratio * abs(c.med) or abs(k.quantity) * p_ratio <= abs(c.med))
+       and (p_loaded_since is null or b.finished_at >= p_loaded_since)
+     order by k.grouped_by desc, k._batch_id, k._source_row, k.order_id, k.line_no
+$$;
+revoke all on function marts.sales_outliers(numeric, numeric, int, timestamptz) from public;
+grant execute on function marts.sales_outliers(numeric, numeric, int, timestamptz) to pipeline_reporting,
+    pipeline_monitor;  -- the monitor reads core already: it validates on AWS
