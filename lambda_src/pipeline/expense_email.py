@@ -19,7 +19,7 @@ import os
 import re
 import uuid
 from dataclasses import dataclass, field
-from datetime import UTC, date, datetime, timedelta
+from datetime import UTC, date, datetime, time, timedelta
 from decimal import Decimal
 from email.message import EmailMessage
 from email.utils import formataddr, formatdate, make_msgid
@@ -31,7 +31,8 @@ from botocore.exceptions import ClientError
 from pipeline.config import PipelineConfig
 from pipeline.freshness import SourceFreshness, freshness_note, read_freshness
 from pipeline.money import format_compact, format_money
-from pipeline.periods import Period, trailing
+from pipeline.outliers import sales_outliers
+from pipeline.periods import Period, format_day, trailing
 
 ENV_REPORTS_BUCKET = "REPORTS_BUCKET"
 EMAIL_PREFIX = "emails/expense/"
@@ -102,6 +103,7 @@ class ExpenseReport:
     categories: list[CategoryTotal]
     freshness: list[SourceFreshness]
     trend: list[tuple[date, Decimal]] = field(default_factory=list)  # the company's currency, day by day
+    outliers: list[dict] = field(default_factory=list)  # sales lines loaded since the period began (pipeline.outliers)
 
     @property
     def previous_period(self) -> Period:
@@ -190,10 +192,13 @@ def last_cost_day(conn) -> date | None:
         return cur.fetchone()[0]
 
 
-def read_report(conn, period: Period, company_currency: str) -> ExpenseReport:
-    """Each currency's categories in the period, the previous period and the year before, and the company's
-    daily costs over the trend window. A comparison period the marts do not reach back to in full is not
-    compared (None), rather than read as a period without costs."""
+def read_report(conn, period: Period, config: PipelineConfig) -> ExpenseReport:
+    """Each currency's categories in the period, the previous period and the year before, the company's daily
+    costs over the trend window, and the sales lines far from their neighbours among those loaded since the
+    period began. A comparison period the marts do not reach back to in full is not compared (None), rather
+    than read as a period without costs."""
+    company_currency = config.company.currency
+    began = datetime.combine(period.start, time(0), ZoneInfo(config.company.timezone))
     previous, year_before = period.previous(), period.year_before()
     window = trend_window(period)
     with conn.cursor() as cur:
@@ -216,6 +221,7 @@ def read_report(conn, period: Period, company_currency: str) -> ExpenseReport:
                     " where currency = %s and day between %s and %s group by day order by day",
                     (company_currency, window.start, window.end))
         by_day = dict(cur.fetchall())
+        outliers = _one_per_line(sales_outliers(cur, config.accuracy, began))
     reaches = {previous: first is not None and first <= previous.start,
                year_before: first is not None and first <= year_before.start}
     categories = [CategoryTotal(c, Decimal(a), int(n), k, Decimal(p) if reaches[previous] else None,
@@ -223,7 +229,18 @@ def read_report(conn, period: Period, company_currency: str) -> ExpenseReport:
                   for c, k, a, n, p, y in rows
                   if n or (p and reaches[previous]) or (y and reaches[year_before])]
     trend = [(day, Decimal(by_day.get(day, 0))) for day in window.each_day() if first is not None and day >= first]
-    return ExpenseReport(period, categories, read_freshness(conn), trend)
+    return ExpenseReport(period, categories, read_freshness(conn), trend, outliers)
+
+
+def _one_per_line(found: list[dict]) -> list[dict]:
+    """A line far from its product's others is often far from its client's too: named once, by the first."""
+    seen: set[tuple] = set()
+    kept = []
+    for o in found:
+        if (o["order_id"], o["line_no"]) not in seen:
+            seen.add((o["order_id"], o["line_no"]))
+            kept.append(o)
+    return kept
 
 
 def trend_window(period: Period) -> Period:
@@ -261,6 +278,38 @@ def trend_summary(report: ExpenseReport, currency: str) -> str:
     return (f"Daily trend in {currency} over the last {len(values)} days: {format_money(last, currency)} a day in "
             f"the last 7 days against {format_money(first, currency)} in the first 7: "
             f"{change_text(last, first, currency)}.")
+
+
+def outlier_lines(report: ExpenseReport) -> list[str]:
+    """Each outlier line in words: the order line, its quantity against its group's median, where it came from."""
+    out = []
+    for o in report.outliers:
+        group = f"product {o['product']}" if o["grouped_by"] == "product" else \
+            f"client {o['client_id']}'s {o['product']}"
+        sheet = f", sheet {o['sheet']}" if o.get("sheet") else ""
+        out.append(f"Order {o['order_id']} line {o['line_no']}: quantity {_plain(o['quantity'])} where the median of "
+                   f"{group} is {_plain(o['median'])} ({o['rows_in_group']} lines); {_file(o['source_ref'])}{sheet}, "
+                   f"row {o['source_row']}, batch {o['batch_id']}")
+    return out
+
+
+def _outliers_heading(report: ExpenseReport) -> str:
+    return (f"Sales lines to check: {len(report.outliers)} far from their neighbours in the data loaded since "
+            f"{format_day(report.period.start)} (a real order, or a typo that reached the figures)")
+
+
+def _plain(value) -> str:
+    return format(Decimal(str(value)).normalize(), "f")
+
+
+def _file(source_ref: str | None) -> str:
+    """s3://bucket/key?versionId=v#sheet -> 'key'; an API window's ref as it is."""
+    if not source_ref:
+        return "no file"
+    ref = source_ref.split("#", 1)[0]
+    if ref.startswith("s3://"):
+        return ref.split("/", 3)[-1].split("?", 1)[0]
+    return ref
 
 
 def render_chart(report: ExpenseReport, config: PipelineConfig) -> bytes:
@@ -384,6 +433,8 @@ def _plain_text(report: ExpenseReport, config: PipelineConfig, note: str) -> str
     trend = trend_summary(report, config.company.currency)
     if trend:
         lines += ["", trend]
+    if report.outliers:
+        lines += ["", _outliers_heading(report) + ":"] + [f"- {line}" for line in outlier_lines(report)]
     if len(groups) > 1:
         lines += ["", "Each currency is totalled on its own: amounts in different currencies are not added."]
     lines += ["", note, ""]
@@ -427,10 +478,20 @@ def _html(report: ExpenseReport, config: PipelineConfig, note: str, chart_cid: s
 <img src="cid:{chart_cid[1:-1]}" alt="Operating costs by category" style="max-width:100%">
 {''.join(tables)}
 {f'<p style="font-size:13px">{html.escape(trend)}</p>' if trend else ''}
+{_outliers_html(report)}
 {apart}
 <p style="color:#666;font-size:12px">{html.escape(note)}</p>
 </body></html>
 """
+
+
+def _outliers_html(report: ExpenseReport) -> str:
+    if not report.outliers:
+        return ""
+    items = "".join(f"<li>{html.escape(line)}</li>" for line in outlier_lines(report))
+    return (f'<div style="border-left:4px solid #e0a800;background:#fff8e1;padding:6px 12px;margin:12px 0">'
+            f'<p style="margin:4px 0;font-weight:bold">{html.escape(_outliers_heading(report))}:</p>'
+            f'<ul style="margin:4px 0;padding-left:20px;font-size:13px">{items}</ul></div>')
 
 
 def build_message(report: ExpenseReport, config: PipelineConfig, run_key: str) -> EmailMessage:
@@ -501,7 +562,7 @@ def send_expense_email(event: dict, config: PipelineConfig, conn, bucket: str | 
         raise RuntimeError(f"{ENV_REPORTS_BUCKET} is not set: the function does not know where to keep emails")
     run_key = run_key_of(event)
     period = resolve_period(event, config, last_cost_day(conn))
-    report = read_report(conn, period, config.company.currency)
+    report = read_report(conn, period, config)
     message = build_message(report, config, run_key)
     email = config.reports.email
     outcome = send_once(message, bucket, run_key, email.sender, list(email.recipients))
@@ -509,6 +570,8 @@ def send_expense_email(event: dict, config: PipelineConfig, conn, bucket: str | 
             "totals": {g.currency: str(g.total) for g in _groups(report, config)},
             "categories": {g.currency: {c.label: str(c.amount) for c in g.categories if c.entries}
                            for g in _groups(report, config)},
+            "outliers": [{"order_id": o["order_id"], "line_no": o["line_no"], "quantity": str(o["quantity"]),
+                          "batch_id": o["batch_id"], "row": o["source_row"]} for o in report.outliers],
             "compared": {g.currency: {c.label: {"amount": str(c.amount), "previous": _str(c.previous),
                                                 "year_before": _str(c.year_before)} for c in g.categories}
                          for g in _groups(report, config)}}

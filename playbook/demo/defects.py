@@ -12,6 +12,7 @@ import copy
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import date, timedelta
+from decimal import Decimal
 
 import numpy as np
 
@@ -20,7 +21,8 @@ from playbook.demo.files import CsvExport, DemoFile, PaymentRow, PaymentsWorkboo
 from playbook.demo.manifest import Defect, pounds
 
 DEFECT_KINDS = ("duplicate_rows", "resent_file", "resent_with_change", "unknown_client", "negative_amount",
-                "non_numeric_amount", "impossible_date", "missing_workbook", "totals_row")
+                "non_numeric_amount", "impossible_date", "missing_workbook", "totals_row", "outlier_quantity")
+OUTLIER_QUANTITY = 20_000  # where the product's lines hold a handful: a typo that loads and moves the figures
 REDELIVERED_DIR = "redelivered"  # later versions of an already delivered key, beside landing/
 
 
@@ -193,5 +195,17 @@ def inject(files: list[DemoFile], kinds: tuple[str, ...], seed: int, company: Co
         add("totals_row", f, sheet=None, row=f.line_of(len(f.rows) - 1), field="Order No", value="TOTAL",
             expected_effect={"rows_skipped": 1, "if_counted_as_data": {"rows_read": 1, "amount_in": total}},
             note="a footer with the file's sum: not an order line")
+    if "outlier_quantity" in kinds:
+        # drawn apart (its own stream), so the other defects stay where they were before this kind existed
+        own = np.random.default_rng([seed, 1001])
+        f = target([d for d in daily if d not in (dup_file, resent_src)][int(own.integers(0, len(daily) - 2))])
+        i = int(own.integers(0, len(f.rows)))
+        unit = round(Decimal(f.rows[i][f.header.index("Unit Price")]) * 100)
+        row = sales_row(f, i, 3, Qty=str(OUTLIER_QUANTITY), **{"Line Total": str(money(unit * OUTLIER_QUANTITY)[0])})
+        f.rows.insert(i + 1, row)
+        add("outlier_quantity", f, sheet=None, row=f.line_of(i + 1), field="Qty", value=str(OUTLIER_QUANTITY),
+            expected_effect={"rows_read": 1, "rows_inserted": 1, "amount_loaded": row[7], "outliers": 1},
+            note=f"{row[0]}: {OUTLIER_QUANTITY} of {row[4]} where its lines hold a few; it loads, and validate "
+                 "and the operations email name it")
     assert all(k in by_key for k in inj.replaced)
     return inj

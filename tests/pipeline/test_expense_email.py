@@ -272,6 +272,51 @@ def test_a_period_the_marts_do_not_reach_back_from_is_not_compared(environment, 
     assert rows["Total GBP"][2:] == ["no data"] * 4
 
 
+def test_a_sales_line_far_from_its_neighbours_loaded_in_the_period_is_named_in_the_email(stack, environment):
+    """One order line of 20,000 of P7 (the synthetic company's lines hold 1 to 20), in a batch committed now: the
+    email for a period that began before it names the line, its group's median (worked out here with
+    statistics.median) and where it came from, in both parts; a batch committed before the period began is not
+    today's news and is not named."""
+    import statistics
+
+    conn = psycopg2.connect(stack["database_url"])
+    conn.autocommit = True
+    with conn.cursor() as cur:
+        cur.execute("insert into meta.batches (source, source_kind, target_table, source_ref, status, rows_read,"
+                    " rows_inserted, finished_at) values ('test_outlier_sales', 's3_csv', 'sales',"
+                    " 's3://landing/sales/2024/sales_2024-05-20.csv', 'committed', 1, 1, now()) returning batch_id")
+        batch_id = cur.fetchone()[0]
+        cur.execute("insert into core.sales (order_id, line_no, order_date, client_id, product, quantity, unit_price,"
+                    " amount, currency, _batch_id, _source_row, _row_hash, _key) values ('T-O999999', 1, '2024-05-20',"
+                    " 'T-C001', 'P7', 20000, 2.50, 50000.00, 'GBP', %s, 17, 'h', 'T-O999999' || chr(31) || '1')",
+                    (batch_id,))
+        cur.execute("select quantity from core.sales where product = 'P7' and _deleted_by is null")
+        median = statistics.median(q for (q,) in cur.fetchall())
+    try:
+        event = {"period": "week", "time": "2024-05-21T07:00:00Z", "run_key": "test-outlier-named"}
+        result = send_expense_email_locally(ARTIFACTS / "outlier", event, environment)
+        assert result["outliers"] == [{"order_id": "T-O999999", "line_no": 1, "quantity": "20000",
+                                       "batch_id": batch_id, "row": 17}]
+        msg = parse(result["eml"])
+        line = (f"Order T-O999999 line 1: quantity 20000 where the median of product P7 is {median:g} (")
+        where = f"sales/2024/sales_2024-05-20.csv, row 17, batch {batch_id}"
+        for part in (msg.get_body(("plain",)).get_content(), msg.get_body(("html",)).get_content()):
+            assert "Sales lines to check: 1 far from their neighbours in the data loaded since 14 May 2024" in part
+            assert line in part and where in part
+        with conn.cursor() as cur:  # committed before the week began: not named
+            cur.execute("update meta.batches set finished_at = '2024-05-13 22:59:59+00' where batch_id = %s",
+                        (batch_id,))
+        earlier = send_expense_email_locally(ARTIFACTS / "outlier-earlier", {**event, "run_key": "test-outlier-old"},
+                                             environment)
+        assert earlier["outliers"] == []
+        assert "Sales lines to check" not in parse(earlier["eml"]).get_body(("plain",)).get_content()
+    finally:
+        with conn.cursor() as cur:
+            cur.execute("delete from core.sales where _batch_id = %s", (batch_id,))
+            cur.execute("delete from meta.batches where batch_id = %s", (batch_id,))
+        conn.close()
+
+
 def test_same_run_key_sends_nothing_more(environment, tmp_path):
     event = {"period": "day", "run_key": "test-once"}
     first = send_expense_email_locally(tmp_path / "first", event, environment)

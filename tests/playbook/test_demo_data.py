@@ -336,6 +336,9 @@ def test_each_defect_is_where_defects_json_says(clean, defective):
             assert len(data_rows(body, d["source"])) == entry.rows + effect["rows_read"]
         if kind == "unknown_client":
             assert d["value"] not in clean_manifest.sales_by_client
+        if kind == "outlier_quantity":
+            qty, price, total = (row[header.index(c)] for c in ("Qty", "Unit Price", "Line Total"))
+            assert Decimal(total) == Decimal(qty) * Decimal(price) and effect["amount_loaded"] == total
         if kind == "impossible_date":
             with pytest.raises(ValueError):
                 date.fromisoformat(d["value"])
