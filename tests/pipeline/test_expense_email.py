@@ -246,7 +246,8 @@ def test_each_category_is_compared_with_the_previous_period_and_the_year_before(
     try:
         with conn.cursor() as cur:
             cur.execute("select cost_date, sum(amount) from core.operating_costs where _deleted_by is null"
-                        " and currency is null and cost_date between %s and %s group by 1", (end - timedelta(59), end))
+                        " and coalesce(currency, 'GBP') = 'GBP' and cost_date between %s and %s group by 1",
+                        (end - timedelta(59), end))
             by_day = dict(cur.fetchall())
     finally:
         conn.close()
@@ -295,21 +296,23 @@ def test_a_sales_line_far_from_its_neighbours_loaded_in_the_period_is_named_in_t
     try:
         event = {"period": "week", "time": "2024-05-21T07:00:00Z", "run_key": "test-outlier-named"}
         result = send_expense_email_locally(ARTIFACTS / "outlier", event, environment)
-        assert result["outliers"] == [{"order_id": "T-O999999", "line_no": 1, "quantity": "20000",
-                                       "batch_id": batch_id, "row": 17}]
+        # (other tests' loads in this session may hold lines of their own to check: this one is named once)
+        assert [o for o in result["outliers"] if o["batch_id"] == batch_id] == [
+            {"order_id": "T-O999999", "line_no": 1, "quantity": "20000", "batch_id": batch_id, "row": 17}]
         msg = parse(result["eml"])
         line = (f"Order T-O999999 line 1: quantity 20000 where the median of product P7 is {median:g} (")
         where = f"sales/2024/sales_2024-05-20.csv, row 17, batch {batch_id}"
         for part in (msg.get_body(("plain",)).get_content(), msg.get_body(("html",)).get_content()):
-            assert "Sales lines to check: 1 far from their neighbours in the data loaded since 14 May 2024" in part
+            assert (f"Sales lines to check: {len(result['outliers'])} far from their neighbours in the data loaded "
+                    "since 14 May 2024") in part
             assert line in part and where in part
         with conn.cursor() as cur:  # committed before the week began: not named
             cur.execute("update meta.batches set finished_at = '2024-05-13 22:59:59+00' where batch_id = %s",
                         (batch_id,))
         earlier = send_expense_email_locally(ARTIFACTS / "outlier-earlier", {**event, "run_key": "test-outlier-old"},
                                              environment)
-        assert earlier["outliers"] == []
-        assert "Sales lines to check" not in parse(earlier["eml"]).get_body(("plain",)).get_content()
+        assert [o for o in earlier["outliers"] if o["batch_id"] == batch_id] == []
+        assert "T-O999999" not in parse(earlier["eml"]).get_body(("plain",)).get_content()
     finally:
         with conn.cursor() as cur:
             cur.execute("delete from core.sales where _batch_id = %s", (batch_id,))

@@ -13,33 +13,30 @@ returns table (grouped_by text, order_id text, line_no bigint, client_id text, p
 language sql stable security definer
 set search_path = pg_catalog, pg_temp
 as $$
-    with live as (
-        select s.order_id, s.line_no, s.client_id, s.product, s.quantity::numeric as quantity, s._batch_id,
+    -- each line twice, once per grouping, under a group key that equality (and so a hash join) can compare: a
+    -- row's text form tells a missing product or client from an empty one
+    with keyed as (
+        select g.grouped_by, row(g.grouped_by, case when g.grouped_by = 'product' then null else s.client_id end,
+                                 s.product)::text as group_key,
+               s.order_id, s.line_no, s.client_id, s.product, s.quantity::numeric as quantity, s._batch_id,
                s._sheet, s._source_row
-          from core.sales s where s._deleted_by is null and s.quantity is not null),
-    keyed as (
-        select 'product' as grouped_by, null::text as g_client, l.product as g_product, l.* from live l
-        union all
-        select 'client and product', l.client_id, l.product, l.* from live l),
+          from core.sales s cross join (values ('product'), ('client and product')) as g (grouped_by)
+         where s._deleted_by is null and s.quantity is not null),
     centre as (
-        select k.grouped_by, k.g_client, k.g_product, count(*) as n,
-               percentile_cont(0.5) within group (order by k.quantity) as med
-          from keyed k group by 1, 2, 3),
+        select group_key, count(*) as n, percentile_cont(0.5) within group (order by quantity) as med
+          from keyed group by group_key),
     spread as (
-        select k.grouped_by, k.g_client, k.g_product,
-               percentile_cont(0.5) within group (order by abs(k.quantity - c.med)) as mad
-          from keyed k join centre c on c.grouped_by = k.grouped_by and c.g_client is not distinct from k.g_client
-                                    and c.g_product is not distinct from k.g_product
-         group by 1, 2, 3)
+        select k.group_key, percentile_cont(0.5) within group (order by abs(k.quantity - c.med)) as mad
+          from keyed k join centre c using (group_key)
+         where c.n >= p_min_rows
+         group by k.group_key)
     select k.grouped_by, k.order_id, k.line_no, k.client_id, k.product, k.quantity, c.med, s.mad, c.n, k._batch_id,
            b.source_ref, k._sheet, k._source_row, b.finished_at
       from keyed k
-      join centre c on c.grouped_by = k.grouped_by and c.g_client is not distinct from k.g_client
-                   and c.g_product is not distinct from k.g_product
-      join spread s on s.grouped_by = k.grouped_by and s.g_client is not distinct from k.g_client
-                   and s.g_product is not distinct from k.g_product
+      join centre c using (group_key)
+      join spread s using (group_key)
       join meta.batches b on b.batch_id = k._batch_id
-     where c.n >= p_min_rows and c.med <> 0
+     where c.med <> 0
        and abs(k.quantity - c.med) > p_robust_z * 1.4826 * s.mad
        and (abs(k.quantity) >= p_ratio * abs(c.med) or abs(k.quantity) * p_ratio <= abs(c.med))
        and (p_loaded_since is null or b.finished_at >= p_loaded_since)
