@@ -539,6 +539,8 @@ class EmailReport(Strict):
 class Reports(Strict):
     top_n: int = Field(10, ge=1, le=100)
     activity_days: int = Field(365, ge=7)
+    forecast_days: int = Field(28, ge=7, le=91, description="days the activity chart forecasts after the last day "
+                                                          "with data (playbook.reports.forecast)")
     schedule: ScheduleExpression = "cron(30 7 * * ? *)"
     email: EmailReport
 

@@ -42,17 +42,20 @@ def new_run_dir(root: Path | None = None, run_id: str | None = None) -> Path:
 
 def build_reports(out_dir: Path | str, config: PipelineConfig, database_url_reporting: str,
                   activity_period: Period | None = None) -> dict[str, Path]:
-    """activity.png/.svg, yearly_sales.png/.svg and dashboard.html in out_dir; returns {name: path}."""
+    """forecast.json, activity.png/.svg (with the forecast), yearly_sales.png/.svg and dashboard.html in out_dir;
+    returns {name: path}. The forecast scores the latest earlier one among out_dir's sibling run folders."""
     from playbook.reports.activity import activity_chart
     from playbook.reports.dashboard import dashboard
+    from playbook.reports.forecast import FORECAST_JSON, write_forecast
     from playbook.reports.yearly_sales import yearly_sales_chart
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     conn = connect_reporting(database_url_reporting)
     try:
-        written: dict[str, Path] = {}
-        written.update(activity_chart(conn, config, out, activity_period))
+        forecast = write_forecast(conn, config, out)
+        written: dict[str, Path] = {"forecast_json": out / FORECAST_JSON}
+        written.update(activity_chart(conn, config, out, activity_period, forecast))
         written.update(yearly_sales_chart(conn, config, out))
         written.update(dashboard(conn, config, out))
     finally:

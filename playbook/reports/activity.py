@@ -27,6 +27,7 @@ from pipeline.money import format_money
 from pipeline.periods import Period, format_day
 from playbook.errors import PlaybookError
 from playbook.reports import figures
+from playbook.reports.forecast import describe as describe_forecast
 
 ROLLING_DAYS = 7
 
@@ -62,6 +63,26 @@ def other_currencies(conn, period: Period, currency: str) -> list[tuple[str, Dec
         return cur.fetchall()
 
 
+def _draw_forecast(ax, forecast: dict, period: Period, currency: str) -> list[date]:
+    """Each drawn series' forecast after its last day (when that day is in the period): the daily forecast dashed,
+    its interval shaded. Returns the last forecast day of each series drawn."""
+    if forecast.get("currency") != currency:
+        return []
+    colours = {"sales": figures.SALES, "operating_costs": figures.COSTS}
+    words = {"sales": "Sales", "operating_costs": "Operating costs"}
+    ends = []
+    for name, s in forecast["series"].items():
+        if not s["drawn"] or not (period.start <= date.fromisoformat(s["made_on"]) <= period.end):
+            continue
+        days = [date.fromisoformat(d["day"]) for d in s["days"]]
+        ax.fill_between(days, [d["lower"] for d in s["days"]], [d["upper"] for d in s["days"]],
+                        color=colours[name], alpha=0.12, linewidth=0)
+        ax.plot(days, [d["mean"] for d in s["days"]], color=colours[name], linewidth=1.4, linestyle="--",
+                label=f"{words[name]} forecast ({round(forecast['interval'] * 100)}% interval)")
+        ends.append(days[-1])
+    return ends
+
+
 def rolling_mean(values: list[float], window: int) -> list[float | None]:
     """Trailing mean over `window` values; None until a full window is available."""
     out: list[float | None] = []
@@ -74,14 +95,17 @@ def rolling_mean(values: list[float], window: int) -> list[float | None]:
     return out
 
 
-def activity_chart(conn, config: PipelineConfig, out_dir: Path, period: Period | None = None) -> dict[str, Path]:
+def activity_chart(conn, config: PipelineConfig, out_dir: Path, period: Period | None = None,
+                   forecast: dict | None = None) -> dict[str, Path]:
     """activity.png and activity.svg in out_dir."""
     with figures.plain_text():
-        return figures.save(activity_figure(conn, config, period), out_dir, "activity")
+        return figures.save(activity_figure(conn, config, period, forecast), out_dir, "activity")
 
 
-def activity_figure(conn, config: PipelineConfig, period: Period | None = None) -> Figure:
-    """The chart, every text of it plain text (amounts in dollars stay dollars)."""
+def activity_figure(conn, config: PipelineConfig, period: Period | None = None, forecast: dict | None = None) -> Figure:
+    """The chart, every text of it plain text (amounts in dollars stay dollars). forecast: a forecast.json
+    document (playbook.reports.forecast); each series it draws continues after that series' last day, in the
+    period, as a dashed line in its interval, and the footnote states every series' backtest."""
     data = figures.data_days(conn)
     period = period or default_period(conn, config.reports.activity_days, data)
     currency = figures.company_currency(conn, config)
@@ -103,12 +127,13 @@ def activity_figure(conn, config: PipelineConfig, period: Period | None = None) 
             label=f"Sales, {ROLLING_DAYS}-day rolling mean")
     ax.plot([days[i] for i in costs_shown], [costs_mean[i] for i in costs_shown], color=figures.COSTS,
             linewidth=1.8, label=f"Operating costs, {ROLLING_DAYS}-day rolling mean")
+    drawn = _draw_forecast(ax, forecast, period, currency) if forecast else []
     figures.money_axis(ax, currency)
     ax.set_ylabel(f"Amount per day ({currency})")
     top = max(sales + costs + [1.0])
     ax.set_ylim(min(sales + costs + [0.0]) * 1.15, top * 1.15)  # headroom for the legend; refunds below zero
     if x:
-        ax.set_xlim(x[0] - timedelta(days=1), x[-1] + timedelta(days=1))
+        ax.set_xlim(x[0] - timedelta(days=1), max([x[-1], *drawn]) + timedelta(days=1))
     locator = mdates.AutoDateLocator(minticks=4, maxticks=10)
     ax.xaxis.set_major_locator(locator)
     ax.xaxis.set_major_formatter(mdates.ConciseDateFormatter(locator))
@@ -126,11 +151,9 @@ def activity_figure(conn, config: PipelineConfig, period: Period | None = None) 
     for other, other_sales, other_costs in other_currencies(conn, period, currency):
         subtitle += (f"\n{other} (not drawn): sales {format_money(other_sales, other, 0)}, "
                      f"operating costs {format_money(other_costs, other, 0)}")
-    figures.annotate(
-        fig,
-        f"{config.company.name}: business activity",
-        subtitle,
-        freshness_note(read_freshness(conn), config.company.timezone),
-    )
+    footnote = freshness_note(read_freshness(conn), config.company.timezone)
+    if forecast and forecast.get("currency") == currency:
+        footnote = " · ".join(describe_forecast(forecast, format_money)) + ". " + footnote
+    figures.annotate(fig, f"{config.company.name}: business activity", subtitle, footnote)
     figures.no_markup(fig)
     return fig

@@ -115,6 +115,34 @@ def test_activity_chart_states_its_default_period(built, reporting, config):
     assert f"EUR (not drawn): sales {format_money(totals['EUR'], 'EUR', 0)}" in text  # the other one, named apart
 
 
+def test_the_activity_chart_states_its_forecast_s_backtest_and_draws_only_what_beats_the_naive(built, reporting,
+                                                                                              config):
+    """forecast.json holds the method, the horizon and each series' backtest (model and naive errors per day);
+    the chart's footnote states them, and its legend has a forecast for exactly the series that beat the naive
+    forecast. Each series is made from its own last day with data, read here from the marts."""
+    doc = json.loads(built["forecast_json"].read_text())
+    assert doc["method"].startswith("ETS") and doc["horizon_days"] == config.reports.forecast_days
+    last_sale, last_cost = sql_one(reporting, "select max(day) filter (where sales_amount <> 0),"
+                                              " max(day) filter (where operating_costs <> 0) from marts.daily_activity"
+                                              " where currency = 'GBP'")
+    assert {k: s["made_on"] for k, s in doc["series"].items()} == {"sales": last_sale.isoformat(),
+                                                                   "operating_costs": last_cost.isoformat()}
+    text = svg_text(built["activity_svg"])
+    for name, words in (("sales", "Sales"), ("operating_costs", "Operating costs")):
+        s = doc["series"][name]
+        b = s["backtest"]
+        assert b["origins"] == 4 and b["days_scored"] == 4 * doc["horizon_days"]
+        assert s["drawn"] == (b["model_mae"] < b["naive_mae"])
+        model, naive = format_money(b["model_mae"], "GBP", 0), format_money(b["naive_mae"], "GBP", 0)
+        if s["drawn"]:
+            assert f"{words} forecast, {doc['horizon_days']} days: backtest error {model} a day against {naive}" in text
+            assert f"{words} forecast (80% interval)" in text
+            assert len(s["days"]) == doc["horizon_days"]
+        else:
+            assert f"{words} forecast not drawn: its backtest error ({model} a day)" in text
+            assert f"{words} forecast (80% interval)" not in text
+
+
 def test_yearly_chart_labels_growth_on_the_same_days_of_the_year_before(built, reporting, stack):
     """Growth compares like with like, computed here from core.sales: a year to date against the same dates a
     year earlier, and no figure at all against a year the data only partly covers. The chart shows the
