@@ -315,27 +315,34 @@ def measured_usage(conn) -> Usage:
     return Usage(database_gb=(Decimal(size) / 1024 ** 3).quantize(CENT, ROUND_CEILING), measured=("database_gb",))
 
 
-def cmd_cost(args: argparse.Namespace) -> int:
+def estimate_for(config, target, out: Path, *, region: str = DEFAULT_REGION, nat_gateways: str = "single",
+                 cluster_mode: str = "serverless") -> tuple[Decimal, Prices]:
+    """cost.md and cost.json in `out` for this company's deployment, its usage read from the target's ledger;
+    returns the month's total and the prices used. `playbook cost` and the reports stage both call it."""
     import psycopg2
 
-    from playbook.config import load_config
-    from playbook.settings import reports_root
-    from playbook.targets import resolve_target
     from playbook.templates import render_all
 
-    config = load_config(args.config)
-    prices = load_prices(args.region)
-    target = resolve_target(args.target)
+    prices = load_prices(region)
     conn = psycopg2.connect(target.database_url(), connect_timeout=10, application_name="playbook cost")
     try:
         functions = functions_of(config, conn)
         usage = measured_usage(conn)
     finally:
         conn.close()
-    dep = deployment(render_all(config, ["203.0.113.0/32"]), nat_gateways=args.nat_gateways,
-                     cluster_mode=args.cluster_mode, functions=functions)
+    dep = deployment(render_all(config, ["203.0.113.0/32"]), nat_gateways=nat_gateways, cluster_mode=cluster_mode,
+                     functions=functions)
+    return write(out, dep, usage, prices), prices
+
+
+def cmd_cost(args: argparse.Namespace) -> int:
+    from playbook.config import load_config
+    from playbook.settings import reports_root
+    from playbook.targets import resolve_target
+
     out = Path(args.out) if args.out else reports_root() / "cost"
-    month = write(out, dep, usage, prices)
+    month, prices = estimate_for(load_config(args.config), resolve_target(args.target), out, region=args.region,
+                                 nat_gateways=args.nat_gateways, cluster_mode=args.cluster_mode)
     print(f"about {money(month)} a month on AWS ({prices.region}, prices of {prices.as_of}); "
           f"{out / 'cost.md'} and cost.json")
     return 0

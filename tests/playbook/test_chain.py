@@ -8,6 +8,8 @@ import email
 import json
 import re
 from decimal import Decimal
+from email import policy
+from email.parser import BytesParser
 from pathlib import Path
 
 import boto3
@@ -22,7 +24,7 @@ from tests.chain_fixtures import DEMO
 pytestmark = pytest.mark.stack
 
 REPORT_FILES = ("activity.png", "activity.svg", "yearly_sales.png", "yearly_sales.svg", "dashboard.html",
-                "expense_email.eml")
+                "expense_email.eml", "forecast.json", "cost.md", "cost.json")
 CORE_TABLES = ("clients", "sales", "payments", "operating_costs", "tax", "interactions")
 
 
@@ -178,7 +180,8 @@ def test_no_secret_value_in_any_executed_notebook_or_the_manifest(chained, chain
 
 def test_a_breach_stops_the_chain_at_validation_and_a_resume_completes(chained, chain_stack, nbval_run):
     # nbval_run: the lessons are checked before this test leaves an orphan in the chain's warehouse
-    failed = chain_stack.playbook("run", "--from", "backfill", *DEMO, "-p", "demo_defects", "unknown_client")
+    failed = chain_stack.playbook("run", "--from", "backfill", *DEMO, "-p", "demo_defects",
+                                  "unknown_client,outlier_quantity")
     assert failed.returncode == 1, failed.stdout + failed.stderr
     assert "stage validate failed at cell" in failed.stderr
     assert "checked = validate(config=company" in failed.stderr
@@ -206,3 +209,13 @@ def test_a_breach_stops_the_chain_at_validation_and_a_resume_completes(chained, 
     assert [m["stages"][s]["status"] for s in STAGES] == ["skipped", "skipped", "ok", "ok", "ok"]
     assert (run_dir / "dashboard.html").exists()
     assert m["stages"]["validate"]["parameters"]["thresholds"] == thresholds
+    # the seeded outlier: a warning of validate at its file and row, and a line of the operations email
+    accuracy = json.loads((run_dir / "accuracy.json").read_text())
+    [flagged] = [f for r in accuracy["results"] if r["check"] == "outliers" and r["subject"].endswith("by product")
+                 for f in r["findings"]]
+    assert (flagged["order_id"], flagged["quantity"]) == ("SO-9000003", "20000")
+    assert flagged["file"].startswith("landing/sales/") and flagged["row"] > 1
+    sent = BytesParser(policy=policy.default).parsebytes((run_dir / "expense_email.eml").read_bytes())
+    text = sent.get_body(("plain",)).get_content()
+    assert f"Order SO-9000003 line 1: quantity 20000 where the median of product {flagged['product']} is " in text
+    assert f"{flagged['file']}, row {flagged['row']}, batch {flagged['batch_id']}" in text
