@@ -30,5 +30,6 @@ def run_demo(years: int = DEMO_YEARS, clients: int = DEMO_CLIENTS, defects: str 
     latest = reports_root() / "latest"
     print(f"done in {time.monotonic() - started:.1f}s; run {result.run_id}")
     print(f"  notebooks and manifest : {latest}/ (manifest.json, 00_provision.ipynb ... 40_reports.ipynb)")
-    print(f"  reports                : {latest}/activity.png, yearly_sales.png, dashboard.html, expense_email.eml")
+    print(f"  reports                : {latest}/activity.png, yearly_sales.png, dashboard.html, expense_email.eml,"
+          " forecast.json, cost.md")
     return 0

@@ -63,22 +63,29 @@ def other_currencies(conn, period: Period, currency: str) -> list[tuple[str, Dec
         return cur.fetchall()
 
 
-def _draw_forecast(ax, forecast: dict, period: Period, currency: str) -> list[date]:
-    """Each drawn series' forecast after its last day (when that day is in the period): the daily forecast dashed,
-    its interval shaded. Returns the last forecast day of each series drawn."""
+def _draw_forecast(ax, forecast: dict, period: Period, currency: str, recent: dict[str, list[float]]) -> list[date]:
+    """Each drawn series' forecast after its last day (when that day is in the period), dashed, its interval
+    shaded, drawn as its actuals are: sales day by day (beside their daily bars), operating costs as the 7-day
+    rolling mean their line shows, continued from their last actual days (the band then averages the daily
+    bounds, wider than the interval of a mean). recent: each series' daily actuals up to its last day.
+    Returns the last forecast day of each series drawn."""
     if forecast.get("currency") != currency:
         return []
     colours = {"sales": figures.SALES, "operating_costs": figures.COSTS}
-    words = {"sales": "Sales", "operating_costs": "Operating costs"}
+    words = {"sales": "Sales forecast", "operating_costs": f"Operating costs forecast, {ROLLING_DAYS}-day mean"}
     ends = []
     for name, s in forecast["series"].items():
         if not s["drawn"] or not (period.start <= date.fromisoformat(s["made_on"]) <= period.end):
             continue
         days = [date.fromisoformat(d["day"]) for d in s["days"]]
-        ax.fill_between(days, [d["lower"] for d in s["days"]], [d["upper"] for d in s["days"]],
-                        color=colours[name], alpha=0.12, linewidth=0)
-        ax.plot(days, [d["mean"] for d in s["days"]], color=colours[name], linewidth=1.4, linestyle="--",
-                label=f"{words[name]} forecast ({round(forecast['interval'] * 100)}% interval)")
+        mean, lower, upper = ([d[k] for d in s["days"]] for k in ("mean", "lower", "upper"))
+        if name == "operating_costs":
+            tail = recent[name][-(ROLLING_DAYS - 1):]
+            mean, lower, upper = ([float("nan") if m is None else m
+                                   for m in rolling_mean(tail + v, ROLLING_DAYS)[len(tail):]] for v in (mean, lower, upper))
+        ax.fill_between(days, lower, upper, color=colours[name], alpha=0.12, linewidth=0)
+        ax.plot(days, mean, color=colours[name], linewidth=1.4, linestyle="--",
+                label=f"{words[name]} ({round(forecast['interval'] * 100)}% interval)")
         ends.append(days[-1])
     return ends
 
@@ -127,7 +134,8 @@ def activity_figure(conn, config: PipelineConfig, period: Period | None = None, 
             label=f"Sales, {ROLLING_DAYS}-day rolling mean")
     ax.plot([days[i] for i in costs_shown], [costs_mean[i] for i in costs_shown], color=figures.COSTS,
             linewidth=1.8, label=f"Operating costs, {ROLLING_DAYS}-day rolling mean")
-    drawn = _draw_forecast(ax, forecast, period, currency) if forecast else []
+    recent = {"sales": [sales[i] for i in shown], "operating_costs": [costs[i] for i in costs_shown]}
+    drawn = _draw_forecast(ax, forecast, period, currency, recent) if forecast else []
     figures.money_axis(ax, currency)
     ax.set_ylabel(f"Amount per day ({currency})")
     top = max(sales + costs + [1.0])

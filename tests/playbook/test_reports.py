@@ -128,7 +128,8 @@ def test_the_activity_chart_states_its_forecast_s_backtest_and_draws_only_what_b
     assert {k: s["made_on"] for k, s in doc["series"].items()} == {"sales": last_sale.isoformat(),
                                                                    "operating_costs": last_cost.isoformat()}
     text = svg_text(built["activity_svg"])
-    for name, words in (("sales", "Sales"), ("operating_costs", "Operating costs")):
+    for name, words, legend in (("sales", "Sales", "Sales forecast"),
+                                ("operating_costs", "Operating costs", "Operating costs forecast, 7-day mean")):
         s = doc["series"][name]
         b = s["backtest"]
         assert b["origins"] == 4 and b["days_scored"] == 4 * doc["horizon_days"]
@@ -136,11 +137,11 @@ def test_the_activity_chart_states_its_forecast_s_backtest_and_draws_only_what_b
         model, naive = format_money(b["model_mae"], "GBP", 0), format_money(b["naive_mae"], "GBP", 0)
         if s["drawn"]:
             assert f"{words} forecast, {doc['horizon_days']} days: backtest error {model} a day against {naive}" in text
-            assert f"{words} forecast (80% interval)" in text
+            assert f"{legend} (80% interval)" in text
             assert len(s["days"]) == doc["horizon_days"]
         else:
             assert f"{words} forecast not drawn: its backtest error ({model} a day)" in text
-            assert f"{words} forecast (80% interval)" not in text
+            assert f"{legend} (80% interval)" not in text
 
 
 def test_yearly_chart_labels_growth_on_the_same_days_of_the_year_before(built, reporting, stack):
