@@ -372,3 +372,17 @@ def test_a_re_export_with_a_footer_and_a_blank_line_is_known_as_the_batch_again(
     assert outcomes[0] == outcomes[1]
     entry = outcomes[0][2]
     assert entry["rows_skipped"] == 2 and entry["rows_unchanged"] == 30 and reconciles(entry)
+
+
+def test_an_integer_column_that_is_never_negative_admits_no_sign():
+    """No table has one today (sales.line_no may be negative), but the lane's rule for it holds: int8's own
+    spelling, and no minus sign at all ('-0' is not how PostgreSQL prints zero either)."""
+    from pipeline.sources import lane
+
+    values = [b"5", b"-5", b"05", b"5x", b"0", b"-0", b"123456789012345678", b"1234567890123456789"]
+    buf = np.frombuffer(b"".join(values), np.uint8)
+    ln = np.array([len(v) for v in values])
+    s = np.concatenate([[0], np.cumsum(ln)[:-1]])
+    nondigits = np.array([sum(not chr(c).isdigit() for c in v) for v in values])
+    assert lane._integer(buf, s, ln, nondigits, True).tolist() == [True, False, False, False, True, False, True, False]
+    assert lane._integer(buf, s, ln, nondigits, False).tolist() == [True, True, False, False, True, False, True, False]
