@@ -82,12 +82,35 @@ def terminate(pid: int, create_time: float | None, timeout: float = 10.0) -> boo
     for p in [proc, *children]:
         with contextlib.suppress(psutil.Error):
             p.send_signal(signal.SIGTERM)
-    _, alive = psutil.wait_procs([proc, *children], timeout=timeout)
+    alive = _wait_exited([proc, *children], timeout)
     for p in alive:
         with contextlib.suppress(psutil.Error):
             p.kill()
-    psutil.wait_procs(alive, timeout=5)
+    _wait_exited(alive, 5)
     return True
+
+
+def _wait_exited(procs: list[psutil.Process], timeout: float) -> list[psutil.Process]:
+    """psutil.wait_procs (which reaps our own children), counting a zombie as exited, as process_matches does:
+    a part that an earlier command started is init's child, and init may take seconds to reap it, while its
+    ports and files were closed when it exited. The processes still running at the timeout."""
+    deadline = time.monotonic() + timeout
+    alive = list(procs)
+    while alive:
+        _, alive = psutil.wait_procs(alive, timeout=0.05)
+        alive = [p for p in alive if not _zombie(p)]
+        if time.monotonic() >= deadline:
+            break
+    return alive
+
+
+def _zombie(proc: psutil.Process) -> bool:
+    try:
+        return proc.status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
+    except psutil.Error:  # not ours to look at: waited for as wait_procs would
+        return False
 
 
 def wait_until(check, timeout: float, what: str, interval: float = 0.1) -> None:
