@@ -571,12 +571,12 @@ class Accuracy(Strict):
                                                           "when it is spent are named in the report")
     max_outliers: int = Field(0, ge=0, description="sales lines far from their product's or client's others "
                                                    "(a warning: an outlier may be a real order)")
-    outlier_robust_z: Decimal = Field(Decimal(10), gt=0, description="robust deviations (1.4826 x MAD) from the "
+    outlier_robust_z: Decimal = Field(Decimal(10), ge=3, description="robust deviations (1.4826 x MAD) from the "
                                                                      "median a value must lie beyond")
-    outlier_ratio: Decimal = Field(Decimal(50), gt=1, description="and how many times the median (or its "
+    outlier_ratio: Decimal = Field(Decimal(50), ge=2, description="and how many times the median (or its "
                                                                   "reciprocal) it must reach: a typo of two "
                                                                   "zeros or more, not a large order")
-    outlier_min_rows: int = Field(8, ge=3, description="rows a product or client needs before its values are judged")
+    outlier_min_rows: int = Field(8, ge=8, description="rows a product or client needs before its values are judged")
 
 
 class PipelineConfig(Strict):

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import openpyxl
 import pytest
-from psycopg2 import sql
+from psycopg2 import errors, sql
 from psycopg2.extras import Json
 
 from pipeline.attempts import ABANDONED
@@ -632,12 +632,12 @@ def test_footer_totals_fails_on_a_footer_whose_total_disagrees_with_the_rows_abo
 
 # -- outliers ----------------------------------------------------------------------------------------------------
 def test_outliers_warns_on_a_line_far_from_its_products_and_clients_others(cur):
-    """Flour: ten lines of 2 bags and one of 20,000 (row 12, a typo for 2), and one of 3 (row 13: no typo, though
+    """Flour: ten lines of 2 bags and one of 20,000 (row 12, a typo for 2), and one of 4 (row 13: no typo, though
     the spread of the 2s is 0). Oil: quantities 1 to 10, none far. Salt: three lines, one of 500, too few to
     judge (outlier_min_rows 8). C1's own Flour lines say the same of the 20,000."""
     batch = add_batch(cur, "sales", "landing/sales/2024-03-01.csv")
     row = 1
-    for product, quantities, client in (("Flour", [2] * 10 + [20000, 3], "C1"), ("Oil", list(range(1, 11)), "C2"),
+    for product, quantities, client in (("Flour", [2] * 10 + [20000, 4], "C1"), ("Oil", list(range(1, 11)), "C2"),
                                         ("Salt", [1, 1, 500], "C3")):
         for quantity in quantities:
             row += 1
@@ -665,7 +665,13 @@ def test_outliers_warns_on_a_line_far_from_its_products_and_clients_others(cur):
     [finding] = by_client.findings
     assert (finding["row"], finding["client and product"], finding["quantity"], finding["median"]) == (
         12, "C1 Flour", "20000", "2")
-    # the thresholds are the configuration's: a stricter ratio lets the 20,000 through, a looser z takes the 3
+    # the thresholds are the configuration's: a stricter ratio lets the 20,000 through, a looser one takes the 4
     assert outliers.outliers(cur, LIMITS.model_copy(update={"outlier_ratio": Decimal(20000)}))[0].observed == 0
     assert outliers.outliers(cur, LIMITS.model_copy(update={"outlier_min_rows": 13}))[0].observed == 0
-    assert outliers.outliers(cur, LIMITS.model_copy(update={"outlier_ratio": Decimal("1.4")}))[0].observed == 2
+    assert outliers.outliers(cur, LIMITS.model_copy(update={"outlier_ratio": Decimal(2)}))[0].observed == 2
+    # and limits looser than the function's floors are refused, whoever asks (the reporting role may call it)
+    for looser in ({"outlier_ratio": Decimal("1.9")}, {"outlier_robust_z": Decimal("2.9")}, {"outlier_min_rows": 7}):
+        cur.execute("savepoint looser")
+        with pytest.raises(errors.InvalidParameterValue, match="limits looser than"):
+            outliers.outliers(cur, LIMITS.model_copy(update=looser))
+        cur.execute("rollback to savepoint looser")

@@ -5,14 +5,25 @@
 -- robust deviations (1.4826 x MAD) from its group's median and at least p_ratio times the median (or at most
 -- its reciprocal). Groups of fewer than p_min_rows lines are not judged. p_loaded_since keeps the lines of
 -- batches committed since then (null: every line); the statistics always use every live line.
+-- The function refuses limits looser than 3 robust deviations, twice the median and groups of 8 lines (the
+-- configuration refuses them too): what it hands the reporting role is the few lines that stand out, never a
+-- way to list core.sales.
 create function marts.sales_outliers(p_robust_z numeric, p_ratio numeric, p_min_rows int,
                                      p_loaded_since timestamptz default null)
 returns table (grouped_by text, order_id text, line_no bigint, client_id text, product text, quantity numeric,
                median double precision, mad double precision, rows_in_group bigint, batch_id bigint,
                source_ref text, sheet text, source_row bigint, loaded_at timestamptz)
-language sql stable security definer
+language plpgsql stable security definer
 set search_path = pg_catalog, pg_temp
 as $$
+#variable_conflict use_column
+begin
+    if p_robust_z is null or p_robust_z < 3 or p_ratio is null or p_ratio < 2 or p_min_rows is null
+       or p_min_rows < 8 then
+        raise exception 'marts.sales_outliers: limits looser than robust_z 3, ratio 2, min_rows 8 are refused'
+            using errcode = 'invalid_parameter_value';
+    end if;
+    return query
     -- each line twice, once per grouping, under a group key that equality (and so a hash join) can compare: a
     -- row's text form tells a missing product or client from an empty one
     with keyed as (
@@ -40,7 +51,8 @@ as $$
        and abs(k.quantity - c.med) > p_robust_z * 1.4826 * s.mad
        and (abs(k.quantity) >= p_ratio * abs(c.med) or abs(k.quantity) * p_ratio <= abs(c.med))
        and (p_loaded_since is null or b.finished_at >= p_loaded_since)
-     order by k.grouped_by desc, k._batch_id, k._source_row, k.order_id, k.line_no
+     order by k.grouped_by desc, k._batch_id, k._source_row, k.order_id, k.line_no;
+end
 $$;
 revoke all on function marts.sales_outliers(numeric, numeric, int, timestamptz) from public;
 grant execute on function marts.sales_outliers(numeric, numeric, int, timestamptz) to pipeline_reporting,
