@@ -198,7 +198,8 @@ def test_cli_report(company, tmp_path, capsys):
 
     assert main(["report", "--out", str(tmp_path), "--no-email"]) == 0
     names = sorted(p.name for p in tmp_path.iterdir())
-    assert names == ["activity.png", "activity.svg", "dashboard.html", "yearly_sales.png", "yearly_sales.svg"]
+    assert names == ["activity.png", "activity.svg", "dashboard.html", "forecast.json", "yearly_sales.png",
+                     "yearly_sales.svg"]
     assert str(tmp_path) in capsys.readouterr().out
 
 
