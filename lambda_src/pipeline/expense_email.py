@@ -20,7 +20,7 @@ import re
 import uuid
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, time, timedelta
-from decimal import Decimal
+from decimal import ROUND_HALF_UP, Decimal
 from email.message import EmailMessage
 from email.utils import formataddr, formatdate, make_msgid
 from zoneinfo import ZoneInfo
@@ -30,14 +30,17 @@ from botocore.exceptions import ClientError
 
 from pipeline.config import PipelineConfig
 from pipeline.freshness import SourceFreshness, freshness_note, read_freshness
-from pipeline.money import format_compact, format_money
+from pipeline.logs import get_logger, log
+from pipeline.money import format_compact, format_money, minor_digits
 from pipeline.outliers import sales_outliers
 from pipeline.periods import Period, format_day, trailing
 
 ENV_REPORTS_BUCKET = "REPORTS_BUCKET"
 EMAIL_PREFIX = "emails/expense/"
 CHART_CID_DOMAIN = "playbook.reports"
+logger = get_logger(__name__)
 TREND_MIN_DAYS = 28
+OUTLIERS_SHOWN = 10
 
 
 class EmailRequestError(ValueError):
@@ -104,14 +107,24 @@ class ExpenseReport:
     freshness: list[SourceFreshness]
     trend: list[tuple[date, Decimal]] = field(default_factory=list)  # the company's currency, day by day
     outliers: list[dict] = field(default_factory=list)  # sales lines loaded since the period began (pipeline.outliers)
+    data_end: date | None = None  # the last day with costs in the marts (None: as the period's end)
+    outliers_error: str | None = None  # why the outlier lines could not be read, when they could not
 
     @property
-    def previous_period(self) -> Period:
-        return self.period.previous()
+    def compared(self) -> Period | None:
+        """The part of the period the marts hold costs for: the days after their last day are missing, not free,
+        so only this part is compared (None: the marts end before the period begins)."""
+        if self.data_end is None or self.data_end >= self.period.end:
+            return self.period
+        return Period(self.period.start, self.data_end) if self.data_end >= self.period.start else None
 
     @property
-    def year_before_period(self) -> Period:
-        return self.period.year_before()
+    def previous_period(self) -> Period | None:
+        return self.compared.comparable() if self.compared else None
+
+    @property
+    def year_before_period(self) -> Period | None:
+        return self.compared.year_before() if self.compared else None
 
     def by_currency(self, company_currency: str) -> list[CurrencyCosts]:
         """The company's currency first (also when it had no costs), then every other currency with costs."""
@@ -193,17 +206,22 @@ def last_cost_day(conn) -> date | None:
 
 
 def read_report(conn, period: Period, config: PipelineConfig) -> ExpenseReport:
-    """Each currency's categories in the period, the previous period and the year before, the company's daily
-    costs over the trend window, and the sales lines far from their neighbours among those loaded since the
-    period began. A comparison period the marts do not reach back to in full is not compared (None), rather
-    than read as a period without costs."""
+    """Each currency's categories in the period, in the period it is compared with (the month before for a
+    month, else the same length before) and the same days a year earlier; the company's daily costs over the
+    trend window; and the sales lines far from their neighbours among those loaded since the period began. A
+    comparison period the marts do not reach back to in full is not compared (None), and days after the marts'
+    last day of costs are missing, not free: only the part of the period with data is compared."""
     company_currency = config.company.currency
-    began = datetime.combine(period.start, time(0), ZoneInfo(config.company.timezone))
-    previous, year_before = period.previous(), period.year_before()
-    window = trend_window(period)
     with conn.cursor() as cur:
-        cur.execute("select min(day) from marts.daily_costs_by_category")
-        first = cur.fetchone()[0]
+        cur.execute("select min(day), max(day) from marts.daily_costs_by_category")
+        first, last = cur.fetchone()
+    shell = ExpenseReport(period, [], [], data_end=last)
+    compared, previous, year_before = shell.compared, shell.previous_period, shell.year_before_period
+    reaches = {"previous": previous is not None and first is not None and first <= previous.start,
+               "year_before": year_before is not None and first is not None and first <= year_before.start}
+    never = date.min  # a comparison period that is not compared selects no day
+    window = trend_window(Period(period.start, min(period.end, last)) if last and last >= period.start else period)
+    with conn.cursor() as cur:
         cur.execute(
             "select category, currency,"
             " coalesce(sum(amount) filter (where day between %(start)s and %(end)s), 0),"
@@ -211,25 +229,41 @@ def read_report(conn, period: Period, config: PipelineConfig) -> ExpenseReport:
             " coalesce(sum(amount) filter (where day between %(p_start)s and %(p_end)s), 0),"
             " coalesce(sum(amount) filter (where day between %(y_start)s and %(y_end)s), 0)"
             " from marts.daily_costs_by_category"
-            " where day between %(p_start)s and %(end)s or day between %(y_start)s and %(y_end)s"
+            " where day between %(start)s and %(end)s or day between %(p_start)s and %(p_end)s"
+            " or day between %(y_start)s and %(y_end)s"
             " group by currency, category order by currency, category",
-            {"start": period.start, "end": period.end, "p_start": previous.start, "p_end": previous.end,
-             "y_start": year_before.start, "y_end": year_before.end},
+            {"start": period.start, "end": period.end,
+             "p_start": previous.start if previous else never, "p_end": previous.end if previous else never,
+             "y_start": year_before.start if year_before else never,
+             "y_end": year_before.end if year_before else never},
         )
         rows = cur.fetchall()
         cur.execute("select day, sum(amount) from marts.daily_costs_by_category"
                     " where currency = %s and day between %s and %s group by day order by day",
                     (company_currency, window.start, window.end))
         by_day = dict(cur.fetchall())
-        outliers = _one_per_line(sales_outliers(cur, config.accuracy, began))
-    reaches = {previous: first is not None and first <= previous.start,
-               year_before: first is not None and first <= year_before.start}
-    categories = [CategoryTotal(c, Decimal(a), int(n), k, Decimal(p) if reaches[previous] else None,
-                                Decimal(y) if reaches[year_before] else None)
+    categories = [CategoryTotal(c, Decimal(a), int(n), k, Decimal(p) if reaches["previous"] else None,
+                                Decimal(y) if reaches["year_before"] else None)
                   for c, k, a, n, p, y in rows
-                  if n or (p and reaches[previous]) or (y and reaches[year_before])]
-    trend = [(day, Decimal(by_day.get(day, 0))) for day in window.each_day() if first is not None and day >= first]
-    return ExpenseReport(period, categories, read_freshness(conn), trend, outliers)
+                  if n or (p and reaches["previous"]) or (y and reaches["year_before"])]
+    trend = [(day, Decimal(by_day.get(day, 0))) for day in window.each_day()
+             if first is not None and first <= day <= last] if compared else []
+    outliers, error = read_outliers(conn, config, period)
+    return ExpenseReport(period, categories, read_freshness(conn), trend, outliers, last, error)
+
+
+def read_outliers(conn, config: PipelineConfig, period: Period) -> tuple[list[dict], str | None]:
+    """The sales lines far from their neighbours in the batches committed since the period began (midnight in
+    the company's time zone), each named once; a failure is reported in the email, not fatal to it."""
+    began = datetime.combine(period.start, time(0), ZoneInfo(config.company.timezone))
+    try:
+        with conn.cursor() as cur:
+            return _one_per_line(sales_outliers(cur, config.accuracy, began)), None
+    except Exception as exc:  # the costs are the email's business; the lines to check are a courtesy
+        log(logger, "outlier lines not read", error=str(exc).strip().splitlines()[0])
+        if not conn.autocommit:
+            conn.rollback()
+        return [], str(exc).strip().splitlines()[0]
 
 
 def _one_per_line(found: list[dict]) -> list[dict]:
@@ -244,20 +278,22 @@ def _one_per_line(found: list[dict]) -> list[dict]:
 
 
 def trend_window(period: Period) -> Period:
-    """The days the daily trend is drawn over: the period and the one before it, at least four weeks."""
+    """The days the daily trend is drawn over, to the period's end: twice its length, at least four weeks."""
     days = max(TREND_MIN_DAYS, 2 * period.days)
     return Period(period.end - timedelta(days=days - 1), period.end)
 
 
 # -- the message ----------------------------------------------------------------------------------------
 def change_text(amount: Decimal, then: Decimal | None, currency: str) -> str:
-    """'+£234.00 (+23.4%)', '-£12.00 (-5.0%)', '+£80.00 (new)', or 'no data' when there is nothing to compare."""
+    """'+£234.00 (+23.4%)', '-£12.00 (-5.0%)', '+£80.00 (new)', '£0.00 (0.0%)', or 'no data' when there is nothing
+    to compare. The difference is rounded as it is shown before its sign is chosen, so no '+£0.00'."""
     if then is None:
         return "no data"
-    diff = amount - then
+    diff = (amount - then).quantize(Decimal(1).scaleb(-minor_digits(currency)), rounding=ROUND_HALF_UP)
     sign = "+" if diff > 0 else ""
     if then:
-        return f"{sign}{format_money(diff, currency)} ({sign}{diff / abs(then) * 100:.1f}%)"
+        percent = (diff / abs(then) * 100).quantize(Decimal("0.1"), rounding=ROUND_HALF_UP) + 0  # no -0.0
+        return f"{sign}{format_money(diff, currency)} ({'+' if percent > 0 else ''}{percent}%)"
     return f"{sign}{format_money(diff, currency)}" + (" (new)" if amount else "")
 
 
@@ -265,8 +301,8 @@ def _then(amount: Decimal | None, currency: str) -> str:
     return "no data" if amount is None else format_money(amount, currency)
 
 
-def daily_average(amount: Decimal | None, period: Period) -> Decimal | None:
-    return None if amount is None else amount / period.days
+def daily_average(amount: Decimal | None, period: Period | None) -> Decimal | None:
+    return None if amount is None or period is None else amount / period.days
 
 
 def trend_summary(report: ExpenseReport, currency: str) -> str:
@@ -281,15 +317,20 @@ def trend_summary(report: ExpenseReport, currency: str) -> str:
 
 
 def outlier_lines(report: ExpenseReport) -> list[str]:
-    """Each outlier line in words: the order line, its quantity against its group's median, where it came from."""
+    """Each outlier line in words (the first OUTLIERS_SHOWN, then how many more): the order line, its quantity
+    against its group's median, where it came from; or why they could not be read."""
+    if report.outliers_error:
+        return [f"The lines to check could not be read: {report.outliers_error}"]
     out = []
-    for o in report.outliers:
+    for o in report.outliers[:OUTLIERS_SHOWN]:
         group = f"product {o['product']}" if o["grouped_by"] == "product" else \
             f"client {o['client_id']}'s {o['product']}"
         sheet = f", sheet {o['sheet']}" if o.get("sheet") else ""
         out.append(f"Order {o['order_id']} line {o['line_no']}: quantity {_plain(o['quantity'])} where the median of "
                    f"{group} is {_plain(o['median'])} ({o['rows_in_group']} lines); {_file(o['source_ref'])}{sheet}, "
                    f"row {o['source_row']}, batch {o['batch_id']}")
+    if len(report.outliers) > OUTLIERS_SHOWN:
+        out.append(f"and {len(report.outliers) - OUTLIERS_SHOWN} more: `playbook validate` lists them all")
     return out
 
 
@@ -369,7 +410,8 @@ def _trend_panel(ax, report: ExpenseReport, currency: str) -> None:
     days = [d for d, _ in report.trend]
     values = [float(v) for _, v in report.trend]
     mean = [sum(values[max(0, i - 6):i + 1]) / 7 if i >= 6 else None for i in range(len(values))]
-    ax.axvspan(report.period.start - timedelta(hours=12), report.period.end + timedelta(hours=12),
+    ax.axvspan(datetime.combine(report.period.start, time(0)) - timedelta(hours=12),
+               datetime.combine(report.period.end, time(0)) + timedelta(hours=12),
                color="#eeeeee", label="This period")
     ax.plot(days, values, color="#c0504d", linewidth=0.8, alpha=0.6, label="Daily")
     ax.plot(days, mean, color="#c0504d", linewidth=2, label="7-day mean")
@@ -394,10 +436,13 @@ def _rows(report: ExpenseReport, group: CurrencyCosts) -> list[list[str]]:
     rows = [[c.label, format_money(c.amount, k), str(c.entries), _then(c.previous, k),
              change_text(c.amount, c.previous, k), _then(c.year_before, k), change_text(c.amount, c.year_before, k)]
             for c in group.categories]
-    total, previous, year_before = group.total, group.previous, group.year_before
+    total = group.total
+    previous = group.previous if report.previous_period else None  # a period not compared has nothing to add up
+    year_before = group.year_before if report.year_before_period else None
     rows.append([f"Total {k}", format_money(total, k), str(group.entries), _then(previous, k),
                  change_text(total, previous, k), _then(year_before, k), change_text(total, year_before, k)])
-    per_day = [daily_average(total, report.period), daily_average(previous, report.previous_period),
+    per_day = [daily_average(total, report.compared or report.period),
+               daily_average(previous, report.previous_period),
                daily_average(year_before, report.year_before_period)]
     rows.append(["Daily average", format_money(per_day[0], k), "", _then(per_day[1], k),
                  change_text(per_day[0], per_day[1], k), _then(per_day[2], k),
@@ -405,13 +450,20 @@ def _rows(report: ExpenseReport, group: CurrencyCosts) -> list[list[str]]:
     return rows
 
 
-def _headers(report: ExpenseReport) -> list[str]:
+def _headers() -> list[str]:
     return ["Category", "This period", "Entries", "Previous period", "Change", "Year before", "Change"]
 
 
 def _compared_with(report: ExpenseReport) -> str:
-    return (f"Compared with the previous period of the same length ({report.previous_period.describe()}) and the "
-            f"same days a year earlier ({report.year_before_period.describe()}); the biggest changes first.")
+    compared = report.compared
+    if compared is None:
+        return (f"The costs loaded so far end on {format_day(report.data_end)}, before this period: it is not "
+                "compared, and its days are missing, not free.")
+    missing = "" if compared == report.period else (
+        f"The costs loaded so far end on {format_day(compared.end)}: the days after are missing, not free, so "
+        f"{compared.describe()} is what is compared. ")
+    return (f"{missing}Compared with {report.previous_period.describe()} and the same days a year earlier "
+            f"({report.year_before_period.describe()}); the biggest changes first.")
 
 
 def _plain_text(report: ExpenseReport, config: PipelineConfig, note: str) -> str:
@@ -421,7 +473,7 @@ def _plain_text(report: ExpenseReport, config: PipelineConfig, note: str) -> str
              f"Period: {report.period.describe()}",
              _compared_with(report)]
     for group in groups:
-        table = [_headers(report)] + _rows(report, group)
+        table = [_headers()] + _rows(report, group)
         widths = [max(len(r[i]) for r in table) for i in range(len(table[0]))]
         lines += ["", f"In {group.currency}"]
         for row in table:
@@ -433,7 +485,7 @@ def _plain_text(report: ExpenseReport, config: PipelineConfig, note: str) -> str
     trend = trend_summary(report, config.company.currency)
     if trend:
         lines += ["", trend]
-    if report.outliers:
+    if report.outliers or report.outliers_error:
         lines += ["", _outliers_heading(report) + ":"] + [f"- {line}" for line in outlier_lines(report)]
     if len(groups) > 1:
         lines += ["", "Each currency is totalled on its own: amounts in different currencies are not added."]
@@ -460,7 +512,7 @@ def _html(report: ExpenseReport, config: PipelineConfig, note: str, chart_cid: s
             body.insert(0, f"<tr><td colspan='7' style='{cell}'>No operating costs were recorded in this period."
                            "</td></tr>")
         header = "".join(f"<th style='{head}{'' if i == 0 else ';text-align:right'}'>{html.escape(h)}</th>"
-                         for i, h in enumerate(_headers(report)))
+                         for i, h in enumerate(_headers()))
         tables.append(f"""<h3 style="margin:16px 0 4px">In {html.escape(group.currency)}</h3>
 <table style="border-collapse:collapse;font-size:13px">
 <tr>{header}</tr>
@@ -486,7 +538,7 @@ def _html(report: ExpenseReport, config: PipelineConfig, note: str, chart_cid: s
 
 
 def _outliers_html(report: ExpenseReport) -> str:
-    if not report.outliers:
+    if not report.outliers and not report.outliers_error:
         return ""
     items = "".join(f"<li>{html.escape(line)}</li>" for line in outlier_lines(report))
     return (f'<div style="border-left:4px solid #e0a800;background:#fff8e1;padding:6px 12px;margin:12px 0">'

@@ -23,6 +23,17 @@ class Period:
         """The period of the same length just before this one (what 'change' is measured against)."""
         return Period(self.start - timedelta(days=self.days), self.start - timedelta(days=1))
 
+    def comparable(self) -> Period:
+        """What this period is compared with: the month before for a month (a calendar month, or a month to its
+        end day, as `trailing('month', ...)` gives), so that each holds one of every monthly bill; else the
+        period of the same length just before."""
+        before = self.start - timedelta(days=1)
+        if self.start.day == 1 and (self.end + timedelta(days=1)).day == 1 and self.days <= 31:
+            return Period(before.replace(day=1), before)
+        if self.start == months_before(self.end, 1) + timedelta(days=1):
+            return Period(months_before(before, 1) + timedelta(days=1), before)
+        return self.previous()
+
     def each_day(self) -> list[date]:
         return [self.start + timedelta(days=i) for i in range(self.days)]
 

@@ -181,21 +181,23 @@ def test_email_parts_recipients_and_totals(stack, environment, config, tmp_path)
 
 
 def expected_change(now: Decimal, then: Decimal | None, currency: str) -> str:
-    """The change as the email should write it, worked out here in Decimal."""
+    """The change as the email should write it: the difference rounded as shown, then signed; the percent of
+    what it was, to one place."""
     if then is None:
         return "no data"
-    diff = now - then
+    diff = (now - then).quantize(Decimal("0.01"), rounding="ROUND_HALF_UP")
     sign = "+" if diff > 0 else ""
     if then == 0:
         return f"{sign}{format_money(diff, currency)}" + (" (new)" if now else "")
-    percent = (diff / abs(then) * 100).quantize(Decimal("0.1"), rounding="ROUND_HALF_EVEN")
-    return f"{sign}{format_money(diff, currency)} ({sign}{percent}%)"
+    percent = abs(diff / then * 100).quantize(Decimal("0.1"), rounding="ROUND_HALF_UP")
+    signed = ("+" if diff > 0 else "-") if percent else ""
+    return f"{sign}{format_money(diff, currency)} ({signed}{percent}%)"
 
 
 def test_each_category_is_compared_with_the_previous_period_and_the_year_before(stack, environment, config):
-    """April 2024 against the 30 days before it (2 to 31 March) and April 2023, read from core's live rows in
-    SQL of the test's own: every cell of both parts, the order (the biggest change against the previous period
-    first), and the daily trend the chart draws."""
+    """April 2024, a calendar month, against March (the month before: each holds one of every monthly bill) and
+    April 2023, read from core's live rows in SQL of the test's own: every cell of both parts, the order (the
+    biggest change against the previous period first), and the daily trend the chart draws."""
     event = {"period": "custom", "from": "2024-04-01", "to": "2024-04-30", "run_key": "test-april-2024-compared"}
     result = send_expense_email_locally(ARTIFACTS / "compared", event, environment)
     msg = parse(result["eml"])
@@ -203,8 +205,7 @@ def test_each_category_is_compared_with_the_previous_period_and_the_year_before(
     body = msg.get_body(("html",)).get_content()
 
     start, end = date(2024, 4, 1), date(2024, 4, 30)
-    previous = (start - timedelta(days=30), start - timedelta(days=1))
-    assert previous == (date(2024, 3, 2), date(2024, 3, 31))
+    previous = (date(2024, 3, 1), date(2024, 3, 31))
     now = sql_costs(stack["database_url"], start, end)
     before = sql_costs(stack["database_url"], *previous)
     year = sql_costs(stack["database_url"], date(2023, 4, 1), date(2023, 4, 30))
@@ -232,7 +233,7 @@ def test_each_category_is_compared_with_the_previous_period_and_the_year_before(
                                           expected_change(totals[0], totals[1], currency),
                                           format_money(totals[2], currency),
                                           expected_change(totals[0], totals[2], currency)]
-        per_day = [totals[0] / 30, totals[1] / 30, totals[2] / 30]
+        per_day = [totals[0] / 30, totals[1] / 31, totals[2] / 30]
         assert rows["Daily average"] == [format_money(per_day[0], currency), format_money(per_day[1], currency),
                                          expected_change(per_day[0], per_day[1], currency),
                                          format_money(per_day[2], currency),
@@ -256,7 +257,8 @@ def test_each_category_is_compared_with_the_previous_period_and_the_year_before(
     trend = (f"Daily trend in GBP over the last 60 days: {format_money(last, 'GBP')} a day in the last 7 days "
              f"against {format_money(first, 'GBP')} in the first 7: {expected_change(last, first, 'GBP')}.")
     assert trend in text and trend in body
-    dates = "(2 Mar 2024 – 31 Mar 2024 (30 days)) and the same days a year earlier (1 Apr 2023 – 30 Apr 2023"
+    dates = ("Compared with 1 Mar 2024 – 31 Mar 2024 (31 days) and the same days a year earlier "
+             "(1 Apr 2023 – 30 Apr 2023")
     assert dates in text and dates in body
 
 
@@ -318,6 +320,24 @@ def test_a_sales_line_far_from_its_neighbours_loaded_in_the_period_is_named_in_t
             cur.execute("delete from core.sales where _batch_id = %s", (batch_id,))
             cur.execute("delete from meta.batches where batch_id = %s", (batch_id,))
         conn.close()
+
+
+def test_the_costs_are_reported_when_the_lines_to_check_cannot_be_read(stack, company, config):
+    """The outlier lines are a courtesy of the costs email: when they cannot be read (here, limits the function
+    refuses), the email says so and reports the costs all the same."""
+    from pipeline.expense_email import _plain_text, read_report
+    from pipeline.periods import Period
+
+    loose = config.model_copy(update={"accuracy": config.accuracy.model_copy(update={"outlier_ratio": Decimal("1.5")})})
+    conn = psycopg2.connect(reporting_url(stack["database_url"]))
+    try:
+        report = read_report(conn, Period(date(2024, 4, 1), date(2024, 4, 30)), loose)
+    finally:
+        conn.close()
+    assert report.outliers == [] and "limits looser than robust_z 3, ratio 2, min_rows 8" in report.outliers_error
+    assert report.categories and report.freshness, "the costs and their freshness were read all the same"
+    assert "The lines to check could not be read: marts.sales_outliers: limits looser than" in _plain_text(
+        report, config, "")
 
 
 def test_same_run_key_sends_nothing_more(environment, tmp_path):

@@ -44,5 +44,5 @@ def handler(event: dict[str, Any] | None, context: Any = None) -> dict[str, Any]
         result = send_expense_email(event, config, conn)
     finally:
         conn.close()
-    log(logger, "expense email", **{k: v for k, v in result.items() if k != "categories"})
+    log(logger, "expense email", **{k: v for k, v in result.items() if k not in ("categories", "compared")})
     return result
