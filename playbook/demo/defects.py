@@ -62,7 +62,7 @@ def inject(files: list[DemoFile], kinds: tuple[str, ...], seed: int, company: Co
     monthly = [f for f in sales if f.key.count("-") == 1]
     costs = [f for f in files if isinstance(f, CsvExport) and f.source == "operating_costs" and len(f.rows) >= 2]
     workbooks = [f for f in files if isinstance(f, PaymentsWorkbook) and all(len(r) >= 2 for r in f.sheets.values())]
-    if len(daily) < 2 or len(monthly) < 3 or len(costs) < 2 or len(workbooks) < 5:
+    if len(daily) < 2 + ("outlier_quantity" in kinds) or len(monthly) < 3 or len(costs) < 2 or len(workbooks) < 5:
         raise ValueError("the demo company is too small to place every defect; use more years")
 
     def pick(pool: list, n: int) -> list:

@@ -2,7 +2,7 @@
 their own history shows them to be.
 
 The model is statsmodels' ETS (`ETSModel`: additive errors, a damped additive trend, additive weekly
-seasonality). A small company's daily figures follow the week (orders on working days, rent on the 1st), move
+seasonality). A small company's daily figures follow the week (orders on working days, deliveries on set days), move
 with a trend that should not be run out for ever (damped), and are too short and too irregular for models with
 many parameters; exponential smoothing is the standard answer there, it fits in a fraction of a second, and
 its state-space form gives prediction intervals without simulation.
@@ -39,6 +39,7 @@ SERIES = {"sales": "sales_amount", "operating_costs": "operating_costs"}
 BACKTEST_ORIGINS = 4
 HISTORY_DAYS = 730  # what a fit sees: two years hold every weekday and season twice
 MIN_DAYS = 56  # eight weeks: fewer cannot both fit a weekly pattern and backtest it
+MIN_TRAIN_DAYS = 28  # what a backtest fit needs before its origin: four weeks
 ALPHA = 0.2  # the interval holds 80% of outcomes
 
 
@@ -49,19 +50,28 @@ class Series:
     values: np.ndarray
 
 
-def read_series(conn, currency: str, last_days: tuple[date | None, date | None]) -> list[Series]:
-    """Daily sales and operating costs in `currency` from marts.daily_activity, each up to its own last day with
-    data (days without a row are days without sales or costs)."""
+def last_days(conn, currency: str) -> tuple[date | None, date | None]:
+    """Each series' last day with data in `currency` (sales, operating costs)."""
     with conn.cursor() as cur:
-        cur.execute("select day, sales_amount, operating_costs from marts.daily_activity where currency = %s"
+        cur.execute("select max(day) filter (where sales_amount <> 0), max(day) filter (where operating_costs <> 0)"
+                    " from marts.daily_activity where currency = %s", (currency,))
+        return cur.fetchone()
+
+
+def read_series(conn, currency: str) -> list[Series]:
+    """Daily sales and operating costs in `currency` from marts.daily_activity, each from its first day to its
+    own last day with data, at most HISTORY_DAYS (days without a row are days without sales or costs)."""
+    columns = ", ".join(SERIES.values())
+    with conn.cursor() as cur:
+        cur.execute(f"select day, {columns} from marts.daily_activity where currency = %s"  # noqa: S608 - our names
                     " order by day", (currency,))
         rows = cur.fetchall()
     found = []
-    for (name, _column), last in zip(SERIES.items(), last_days, strict=True):
+    for position, (name, last) in enumerate(zip(SERIES, last_days(conn, currency), strict=True), start=1):
         if not rows or last is None:
             continue
         first = max(rows[0][0], last - timedelta(days=HISTORY_DAYS - 1))
-        by_day = {r[0]: float(r[1 if name == "sales" else 2]) for r in rows if first <= r[0] <= last}
+        by_day = {r[0]: float(r[position]) for r in rows if first <= r[0] <= last}
         days = [first + timedelta(days=i) for i in range((last - first).days + 1)]
         found.append(Series(name, days, np.array([by_day.get(d, 0.0) for d in days])))
     return found
@@ -89,7 +99,7 @@ def backtest(values: np.ndarray, horizon: int, origins: int = BACKTEST_ORIGINS) 
     model, naive = [], []
     for k in range(origins, 0, -1):
         cut = len(values) - k * horizon
-        if cut < MIN_DAYS - horizon:
+        if cut < MIN_TRAIN_DAYS:  # too little before this origin to fit a weekly pattern
             continue
         train, actual = values[:cut], values[cut:cut + horizon]
         model.append(np.abs(np.asarray(_fit(train).forecast(horizon)) - actual))
@@ -116,8 +126,13 @@ def forecast_series(series: Series, horizon: int) -> dict[str, Any]:
     days = [{"day": (last + timedelta(days=i + 1)).isoformat(), "mean": round(float(m), 2),
              "lower": round(float(lo), 2), "upper": round(float(hi), 2)}
             for i, (m, lo, hi) in enumerate(zip(frame["mean"], frame["pi_lower"], frame["pi_upper"], strict=True))]
-    reason = None if beats else (f"its backtest error ({tested['model_mae']:,.2f} a day) does not beat the naive "
-                                 f"seasonal forecast's ({tested['naive_mae']:,.2f})")
+    if beats:
+        reason = None
+    elif tested["model_mae"] is None:
+        reason = f"{len(series.values)} days of data are too few to backtest a {horizon}-day forecast"
+    else:
+        reason = (f"its backtest error ({tested['model_mae']:,.2f} a day) does not beat the naive seasonal "
+                  f"forecast's ({tested['naive_mae']:,.2f})")
     return {"made_on": last.isoformat(), "drawn": beats, "days": days, "backtest": tested, "reason": reason}
 
 
@@ -125,28 +140,31 @@ def make_forecast(conn, config, horizon: int | None = None) -> dict[str, Any]:
     """The forecast document (forecast.json) for the company's currency."""
     horizon = horizon or config.reports.forecast_days
     currency = figures.company_currency(conn, config)
-    _first, last_sale, last_cost = figures.data_days(conn)
-    series = read_series(conn, currency, (last_sale, last_cost))
-    return {"method": METHOD, "horizon_days": horizon, "currency": currency, "interval": 1 - ALPHA,
+    series = read_series(conn, currency)
+    return {"method": METHOD, "horizon_days": horizon, "company": config.company.name, "currency": currency,
+            "interval": 1 - ALPHA,
             "made_at": datetime.now(UTC).isoformat(timespec="seconds"),
             "backtest_origins": BACKTEST_ORIGINS,
             "series": {s.name: forecast_series(s, horizon) for s in series}}
 
 
 def score_earlier(doc: dict[str, Any], runs: Path, this_run: Path, actuals: dict[str, dict[date, float]]) -> dict:
-    """For each series, the latest earlier run's forecast made from an earlier day, scored on its days that now
-    have actuals: {series: {run, made_on, days_scored, mae, naive_mae}} (naive: the same weekday a week before
-    its made_on, as that run could have said)."""
+    """For each series, the latest earlier run's drawn forecast for the same company and currency, made from an
+    earlier day, scored on its days that now have actuals: {series: {run, made_on, days_scored, mae,
+    backtest_mae}} (what it erred by, against what its backtest promised)."""
     scored: dict[str, Any] = {}
     earlier = sorted((p for p in runs.glob(f"*/{FORECAST_JSON}") if p.parent.resolve() != this_run.resolve()),
                      key=lambda p: p.parent.name, reverse=True)
     for name, current in doc["series"].items():
         for path in earlier:
             try:
-                old = json.loads(path.read_text())["series"][name]
+                kept = json.loads(path.read_text())
+                old = kept["series"][name]
             except (KeyError, ValueError, OSError):
                 continue
-            if not old.get("days") or not current.get("made_on") or old["made_on"] >= current["made_on"]:
+            if (kept.get("company"), kept.get("currency")) != (doc.get("company"), doc.get("currency")):
+                continue  # reports/runs/ may hold another company's or another target's runs
+            if not old.get("drawn") or not current.get("made_on") or old["made_on"] >= current["made_on"]:
                 continue
             have = actuals.get(name, {})
             pairs = [(d["mean"], have[date.fromisoformat(d["day"])]) for d in old["days"]
@@ -163,9 +181,7 @@ def score_earlier(doc: dict[str, Any], runs: Path, this_run: Path, actuals: dict
 def write_forecast(conn, config, out_dir: Path, runs: Path | None = None) -> dict[str, Any]:
     """forecast.json in out_dir, with the latest earlier forecast (from the other run folders) scored."""
     doc = make_forecast(conn, config)
-    currency = doc["currency"]
-    actuals = {s.name: dict(zip(s.days, s.values.tolist(), strict=True))
-               for s in read_series(conn, currency, figures.data_days(conn)[1:])}
+    actuals = {s.name: dict(zip(s.days, s.values.tolist(), strict=True)) for s in read_series(conn, doc["currency"])}
     doc["earlier"] = score_earlier(doc, runs or out_dir.parent, out_dir, actuals)
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / FORECAST_JSON).write_text(json.dumps(doc, indent=2) + "\n")

@@ -73,24 +73,37 @@ def test_too_short_a_history_is_not_forecast():
     assert not made["drawn"] and made["reason"] == "30 days of data; a forecast needs 56"
 
 
+def test_a_long_horizon_on_a_short_history_is_not_backtested_from_too_little():
+    """91 days ahead (the configuration's most) from 100 days of data: no origin leaves four weeks to fit on, so
+    nothing is drawn, and the reason says so; nothing fails."""
+    days = [date(2024, 1, 1) + timedelta(days=i) for i in range(100)]
+    made = forecast.forecast_series(forecast.Series("sales", days, weekly_series(100, 50)), 91)
+    assert made["backtest"]["origins"] == 0 and not made["drawn"]
+    assert made["reason"] == "100 days of data are too few to backtest a 91-day forecast"
+
+
 def test_a_later_run_scores_the_latest_earlier_forecast_against_what_happened(tmp_path):
-    """Two earlier runs: the latest made from an earlier day is scored, on the days that now have actuals (its
-    mean absolute error worked out here with pandas); a forecast made from the same day as this one is not."""
+    """Earlier runs: the latest drawn forecast of the same company and currency made from an earlier day is
+    scored, on the days that now have actuals (its mean absolute error worked out here with pandas); another
+    company's, an undrawn one and one made from this run's own day are not."""
     runs = tmp_path / "runs"
 
-    def keep(run: str, made_on: date, means: list[float]) -> None:
+    def keep(run: str, made_on: date, means: list[float], company: str = "Northwind", drawn: bool = True) -> None:
         (runs / run).mkdir(parents=True)
         days = [{"day": (made_on + timedelta(days=i + 1)).isoformat(), "mean": m, "lower": m - 1, "upper": m + 1}
                 for i, m in enumerate(means)]
-        (runs / run / forecast.FORECAST_JSON).write_text(json.dumps({"series": {"sales": {
-            "made_on": made_on.isoformat(), "days": days, "backtest": {"model_mae": 12.5}}}}))
+        (runs / run / forecast.FORECAST_JSON).write_text(json.dumps({
+            "company": company, "currency": "GBP", "series": {"sales": {
+                "made_on": made_on.isoformat(), "drawn": drawn, "days": days, "backtest": {"model_mae": 12.5}}}}))
 
     keep("20240101T000000Z", date(2024, 3, 1), [1.0] * 10)
     keep("20240105T000000Z", date(2024, 3, 4), [100.0, 200.0, 300.0, 400.0])
+    keep("20240106T000000Z", date(2024, 3, 5), [0.0, 0.0], company="Another Ltd")
+    keep("20240107T000000Z", date(2024, 3, 5), [0.0, 0.0], drawn=False)
     keep("20240109T000000Z", date(2024, 3, 8), [5.0])  # made from this run's own day
     this = runs / "20240110T000000Z"
     actuals = {"sales": {date(2024, 3, 5): 110.0, date(2024, 3, 6): 150.0, date(2024, 3, 7): 330.0}}
-    doc = {"series": {"sales": {"made_on": "2024-03-08"}}}
+    doc = {"company": "Northwind", "currency": "GBP", "series": {"sales": {"made_on": "2024-03-08"}}}
     scored = forecast.score_earlier(doc, runs, this, actuals)
     expected = (pd.Series([100.0, 200.0, 300.0]) - pd.Series([110.0, 150.0, 330.0])).abs().mean()
     assert scored == {"sales": {"run": "20240105T000000Z", "made_on": "2024-03-04", "days_scored": 3,
