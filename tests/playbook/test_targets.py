@@ -25,6 +25,7 @@ ALLOWED = {
     "pipeline.periods",  # report periods
     "pipeline.schedules",  # AWS schedule expressions: when a source is due
     "pipeline.freshness",  # the freshness note every report states, read from marts.data_freshness
+    "pipeline.outliers",  # the sales lines far from their neighbours (marts.sales_outliers), as the email reads them
     "pipeline.attempts",  # the ledger's words for an attempt that died (its ABANDONED text)
     "pipeline.sources.kinds",  # the kinds of source: how each one's deliveries arrive, which function loads them
     "pipeline.roles",  # the SCRAM verifier a role's login is set with
