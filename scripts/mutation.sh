@@ -16,9 +16,12 @@ cd "$(dirname "$0")/.."
 root=$PWD
 work=$root/.mutation
 mkdir -p "$work"
+# copies, not links: a run judges the tree as it was when it started, whatever is edited while it runs (a test
+# changed meanwhile would otherwise be run against code mutmut copied before the change)
 for part in pipeline:lambda_src/pipeline playbook:playbook tests:tests playbook.yaml:playbook.yaml examples:examples infra:infra \
             lambda_src:lambda_src; do
-  ln -sfn "$root/${part#*:}" "$work/${part%%:*}"
+  rm -rf "${work:?}/${part%%:*}"
+  cp -R "$root/${part#*:}" "$work/${part%%:*}"
 done
 cp pyproject.toml "$work/pyproject.toml"
 
