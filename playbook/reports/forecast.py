@@ -50,14 +50,6 @@ class Series:
     values: np.ndarray
 
 
-def last_days(conn, currency: str) -> tuple[date | None, date | None]:
-    """Each series' last day with data in `currency` (sales, operating costs)."""
-    with conn.cursor() as cur:
-        cur.execute("select max(day) filter (where sales_amount <> 0), max(day) filter (where operating_costs <> 0)"
-                    " from marts.daily_activity where currency = %s", (currency,))
-        return cur.fetchone()
-
-
 def read_series(conn, currency: str) -> list[Series]:
     """Daily sales and operating costs in `currency` from marts.daily_activity, each from its first day to its
     own last day with data, at most HISTORY_DAYS (days without a row are days without sales or costs)."""
@@ -67,8 +59,9 @@ def read_series(conn, currency: str) -> list[Series]:
                     " order by day", (currency,))
         rows = cur.fetchall()
     found = []
-    for position, (name, last) in enumerate(zip(SERIES, last_days(conn, currency), strict=True), start=1):
-        if not rows or last is None:
+    for position, name in enumerate(SERIES, start=1):
+        last = max((r[0] for r in rows if r[position]), default=None)  # its last day with data
+        if last is None:
             continue
         first = max(rows[0][0], last - timedelta(days=HISTORY_DAYS - 1))
         by_day = {r[0]: float(r[position]) for r in rows if first <= r[0] <= last}
@@ -136,14 +129,11 @@ def forecast_series(series: Series, horizon: int) -> dict[str, Any]:
     return {"made_on": last.isoformat(), "drawn": beats, "days": days, "backtest": tested, "reason": reason}
 
 
-def make_forecast(conn, config, horizon: int | None = None) -> dict[str, Any]:
-    """The forecast document (forecast.json) for the company's currency."""
+def make_forecast(config, currency: str, series: list[Series], horizon: int | None = None) -> dict[str, Any]:
+    """The forecast document (forecast.json) of these series, in the company's currency."""
     horizon = horizon or config.reports.forecast_days
-    currency = figures.company_currency(conn, config)
-    series = read_series(conn, currency)
     return {"method": METHOD, "horizon_days": horizon, "company": config.company.name, "currency": currency,
-            "interval": 1 - ALPHA,
-            "made_at": datetime.now(UTC).isoformat(timespec="seconds"),
+            "interval": 1 - ALPHA, "made_at": datetime.now(UTC).isoformat(timespec="seconds"),
             "backtest_origins": BACKTEST_ORIGINS,
             "series": {s.name: forecast_series(s, horizon) for s in series}}
 
@@ -180,8 +170,10 @@ def score_earlier(doc: dict[str, Any], runs: Path, this_run: Path, actuals: dict
 
 def write_forecast(conn, config, out_dir: Path, runs: Path | None = None) -> dict[str, Any]:
     """forecast.json in out_dir, with the latest earlier forecast (from the other run folders) scored."""
-    doc = make_forecast(conn, config)
-    actuals = {s.name: dict(zip(s.days, s.values.tolist(), strict=True)) for s in read_series(conn, doc["currency"])}
+    currency = figures.company_currency(conn, config)
+    series = read_series(conn, currency)
+    doc = make_forecast(config, currency, series)
+    actuals = {s.name: dict(zip(s.days, s.values.tolist(), strict=True)) for s in series}
     doc["earlier"] = score_earlier(doc, runs or out_dir.parent, out_dir, actuals)
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / FORECAST_JSON).write_text(json.dumps(doc, indent=2) + "\n")
