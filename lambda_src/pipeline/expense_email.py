@@ -32,7 +32,7 @@ from pipeline.config import PipelineConfig
 from pipeline.freshness import SourceFreshness, freshness_note, read_freshness
 from pipeline.logs import get_logger, log
 from pipeline.money import format_compact, format_money, minor_digits
-from pipeline.outliers import sales_outliers
+from pipeline.outliers import plain, sales_outliers
 from pipeline.periods import Period, format_day, trailing
 
 ENV_REPORTS_BUCKET = "REPORTS_BUCKET"
@@ -326,8 +326,8 @@ def outlier_lines(report: ExpenseReport) -> list[str]:
         group = f"product {o['product']}" if o["grouped_by"] == "product" else \
             f"client {o['client_id']}'s {o['product']}"
         sheet = f", sheet {o['sheet']}" if o.get("sheet") else ""
-        out.append(f"Order {o['order_id']} line {o['line_no']}: quantity {_plain(o['quantity'])} where the median of "
-                   f"{group} is {_plain(o['median'])} ({o['rows_in_group']} lines); {_file(o['source_ref'])}{sheet}, "
+        out.append(f"Order {o['order_id']} line {o['line_no']}: quantity {plain(o['quantity'])} where the median of "
+                   f"{group} is {plain(o['median'])} ({o['rows_in_group']} lines); {_file(o['source_ref'])}{sheet}, "
                    f"row {o['source_row']}, batch {o['batch_id']}")
     if len(report.outliers) > OUTLIERS_SHOWN:
         out.append(f"and {len(report.outliers) - OUTLIERS_SHOWN} more: `playbook validate` lists them all")
@@ -337,10 +337,6 @@ def outlier_lines(report: ExpenseReport) -> list[str]:
 def _outliers_heading(report: ExpenseReport) -> str:
     return (f"Sales lines to check: {len(report.outliers)} far from their neighbours in the data loaded since "
             f"{format_day(report.period.start)} (a real order, or a typo that reached the figures)")
-
-
-def _plain(value) -> str:
-    return format(Decimal(str(value)).normalize(), "f")
 
 
 def _file(source_ref: str | None) -> str:

@@ -5,6 +5,7 @@ operations email shows when the data loaded since its period began holds any. Th
 from __future__ import annotations
 
 from datetime import datetime
+from decimal import Decimal
 from typing import Any
 
 from pipeline.config import Accuracy
@@ -20,3 +21,8 @@ def sales_outliers(cur, limits: Accuracy, loaded_since: datetime | None = None) 
     cur.execute(f"select {', '.join(COLUMNS)} from marts.sales_outliers(%s, %s, %s, %s)",  # noqa: S608 - fixed names
                 (limits.outlier_robust_z, limits.outlier_ratio, limits.outlier_min_rows, loaded_since))
     return [dict(zip(COLUMNS, row, strict=True)) for row in cur.fetchall()]
+
+
+def plain(value: Any) -> str:
+    """A quantity, median or deviation as a person writes it: 20000, 2, 2.5 (no exponent, no trailing zeros)."""
+    return format(Decimal(str(value)).normalize(), "f")

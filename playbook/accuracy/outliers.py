@@ -15,11 +15,10 @@ sheet and row; the check warns and never stops the run (an outlier may be a real
 
 from __future__ import annotations
 
-from decimal import Decimal
 from typing import Any
 
 from pipeline.config import Accuracy
-from pipeline.outliers import GROUPINGS, sales_outliers
+from pipeline.outliers import GROUPINGS, plain, sales_outliers
 from playbook.accuracy.results import CheckResult, judge, place
 
 
@@ -37,7 +36,7 @@ def _result(limits: Accuracy, words: str, lines: list[dict[str, Any]]) -> CheckR
         where["sheet"] = o["sheet"] or where["sheet"]
         findings.append({"batch_id": o["batch_id"], **where, "row": o["source_row"],
                          "order_id": o["order_id"], "line_no": o["line_no"], words: keys,
-                         "quantity": _plain(o["quantity"]), "median": _plain(o["median"]), "mad": _plain(o["mad"]),
+                         "quantity": plain(o["quantity"]), "median": plain(o["median"]), "mad": plain(o["mad"]),
                          "rows_in_group": o["rows_in_group"]})
     summary = (f"{len(findings)} quantity values far from their {words}'s others: " + "; ".join(
         f"{f['order_id']}/{f['line_no']} quantity {f['quantity']} ({words} {f[words]}, median {f['median']}; "
@@ -45,7 +44,3 @@ def _result(limits: Accuracy, words: str, lines: list[dict[str, Any]]) -> CheckR
         if findings else f"no quantity far from its {words}'s others")
     return judge("outliers", f"sales quantity by {words}", len(findings), limits.max_outliers, summary, findings,
                  warn_only=True)
-
-
-def _plain(value: Any) -> str:
-    return format(Decimal(str(value)).normalize(), "f")
