@@ -313,8 +313,14 @@ def test_a_declared_day_order_alone_reads_every_slash_date(landing, dayfirst, re
     config = with_read(landing.config, "operating_costs", date_format=None, dayfirst=dayfirst)
     result = landing.ingest("landing/costs/2024/order.csv", body, config=config)
     assert (result["rows_inserted"], result["rows_quarantined"]) == (2, 1)
-    assert landing.query("select cost_id, cost_date::text, amount from core.operating_costs order by 1") == [
-        ("EX-1", read_as, Decimal("4250.07")), ("EX-2", read_as, Decimal("1.99"))]
+    # the same rows read by pandas with the layout's separators and the declared day order, not the loader's SQL
+    frame = pd.read_csv(io.BytesIO(body), sep=";", decimal=",", thousands=".", dtype={"Amount": str}, nrows=2)
+    day = [dt.datetime.strptime(v.split()[0].replace(".", "/"), "%d/%m/%Y" if dayfirst else "%m/%d/%Y").date()
+           for v in frame["Date"]]
+    expected = [(i, f"{d:%Y-%m-%d}", Decimal(a.replace(".", "").replace(",", ".")))
+                for i, d, a in zip(frame["Expense ID"], day, frame["Amount"], strict=True)]
+    assert [e[1] for e in expected] == [read_as, read_as]
+    assert landing.query("select cost_id, cost_date::text, amount from core.operating_costs order by 1") == expected
     assert landing.query("select reason like '%is not a valid date' from meta.quarantine") == [(True,)]
     assert landing.query("select plan->>'date_order' from meta.batches") == [
         (f"{'day' if dayfirst else 'month'} first (read.dayfirst)",)]
